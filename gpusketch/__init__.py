@@ -1,0 +1,20 @@
+"""gpusketch: reproducible randomized sketching on CUDA and NumPy.
+
+Importing gpusketch imports NumPy and SciPy only; CuPy is imported on first
+use with a CuPy input, and CUDA kernels compile lazily on first launch.
+"""
+
+from .operators import CountSketch, Gaussian, Kronecker, Sampling, SketchOperator, SparseSign, SRHT
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SketchOperator",
+    "CountSketch",
+    "SparseSign",
+    "Gaussian",
+    "SRHT",
+    "Sampling",
+    "Kronecker",
+    "__version__",
+]

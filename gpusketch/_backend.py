@@ -1,0 +1,200 @@
+"""Backend layer: which array module, which device, and input validation.
+
+This is the one place that answers "NumPy or CuPy?".  It recognises CuPy and
+cupyx.scipy.sparse objects by the module their type lives in, so importing
+gpusketch never imports CuPy (or torch, or Dask).  Every public entry point
+validates its inputs through the helpers here, before doing any work.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import secrets
+
+import numpy as np
+
+__all__ = [
+    "array_namespace",
+    "is_cupy_array",
+    "is_cupy_sparse",
+    "is_scipy_sparse",
+    "is_sparse",
+    "as_operand",
+    "check_positive_int",
+    "check_seed",
+    "check_memory",
+    "cupy_available",
+]
+
+_FLOAT_TYPES = (np.float32, np.float64)
+
+
+def _type_module(x) -> str:
+    return type(x).__module__ or ""
+
+
+def is_cupy_array(x) -> bool:
+    """True for a ``cupy.ndarray``, recognised without importing CuPy."""
+    mod = _type_module(x)
+    return mod.startswith("cupy") and not mod.startswith("cupyx") and hasattr(x, "__cuda_array_interface__")
+
+
+def is_cupy_sparse(x) -> bool:
+    """True for a ``cupyx.scipy.sparse`` matrix."""
+    return _type_module(x).startswith("cupyx.scipy.sparse")
+
+
+def is_scipy_sparse(x) -> bool:
+    """True for a SciPy sparse matrix or array."""
+    return _type_module(x).startswith("scipy.sparse")
+
+
+def is_sparse(x) -> bool:
+    return is_scipy_sparse(x) or is_cupy_sparse(x)
+
+
+def _on_gpu(x) -> bool:
+    return is_cupy_array(x) or is_cupy_sparse(x)
+
+
+def array_namespace(*arrays):
+    """Return ``numpy`` or ``cupy`` for the given inputs.
+
+    Inputs that are ``None`` or Python scalars are ignored.  Mixing host and
+    device inputs raises ``TypeError`` naming both types: gpusketch never
+    copies silently between host and device.
+    """
+    host, dev = None, None
+    for a in arrays:
+        if a is None or isinstance(a, (numbers.Number, str, bytes)):
+            continue
+        if _on_gpu(a):
+            dev = dev if dev is not None else a
+        else:
+            host = host if host is not None else a
+    if host is not None and dev is not None:
+        raise TypeError(
+            "mixed host and device inputs: got "
+            f"{type(host).__module__}.{type(host).__name__} and "
+            f"{type(dev).__module__}.{type(dev).__name__}; move both to the same "
+            "device (cupy.asarray / cupy.asnumpy) first"
+        )
+    if dev is not None:
+        import cupy
+
+        return cupy
+    return np
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _check_dtype(dtype, name):
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype.type in _FLOAT_TYPES:
+        return dtype
+    if dtype == np.float16:
+        raise TypeError(f"{name} has dtype float16, which is not supported; convert to float32")
+    if dtype.kind == "c":
+        raise TypeError(f"{name} has complex dtype {dtype}; only real float32/float64 inputs are supported")
+    raise TypeError(f"{name} has unsupported dtype {dtype}; expected a real numeric array")
+
+
+def as_operand(A, name="A", *, ndim=(1, 2)):
+    """Validate a matrix operand and return ``(A, xp)``.
+
+    Dense inputs (NumPy/CuPy) must have ``ndim`` in ``ndim``; SciPy/cupyx
+    sparse inputs are returned in CSR format.  Boolean and integer arrays are
+    upcast to float64 (a new array: the caller's is never modified), float32
+    and float64 are kept, float16/complex/object/str raise ``TypeError``.
+    Strides are left alone: the kernels read C-order, Fortran-order and
+    strided views directly.
+    """
+    xp = array_namespace(A)
+    if is_sparse(A):
+        if A.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D sparse matrix, got ndim={A.ndim}")
+        dt = _check_dtype(A.dtype, name)
+        A = A.tocsr()
+        if A.dtype != dt:
+            A = A.astype(dt)
+        return A, xp
+    if xp is np:
+        if isinstance(A, (list, tuple)):
+            A = np.asarray(A)
+        if not isinstance(A, np.ndarray):
+            raise TypeError(
+                f"{name} must be a NumPy/CuPy array or a SciPy/cupyx sparse matrix, got {type(A).__name__}"
+            )
+    if A.ndim not in ndim:
+        raise ValueError(f"{name} must be {' or '.join(f'{k}-D' for k in ndim)}, got shape {tuple(A.shape)}")
+    dt = _check_dtype(A.dtype, name)
+    if A.dtype != dt:
+        A = A.astype(dt)
+    return A, xp
+
+
+def check_positive_int(value, name, *, minimum=1):
+    """Return ``value`` as int, or raise naming ``name``.
+
+    Python and NumPy integers are accepted; bools, floats and others raise
+    ``TypeError``; values below ``minimum`` raise ``ValueError``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_seed(seed):
+    """Return a 64-bit seed: ``None`` draws one from OS entropy.
+
+    Accepts Python or NumPy integers in ``[0, 2**64)``.  Generators and
+    ``RandomState`` objects are refused: a sketch is a pure function of its
+    integer seed, so it can be replayed.
+    """
+    if seed is None:
+        return secrets.randbits(64)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral, np.integer)):
+        raise TypeError(f"seed must be None or an integer in [0, 2**64), got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
+
+
+def _free_bytes(xp):
+    if xp is np:
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    free, _total = xp.cuda.runtime.memGetInfo()
+    return free + xp.get_default_memory_pool().free_bytes()
+
+
+def check_memory(nbytes, what, xp):
+    """Raise ``MemoryError`` naming ``what`` and its size if it cannot fit.
+
+    Called before allocating a sketch result or a temporary, so the user sees
+    "sketch output of 12.0 GiB (m=..., d=...) does not fit in 9.5 GiB free"
+    rather than an allocator traceback.
+    """
+    free = _free_bytes(xp)
+    if free is not None and nbytes > free:
+        where = "device" if xp is not np else "host"
+        raise MemoryError(
+            f"{what} needs {nbytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of {where} memory is free"
+        )

@@ -1,0 +1,493 @@
+"""Kernel layer: CUDA kernels (``kernels/*.cu``) and their CPU twins.
+
+Each operation has two implementations with one signature: a CUDA kernel
+launched through ``cupy.RawModule`` and a NumPy/SciPy twin that computes the
+same thing from the same Philox hashes.  :func:`call` is the one dispatch
+point between them: it picks the twin by the array module ``xp`` that the
+public entry point resolved.  Nothing here validates user input; the
+operator layer has done that.
+
+CUDA modules are compiled lazily on first use (never at import), one module
+per ``.cu`` file with every template instantiation named up front
+(``name_expressions``), and cached per device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _random
+from ._nvtx import annotate
+
+__all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources"]
+
+# ---------------------------------------------------------------------------
+# CUDA sources and loading
+# ---------------------------------------------------------------------------
+
+_FLOATS = ("float", "double")
+_INDEX = ("int", "long long")
+
+#: Every kernel instantiation that run time asks for, per source file.  The
+#: nvcc compile test instantiates exactly these.
+NAME_EXPRESSIONS = {
+    "hash_sketch.cu": [f"hash_sketch_rowmajor<{t}>" for t in _FLOATS]
+    + [f"hash_sketch_colmajor<{t}>" for t in _FLOATS]
+    + [f"hash_sketch_csr<{t},{i}>" for t in _FLOATS for i in _INDEX]
+    + [f"hash_adjoint<{t}>" for t in _FLOATS]
+    + ["hash_values", "philox_blocks"],
+    "kronecker.cu": [f"kron_countsketch<{t}>" for t in _FLOATS],
+    "hadamard.cu": [f"fwht_stage<{t}>" for t in _FLOATS] + [f"fwht_local<{t}>" for t in _FLOATS],
+    "gaussian.cu": [f"gaussian_fill<{t}>" for t in _FLOATS],
+}
+
+
+def kernel_dir() -> Path:
+    """Directory holding the ``.cu`` sources.
+
+    An installed wheel has them in ``gpusketch/kernels``; a source checkout
+    (editable install or ``PYTHONPATH``) has them in ``kernels/`` beside the
+    package.
+    """
+    here = Path(__file__).resolve().parent
+    for cand in (here / "kernels", here.parent / "kernels"):
+        if (cand / "philox.cuh").is_file():
+            return cand
+    raise FileNotFoundError(f"CUDA sources not found beside {here}; the installation is incomplete")
+
+
+def kernel_sources(filename: str) -> str:
+    """Source of one module with ``philox.cuh`` inlined.
+
+    Inlining (rather than ``-I``) keeps CuPy's on-disk kernel cache keyed on
+    the header's text too.
+    """
+    d = kernel_dir()
+    header = (d / "philox.cuh").read_text()
+    return (d / filename).read_text().replace('#include "philox.cuh"', header)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_loader():
+    import cupy
+
+    @cupy.memoize(for_each_device=True)
+    def load(filename):
+        return cupy.RawModule(
+            code=kernel_sources(filename),
+            options=("--std=c++17",),
+            name_expressions=NAME_EXPRESSIONS[filename],
+        )
+
+    return load
+
+
+def load_module(filename):
+    """The compiled ``cupy.RawModule`` of one source file on the current device."""
+    return _module_loader()(filename)
+
+
+def _kernel(filename, name):
+    return load_module(filename).get_function(name)
+
+
+def _ctype(dtype):
+    return "float" if np.dtype(dtype) == np.float32 else "double"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id):
+    import cupy
+
+    return cupy.cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"]
+
+
+def _grid(work_items, per_block, xp):
+    """Grid size: enough blocks to cover the work, capped at 32 per SM (grid-stride loops)."""
+    cap = 32 * _sm_count(xp.cuda.Device().id)
+    return int(max(1, min(cap, -(-work_items // per_block))))
+
+
+# ---------------------------------------------------------------------------
+# Registry: one dispatch point between the twins
+# ---------------------------------------------------------------------------
+
+_TWINS: dict = {}
+
+
+def _twin(name, backend):
+    def register(fn):
+        _TWINS[(name, backend)] = fn
+        return fn
+
+    return register
+
+
+def call(name, xp, *args, **kwargs):
+    """Run operation ``name`` with the twin for array module ``xp``."""
+    backend = "numpy" if xp is np else "cupy"
+    with annotate(f"gpusketch.kernel.{name}[{backend}]"):
+        return _TWINS[(name, backend)](*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Philox blocks and hash values
+# ---------------------------------------------------------------------------
+
+
+@_twin("philox_blocks", "numpy")
+def _philox_blocks_cpu(counters, key):
+    return _random.philox4x32(counters, key)
+
+
+@_twin("philox_blocks", "cupy")
+def _philox_blocks_gpu(counters, key):
+    import cupy
+
+    ctr = cupy.asarray(np.ascontiguousarray(counters, dtype=np.uint32).reshape(-1, 4))
+    out = cupy.empty_like(ctr)
+    count = ctr.shape[0]
+    _kernel("hash_sketch.cu", "philox_blocks")(
+        (_grid(count, 256, cupy),), (256,),
+        (ctr, np.uint32(key[0]), np.uint32(key[1]), np.int64(count), out),
+    )
+    return out.reshape(np.shape(counters))
+
+
+def _hash_values_np(col0, n, m, nnz, seed, stream):
+    w = _random.hash_words(col0 * nnz, n * nnz, seed, stream).reshape(n, nnz)
+    t = np.arange(nnz, dtype=np.int64)
+    lo = t * m // nnz
+    size = (t + 1) * m // nnz - lo
+    buckets = lo + (((w >> np.uint64(1)) * size.astype(np.uint64)) >> np.uint64(31)).astype(np.int64)
+    signs = (1 - 2 * (w & np.uint64(1)).astype(np.int8)).astype(np.int8)
+    return buckets, signs
+
+
+@_twin("hash_values", "numpy")
+def _hash_values_cpu(col0, n, m, nnz, seed, stream):
+    return _hash_values_np(col0, n, m, nnz, seed, stream)
+
+
+@_twin("hash_values", "cupy")
+def _hash_values_gpu(col0, n, m, nnz, seed, stream):
+    import cupy
+
+    buckets = cupy.empty((n, nnz), dtype=cupy.int64)
+    signs = cupy.empty((n, nnz), dtype=cupy.int8)
+    k0, k1 = _random.split_seed(seed)
+    _kernel("hash_sketch.cu", "hash_values")(
+        (_grid(n * nnz, 256, cupy),), (256,),
+        (np.int64(col0), np.int64(n), np.int32(m), np.int32(nnz), np.uint32(k0), np.uint32(k1),
+         np.uint32(stream), buckets, signs),
+    )
+    return buckets, signs
+
+
+# ---------------------------------------------------------------------------
+# Hashing sketches (CountSketch, SparseSign): scatter-add and adjoint gather
+# ---------------------------------------------------------------------------
+
+_CPU_BLOCK = 1 << 16
+
+
+def _cpu_threads(work):
+    if work < (1 << 21):
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _hash_matrix_cpu(col0, c, m, nnz, scale, seed, stream, dtype):
+    """S[:, col0:col0+c] as a SciPy CSC matrix (m x c), nnz entries per column."""
+    b, s = _hash_values_np(col0, c, m, nnz, seed, stream)
+    data = (s.astype(dtype) * dtype.type(scale)).ravel()
+    indptr = np.arange(0, (c + 1) * nnz, nnz, dtype=np.int64)
+    return sp.csc_matrix((data, b.ravel(), indptr), shape=(m, c))
+
+
+def _row_blocks(n, block):
+    return [(a, min(n, a + block)) for a in range(0, n, block)]
+
+
+def _parallel_sum(fn, ranges, threads, out):
+    """out += sum(fn(a, b) for (a, b) in ranges), split across threads.
+
+    SciPy's sparse products release the GIL, so threads give real speed-up.
+    Each thread accumulates its own partial sum; partials are added at the end.
+    """
+    if threads <= 1 or len(ranges) < 2:
+        for a, b in ranges:
+            out += fn(a, b)
+        return out
+    parts = [ranges[i::threads] for i in range(threads)]
+
+    def run(part):
+        acc = None
+        for a, b in part:
+            y = fn(a, b)
+            acc = y if acc is None else acc.__iadd__(y)
+        return acc
+
+    with ThreadPoolExecutor(threads) as ex:
+        for acc in ex.map(run, [p for p in parts if p]):
+            out += acc
+    return out
+
+
+@_twin("hash_sketch_dense", "numpy")
+def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream):
+    A2 = A.reshape(A.shape[0], -1)
+    o2 = out.reshape(m, -1)
+    dtype = o2.dtype
+
+    def block(a, b):
+        S = _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
+        return np.asarray(S @ A2[a:b])
+
+    n = A2.shape[0]
+    _parallel_sum(block, _row_blocks(n, _CPU_BLOCK), _cpu_threads(n * A2.shape[1]), o2)
+    return out
+
+
+@_twin("hash_sketch_dense", "cupy")
+def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
+    import cupy
+
+    n = A.shape[0]
+    d = 1 if A.ndim == 1 else A.shape[1]
+    item = A.itemsize
+    s0 = A.strides[0] // item
+    s1 = A.strides[1] // item if A.ndim == 2 else 1
+    k0, k1 = _random.split_seed(seed)
+    T = _ctype(A.dtype)
+    args = (A, np.int64(n), np.int32(d), np.int64(s0), np.int64(s1), np.int64(col0), np.int32(m),
+            np.int32(nnz), A.dtype.type(scale), np.uint32(k0), np.uint32(k1), np.uint32(stream), out)
+    if d == 1 or (s0 == 1 and s1 != 1):
+        _kernel("hash_sketch.cu", f"hash_sketch_colmajor<{T}>")((_grid(n, 256, cupy),), (256,), args)
+    else:
+        bx = min(32, 1 << max(0, (d - 1).bit_length()))
+        by = 256 // bx
+        _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(n, by, cupy),), (bx, by), args)
+    return out
+
+
+@_twin("hash_sketch_csr", "numpy")
+def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream):
+    dtype = out.dtype
+
+    def block(a, b):
+        S = _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
+        return (S @ A[a:b]).toarray()
+
+    n = A.shape[0]
+    _parallel_sum(block, _row_blocks(n, 1 << 20), _cpu_threads(A.nnz), out)
+    return out
+
+
+@_twin("hash_sketch_csr", "cupy")
+def _hash_sketch_csr_gpu(A, out, col0, m, nnz, scale, seed, stream):
+    import cupy
+
+    n, d = A.shape
+    k0, k1 = _random.split_seed(seed)
+    T = _ctype(A.dtype)
+    idx = A.indices
+    I = "int" if idx.dtype == cupy.int32 else "long long"
+    indptr = A.indptr.astype(idx.dtype, copy=False)
+    _kernel("hash_sketch.cu", f"hash_sketch_csr<{T},{I}>")(
+        (_grid(n * 32, 256, cupy),), (256,),
+        (indptr, idx, A.data, np.int64(n), np.int32(d), np.int64(col0), np.int32(m), np.int32(nnz),
+         A.dtype.type(scale), np.uint32(k0), np.uint32(k1), np.uint32(stream), out),
+    )
+    return out
+
+
+@_twin("hash_adjoint", "numpy")
+def _hash_adjoint_cpu(Y, n, col0, nnz, scale, seed, stream):
+    m = Y.shape[0]
+    S = _hash_matrix_cpu(col0, n, m, nnz, scale, seed, stream, Y.dtype)
+    return np.asarray(S.T @ Y)
+
+
+@_twin("hash_adjoint", "cupy")
+def _hash_adjoint_gpu(Y, n, col0, nnz, scale, seed, stream):
+    import cupy
+
+    m = Y.shape[0]
+    Y2 = cupy.ascontiguousarray(Y.reshape(m, -1))
+    d = Y2.shape[1]
+    out = cupy.empty((n, d), dtype=Y.dtype)
+    k0, k1 = _random.split_seed(seed)
+    _kernel("hash_sketch.cu", f"hash_adjoint<{_ctype(Y.dtype)}>")(
+        (_grid(n * d, 256, cupy),), (256,),
+        (Y2, np.int32(m), np.int32(d), np.int64(n), np.int64(col0), np.int32(nnz),
+         Y.dtype.type(scale), np.uint32(k0), np.uint32(k1), np.uint32(stream), out),
+    )
+    return out.reshape((n,) + Y.shape[1:])
+
+
+# ---------------------------------------------------------------------------
+# Kronecker product of CountSketches, one pass over b
+# ---------------------------------------------------------------------------
+
+
+def _kron_hashes_cpu(j, dims, ms, seeds, stream):
+    """Bucket and sign of global columns ``j`` of S_1 (x) ... (x) S_q (numpy.kron order)."""
+    multi = np.unravel_index(j, dims)
+    bucket = np.zeros(j.shape, dtype=np.int64)
+    sign = np.ones(j.shape, dtype=np.int8)
+    for jt, mt, st in zip(multi, ms, seeds):
+        # Hash only the range of factor indices that occurs in this block.
+        lo, hi = int(jt.min()), int(jt.max()) + 1
+        b, s = _hash_values_np(lo, hi - lo, mt, 1, st, stream)
+        bucket = bucket * mt + b[jt - lo, 0]
+        sign *= s[jt - lo, 0]
+    return bucket, sign
+
+
+@_twin("kron_countsketch", "numpy")
+def _kron_countsketch_cpu(B, out, col0, dims, ms, seeds, stream):
+    M = int(np.prod(ms))
+    sparse_in = sp.issparse(B)
+    B2 = B if sparse_in else B.reshape(B.shape[0], -1)
+    o2 = out.reshape(M, -1)
+    dtype = o2.dtype
+
+    def block(a, b):
+        bucket, sign = _kron_hashes_cpu(np.arange(col0 + a, col0 + b, dtype=np.int64), dims, ms, seeds, stream)
+        S = sp.csc_matrix((sign.astype(dtype), bucket, np.arange(b - a + 1)), shape=(M, b - a))
+        y = S @ B2[a:b]
+        return y.toarray() if sparse_in else np.asarray(y)
+
+    n = B2.shape[0]
+    _parallel_sum(block, _row_blocks(n, _CPU_BLOCK), _cpu_threads(n * B2.shape[1]), o2)
+    return out
+
+
+@_twin("kron_countsketch", "cupy")
+def _kron_countsketch_gpu(B, out, col0, dims, ms, seeds, stream):
+    import cupy
+
+    if not isinstance(B, cupy.ndarray):  # cupyx CSR: bounded dense row chunks
+        rows = max(1, (64 << 20) // (B.shape[1] * B.dtype.itemsize))
+        for a in range(0, B.shape[0], rows):
+            chunk = B[a : a + rows].toarray()
+            _kron_countsketch_gpu(chunk, out, col0 + a, dims, ms, seeds, stream)
+        return out
+    n = B.shape[0]
+    d = 1 if B.ndim == 1 else B.shape[1]
+    item = B.itemsize
+    s0 = B.strides[0] // item
+    s1 = B.strides[1] // item if B.ndim == 2 else 1
+    q = len(dims)
+    keys = np.array([k for s in seeds for k in _random.split_seed(s)], dtype=np.uint32)
+    bx = min(32, 1 << max(0, (d - 1).bit_length()))
+    by = 256 // bx
+    _kernel("kronecker.cu", f"kron_countsketch<{_ctype(B.dtype)}>")(
+        (_grid(n, by, cupy),), (bx, by),
+        (B, np.int64(n), np.int32(d), np.int64(s0), np.int64(s1), np.int64(col0), np.int32(q),
+         cupy.asarray(np.asarray(dims, dtype=np.int64)), cupy.asarray(np.asarray(ms, dtype=np.int32)),
+         cupy.asarray(keys), np.uint32(stream), out),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Walsh–Hadamard transform (unnormalised, along axis 0, in place on our own buffer)
+# ---------------------------------------------------------------------------
+
+
+@_twin("fwht", "numpy")
+def _fwht_cpu(X):
+    assert X.flags.c_contiguous, "fwht works in place on a C-order buffer"
+    L = X.shape[0]
+    rest = X.shape[1:]
+    h = 1
+    while h < L:
+        V = X.reshape((L // (2 * h), 2, h) + rest)
+        a = V[:, 0].copy()
+        b = V[:, 1]
+        V[:, 0] += b
+        np.subtract(a, b, out=V[:, 1])
+        h *= 2
+    return X
+
+
+@_twin("fwht", "cupy")
+def _fwht_gpu(X):
+    import cupy
+
+    assert X.flags.c_contiguous, "fwht works in place on a C-order buffer"
+    L = X.shape[0]
+    X2 = X.reshape(L, -1)
+    d = X2.shape[1]
+    T = _ctype(X.dtype)
+    cx = min(32, d)
+    by = max(1, 256 // cx)
+    log_tile = max(0, min(L.bit_length() - 1, int(np.log2(32768 // (cx * X.itemsize)))))
+    if log_tile >= 1:
+        tile_rows = 1 << log_tile
+        _kernel("hadamard.cu", f"fwht_local<{T}>")(
+            (L // tile_rows, -(-d // cx)), (cx, by),
+            (X2, np.int64(L), np.int32(d), np.int32(log_tile)),
+            shared_mem=tile_rows * cx * X.itemsize,
+        )
+    h = 1 << log_tile
+    stage = _kernel("hadamard.cu", f"fwht_stage<{T}>")
+    while h < L:
+        stage((_grid((L // 2) * d, 256, cupy),), (256,), (X2, np.int64(L), np.int32(d), np.int64(h)))
+        h *= 2
+    return X
+
+
+# ---------------------------------------------------------------------------
+# Dense Gaussian blocks
+# ---------------------------------------------------------------------------
+
+
+@_twin("gaussian_block", "numpy")
+def _gaussian_block_cpu(m, j0, c, scale, seed, stream, dtype):
+    G = _random.normal_block(m, j0, c, seed, stream, dtype=np.float64)
+    G *= scale
+    return G.astype(dtype, copy=False)
+
+
+@_twin("gaussian_block", "cupy")
+def _gaussian_block_gpu(m, j0, c, scale, seed, stream, dtype):
+    import cupy
+
+    dtype = np.dtype(dtype)
+    S = cupy.empty((m, c), dtype=dtype)
+    k0, k1 = _random.split_seed(seed)
+    nb = (m + 3) // 4
+    _kernel("gaussian.cu", f"gaussian_fill<{_ctype(dtype)}>")(
+        (_grid(nb * c, 256, cupy),), (256,),
+        (S, np.int32(m), np.int64(c), np.int64(j0), dtype.type(scale), np.uint32(k0), np.uint32(k1),
+         np.uint32(stream)),
+    )
+    return S
+
+
+# ---------------------------------------------------------------------------
+# Row scatter-add (adjoints of row sampling and of SRHT)
+# ---------------------------------------------------------------------------
+
+
+@_twin("scatter_add_rows", "numpy")
+def _scatter_add_rows_cpu(Z, idx, V):
+    np.add.at(Z, idx, V)
+    return Z
+
+
+@_twin("scatter_add_rows", "cupy")
+def _scatter_add_rows_gpu(Z, idx, V):
+    import cupyx
+
+    cupyx.scatter_add(Z, idx, V)
+    return Z

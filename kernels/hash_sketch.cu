@@ -1,0 +1,114 @@
+// Scatter-add kernels for hashing sketches (CountSketch: nnz = 1, SparseSign/OSNAP:
+// nnz >= 1).  Row i of the input is column j = col0 + i of S; its nnz (bucket, sign)
+// pairs are recomputed from Philox in the kernel, so no n-length hash array exists.
+// CPU twins: gpusketch/_kernels.py (_hash_sketch_dense_cpu and friends).
+#include "philox.cuh"
+
+// out (m x d, C order) += S[:, col0:col0+n] @ A, A read through element strides (s0, s1).
+// Block (32, 8): threadIdx.y picks a row, threadIdx.x walks its columns; for A whose
+// rows are contiguous (C order, d >= 32) the warp reads one row coalesced.
+template <typename T>
+__global__ void hash_sketch_rowmajor(const T *__restrict__ A, long long n, int d, long long s0,
+                                     long long s1, long long col0, int m, int nnz, T scale,
+                                     unsigned int k0, unsigned int k1, unsigned int stream,
+                                     T *__restrict__ out) {
+    const long long step = (long long)gridDim.x * blockDim.y;
+    for (long long i = (long long)blockIdx.x * blockDim.y + threadIdx.y; i < n; i += step) {
+        for (int t = 0; t < nnz; ++t) {
+            int b, s;
+            gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
+            const T f = s > 0 ? scale : -scale;
+            const T *a = A + i * s0;
+            T *o = out + (long long)b * d;
+            for (int c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(o + c, f * a[c * s1]);
+        }
+    }
+}
+
+// Same map for A whose columns are contiguous (Fortran order) or for vectors:
+// consecutive threads take consecutive rows, so reads down a column coalesce.
+template <typename T>
+__global__ void hash_sketch_colmajor(const T *__restrict__ A, long long n, int d, long long s0,
+                                     long long s1, long long col0, int m, int nnz, T scale,
+                                     unsigned int k0, unsigned int k1, unsigned int stream,
+                                     T *__restrict__ out) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        for (int t = 0; t < nnz; ++t) {
+            int b, s;
+            gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
+            const T f = s > 0 ? scale : -scale;
+            const T *a = A + i * s0;
+            T *o = out + (long long)b * d;
+            for (int c = 0; c < d; ++c) atomicAdd(o + c, f * a[c * s1]);
+        }
+    }
+}
+
+// out (m x d) += S[:, col0:col0+n] @ A for A in CSR (n x d); one warp per row.
+template <typename T, typename I>
+__global__ void hash_sketch_csr(const I *__restrict__ indptr, const I *__restrict__ indices,
+                                const T *__restrict__ data, long long n, int d, long long col0, int m,
+                                int nnz, T scale, unsigned int k0, unsigned int k1,
+                                unsigned int stream, T *__restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; i < n; i += warps) {
+        const long long p0 = indptr[i], p1 = indptr[i + 1];
+        for (int t = 0; t < nnz; ++t) {
+            int b, s;
+            gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
+            const T f = s > 0 ? scale : -scale;
+            T *o = out + (long long)b * d;
+            for (long long p = p0 + lane; p < p1; p += 32) atomicAdd(o + indices[p], f * data[p]);
+        }
+    }
+}
+
+// Adjoint: out (n x d, C order) = S[:, col0:col0+n]^T @ Y, Y (m x d, C order).  A gather.
+template <typename T>
+__global__ void hash_adjoint(const T *__restrict__ Y, int m, int d, long long n, long long col0,
+                             int nnz, T scale, unsigned int k0, unsigned int k1, unsigned int stream,
+                             T *__restrict__ out) {
+    const long long total = n * d;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+        const long long i = e / d;
+        const int c = (int)(e - i * d);
+        T acc = 0;
+        for (int t = 0; t < nnz; ++t) {
+            int b, s;
+            gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
+            const T v = Y[(long long)b * d + c];
+            acc += s > 0 ? v : -v;
+        }
+        out[e] = acc * scale;
+    }
+}
+
+// The (bucket, sign) pairs themselves, for tests and for todense(): (n x nnz) each.
+__global__ void hash_values(long long col0, long long n, int m, int nnz, unsigned int k0,
+                            unsigned int k1, unsigned int stream, long long *__restrict__ buckets,
+                            signed char *__restrict__ signs) {
+    const long long total = n * nnz;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+        const long long i = e / nnz;
+        const int t = (int)(e - i * nnz);
+        int b, s;
+        gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
+        buckets[e] = b;
+        signs[e] = (signed char)s;
+    }
+}
+
+// Raw Philox blocks, for the known-answer test: ctr (count x 4), out (count x 4).
+__global__ void philox_blocks(const unsigned int *__restrict__ ctr, unsigned int k0, unsigned int k1,
+                              long long count, unsigned int *__restrict__ out) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < count; e += step) {
+        const gs_u32x4 v = gs_philox4x32_10(
+            gs_u32x4{ctr[4 * e], ctr[4 * e + 1], ctr[4 * e + 2], ctr[4 * e + 3]}, k0, k1);
+        out[4 * e] = v.x; out[4 * e + 1] = v.y; out[4 * e + 2] = v.z; out[4 * e + 3] = v.w;
+    }
+}

@@ -1,7 +1,8 @@
 // Philox4x32-10 (Salmon, Moraes, Dror, Shaw, SC'11), bit-identical to
 // gpusketch/_random.py.  No system headers: the file is compiled by NVRTC
 // (CuPy RawModule) at run time and by nvcc in the test suite.
-#pragma once
+#ifndef GS_PHILOX_CUH
+#define GS_PHILOX_CUH
 
 struct gs_u32x4 { unsigned int x, y, z, w; };
 
@@ -39,3 +40,5 @@ __device__ __forceinline__ void gs_bucket_sign(unsigned long long j, int t, int 
     bucket = (int)(lo + (long long)(((unsigned long long)(w >> 1) * (unsigned long long)(hi - lo)) >> 31));
     sign = (w & 1u) ? -1 : 1;
 }
+
+#endif  // GS_PHILOX_CUH

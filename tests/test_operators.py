@@ -1,0 +1,242 @@
+"""Exactness of every operator: against todense(), chunked, adjoint, right sketch, CPU vs GPU."""
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+
+import gpusketch as gs
+from conftest import HAS_GPU, gpu, sparse_module, to_numpy
+
+N = 300
+
+FACTORIES = {
+    "countsketch": lambda n: gs.CountSketch(17, n, seed=11),
+    "sparsesign": lambda n: gs.SparseSign(24, n, nnz=5, seed=12),
+    "gaussian": lambda n: gs.Gaussian(9, n, seed=13),
+    "srht": lambda n: gs.SRHT(20, n, seed=14),
+    "sampling": lambda n: gs.Sampling(np.array([0, 5, 5, n - 1, 77, 150]), n, scale=np.arange(1.0, 7.0)),
+    "kron_countsketch": lambda n: gs.Kronecker([gs.CountSketch(5, 12, seed=1), gs.CountSketch(4, 25, seed=2)]),
+    "kron_mixed": lambda n: gs.Kronecker([gs.SparseSign(6, 12, nnz=2, seed=3), gs.Gaussian(4, 25, seed=4)]),
+    "kron_three": lambda n: gs.Kronecker(
+        [gs.CountSketch(3, 5, seed=5), gs.SRHT(4, 6, seed=6), gs.CountSketch(2, 10, seed=7)]
+    ),
+}
+OPS = list(FACTORIES)
+
+
+def make(kind):
+    return FACTORIES[kind](N)
+
+
+def tol(dtype):
+    return dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+def dense_inputs(xp, rng, dtype):
+    A = rng.standard_normal((N, 7)).astype(dtype)
+    big = rng.standard_normal((N, 16)).astype(dtype)
+    yield "C", xp.asarray(A)
+    yield "F", xp.asfortranarray(xp.asarray(A))
+    yield "view", xp.asarray(big)[:, 3:14:2]  # non-contiguous columns
+    yield "rowstep", xp.asarray(rng.standard_normal((2 * N, 5)).astype(dtype))[::2]
+    yield "vector", xp.asarray(A[:, 0].copy())
+    yield "wide", xp.asarray(rng.standard_normal((N, 40)).astype(dtype))
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_apply_dense_matches_todense(xp, rng, kind, dtype):
+    S = make(kind)
+    D = S.todense()
+    for name, A in dense_inputs(xp, rng, dtype):
+        before = to_numpy(A).copy()
+        Y = S @ A
+        assert type(Y) is type(A), name
+        assert Y.dtype == dtype and Y.shape == (S.shape[0],) + A.shape[1:], name
+        ref = D @ to_numpy(A).astype(np.float64)
+        np.testing.assert_allclose(to_numpy(Y), ref, **tol(dtype), err_msg=name)
+        np.testing.assert_array_equal(to_numpy(A), before)  # input untouched
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_apply_sparse_matches_todense(xp, rng, kind, fmt):
+    S = make(kind)
+    spm = sparse_module(xp)
+    A_host = (rng.random((N, 9)) < 0.2) * rng.standard_normal((N, 9))
+    A = spm.csr_matrix(xp.asarray(A_host)).asformat(fmt)
+    Y = S @ A
+    np.testing.assert_allclose(to_numpy(Y), S.todense() @ A_host, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_right_sketch_and_rmatmul(xp, rng, kind):
+    S = make(kind)
+    D = S.todense()
+    B = rng.standard_normal((6, N))
+    np.testing.assert_allclose(to_numpy(xp.asarray(B) @ S.T), B @ D.T, rtol=1e-10, atol=1e-10)
+    C = rng.standard_normal((4, S.shape[0]))
+    np.testing.assert_allclose(to_numpy(xp.asarray(C) @ S), C @ D, rtol=1e-10, atol=1e-10)
+    Bs = sparse_module(xp).csr_matrix(xp.asarray(B * (rng.random(B.shape) < 0.3)))
+    np.testing.assert_allclose(to_numpy(Bs @ S.T), to_numpy(Bs.toarray()) @ D.T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_dottest_adjoint(xp, rng, kind):
+    # (S u) . v == u . (S^T v) for random u, v (PyLops' dottest).
+    S = make(kind)
+    u = rng.standard_normal((N, 3))
+    v = rng.standard_normal((S.shape[0], 3))
+    Su = to_numpy(S @ xp.asarray(u))
+    Stv = to_numpy(S.T @ xp.asarray(v))
+    assert abs(np.sum(Su * v) - np.sum(u * Stv)) <= 1e-10 * np.abs(Su).sum() * np.abs(v).sum()
+    np.testing.assert_allclose(Stv, S.todense().T @ v, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(S.T.todense(), S.todense().T)
+    assert S.T.T is S
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_chunked_sum_equals_whole(xp, rng, kind):
+    S = make(kind)
+    A = xp.asarray(rng.standard_normal((N, 4)))
+    whole = to_numpy(S @ A)
+    bounds = [0, 1, 38, 39, 128, 211, N]  # uneven, including a 1-row chunk
+    total = sum(to_numpy(S[:, a:b] @ A[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
+    np.testing.assert_allclose(total, whole, rtol=1e-10, atol=1e-10)
+    D = S.todense()
+    np.testing.assert_allclose(S[:, 38:211].todense(), D[:, 38:211])
+    np.testing.assert_allclose(S[:, 38:211][:, 5:100].todense(), D[:, 43:138])
+    # Adjoint of a slice: rows a..b of S^T.
+    Y = rng.standard_normal((S.shape[0], 2))
+    np.testing.assert_allclose(to_numpy(S[:, 38:211].T @ xp.asarray(Y)), D[:, 38:211].T @ Y, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_adjoint_column_slices(xp, rng, kind):
+    S = make(kind)
+    St = S.T
+    m = S.shape[0]
+    Y = xp.asarray(rng.standard_normal((m, 3)))
+    cut = m // 2
+    total = to_numpy(St[:, :cut] @ Y[:cut]) + to_numpy(St[:, cut:] @ Y[cut:])
+    np.testing.assert_allclose(total, to_numpy(St @ Y), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(St[:, :cut].todense(), S.todense()[:cut].T)
+    np.testing.assert_allclose(St[:, :cut].T.todense(), S.todense()[:cut])
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_aslinearoperator(kind, rng):
+    S = make(kind)
+    L = spla.aslinearoperator(S)
+    x = rng.standard_normal(N)
+    y = rng.standard_normal(S.shape[0])
+    np.testing.assert_allclose(L @ x, S.todense() @ x, atol=1e-10)
+    np.testing.assert_allclose(L.rmatvec(y), S.todense().T @ y, atol=1e-10)
+    np.testing.assert_allclose(L.matmat(np.eye(N)[:, :3]), S.todense()[:, :3], atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_immutable_and_deterministic(kind):
+    S = make(kind)
+    with pytest.raises(AttributeError):
+        S.seed = 3
+    with pytest.raises(AttributeError):
+        S._m = 3
+    np.testing.assert_array_equal(S.todense(), make(kind).todense())
+
+
+def test_different_seeds_differ():
+    for cls in (gs.CountSketch, gs.SparseSign, gs.Gaussian, gs.SRHT):
+        assert not np.array_equal(cls(16, 64, seed=1).todense(), cls(16, 64, seed=2).todense())
+
+
+def test_seed_none_is_recorded_and_replays():
+    S = gs.CountSketch(8, 50)
+    assert isinstance(S.seed, int)
+    np.testing.assert_array_equal(gs.CountSketch(8, 50, seed=S.seed).todense(), S.todense())
+
+
+def test_todense_xp(xp):
+    S = gs.CountSketch(5, 9, seed=1)
+    D = S.todense(xp=xp)
+    np.testing.assert_array_equal(to_numpy(D), S.todense())
+
+
+def test_integer_and_bool_inputs_upcast(xp):
+    S = gs.CountSketch(5, 9, seed=1)
+    A = xp.arange(18).reshape(9, 2)
+    Y = S @ A
+    assert Y.dtype == np.float64
+    np.testing.assert_allclose(to_numpy(Y), S.todense() @ np.arange(18.0).reshape(9, 2))
+    assert (S @ xp.ones(9, dtype=bool)).dtype == np.float64
+
+
+def test_kronecker_matches_numpy_kron_order(rng):
+    A1, A2 = rng.standard_normal((6, 2)), rng.standard_normal((5, 3))
+    K = gs.Kronecker([gs.CountSketch(4, 6, seed=1), gs.CountSketch(3, 5, seed=2)])
+    S1, S2 = K.factors[0].todense(), K.factors[1].todense()
+    np.testing.assert_allclose(K @ np.kron(A1, A2), np.kron(S1 @ A1, S2 @ A2), atol=1e-12)
+
+
+def test_kronecker_one_pass_equals_mode_products(xp, rng):
+    cs = [gs.CountSketch(7, 9, seed=1), gs.CountSketch(5, 11, seed=2), gs.CountSketch(3, 4, seed=3)]
+    K = gs.Kronecker(cs)
+    assert K._one_pass
+    b = xp.asarray(rng.standard_normal((9 * 11 * 4, 3)))
+    from gpusketch.operators.kronecker import _mode_products
+
+    ref = _mode_products(cs, b.reshape(9, 11, 4, 3), xp).reshape(K.shape[0], 3)
+    np.testing.assert_allclose(to_numpy(K @ b), to_numpy(ref), atol=1e-10)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cpu_gpu_agree(rng, kind, dtype):
+    import cupy
+
+    S = make(kind)
+    A = rng.standard_normal((N, 33)).astype(dtype)
+    np.testing.assert_allclose((S @ cupy.asarray(A)).get(), S @ A, **tol(dtype))
+    Y = rng.standard_normal((S.shape[0], 5)).astype(dtype)
+    np.testing.assert_allclose((S.T @ cupy.asarray(Y)).get(), S.T @ Y, **tol(dtype))
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_large_countsketch_against_cpu(rng):
+    import cupy
+
+    n, d, m = 200_003, 64, 1024
+    A = rng.standard_normal((n, d))
+    S = gs.CountSketch(m, n, seed=5)
+    np.testing.assert_allclose((S @ cupy.asarray(A)).get(), S @ A, rtol=1e-9, atol=1e-9)
+    B = rng.standard_normal((n, 3)).astype(np.float32)
+    np.testing.assert_allclose((gs.SparseSign(256, n, seed=6) @ cupy.asarray(B)).get(), gs.SparseSign(256, n, seed=6) @ B, rtol=1e-4, atol=1e-3)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_srht_large_block(rng):
+    import cupy
+
+    n = (1 << 14) + 37  # dyadic blocks 2^14, 32, 4, 1; FWHT shared-memory + global stages
+    S = gs.SRHT(64, n, seed=9)
+    A = rng.standard_normal((n, 5))
+    np.testing.assert_allclose((S @ cupy.asarray(A)).get(), S @ A, rtol=1e-9, atol=1e-9)
+
+
+def test_outputs_stay_on_input_device(xp, rng):
+    S = gs.SparseSign(8, 20, nnz=2, seed=1)
+    Y = S @ xp.asarray(rng.standard_normal((20, 2)))
+    assert type(Y).__module__.split(".")[0] == xp.__name__
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the CPU-only message")
+def test_no_gpu_needed_for_numpy_inputs():
+    import sys
+
+    S = gs.CountSketch(4, 10, seed=1)
+    S @ np.ones((10, 2))
+    assert "cupy" not in sys.modules

@@ -1,0 +1,77 @@
+"""Packaging: import hygiene, kernel sources in the wheel, CUDA sources compile with nvcc."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from gpusketch import _kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_does_not_import_gpu_or_dask_stacks():
+    code = (
+        "import sys, gpusketch, gpusketch.operators;"
+        "bad = [m for m in ('cupy', 'cupyx', 'torch', 'dask', 'nvtx') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_kernel_source_is_registered():
+    names = {p.name for p in _kernels.kernel_dir().glob("*.cu")}
+    assert names == set(_kernels.NAME_EXPRESSIONS)
+
+
+def _can_build_offline():
+    import importlib.util
+
+    has = lambda mod: importlib.util.find_spec(mod) is not None  # noqa: E731
+    return has("setuptools") and (has("wheel") or has("setuptools.command.bdist_wheel"))
+
+
+@pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree")
+def test_wheel_ships_kernel_sources(tmp_path):
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)]
+    if _can_build_offline():
+        cmd.insert(4, "--no-build-isolation")  # offline machines: build with what is installed
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("gpusketch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for src in _kernels.NAME_EXPRESSIONS:
+        assert f"gpusketch/kernels/{src}" in names
+    assert "gpusketch/kernels/philox.cuh" in names
+    # The installed layout resolves its kernels without the source tree.
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    code = "from gpusketch import _kernels; print(_kernels.kernel_dir())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(target)})
+    assert r.returncode == 0 and str(target) in r.stdout, r.stdout + r.stderr
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("source", sorted(_kernels.NAME_EXPRESSIONS))
+def test_cuda_sources_compile_without_warnings(tmp_path, source):
+    # Instantiate exactly the templates run time asks NVRTC for, for sm_80 and sm_90,
+    # from the same inlined source that CuPy compiles.
+    names = _kernels.NAME_EXPRESSIONS[source]
+    unit = _kernels.kernel_sources(source)
+    unit += "\nvoid *gs_instances[] = {" + ", ".join(f"(void *)&{n}" for n in names) + "};\n"
+    cu = tmp_path / source
+    cu.write_text(unit)
+    cmd = [NVCC, "-std=c++17", "-Werror", "all-warnings", "-c", str(cu), "-o", str(tmp_path / "k.o"),
+           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr

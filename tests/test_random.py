@@ -1,0 +1,95 @@
+"""Philox4x32-10 against Random123's known answers; hash outputs on both backends."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gpusketch import _kernels, _random
+from gpusketch._backend import check_seed
+from conftest import gpu, to_numpy
+
+# Random123 tests/kat_vectors, philox4x32 with 10 rounds: counter, key, expected output.
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+@pytest.mark.parametrize("ctr,key,expected", KAT)
+def test_philox_known_answers(xp, ctr, key, expected):
+    out = _kernels.call("philox_blocks", xp, np.array([ctr], dtype=np.uint32), key)
+    assert tuple(int(v) for v in to_numpy(out)[0]) == expected
+
+
+def test_philox_vectorised_matches_scalar_loop():
+    ctr = np.array([[j, 0, 5, 0] for j in range(10)], dtype=np.uint32)
+    batch = _random.philox4x32(ctr, (123, 456))
+    for j in range(10):
+        assert np.array_equal(batch[j], _random.philox4x32(ctr[j], (123, 456)))
+
+
+def test_hash_words_match_philox_lanes():
+    seed = 0xDEADBEEF12345678
+    w = _random.hash_words(5, 11, seed, 3)
+    for g in range(5, 16):
+        block = _random.philox4x32([g >> 2, 0, 3, 0], _random.split_seed(seed))
+        assert w[g - 5] == block[g & 3]
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("nnz,m", [(1, 1000), (8, 64), (3, 7)])
+def test_hash_values_bit_identical_cpu_gpu(nnz, m):
+    import cupy
+
+    args = (12345, 100_003, m, nnz, 2**63 + 17, _random.STREAM_SPARSESIGN)
+    b0, s0 = _kernels.call("hash_values", np, *args)
+    b1, s1 = _kernels.call("hash_values", cupy, *args)
+    assert np.array_equal(b0, b1.get()) and np.array_equal(s0, s1.get())
+
+
+@gpu
+@pytest.mark.gpu
+def test_gaussian_block_cpu_gpu_roundoff():
+    import cupy
+
+    G0 = _kernels.call("gaussian_block", np, 37, 1000, 300, 0.5, 99, _random.STREAM_GAUSSIAN, np.float64)
+    G1 = _kernels.call("gaussian_block", cupy, 37, 1000, 300, 0.5, 99, _random.STREAM_GAUSSIAN, np.float64)
+    np.testing.assert_allclose(G1.get(), G0, rtol=1e-13, atol=1e-13)
+
+
+def test_bucket_uniformity_chi2(xp):
+    # 200k columns into 97 buckets: chi-square goodness of fit at alpha = 1e-3.
+    b, s = _kernels.call("hash_values", xp, 0, 200_000, 97, 1, 42, _random.STREAM_COUNTSKETCH)
+    counts = np.bincount(to_numpy(b).ravel(), minlength=97)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    signs = to_numpy(s).ravel()
+    assert stats.binomtest(int((signs > 0).sum()), signs.size).pvalue > 1e-3
+
+
+def test_sparse_sign_blocks_uniform_and_independent_of_chunking():
+    m, nnz = 40, 4
+    b, _ = _kernels.call("hash_values", np, 0, 50_000, m, nnz, 7, _random.STREAM_SPARSESIGN)
+    for t in range(nnz):
+        lo, hi = t * m // nnz, (t + 1) * m // nnz
+        assert b[:, t].min() >= lo and b[:, t].max() < hi
+        counts = np.bincount(b[:, t] - lo, minlength=hi - lo)
+        assert stats.chisquare(counts).pvalue > 1e-3
+    b2, _ = _kernels.call("hash_values", np, 123, 1000, m, nnz, 7, _random.STREAM_SPARSESIGN)
+    assert np.array_equal(b2, b[123:1123])
+
+
+def test_normal_block_is_standard_normal():
+    z = _random.normal_block(41, 0, 5000, 3, _random.STREAM_GAUSSIAN).ravel()
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+
+
+def test_seed_none_draws_and_records():
+    a, b = check_seed(None), check_seed(None)
+    assert a != b and 0 <= a < 2**64
+    assert check_seed(np.uint64(2**64 - 1)) == 2**64 - 1

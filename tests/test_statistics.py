@@ -1,0 +1,108 @@
+"""Statistical properties that a wrong sketch would fail (fixed seeds, stated tolerances)."""
+
+import numpy as np
+import pytest
+
+import gpusketch as gs
+from conftest import to_numpy
+
+
+def distortion(SU):
+    """max |sigma_i(S U)^2 - 1| for orthonormal U: the subspace-embedding epsilon."""
+    s = np.linalg.svd(to_numpy(SU), compute_uv=False)
+    return max(abs(s.max() ** 2 - 1), abs(1 - s.min() ** 2))
+
+
+# Sizes from the embedding theorems with small constants: m ~ d^2/(eps^2 delta) for
+# CountSketch, d log d / eps^2 for the others.  d = 10, target eps <= 0.5.
+EMBEDDINGS = [
+    ("countsketch", lambda n, s: gs.CountSketch(2000, n, seed=s), 0.5),
+    ("sparsesign", lambda n, s: gs.SparseSign(400, n, nnz=8, seed=s), 0.5),
+    ("gaussian", lambda n, s: gs.Gaussian(400, n, seed=s), 0.5),
+    ("srht", lambda n, s: gs.SRHT(400, n, seed=s), 0.5),
+]
+
+
+@pytest.mark.parametrize("name,factory,eps", EMBEDDINGS, ids=[e[0] for e in EMBEDDINGS])
+def test_subspace_embedding_distortion(xp, name, factory, eps):
+    rng = np.random.default_rng(1)
+    n, d = 4000, 10
+    fails = 0
+    for trial in range(5):
+        U, _ = np.linalg.qr(rng.standard_normal((n, d)))
+        fails += distortion(factory(n, 100 + trial) @ xp.asarray(U)) > eps
+    assert fails == 0
+
+
+def test_subspace_embedding_fails_when_too_small():
+    # The check can fail: a 12-row CountSketch of a 10-dim subspace is far from an embedding.
+    rng = np.random.default_rng(2)
+    U, _ = np.linalg.qr(rng.standard_normal((4000, 10)))
+    assert distortion(gs.CountSketch(12, 4000, seed=1) @ U) > 0.5
+
+
+def test_coherent_subspace_srht_spreads_mass():
+    # U = first d standard basis vectors: row sampling alone would miss them; SRHT does not.
+    n, d = 2048, 8
+    U = np.eye(n)[:, :d]
+    assert distortion(gs.SRHT(256, n, seed=3) @ U) < 0.6
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda s: gs.CountSketch(32, 500, seed=s),
+        lambda s: gs.SparseSign(32, 500, nnz=4, seed=s),
+        lambda s: gs.Gaussian(32, 500, seed=s),
+        lambda s: gs.SRHT(32, 500, seed=s),
+    ],
+    ids=["countsketch", "sparsesign", "gaussian", "srht"],
+)
+def test_norm_unbiased(factory):
+    # E||Sx||^2 = ||x||^2: mean over 400 seeds within 4 standard errors.
+    x = np.random.default_rng(3).standard_normal(500)
+    vals = np.array([np.sum((factory(s) @ x) ** 2) for s in range(400)]) / np.sum(x**2)
+    assert abs(vals.mean() - 1) < 4 * vals.std(ddof=1) / np.sqrt(vals.size)
+    assert vals.std() > 0.01  # it is random
+
+
+def test_sampling_unbiased_with_importance_scales():
+    rng = np.random.default_rng(4)
+    n, m = 300, 50
+    p = rng.random(n) + 0.1
+    p /= p.sum()
+    x = rng.standard_normal(n)
+    vals = []
+    for s in range(600):
+        idx = np.random.default_rng(s).choice(n, size=m, p=p)
+        S = gs.Sampling(idx, n, scale=1 / np.sqrt(m * p[idx]))
+        vals.append(np.sum((S @ x) ** 2))
+    vals = np.array(vals) / np.sum(x**2)
+    assert abs(vals.mean() - 1) < 4 * vals.std(ddof=1) / np.sqrt(vals.size)
+
+
+def test_sparse_sign_column_structure():
+    S = gs.SparseSign(40, 300, nnz=5, seed=8)
+    D = S.todense()
+    nz = D != 0
+    assert np.all(nz.sum(axis=0) == 5)
+    np.testing.assert_allclose(np.abs(D[nz]), 1 / np.sqrt(5))
+    # one nonzero per row block of size m/nnz = 8
+    for t in range(5):
+        assert np.all(nz[8 * t : 8 * (t + 1)].sum(axis=0) == 1)
+    np.testing.assert_allclose(np.sum(D**2, axis=0), 1.0)
+
+
+def test_countsketch_structure_and_gaussian_moments():
+    D = gs.CountSketch(30, 5000, seed=9).todense()
+    assert np.all((D != 0).sum(axis=0) == 1) and set(np.unique(D)) == {-1.0, 0.0, 1.0}
+    G = gs.Gaussian(50, 4000, seed=10).todense()
+    assert abs(G.mean()) < 4 * np.sqrt(1 / 50 / G.size)
+    assert abs(G.var() * 50 - 1) < 0.02
+
+
+def test_srht_rows_orthogonal_and_sampled_without_replacement():
+    S = gs.SRHT(24, 64, seed=5)
+    assert len(set(S.rows.tolist())) == 24
+    D = S.todense()
+    np.testing.assert_allclose(D @ D.T, (64 / 24) * np.eye(24), atol=1e-12)

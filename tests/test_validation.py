@@ -1,0 +1,107 @@
+"""Bad input raises ValueError/TypeError naming the argument, before any work; inputs stay unmodified."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import gpusketch as gs
+from conftest import gpu
+
+CS = gs.CountSketch(4, 10, seed=1)
+
+CONSTRUCTOR_CASES = [
+    (lambda: gs.CountSketch(0, 10), ValueError, "m"),
+    (lambda: gs.CountSketch(-3, 10), ValueError, "m"),
+    (lambda: gs.CountSketch(4.0, 10), TypeError, "m"),
+    (lambda: gs.CountSketch(4, 0), ValueError, "n"),
+    (lambda: gs.CountSketch(4, "10"), TypeError, "n"),
+    (lambda: gs.CountSketch(True, 10), TypeError, "m"),
+    (lambda: gs.CountSketch(4, 10, seed=-1), ValueError, "seed"),
+    (lambda: gs.CountSketch(4, 10, seed=2**64), ValueError, "seed"),
+    (lambda: gs.CountSketch(4, 10, seed=1.5), TypeError, "seed"),
+    (lambda: gs.CountSketch(4, 10, seed=np.random.default_rng(0)), TypeError, "seed"),
+    (lambda: gs.CountSketch(4, 10, seed="7"), TypeError, "seed"),
+    (lambda: gs.SparseSign(4, 10, nnz=5), ValueError, "nnz"),
+    (lambda: gs.SparseSign(4, 10, nnz=0), ValueError, "nnz"),
+    (lambda: gs.SparseSign(4, 10, nnz=2.5), TypeError, "nnz"),
+    (lambda: gs.Gaussian(0, 10), ValueError, "m"),
+    (lambda: gs.SRHT(17, 16), ValueError, "m"),
+    (lambda: gs.SRHT(4, -1), ValueError, "n"),
+    (lambda: gs.Sampling([0, 10], 10), ValueError, "indices"),
+    (lambda: gs.Sampling([-1, 2], 10), ValueError, "indices"),
+    (lambda: gs.Sampling([0.5, 2.0], 10), TypeError, "indices"),
+    (lambda: gs.Sampling([], 10), ValueError, "indices"),
+    (lambda: gs.Sampling([[0, 1]], 10), ValueError, "indices"),
+    (lambda: gs.Sampling([0, 1], 10, scale=[1.0]), ValueError, "scale"),
+    (lambda: gs.Sampling([0, 1], 10, scale=[1.0, np.nan]), ValueError, "scale"),
+    (lambda: gs.Sampling([0, 1], 10, scale=2.0), TypeError, "scale"),
+    (lambda: gs.Sampling([0, 1], 0), ValueError, "n"),
+    (lambda: gs.Kronecker([]), ValueError, "factors"),
+    (lambda: gs.Kronecker(CS), TypeError, "factors"),
+    (lambda: gs.Kronecker([CS, np.eye(3)]), TypeError, r"factors\[1\]"),
+]
+
+APPLY_CASES = [
+    (lambda: CS @ np.ones((9, 2)), ValueError, "rows"),
+    (lambda: CS @ np.ones((10, 2, 2)), ValueError, "A"),
+    (lambda: CS @ np.float64(3.0), TypeError, "scalar"),
+    (lambda: CS @ 3.0, TypeError, "scalar"),
+    (lambda: CS @ np.ones((10, 2), dtype=complex), TypeError, "complex"),
+    (lambda: CS @ np.ones((10, 2), dtype=np.float16), TypeError, "float16"),
+    (lambda: CS @ np.array([["a"]] * 10), TypeError, "dtype"),
+    (lambda: CS @ np.array([object()] * 10), TypeError, "dtype"),
+    (lambda: CS @ sp.csr_matrix(np.ones((9, 2))), ValueError, "rows"),
+    (lambda: CS @ sp.csr_matrix(np.ones((10, 2), dtype=complex)), TypeError, "complex"),
+    (lambda: CS @ {"a": 1}, TypeError, "A"),
+    (lambda: CS @ CS, TypeError, "compose"),
+    (lambda: np.ones((3, 9)) @ CS.T, ValueError, "columns"),
+    (lambda: CS[:, 5:5], ValueError, "empty"),
+    (lambda: CS[:, ::2], ValueError, "step"),
+    (lambda: CS[1:2, :], TypeError, "column slices"),
+    (lambda: CS[3], TypeError, "column slices"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,word", CONSTRUCTOR_CASES + APPLY_CASES)
+def test_bad_input_raises_named_error(fn, exc, word):
+    with pytest.raises(exc, match=word):
+        fn()
+
+
+def test_enough_cases():
+    assert len(CONSTRUCTOR_CASES) + len(APPLY_CASES) >= 30
+
+
+def test_memory_check_names_size():
+    # A todense() of 10^6 x 10^7 float64 (~72 TiB) is refused before allocating.
+    with pytest.raises(MemoryError, match="todense"):
+        gs.CountSketch(10**6, 10**7, seed=1).todense()
+
+
+def test_inputs_not_modified():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((64, 3))
+    A_int = rng.integers(0, 5, (64, 3))
+    idx = np.array([3, 7, 7])
+    sc = np.array([1.0, 2.0, 3.0])
+    copies = [x.copy() for x in (A, A_int, idx, sc)]
+    for S in (gs.CountSketch(8, 64, seed=1), gs.SRHT(8, 64, seed=1), gs.Gaussian(8, 64, seed=1),
+              gs.Sampling(idx, 64, scale=sc)):
+        S @ A
+        S @ A_int
+        A.T @ S.T
+    for x, c in zip((A, A_int, idx, sc), copies):
+        np.testing.assert_array_equal(x, c)
+
+
+@gpu
+@pytest.mark.gpu
+def test_mixed_numpy_cupy_raises_type_error():
+    import cupy
+
+    with pytest.raises(TypeError, match="mixed host and device"):
+        gs.Sampling(np.array([0, 1]), 4, scale=cupy.ones(2))
+    from gpusketch._backend import array_namespace
+
+    with pytest.raises(TypeError, match="numpy.*cupy|cupy.*numpy"):
+        array_namespace(np.ones(2), cupy.ones(2))

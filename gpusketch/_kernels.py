@@ -405,18 +405,30 @@ def _kron_countsketch_gpu(B, out, col0, dims, ms, seeds, stream):
 
 @_twin("fwht", "numpy")
 def _fwht_cpu(X):
+    # H_L = H_2 (x) ... (x) H_2; grouping 5 bits at a time turns 5 radix-2 passes
+    # into one batched product with H_32 (BLAS), about 3x faster than radix-2 in NumPy.
     assert X.flags.c_contiguous, "fwht works in place on a C-order buffer"
     L = X.shape[0]
-    rest = X.shape[1:]
-    h = 1
-    while h < L:
-        V = X.reshape((L // (2 * h), 2, h) + rest)
-        a = V[:, 0].copy()
-        b = V[:, 1]
-        V[:, 0] += b
-        np.subtract(a, b, out=V[:, 1])
-        h *= 2
+    k = L.bit_length() - 1
+    rest = X.size // L
+    stride, done = 1, 0
+    while done < k:
+        b = min(5, k - done)
+        h = 1 << b
+        V = X.reshape(L // (h * stride), h, stride * rest)
+        V[...] = np.matmul(_hadamard(h, X.dtype), V)
+        stride *= h
+        done += b
     return X
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard(h, dtype):
+    H = np.ones((1, 1), dtype=dtype)
+    while H.shape[0] < h:
+        H = np.block([[H, H], [H, -H]])
+    H.setflags(write=False)
+    return H
 
 
 @_twin("fwht", "cupy")
@@ -491,3 +503,57 @@ def _scatter_add_rows_gpu(Z, idx, V):
 
     cupy.add.at(Z, idx, V)
     return Z
+
+
+# ---------------------------------------------------------------------------
+# Gaussian sketch: generate column blocks of S and multiply (BLAS / cuBLAS)
+# ---------------------------------------------------------------------------
+
+
+def _gaussian_cols(m, itemsize, block_bytes):
+    return max(1, block_bytes // (m * itemsize))
+
+
+@_twin("gaussian_sketch", "numpy")
+def _gaussian_sketch_cpu(A, out, col0, m, scale, seed, stream):
+    # Generation (Philox + Box–Muller, ~50 ns per entry) dominates on a CPU: small
+    # blocks that stay in cache, spread over threads (NumPy releases the GIL).
+    A2 = A.reshape(A.shape[0], -1)
+    c = _gaussian_cols(m, 8, 2 << 20)
+
+    def block(a, b):
+        return _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, A.dtype) @ A2[a:b]
+
+    n = A2.shape[0]
+    _parallel_sum(block, _row_blocks(n, c), _cpu_threads(m * n), out.reshape(m, -1))
+    return out
+
+
+@_twin("gaussian_sketch", "cupy")
+def _gaussian_sketch_gpu(A, out, col0, m, scale, seed, stream):
+    c = _gaussian_cols(m, A.itemsize, 256 << 20)
+    for a, b in _row_blocks(A.shape[0], c):
+        out += _gaussian_block_gpu(m, col0 + a, b - a, scale, seed, stream, A.dtype) @ A[a:b]
+    return out
+
+
+@_twin("gaussian_adjoint", "numpy")
+def _gaussian_adjoint_cpu(Y, out, col0, scale, seed, stream):
+    m = Y.shape[0]
+    c = _gaussian_cols(m, 8, 2 << 20)
+
+    def block(a, b):
+        out[a:b] = _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, Y.dtype).T @ Y
+
+    ranges = _row_blocks(out.shape[0], c)
+    with ThreadPoolExecutor(_cpu_threads(m * out.shape[0])) as ex:
+        list(ex.map(lambda r: block(*r), ranges))
+    return out
+
+
+@_twin("gaussian_adjoint", "cupy")
+def _gaussian_adjoint_gpu(Y, out, col0, scale, seed, stream):
+    m = Y.shape[0]
+    for a, b in _row_blocks(out.shape[0], _gaussian_cols(m, Y.itemsize, 256 << 20)):
+        out[a:b] = _gaussian_block_gpu(m, col0 + a, b - a, scale, seed, stream, Y.dtype).T @ Y
+    return out

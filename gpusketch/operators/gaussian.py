@@ -7,15 +7,11 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._backend import check_memory, check_positive_int, check_seed
+from .._backend import check_positive_int, check_seed
 from .._random import STREAM_GAUSSIAN
 from ._base import SketchOperator, _zeros
 
 __all__ = ["Gaussian"]
-
-# Column blocks of S are generated on the fly, at most this many bytes each.
-_BLOCK_BYTES = 64 << 20
-
 
 class Gaussian(SketchOperator):
     """Gaussian sketch: i.i.d. entries ``N(0, 1/m)``.
@@ -24,7 +20,9 @@ class Gaussian(SketchOperator):
     ``j`` and ``i // 4`` (layout in ``gpusketch._random``), so CPU and GPU give
     the same matrix up to the last bits of ``log``/``cos``.  S is never stored:
     ``S @ A`` generates column blocks of S and multiplies them with BLAS
-    (cuBLAS on the GPU), ``O(m · nnz(A))`` work in all.
+    (cuBLAS on the GPU), ``O(m · n · d)`` work in all.  On a CPU generating the
+    ``m · n`` entries (Philox plus Box–Muller in NumPy, tens of ns each) costs
+    more than the product; prefer ``SparseSign`` or ``SRHT`` there.
 
     Parameters
     ----------
@@ -55,30 +53,18 @@ class Gaussian(SketchOperator):
         super().__init__(m, n, check_seed(seed))
         self._set(_col0=_col0, _scale=1.0 / math.sqrt(m))
 
-    def _blocks(self, itemsize):
-        c = max(1, _BLOCK_BYTES // (self._m * itemsize))
-        return [(a, min(self._n, a + c)) for a in range(0, self._n, c)]
-
-    def _block(self, a, b, dtype, xp):
-        return _kernels.call(
-            "gaussian_block", xp, self._m, self._col0 + a, b - a, self._scale, self._seed, STREAM_GAUSSIAN, dtype
-        )
-
     def _apply_dense(self, A, xp):
         out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
-        for a, b in self._blocks(A.itemsize):
-            out += self._block(a, b, A.dtype, xp) @ A[a:b]
-        return out
+        return _kernels.call("gaussian_sketch", xp, A, out, self._col0, self._m, self._scale, self._seed, STREAM_GAUSSIAN)
 
     def _apply_adjoint(self, Y, xp):
         out = _zeros(xp, (self._n,) + Y.shape[1:], Y.dtype, f"adjoint output ({self._n} rows)")
-        for a, b in self._blocks(Y.itemsize):
-            out[a:b] = self._block(a, b, Y.dtype, xp).T @ Y
-        return out
+        return _kernels.call("gaussian_adjoint", xp, Y, out, self._col0, self._scale, self._seed, STREAM_GAUSSIAN)
 
     def _slice(self, a, b):
         return Gaussian(self._m, b - a, seed=self._seed, _col0=self._col0 + a)
 
     def _dense(self):
-        check_memory(self._m * self._n * 8, "Gaussian.todense()", np)
-        return self._block(0, self._n, np.float64, np)
+        return _kernels.call(
+            "gaussian_block", np, self._m, self._col0, self._n, self._scale, self._seed, STREAM_GAUSSIAN, np.float64
+        )

@@ -1,0 +1,151 @@
+"""The ``gpusketch`` command.
+
+``gpusketch info``  versions, the CUDA device, whether every kernel compiles.
+``gpusketch demo``  a tall least-squares problem sketched by every operator on
+                    every available device, with a table of time, effective
+                    GB/s, subspace distortion and sketch-and-solve quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import numpy as np
+import scipy
+
+from . import __version__
+from ._backend import cupy_available
+from ._timing import time_call
+from .operators import SRHT, CountSketch, Gaussian, Sampling, SparseSign
+
+__all__ = ["main"]
+
+
+def _devices():
+    devs = [("cpu", np)]
+    if cupy_available():
+        import cupy
+
+        devs.append(("gpu", cupy))
+    return devs
+
+
+def cmd_info(args):
+    print(f"gpusketch {__version__}")
+    print(f"python    {platform.python_version()} ({sys.executable})")
+    print(f"numpy     {np.__version__}")
+    print(f"scipy     {scipy.__version__}")
+    try:
+        import cupy
+
+        print(f"cupy      {cupy.__version__}")
+    except ImportError:
+        print("cupy      not installed (CPU only)")
+        return 0
+    if not cupy_available():
+        print("device    no CUDA device visible")
+        return 0
+    from . import _kernels
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    free, total = cupy.cuda.runtime.memGetInfo()
+    print(f"device    {props['name'].decode()} (cc {props['major']}.{props['minor']}, "
+          f"{props['multiProcessorCount']} SMs, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free)")
+    status = 0
+    for src, names in _kernels.NAME_EXPRESSIONS.items():
+        try:
+            mod = _kernels.load_module(src)
+            for n in names:
+                mod.get_function(n)
+            print(f"kernels   {src}: {len(names)} compiled")
+        except Exception as exc:  # report every module, then fail
+            print(f"kernels   {src}: FAILED ({exc})")
+            status = 1
+    return status
+
+
+def _demo_operators(n, m, seed):
+    rng = np.random.default_rng(seed)
+    uniform = np.sort(rng.choice(n, size=m, replace=False))
+    return [
+        ("CountSketch", CountSketch(m, n, seed=seed)),
+        ("SparseSign(8)", SparseSign(m, n, nnz=8, seed=seed)),
+        ("SRHT", SRHT(m, n, seed=seed)),
+        ("Gaussian", Gaussian(m, n, seed=seed)),
+        ("Sampling(unif)", Sampling(uniform, n, scale=np.full(m, np.sqrt(n / m)))),
+    ]
+
+
+def cmd_demo(args):
+    n, d, m = args.n, args.d, args.m
+    rng = np.random.default_rng(args.seed)
+    # A tall problem with a few high-leverage rows, so uniform sampling visibly suffers.
+    A = rng.standard_normal((n, d)) * np.exp(rng.standard_normal(d))
+    A[: d] *= 50.0
+    x_true = rng.standard_normal(d)
+    b = A @ x_true + rng.standard_normal(n)
+    Ab = np.column_stack([A, b])
+    R = np.linalg.qr(A, mode="r")
+    x_opt, *_ = np.linalg.lstsq(A, b, rcond=None)
+    r_opt = np.linalg.norm(A @ x_opt - b)
+    devices = [dv for dv in _devices() if args.device in ("auto", dv[0])]
+    if args.device == "gpu" and len(devices) == 0:
+        print("no CUDA device available", file=sys.stderr)
+        return 1
+    print(f"gpusketch demo: least squares with A {n} x {d} (float64), sketch size m = {m}")
+    rows = []
+    for dev, xp in devices:
+        Ab_dev = xp.asarray(Ab)
+        for name, S in _demo_operators(n, m, args.seed):
+            t = time_call(lambda: S @ Ab_dev, xp, repeat=args.repeat)
+            SAb = S @ Ab_dev
+            SAb = SAb.get() if xp is not np else SAb
+            sv = np.linalg.svd(np.linalg.solve(R.T, SAb[:, :d].T).T, compute_uv=False)
+            eps = max(abs(sv.max() ** 2 - 1), abs(1 - sv.min() ** 2))
+            xs, *_ = np.linalg.lstsq(SAb[:, :d], SAb[:, d], rcond=None)
+            ratio = np.linalg.norm(A @ xs - b) / r_opt
+            rows.append((dev, name, t * 1e3, Ab.nbytes / t / 1e9, eps, ratio))
+    head = f"{'device':6} {'operator':15} {'time ms':>9} {'GB/s':>8} {'distortion':>11} {'resid/opt':>10}"
+    print(head)
+    print("-" * len(head))
+    for dev, name, ms, gbs, eps, ratio in rows:
+        print(f"{dev:6} {name:15} {ms:9.2f} {gbs:8.2f} {eps:11.3f} {ratio:10.4f}")
+    print("distortion: max |sigma(S U)^2 - 1| over an orthonormal basis U of range(A);"
+          " resid/opt: ||A x_sketch - b|| / ||A x_opt - b||")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="gpusketch", description="Randomized sketching on CUDA and NumPy.")
+    p.add_argument("--version", action="version", version=f"gpusketch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    pi = sub.add_parser("info", help="versions, device, kernel compilation check")
+    pi.set_defaults(func=cmd_info)
+    pd = sub.add_parser("demo", help="sketch a least-squares problem with every operator and device")
+    pd.add_argument("--n", type=int, default=100_000, help="rows of A (default 100000)")
+    pd.add_argument("--d", type=int, default=16, help="columns of A (default 16)")
+    pd.add_argument("--m", type=int, default=400, help="sketch size (default 400)")
+    pd.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    pd.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        for name in ("n", "d", "m", "repeat"):
+            if getattr(args, name) < 1:
+                build_parser().error(f"--{name} must be >= 1")
+        if args.m > args.n:
+            build_parser().error(f"--m must be <= --n, got m={args.m} > n={args.n}")
+        if args.m <= args.d:
+            build_parser().error(f"--m must exceed --d for a least-squares sketch, got m={args.m}, d={args.d}")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The gpusketch command (through subprocess) and the docstring examples."""
+
+import doctest
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import gpusketch
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "gpusketch", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_info():
+    r = run("info")
+    assert r.returncode == 0, r.stderr
+    assert "gpusketch" in r.stdout and "numpy" in r.stdout
+
+
+def test_demo_small_prints_table():
+    r = run("demo", "--n", "3000", "--d", "5", "--m", "120", "--repeat", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    for name in ("CountSketch", "SparseSign(8)", "SRHT", "Gaussian", "Sampling(unif)"):
+        assert name in r.stdout
+    # Every operator's sketch-and-solve residual is within 50 % of optimal at m = 24 d.
+    ratios = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("cpu")]
+    assert len(ratios) == 5 and all(1.0 <= q < 1.5 for q in ratios)
+
+
+@pytest.mark.parametrize("args", [("demo", "--m", "0"), ("demo", "--n", "10", "--m", "20"), ("nosuch",), ()])
+def test_bad_arguments_exit_2(args):
+    r = run(*args)
+    assert r.returncode == 2
+    assert "usage" in r.stderr.lower()
+
+
+def _modules():
+    for info in pkgutil.walk_packages(gpusketch.__path__, "gpusketch."):
+        if info.name.endswith("__main__"):
+            continue
+        yield importlib.import_module(info.name)
+
+
+@pytest.mark.parametrize("module", list(_modules()), ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

@@ -101,10 +101,11 @@ def record(rows, **kw):
           f"{r['ms']:10.3f} ms {gbs}  {peer}", flush=True)
 
 
-def bench_device(dev, xp, shapes, dtypes, repeat, max_gaussian_entries):
+def bench_device(dev, xp, shapes, dtypes, repeat, max_gaussian_entries, save):
     bw = copy_bandwidth(xp, nbytes=(1 << 30) if xp is not np else (1 << 28))
     print(f"# {dev}: {device_name(xp)}; measured copy bandwidth {bw / 1e9:.1f} GB/s", flush=True)
     rows = []
+    result = {"device": dev, "name": device_name(xp), "copy_gbps": bw / 1e9, "rows": rows}
     for n, d, m in shapes:
         for dtype in dtypes:
             item = np.dtype(dtype).itemsize
@@ -166,6 +167,7 @@ def bench_device(dev, xp, shapes, dtypes, repeat, max_gaussian_entries):
             del Acsr, S_csr
             if xp is not np:
                 xp.get_default_memory_pool().free_all_blocks()
+            save(result)  # partial tables survive an interrupted run
     # Kronecker CountSketch of a vector b of length prod(n_i): one pass over b.
     for dims, ms in [((1 << 10, 1 << 10, 1 << 6), (64, 64, 16))] if shapes is GRID else [((1 << 8, 1 << 8, 1 << 6), (32, 32, 8))]:
         for dtype in dtypes:
@@ -177,7 +179,8 @@ def bench_device(dev, xp, shapes, dtypes, repeat, max_gaussian_entries):
                    op="Kronecker(CountSketch)", ms=t * 1e3, gbps=b.nbytes / t / 1e9, frac_copy=b.nbytes / t / bw,
                    speedup={})
             del b
-    return {"device": dev, "name": device_name(xp), "copy_gbps": bw / 1e9, "rows": rows}
+    save(result)
+    return result
 
 
 def markdown(results, meta):
@@ -216,17 +219,21 @@ def main(argv=None):
             p.error("no CUDA device available")
     shapes = QUICK if args.quick else GRID
     dtypes = args.dtypes.split(",")
-    results = []
-    for dev, xp in devices:
-        # Gaussian generation is ~50 ns per entry on a CPU: only small cases there.
-        max_g = (1 << 26) if xp is np else (1 << 36)
-        results.append(bench_device(dev, xp, shapes, dtypes, args.repeat, max_g))
     meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "quick": args.quick,
             "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "-".join(r["device"] for r in results) + ("-quick" if args.quick else "")
-    (args.out / f"operators-{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (args.out / f"operators-{tag}.md").write_text(markdown(results, meta))
+    tag = "-".join(dev for dev, _ in devices) + ("-quick" if args.quick else "")
+    done = []
+
+    def save(current):
+        results = done + [current]
+        (args.out / f"operators-{tag}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        (args.out / f"operators-{tag}.md").write_text(markdown(results, meta))
+
+    for dev, xp in devices:
+        # Gaussian generation is ~50 ns per entry on a CPU: only small cases there.
+        max_g = (1 << 26) if xp is np else (1 << 36)
+        done.append(bench_device(dev, xp, shapes, dtypes, args.repeat, max_g, save))
     print(f"wrote {args.out / f'operators-{tag}.md'}")
 
 

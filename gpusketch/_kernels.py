@@ -39,6 +39,8 @@ _INDEX = ("int", "long long")
 NAME_EXPRESSIONS = {
     "hash_sketch.cu": [f"hash_sketch_rowmajor<{t}>" for t in _FLOATS]
     + [f"hash_sketch_colmajor<{t}>" for t in _FLOATS]
+    + [f"hash_sketch_smem<{t}>" for t in _FLOATS]
+    + [f"hash_sketch_sorted<{t}>" for t in _FLOATS]
     + [f"hash_sketch_csr<{t},{i}>" for t in _FLOATS for i in _INDEX]
     + [f"hash_adjoint<{t}>" for t in _FLOATS]
     + ["hash_values", "philox_blocks"],
@@ -255,9 +257,16 @@ def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream):
     return out
 
 
+# GPU strategy thresholds for dense row-major A (see hash_sketch.cu):
+_SMEM_BYTES = 48 << 10  # private per-block copy of out fits in default shared memory
+_SORTED_MIN_D = 128  # rows wide enough that one block per bucket reads them coalesced
+
+
 @_twin("hash_sketch_dense", "cupy")
 def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
     import cupy
+
+    from ._backend import check_memory
 
     n = A.shape[0]
     d = 1 if A.ndim == 1 else A.shape[1]
@@ -270,9 +279,28 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
             np.int32(nnz), A.dtype.type(scale), np.uint32(k0), np.uint32(k1), np.uint32(stream), out)
     if d == 1 or (s0 == 1 and s1 != 1):
         _kernel("hash_sketch.cu", f"hash_sketch_colmajor<{T}>")((_grid(n, 256, cupy),), (256,), args)
+        return out
+    bx = min(32, 1 << max(0, (d - 1).bit_length()))
+    by = 256 // bx
+    smem = m * d * item
+    if smem <= _SMEM_BYTES:
+        # Few, long-lived blocks: each flush costs m*d global atomics.
+        blocks = min(-(-n // by), 2 * _sm_count(cupy.cuda.Device().id))
+        _kernel("hash_sketch.cu", f"hash_sketch_smem<{T}>")((blocks,), (bx, by), args, shared_mem=smem)
+    elif d >= _SORTED_MIN_D:
+        check_memory(n * nnz * 26, f"bucket sort of {n * nnz} sketch entries", cupy)
+        buckets, signs = _hash_values_gpu(col0, n, m, nnz, seed, stream)
+        keys = buckets.ravel()
+        order = cupy.argsort(keys)
+        start = cupy.searchsorted(keys[order], cupy.arange(m + 1, dtype=keys.dtype))
+        sgn = signs.ravel()[order]
+        tx = min(256, 32 * -(-d // 32))
+        _kernel("hash_sketch.cu", f"hash_sketch_sorted<{T}>")(
+            (m, -(-d // tx)), (tx,),
+            (A, np.int32(d), np.int64(s0), np.int64(s1), np.int32(nnz), A.dtype.type(scale), order, sgn,
+             start.astype(cupy.int64), out),
+        )
     else:
-        bx = min(32, 1 << max(0, (d - 1).bit_length()))
-        by = 256 // bx
         _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(n, by, cupy),), (bx, by), args)
     return out
 

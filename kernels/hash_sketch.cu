@@ -112,3 +112,63 @@ __global__ void philox_blocks(const unsigned int *__restrict__ ctr, unsigned int
         out[4 * e] = v.x; out[4 * e + 1] = v.y; out[4 * e + 2] = v.z; out[4 * e + 3] = v.w;
     }
 }
+
+// Shared-memory privatised variant for small outputs (m * d elements fit in shared
+// memory): each block accumulates its rows into a private copy of out, then flushes it
+// with one global atomic per nonzero element.  Global atomics drop from n * d * nnz to
+// about gridDim.x * m * d, which is what limits narrow A (d <= 64) and small m.
+template <typename T>
+__global__ void hash_sketch_smem(const T *__restrict__ A, long long n, int d, long long s0,
+                                 long long s1, long long col0, int m, int nnz, T scale,
+                                 unsigned int k0, unsigned int k1, unsigned int stream,
+                                 T *__restrict__ out) {
+    extern __shared__ unsigned char gs_smem_cs[];
+    T *acc = reinterpret_cast<T *>(gs_smem_cs);
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
+    const int md = m * d;
+    for (int e = tid; e < md; e += nthreads) acc[e] = T(0);
+    __syncthreads();
+    const long long step = (long long)gridDim.x * blockDim.y;
+    for (long long i = (long long)blockIdx.x * blockDim.y + threadIdx.y; i < n; i += step) {
+        for (int t = 0; t < nnz; ++t) {
+            int b, s;
+            gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
+            const T f = s > 0 ? scale : -scale;
+            const T *a = A + i * s0;
+            T *o = acc + b * d;
+            for (int c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(o + c, f * a[c * s1]);
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < md; e += nthreads)
+        if (acc[e] != T(0)) atomicAdd(out + e, acc[e]);
+}
+
+// Bucket-sorted variant for wide A: the n * nnz (row, sign) entries are sorted by
+// bucket beforehand (entry k has row order[k] / nnz and sign sgn[k]; bucket b owns
+// entries start[b] .. start[b+1]-1).  Block (b, column tile) sums its bucket's rows
+// with no atomics: each output element has exactly one writer, so the result is
+// deterministic (bit-reproducible run to run) and A is read once, a row at a time.
+template <typename T>
+__global__ void hash_sketch_sorted(const T *__restrict__ A, int d, long long s0, long long s1,
+                                   int nnz, T scale, const long long *__restrict__ order,
+                                   const signed char *__restrict__ sgn,
+                                   const long long *__restrict__ start, T *__restrict__ out) {
+    const int b = blockIdx.x;
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    const long long k0 = start[b], k1 = start[b + 1];
+    T acc0 = 0, acc1 = 0;
+    long long k = k0;
+    for (; k + 1 < k1; k += 2) {  // two independent loads in flight
+        const T v0 = A[(order[k] / nnz) * s0 + (long long)c * s1];
+        const T v1 = A[(order[k + 1] / nnz) * s0 + (long long)c * s1];
+        acc0 += sgn[k] > 0 ? v0 : -v0;
+        acc1 += sgn[k + 1] > 0 ? v1 : -v1;
+    }
+    if (k < k1) {
+        const T v = A[(order[k] / nnz) * s0 + (long long)c * s1];
+        acc0 += sgn[k] > 0 ? v : -v;
+    }
+    out[(long long)b * d + c] += (acc0 + acc1) * scale;
+}

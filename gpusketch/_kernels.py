@@ -39,7 +39,6 @@ _INDEX = ("int", "long long")
 NAME_EXPRESSIONS = {
     "hash_sketch.cu": [f"hash_sketch_rowmajor<{t}>" for t in _FLOATS]
     + [f"hash_sketch_colmajor<{t}>" for t in _FLOATS]
-    + [f"hash_sketch_smem<{t}>" for t in _FLOATS]
     + [f"hash_sketch_sorted<{t}>" for t in _FLOATS]
     + [f"hash_sketch_csr<{t},{i}>" for t in _FLOATS for i in _INDEX]
     + [f"hash_adjoint<{t}>" for t in _FLOATS]
@@ -257,9 +256,13 @@ def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream):
     return out
 
 
-# GPU strategy thresholds for dense row-major A (see hash_sketch.cu):
-_SMEM_BYTES = 48 << 10  # private per-block copy of out fits in default shared memory
-_SORTED_MIN_D = 128  # rows wide enough that one block per bucket reads them coalesced
+# Rows of at least this many bytes take the bucket-sorted path: one block per bucket
+# then reads whole rows coalesced, and global atomics (the limit on wide A) vanish.
+# Measured on an H100 with bench/tune_scatter.py (2026-11-22): sorted beats atomics by
+# 1.2-2.3x at 4 KiB rows (fp32 d=1024, fp64 d=512/1024), ties or loses below.  A
+# shared-memory privatised scatter was slower than global atomics on every narrow
+# shape tried (up to 2x at 2 blocks/SM, 1.1-1.2x at 16), so it is not used.
+_SORTED_MIN_ROW_BYTES = 4096
 
 
 @_twin("hash_sketch_dense", "cupy")
@@ -280,14 +283,7 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
     if d == 1 or (s0 == 1 and s1 != 1):
         _kernel("hash_sketch.cu", f"hash_sketch_colmajor<{T}>")((_grid(n, 256, cupy),), (256,), args)
         return out
-    bx = min(32, 1 << max(0, (d - 1).bit_length()))
-    by = 256 // bx
-    smem = m * d * item
-    if smem <= _SMEM_BYTES:
-        # Few, long-lived blocks: each flush costs m*d global atomics.
-        blocks = min(-(-n // by), 2 * _sm_count(cupy.cuda.Device().id))
-        _kernel("hash_sketch.cu", f"hash_sketch_smem<{T}>")((blocks,), (bx, by), args, shared_mem=smem)
-    elif d >= _SORTED_MIN_D:
+    if d * item >= _SORTED_MIN_ROW_BYTES:
         check_memory(n * nnz * 26, f"bucket sort of {n * nnz} sketch entries", cupy)
         buckets, signs = _hash_values_gpu(col0, n, m, nnz, seed, stream)
         keys = buckets.ravel()
@@ -301,6 +297,8 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
              start.astype(cupy.int64), out),
         )
     else:
+        bx = min(32, 1 << max(0, (d - 1).bit_length()))
+        by = 256 // bx
         _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(n, by, cupy),), (bx, by), args)
     return out
 

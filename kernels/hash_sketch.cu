@@ -113,37 +113,6 @@ __global__ void philox_blocks(const unsigned int *__restrict__ ctr, unsigned int
     }
 }
 
-// Shared-memory privatised variant for small outputs (m * d elements fit in shared
-// memory): each block accumulates its rows into a private copy of out, then flushes it
-// with one global atomic per nonzero element.  Global atomics drop from n * d * nnz to
-// about gridDim.x * m * d, which is what limits narrow A (d <= 64) and small m.
-template <typename T>
-__global__ void hash_sketch_smem(const T *__restrict__ A, long long n, int d, long long s0,
-                                 long long s1, long long col0, int m, int nnz, T scale,
-                                 unsigned int k0, unsigned int k1, unsigned int stream,
-                                 T *__restrict__ out) {
-    extern __shared__ unsigned char gs_smem_cs[];
-    T *acc = reinterpret_cast<T *>(gs_smem_cs);
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
-    const int md = m * d;
-    for (int e = tid; e < md; e += nthreads) acc[e] = T(0);
-    __syncthreads();
-    const long long step = (long long)gridDim.x * blockDim.y;
-    for (long long i = (long long)blockIdx.x * blockDim.y + threadIdx.y; i < n; i += step) {
-        for (int t = 0; t < nnz; ++t) {
-            int b, s;
-            gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
-            const T f = s > 0 ? scale : -scale;
-            const T *a = A + i * s0;
-            T *o = acc + b * d;
-            for (int c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(o + c, f * a[c * s1]);
-        }
-    }
-    __syncthreads();
-    for (int e = tid; e < md; e += nthreads)
-        if (acc[e] != T(0)) atomicAdd(out + e, acc[e]);
-}
-
 // Bucket-sorted variant for wide A: the n * nnz (row, sign) entries are sorted by
 // bucket beforehand (entry k has row order[k] / nnz and sign sgn[k]; bucket b owns
 // entries start[b] .. start[b+1]-1).  Block (b, column tile) sums its bucket's rows

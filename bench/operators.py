@@ -206,6 +206,7 @@ def main(argv=None):
     p.add_argument("--dtypes", default="float32,float64")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     args = p.parse_args(argv)
     devices = []
     if args.device in ("all", "cpu"):
@@ -219,7 +220,7 @@ def main(argv=None):
             p.error("no CUDA device available")
     shapes = QUICK if args.quick else GRID
     dtypes = args.dtypes.split(",")
-    meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "quick": args.quick,
+    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or git_commit(), "quick": args.quick,
             "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "-".join(dev for dev, _ in devices) + ("-quick" if args.quick else "")

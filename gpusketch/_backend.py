@@ -63,7 +63,8 @@ def array_namespace(*arrays):
 
     Inputs that are ``None`` or Python scalars are ignored.  Mixing host and
     device inputs raises ``TypeError`` naming both types: gpusketch never
-    copies silently between host and device.
+    copies silently between host and device.  CuPy inputs on different
+    devices raise ``ValueError``.
     """
     host, dev = None, None
     for a in arrays:
@@ -73,6 +74,9 @@ def array_namespace(*arrays):
             dev = dev if dev is not None else a
         else:
             host = host if host is not None else a
+    devices = {a.device.id for a in arrays if _on_gpu(a) and hasattr(a, "device")}
+    if len(devices) > 1:
+        raise ValueError(f"inputs live on different CUDA devices {sorted(devices)}; move them to one device first")
     if host is not None and dev is not None:
         raise TypeError(
             "mixed host and device inputs: got "

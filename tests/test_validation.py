@@ -105,3 +105,10 @@ def test_mixed_numpy_cupy_raises_type_error():
 
     with pytest.raises(TypeError, match="numpy.*cupy|cupy.*numpy"):
         array_namespace(np.ones(2), cupy.ones(2))
+
+
+def test_sketch_too_large_for_memory_names_the_size(xp):
+    # m * d * 8 bytes = 8e13 bytes: more than any host or device has free.
+    S = gs.CountSketch(10**11, 10, seed=1)
+    with pytest.raises(MemoryError, match=r"sketch output .* GiB"):
+        S @ xp.ones((10, 100))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def git_commit():
 
 def device_name(xp):
     if xp is np:
-        return f"CPU {platform.processor() or platform.machine()} ({__import__('os').cpu_count()} cores)"
+        return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
     props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
     return props["name"].decode()
 

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _random
+from ._backend import check_memory
 from ._nvtx import annotate
 
 __all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources"]
@@ -268,8 +269,6 @@ _SORTED_MIN_ROW_BYTES = 4096
 @_twin("hash_sketch_dense", "cupy")
 def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
     import cupy
-
-    from ._backend import check_memory
 
     n = A.shape[0]
     d = 1 if A.ndim == 1 else A.shape[1]

@@ -58,6 +58,11 @@ def _on_gpu(x) -> bool:
     return is_cupy_array(x) or is_cupy_sparse(x)
 
 
+def _device_id(x):
+    # cupyx sparse matrices have no usable .device; their data array does.
+    return (x.data if is_cupy_sparse(x) else x).device.id
+
+
 def array_namespace(*arrays):
     """Return ``numpy`` or ``cupy`` for the given inputs.
 
@@ -74,7 +79,7 @@ def array_namespace(*arrays):
             dev = dev if dev is not None else a
         else:
             host = host if host is not None else a
-    devices = {a.device.id for a in arrays if _on_gpu(a) and hasattr(a, "device")}
+    devices = {_device_id(a) for a in arrays if a is not None and _on_gpu(a)}
     if len(devices) > 1:
         raise ValueError(f"inputs live on different CUDA devices {sorted(devices)}; move them to one device first")
     if host is not None and dev is not None:

@@ -296,9 +296,8 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
              start.astype(cupy.int64), out),
         )
     else:
-        bx = min(32, 1 << max(0, (d - 1).bit_length()))
-        by = 256 // bx
-        _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(n, by, cupy),), (bx, by), args)
+        # One warp per tile of 32 rows, 8 warps per block.
+        _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(-(-n // 32), 8, cupy),), (32, 8), args)
     return out
 
 

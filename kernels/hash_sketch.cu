@@ -4,34 +4,42 @@
 // CPU twins: gpusketch/_kernels.py (_hash_sketch_dense_cpu and friends).
 #include "philox.cuh"
 
-// Scatter one input row a (column stride s1) into out: for each of the nnz (bucket, sign)
-// pairs of column j of S, out[bucket, c] += sign * scale * a[c] for c = c0, c0 + cstep, ...
-template <typename T>
-__device__ __forceinline__ void gs_scatter_row(const T *__restrict__ a, long long s1, int d, int c0,
-                                               int cstep, unsigned long long j, int m, int nnz, T scale,
-                                               unsigned int k0, unsigned int k1, unsigned int stream,
-                                               T *__restrict__ out) {
-    for (int t = 0; t < nnz; ++t) {
-        int b, s;
-        gs_bucket_sign(j, t, nnz, m, k0, k1, stream, b, s);
-        const T f = s > 0 ? scale : -scale;
-        T *o = out + (long long)b * d;
-        for (int c = c0; c < d; c += cstep) atomicAdd(o + c, f * a[c * s1]);
-    }
-}
-
 // out (m x d, C order) += S[:, col0:col0+n] @ A, A read through element strides (s0, s1).
-// Block (bx, by): threadIdx.y picks a row, threadIdx.x walks its columns; for A whose
-// rows are contiguous (C order) the threads of a row read it coalesced.
+// Block (32, warps): each warp takes tiles of 32 rows.  Lane l hashes row l of the tile
+// (one Philox per row, not one per thread and row: on narrow A, d <= 64, redundant
+// hashing was the limit), then the (bucket, sign) pairs are broadcast with shuffles
+// while the lanes walk the rows' columns, 32 / bx rows at a time, bx = pow2 >= d.
 template <typename T>
 __global__ void hash_sketch_rowmajor(const T *__restrict__ A, long long n, int d, long long s0,
                                      long long s1, long long col0, int m, int nnz, T scale,
                                      unsigned int k0, unsigned int k1, unsigned int stream,
                                      T *__restrict__ out) {
+    const int lane = threadIdx.x;
+    int bx = 1;
+    while (bx < d && bx < 32) bx <<= 1;
+    const int per_iter = 32 / bx, sub = lane / bx, c0 = lane % bx;
+    const long long tiles = (n + 31) / 32;
     const long long step = (long long)gridDim.x * blockDim.y;
-    for (long long i = (long long)blockIdx.x * blockDim.y + threadIdx.y; i < n; i += step)
-        gs_scatter_row(A + i * s0, s1, d, (int)threadIdx.x, (int)blockDim.x, (unsigned long long)(col0 + i), m,
-                       nnz, scale, k0, k1, stream, out);
+    for (long long tile = (long long)blockIdx.x * blockDim.y + threadIdx.y; tile < tiles; tile += step) {
+        const long long base = tile * 32;
+        const int rows = (int)(n - base < 32 ? n - base : 32);
+        for (int t = 0; t < nnz; ++t) {
+            int b = 0, s = 1;
+            if (lane < rows)
+                gs_bucket_sign((unsigned long long)(col0 + base + lane), t, nnz, m, k0, k1, stream, b, s);
+            for (int r0 = 0; r0 < rows; r0 += per_iter) {  // uniform across the warp
+                const int r = r0 + sub;
+                const int br = __shfl_sync(0xffffffffu, b, r & 31);
+                const int sr = __shfl_sync(0xffffffffu, s, r & 31);
+                if (r < rows) {
+                    const T f = sr > 0 ? scale : -scale;
+                    const T *a = A + (base + r) * s0;
+                    T *o = out + (long long)br * d;
+                    for (int c = c0; c < d; c += bx) atomicAdd(o + c, f * a[c * s1]);
+                }
+            }
+        }
+    }
 }
 
 // Same map for A whose columns are contiguous (Fortran order) or for vectors:
@@ -42,8 +50,16 @@ __global__ void hash_sketch_colmajor(const T *__restrict__ A, long long n, int d
                                      unsigned int k0, unsigned int k1, unsigned int stream,
                                      T *__restrict__ out) {
     const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
-        gs_scatter_row(A + i * s0, s1, d, 0, 1, (unsigned long long)(col0 + i), m, nnz, scale, k0, k1, stream, out);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        for (int t = 0; t < nnz; ++t) {
+            int b, s;
+            gs_bucket_sign((unsigned long long)(col0 + i), t, nnz, m, k0, k1, stream, b, s);
+            const T f = s > 0 ? scale : -scale;
+            const T *a = A + i * s0;
+            T *o = out + (long long)b * d;
+            for (int c = 0; c < d; ++c) atomicAdd(o + c, f * a[c * s1]);
+        }
+    }
 }
 
 // out (m x d) += S[:, col0:col0+n] @ A for A in CSR (n x d); one warp per row.

@@ -248,6 +248,7 @@ def test_no_gpu_needed_for_numpy_inputs():
 GPU_PATHS = [
     pytest.param(20_011, 600, 300, "C", id="sorted"),
     pytest.param(30_007, 64, 1024, "C", id="rowmajor-atomic"),
+    pytest.param(30_007, 5, 64, "C", id="rowmajor-narrow"),  # 4 rows per warp step, partial tile
     pytest.param(30_007, 8, 100, "F", id="colmajor"),
 ]
 

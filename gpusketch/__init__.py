@@ -4,6 +4,16 @@ Importing gpusketch imports NumPy and SciPy only; CuPy is imported on first
 use with a CuPy input, and CUDA kernels compile lazily on first launch.
 """
 
+from .linalg import (
+    LstsqResult,
+    RankDeficientWarning,
+    independent_rows,
+    leverage_sample,
+    leverage_scores,
+    lstsq,
+    randomized_svd,
+    rank,
+)
 from .operators import CountSketch, Gaussian, Kronecker, Sampling, SketchOperator, SparseSign, SRHT
 
 __version__ = "0.1.0"
@@ -16,5 +26,13 @@ __all__ = [
     "SRHT",
     "Sampling",
     "Kronecker",
+    "lstsq",
+    "LstsqResult",
+    "RankDeficientWarning",
+    "leverage_scores",
+    "leverage_sample",
+    "rank",
+    "independent_rows",
+    "randomized_svd",
     "__version__",
 ]

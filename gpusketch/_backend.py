@@ -25,6 +25,8 @@ __all__ = [
     "check_seed",
     "check_memory",
     "cupy_available",
+    "check_finite",
+    "linalg_modules",
 ]
 
 _FLOAT_TYPES = (np.float32, np.float64)
@@ -207,3 +209,29 @@ def check_memory(nbytes, what, xp):
         raise MemoryError(
             f"{what} needs {nbytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of {where} memory is free"
         )
+
+
+def check_finite(A, name):
+    """Raise ``ValueError`` if the dense or sparse ``A`` holds NaN or Inf (solvers only)."""
+    data = A.data if is_sparse(A) else A
+    xp = array_namespace(data)
+    if data.size and not bool(xp.isfinite(data).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def linalg_modules(xp):
+    """``(dense, sparse)`` SciPy-style linalg modules for ``xp``.
+
+    NumPy inputs get ``scipy.linalg`` and ``scipy.sparse.linalg``; CuPy inputs
+    get ``cupyx.scipy.linalg`` and ``cupyx.scipy.sparse.linalg``.  Solvers call
+    through these so that they never branch on the backend themselves.
+    """
+    if xp is np:
+        import scipy.linalg
+        import scipy.sparse.linalg
+
+        return scipy.linalg, scipy.sparse.linalg
+    import cupyx.scipy.linalg
+    import cupyx.scipy.sparse.linalg
+
+    return cupyx.scipy.linalg, cupyx.scipy.sparse.linalg

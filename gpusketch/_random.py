@@ -34,6 +34,8 @@ __all__ = [
     "STREAM_SRHT_SIGNS",
     "STREAM_SRHT_ROWS",
     "split_seed",
+    "derive_seed",
+    "STREAM_UNIFORM",
 ]
 
 PHILOX_M0 = 0xD2511F53
@@ -46,11 +48,22 @@ STREAM_SPARSESIGN = 2
 STREAM_GAUSSIAN = 3
 STREAM_SRHT_SIGNS = 4
 STREAM_SRHT_ROWS = 5
+STREAM_UNIFORM = 6
 
 _MASK = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 # Hashing is done in blocks that stay in L2: ~4x faster than whole-array passes.
 _BLOCK = 1 << 15
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The ``index``-th child seed of ``seed``: one Philox block keyed by the seed.
+
+    Algorithms that draw several sketches from one user seed give each its own
+    child, so the sketches are independent and the whole run replays from one int.
+    """
+    w = philox4x32([index & 0xFFFFFFFF, index >> 32, 0xC0FFEE, 0], split_seed(seed))
+    return int(w[0]) | (int(w[1]) << 32)
 
 
 def split_seed(seed: int):

@@ -48,6 +48,8 @@ def test_wheel_ships_kernel_sources(tmp_path):
     for src in _kernels.NAME_EXPRESSIONS:
         assert f"gpusketch/kernels/{src}" in names
     assert "gpusketch/kernels/philox.cuh" in names
+    for py in (ROOT / "gpusketch").rglob("*.py"):  # every subpackage is listed in pyproject
+        assert py.relative_to(ROOT).as_posix() in names, py
     # The installed layout resolves its kernels without the source tree.
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)

@@ -12,4 +12,26 @@ from .kronecker import Kronecker
 from .sampling import Sampling
 from .srht import SRHT
 
-__all__ = ["SketchOperator", "CountSketch", "SparseSign", "Gaussian", "SRHT", "Sampling", "Kronecker"]
+__all__ = ["SketchOperator", "CountSketch", "SparseSign", "Gaussian", "SRHT", "Sampling", "Kronecker", "make_sketch"]
+
+_KINDS = {"countsketch": CountSketch, "sparse_sign": SparseSign, "gaussian": Gaussian, "srht": SRHT}
+
+
+def make_sketch(kind, m, n, *, seed=None):
+    """An oblivious sketch by name: ``"countsketch"``, ``"sparse_sign"``, ``"gaussian"`` or ``"srht"``.
+
+    A ``SketchOperator`` passed as ``kind`` is returned after checking its shape
+    is ``(m, n)`` (``m=None`` accepts any number of rows).
+    """
+    if isinstance(kind, SketchOperator):
+        if kind.shape[1] != n or (m is not None and kind.shape[0] != m):
+            raise ValueError(f"sketch has shape {kind.shape}, expected ({m if m is not None else 'm'}, {n})")
+        return kind
+    if kind not in _KINDS:
+        raise ValueError(f"sketch must be one of {sorted(_KINDS)} or a sketch operator, got {kind!r}")
+    cls = _KINDS[kind]
+    if cls is SRHT:
+        m = min(m, 1 << max(0, (n - 1).bit_length()))
+    if cls is SparseSign:
+        return SparseSign(m, n, nnz=min(8, m), seed=seed)
+    return cls(m, n, seed=seed)

@@ -1,0 +1,18 @@
+"""Algorithms of Chepurko, Clarkson, Kacham and Woodruff on the sketch operators."""
+
+from .leverage import leverage_sample, leverage_scores
+from .lstsq import RankDeficientWarning, lstsq
+from .rank import independent_rows, rank
+from .results import LstsqResult
+from .svd import randomized_svd
+
+__all__ = [
+    "lstsq",
+    "LstsqResult",
+    "RankDeficientWarning",
+    "leverage_scores",
+    "leverage_sample",
+    "rank",
+    "independent_rows",
+    "randomized_svd",
+]

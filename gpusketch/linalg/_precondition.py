@@ -1,0 +1,48 @@
+"""Right preconditioners from a subspace embedding: the step shared by lstsq and leverage scores."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._backend import linalg_modules
+
+__all__ = ["SketchPreconditioner"]
+
+
+class SketchPreconditioner:
+    """``P`` with ``κ(A P) = O(1)`` from a sketch ``SA`` of A.
+
+    Full rank: ``SA = QR`` and ``P = R⁻¹`` (applied by triangular solves).
+    Numerically rank deficient (a diagonal entry of R at or below
+    ``max(SA.shape) · ε · max|R_ii|``): ``SA = U Σ Vᵀ`` and ``P = V_r Σ_r⁻¹``
+    with r the number of singular values above the same relative cut, so
+    ``x = P y`` stays in the row space of A (minimum norm).
+    """
+
+    def __init__(self, SA, xp):
+        self.xp = xp
+        self._la, _ = linalg_modules(xp)
+        self.Q, self.R = xp.linalg.qr(SA)
+        diag = abs(self.R.diagonal())
+        cut = max(SA.shape) * np.finfo(SA.dtype).eps * float(diag.max(initial=0.0))
+        self.rank_deficient = bool((diag <= cut).any())
+        if self.rank_deficient:
+            U, s, Vt = xp.linalg.svd(SA, full_matrices=False)
+            r = int((s > max(SA.shape) * np.finfo(SA.dtype).eps * float(s[0])).sum())
+            self.P = Vt[:r].T / s[:r]
+            self.U = U[:, :r]
+            self.rank = r
+        else:
+            self.rank = SA.shape[1]
+
+    def apply(self, y):
+        """``P y``."""
+        return self.P @ y if self.rank_deficient else self._la.solve_triangular(self.R, y)
+
+    def apply_t(self, z):
+        """``Pᵀ z``."""
+        return self.P.T @ z if self.rank_deficient else self._la.solve_triangular(self.R, z, trans="T")
+
+    def sketched_solution(self, Sb):
+        """``y`` minimising ``||SA P y - Sb||``: ``Qᵀ Sb`` (or ``U_rᵀ Sb``)."""
+        return (self.U if self.rank_deficient else self.Q).T @ Sb

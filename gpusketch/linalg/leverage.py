@@ -1,0 +1,175 @@
+"""Leverage scores and leverage-score sampling (Chepurko et al. Lemma 7.2, Lemma 7.3, Algorithm 2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _kernels
+from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse
+from .._nvtx import annotate
+from .._random import STREAM_UNIFORM, derive_seed
+from ..operators import Gaussian, Sampling, SparseSign
+from ._precondition import SketchPreconditioner
+
+__all__ = ["leverage_scores", "leverage_sample"]
+
+
+def _matmul(A, X):
+    Y = A @ X
+    return Y.toarray() if is_sparse(Y) else Y
+
+
+def _validate(A):
+    A, xp = as_operand(A, "A", ndim=(2,))
+    check_finite(A, "A")
+    return A, xp
+
+
+def _preconditioner(A, xp, seed):
+    """R⁻¹ (or V_r Σ_r⁻¹) from an OSNAP of A with 4d + 10 rows (a constant-distortion embedding)."""
+    n, d = A.shape
+    m = min(n, 4 * d + 10)
+    S = SparseSign(m, n, nnz=min(8, m), seed=derive_seed(seed, 0))
+    return SketchPreconditioner(_matmul(S, A), xp)
+
+
+def _gaussian(rows, d, seed, xp, dtype):
+    """A (d, rows) matrix with N(0, 1/rows) entries (the transpose of a Gaussian sketch)."""
+    return Gaussian(rows, d, seed=seed).todense(xp).T.astype(dtype)
+
+
+def _row_norms2(X):
+    return (X * X).sum(axis=1)
+
+
+def leverage_scores(A, *, exact=False, seed=None):
+    """Leverage scores ``ℓ_i = ||U_i||²`` of the rows of A (U an orthonormal basis of range(A)).
+
+    Parameters
+    ----------
+    A : (n, d) array or sparse matrix, n >= d
+    exact : bool
+        ``True``: from a thin QR of A (an SVD when A is rank deficient); sparse A
+        is densified.  ``False`` (default): Lemma 7.2 with a Johnson–Lindenstrauss
+        estimate of the row norms.
+    seed : int, optional
+
+    Returns
+    -------
+    array of shape (n,), on the device of A; the scores sum to rank(A)
+    (exactly, or approximately).
+
+    Notes
+    -----
+    Approximate route: ``SA`` with an OSNAP S of ``4d + 10`` rows, ``SA = QR``,
+    then ``ℓ_i ≈ ||A_i R⁻¹ G||²`` for a Gaussian G with ``t = ⌈8 ln n⌉ + 8``
+    columns, computed as ``A (R⁻¹ G)`` so A is read once.  S being a
+    constant-distortion embedding gives ``ℓ_i/β² <= ||A_i R⁻¹||² <= ℓ_i``
+    (Lemma 7.2, β = O(1)) and the JL step adds a ``1 ± O(1/√t)`` factor.  The
+    paper's FastEmbedding (fewer rows) is replaced by the OSNAP: same
+    guarantee, and the OSNAP is the faster kernel on a GPU.
+
+    Examples
+    --------
+    >>> import numpy as np, gpusketch
+    >>> A = np.random.default_rng(0).standard_normal((500, 5))
+    >>> float(gpusketch.leverage_scores(A, exact=True).sum())  # doctest: +ELLIPSIS
+    5.0...
+    """
+    with annotate("gpusketch.leverage_scores"):
+        A, xp = _validate(A)
+        n, d = A.shape
+        if n < d:
+            raise ValueError(f"leverage scores need n >= d, got A of shape {A.shape}")
+        if exact:
+            Ad = A.toarray() if is_sparse(A) else A
+            Q, R = xp.linalg.qr(Ad)
+            diag = abs(R.diagonal())
+            if bool((diag <= max(A.shape) * np.finfo(A.dtype).eps * float(diag.max(initial=0.0))).any()):
+                U, s, _ = xp.linalg.svd(Ad, full_matrices=False)
+                r = int((s > max(A.shape) * np.finfo(A.dtype).eps * float(s[0])).sum())
+                Q = U[:, :r]
+            return _row_norms2(Q)
+        seed = check_seed(seed)
+        pre = _preconditioner(A, xp, seed)
+        t = int(math.ceil(8 * math.log(max(n, 2)))) + 8
+        G = _gaussian(t, pre.rank, derive_seed(seed, 1), xp, A.dtype)
+        return _row_norms2(_matmul(A, pre.apply(G)))
+
+
+def _uniform(n, seed, xp):
+    """n uniforms in (0, 1), bit-identical on both backends (Philox hash words)."""
+    buckets, _ = _kernels.call("hash_values", xp, 0, n, 1 << 30, 1, seed, STREAM_UNIFORM)
+    return (buckets[:, 0] + 0.5) / float(1 << 30)
+
+
+def leverage_sample(A, s, *, gamma=0.5, seed=None):
+    """Leverage-score row sampling (Algorithm 2 with Lemma 7.3's two-stage sampler).
+
+    Row i is kept independently with probability ``f_i ≈ min(1, s·p_i)``,
+    ``p_i = ||A_i R⁻¹||²/||AR⁻¹||_F²`` (about s rows in expectation), and scaled
+    by ``1/√f_i``; for ``s = O(d log d / ε²)`` the result is a ``(1 ± ε)``
+    subspace embedding of range(A) (Theorem 7.1).
+
+    Parameters
+    ----------
+    A : (n, d) array or sparse matrix
+    s : int
+        Expected sample size.  Lemma 7.3's parameter is ``4s``: its
+        guarantee ``min(1, 4s·p_i) >= f_i >= min(1, s·p_i/4)`` then brackets
+        the expected count ``Σ f_i ≈ s``.
+    gamma : float in (0, 1]
+        Lemma 7.3's trade-off: the coarse pass uses ``⌈1/γ⌉ + 1`` Gaussian
+        columns and oversamples by ``n^γ``; the fine pass uses ``O(log n)``
+        columns only on the rows the coarse pass kept.
+    seed : int, optional
+
+    Returns
+    -------
+    Sampling
+        Operator of shape ``(kept, n)`` with the kept row indices (sorted) and
+        scales ``1/√f_i``.
+
+    Notes
+    -----
+    With ``s' = 4s``: stage 1 computes ``z_i = 2 n^γ ||A_i R⁻¹ G_4||² /
+    ||G_1 A R⁻¹ G_2||_F²`` and keeps i with probability ``q_i = min(1, s' z_i)``;
+    stage 2 computes ``||A_i R⁻¹ G_3||²`` for the kept rows only and accepts
+    with probability ``min(1, (s'/4)||A_i R⁻¹ G_3||²/||G_1 A R⁻¹ G_2||_F²) / q_i``.  Random
+    decisions use Philox uniforms, so CPU and GPU keep the same rows.
+    Composition with a further OSNAP (Theorem 7.4) is left to the caller:
+    ``SparseSign(m, kept) @ (S @ A)``.
+    """
+    with annotate("gpusketch.leverage_sample"):
+        A, xp = _validate(A)
+        n, d = A.shape
+        s = check_positive_int(s, "s")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+        seed = check_seed(seed)
+        pre = _preconditioner(A, xp, seed)
+        r = pre.rank
+        s4 = 4 * s  # Lemma 7.3's s
+        c = 8
+        # ||G1 A R⁻¹ G2||_F² estimates ||A R⁻¹||_F² (within 2x w.h.p.); G1 is a Gaussian sketch.
+        G1 = Gaussian(c, n, seed=derive_seed(seed, 2))
+        frob = float((_matmul(G1, _matmul(A, pre.apply(_gaussian(c, r, derive_seed(seed, 3), xp, A.dtype)))) ** 2).sum())
+        t4 = int(math.ceil(1 / gamma)) + 1
+        # Unscaled N(0, 1) columns for the coarse, one-sided estimate.
+        G4 = _gaussian(t4, r, derive_seed(seed, 4), xp, A.dtype) * math.sqrt(t4)
+        z = 2 * n**gamma * _row_norms2(_matmul(A, pre.apply(G4))) / frob
+        q = xp.minimum(1.0, s4 * z)
+        keep = xp.flatnonzero(_uniform(n, derive_seed(seed, 5), xp) < q)
+        t3 = int(math.ceil(8 * math.log(max(n, 2)))) + 8
+        G3 = _gaussian(t3, r, derive_seed(seed, 6), xp, A.dtype)
+        rows = A[keep]
+        fine = _row_norms2(_matmul(rows, pre.apply(G3)))
+        # f <= q on Lemma 7.3's good event; the clamp keeps f/q a probability off it.
+        f = xp.minimum(xp.minimum(1.0, (s4 / 4) * fine / frob), q[keep])
+        accept = _uniform(n, derive_seed(seed, 7), xp)[keep] < f / q[keep]
+        idx, f = keep[accept], f[accept]
+        if idx.size == 0:
+            raise ValueError(f"no rows were sampled: s={s} is too small for A of shape {A.shape}")
+        return Sampling(idx, n, scale=1.0 / xp.sqrt(f))

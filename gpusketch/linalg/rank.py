@@ -1,0 +1,153 @@
+"""Rank and independent rows by rank-preserving sketches (Chepurko et al. Algorithms 3-5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._backend import as_operand, check_finite, check_seed, is_cupy_array, is_sparse
+from .._nvtx import annotate
+from .._random import derive_seed
+from ..operators import SparseSign
+from .leverage import leverage_sample
+
+__all__ = ["rank", "independent_rows"]
+
+# Algorithm 3's constant c: z = c·(nnz(A)/log n)^{1/2}, and k1 < z/c certifies the sketch.
+_C = 2
+
+
+def _dense(Y):
+    return Y.toarray() if is_sparse(Y) else Y
+
+
+def _numerical_rank(M, scale_dims, xp):
+    """Singular values above ``σ₁ · max(scale_dims) · ε`` (NumPy's matrix_rank rule)."""
+    if M.size == 0:
+        return 0
+    s = xp.linalg.svd(M, compute_uv=False)
+    if float(s[0]) == 0.0:
+        return 0
+    return int((s > float(s[0]) * max(scale_dims) * np.finfo(M.dtype).eps).sum())
+
+
+def _validate(A):
+    A, xp = as_operand(A, "A", ndim=(2,))
+    check_finite(A, "A")
+    return A, xp
+
+
+def rank(A, *, seed=None):
+    """Numerical rank of A by Algorithm 3 (RANK) of Chepurko et al.
+
+    Parameters
+    ----------
+    A : (n, d) array or sparse matrix
+    seed : int, optional
+
+    Returns
+    -------
+    int
+
+    Notes
+    -----
+    With ``z = ⌈c·(nnz(A)/ln n)^{1/2}⌉`` (c = 2), A is sketched on both sides
+    by SparseSign maps with 2 nonzeros per column (the rank-preserving
+    sketches of Theorem 7.7) to ``S A Rᵀ`` of size at most ``z × z``; a side
+    shorter than z is left unsketched.  If the sketch's rank ``k₁ < z/c`` it
+    is returned, otherwise the rank of A itself is computed.  The tolerance
+    rule, on the sketch and on A alike, counts singular values above
+    ``σ₁ · max(n, d) · ε`` — NumPy's ``matrix_rank`` rule with the dimensions
+    of A, so that sketching does not change what counts as zero.  The paper
+    uses exact-arithmetic rank (CKL); numerically this is the rank at that
+    relative tolerance.
+
+    Examples
+    --------
+    >>> import numpy as np, gpusketch
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((400, 7)) @ rng.standard_normal((7, 60))
+    >>> gpusketch.rank(A, seed=1)
+    7
+    """
+    with annotate("gpusketch.rank"):
+        A, xp = _validate(A)
+        n, d = A.shape
+        seed = check_seed(seed)
+        nnz = A.nnz if is_sparse(A) else n * d
+        if nnz == 0:
+            return 0
+        z = int(math.ceil(_C * math.sqrt(nnz / math.log(max(n, d, 3)))))
+        M = A
+        if z < n:
+            M = SparseSign(z, n, nnz=min(2, z), seed=derive_seed(seed, 0)) @ M
+        if z < d:
+            M = M @ SparseSign(z, d, nnz=min(2, z), seed=derive_seed(seed, 1)).T
+        k1 = _numerical_rank(_dense(M), (n, d), xp)
+        if k1 < z / _C or (z >= n and z >= d):
+            return k1
+        return _numerical_rank(_dense(A), (n, d), xp)
+
+
+def independent_rows(A, *, seed=None):
+    """Indices of rank(A) linearly independent rows of A spanning its row space.
+
+    Parameters
+    ----------
+    A : (n, d) array or sparse matrix
+    seed : int, optional
+
+    Returns
+    -------
+    index array (sorted), on the device of A
+
+    Notes
+    -----
+    Algorithm 5 (INDEPENDENTROWS) in its practical form: k = rank(A); the
+    columns are reduced by a rank-preserving SparseSign to ``B = A Rᵀ`` with
+    ``min(d, 2k + 10)`` columns (row dependencies are kept w.h.p.); rows are
+    drawn by leverage-score sampling of B (Algorithm 2, ``s = 4k ln k + 20``);
+    a column-pivoted QR of the sampled rows (``scipy.linalg.qr`` on the host:
+    it is ``O(k log k) × d`` and CuPy has no pivoted QR) picks k independent
+    ones.  Algorithm 4's repeated ROWREDUCTION (which only shrinks n before
+    this step) is not needed for correctness and is omitted.  If the sample
+    misses part of the row space, s is doubled (at most 4 tries) before
+    falling back to a pivoted QR of all rows.
+
+    Examples
+    --------
+    >>> import numpy as np, gpusketch
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((300, 4)) @ rng.standard_normal((4, 30))
+    >>> rows = gpusketch.independent_rows(A, seed=1)
+    >>> len(rows), int(np.linalg.matrix_rank(A[rows]))
+    (4, 4)
+    """
+    import scipy.linalg
+
+    with annotate("gpusketch.independent_rows"):
+        A, xp = _validate(A)
+        n, d = A.shape
+        seed = check_seed(seed)
+        k = rank(A, seed=derive_seed(seed, 0))
+        if k == 0:
+            return xp.zeros(0, dtype=xp.int64)
+        B = A
+        if 2 * k + 10 < d:
+            B = _dense(A @ SparseSign(2 * k + 10, d, nnz=2, seed=derive_seed(seed, 1)).T)
+        s = int(4 * k * math.log(max(k, 2))) + 20
+        for attempt in range(4):
+            cand = np.arange(n) if s >= n else np.unique(leverage_sample(B, s, seed=derive_seed(seed, 2 + attempt)).indices)
+            rows = _dense(A[xp.asarray(cand)])
+            rows = rows.get() if is_cupy_array(rows) else np.asarray(rows)
+            _, R, piv = scipy.linalg.qr(rows.T, mode="economic", pivoting=True)
+            if _numerical_rank(R, (n, d), np) >= k or s >= n:
+                chosen = np.sort(cand[piv[:k]])
+                return xp.asarray(chosen)
+            s *= 2
+        cand = np.arange(n)
+        Ad = _dense(A)
+        Ad = Ad.get() if is_cupy_array(Ad) else np.asarray(Ad)
+        _, _, piv = scipy.linalg.qr(Ad.T, mode="economic", pivoting=True)
+        return xp.asarray(np.sort(piv[:k]))

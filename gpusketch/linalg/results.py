@@ -1,0 +1,28 @@
+"""Result objects returned by the solvers (named fields, not tuples)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LstsqResult"]
+
+
+@dataclass(frozen=True)
+class LstsqResult:
+    """Solution of a least-squares problem ``min_x ||A x - b||_2``.
+
+    Attributes
+    ----------
+    x : array
+        The solution, on the device of the inputs (shape ``(d,)`` or ``(d, k)``).
+    cost : float or array
+        ``||A x - b||_2`` on the full problem (one value per column of b).
+    info : dict
+        ``method``, ``sketch``, ``m``, ``iterations``, ``seed``, ``rank_deficient``
+        and ``timings`` (seconds per phase), where they apply.
+    """
+
+    x: Any
+    cost: Any
+    info: dict = field(default_factory=dict)

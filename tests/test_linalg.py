@@ -1,0 +1,200 @@
+"""lstsq, leverage scores, randomized SVD, rank and independent rows against exact answers."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import gpusketch as gs
+from conftest import sparse_module, to_numpy
+
+
+def ill_conditioned(n, d, kappa, seed):
+    r = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(r.standard_normal((n, d)))
+    V, _ = np.linalg.qr(r.standard_normal((d, d)))
+    return (U * np.logspace(0, -np.log10(kappa), d)) @ V.T
+
+
+# Relative gap of ||Ax - b|| to the SVD-based numpy solution.  At kappa = 1e10 even a
+# Householder QR solve differs from it by ~2e-10 (measured), so the bound is 1e-9 there.
+@pytest.mark.parametrize("kappa,gap", [(1e2, 1e-12), (1e8, 1e-12), (1e10, 1e-9)])
+def test_precondition_matches_exact(xp, kappa, gap):
+    A = ill_conditioned(3000, 40, kappa, 1)
+    b = np.random.default_rng(2).standard_normal(3000)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    c_ref = np.linalg.norm(A @ x_ref - b)
+    res = gs.lstsq(xp.asarray(A), xp.asarray(b), seed=3)
+    assert abs(float(res.cost) - c_ref) <= gap * c_ref
+    assert np.linalg.norm(A @ (to_numpy(res.x) - x_ref)) <= 1e-6 * np.linalg.norm(b)
+    assert res.info["iterations"] < 100 and res.info["method"] == "precondition"
+    assert type(res.x) is type(xp.asarray(b))
+
+
+@pytest.mark.parametrize("kind", ["sparse_sign", "countsketch", "gaussian", "srht"])
+def test_sketch_and_solve_cost_ratio(xp, kind):
+    # m = 20 d + 10: cost within 1 + O(d/m); 1.15 leaves room for CountSketch's d^2 needs.
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((4000, 25))
+    b = A @ rng.standard_normal(25) + rng.standard_normal(4000)
+    c_ref = np.linalg.norm(A @ np.linalg.lstsq(A, b, rcond=None)[0] - b)
+    res = gs.lstsq(xp.asarray(A), xp.asarray(b), method="sketch", sketch=kind, seed=5)
+    assert 1.0 <= float(res.cost) / c_ref < 1.15
+    assert res.info["m"] == 510
+
+
+def test_sketch_and_solve_can_fail_with_tiny_sketch():
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((4000, 25))
+    b = rng.standard_normal(4000)
+    c_ref = np.linalg.norm(A @ np.linalg.lstsq(A, b, rcond=None)[0] - b)
+    res = gs.lstsq(A, b, method="sketch", sketch="countsketch", m=27, seed=5)
+    assert float(res.cost) / c_ref > 1.15
+
+
+def test_direct_multiple_rhs_and_sparse(xp):
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((500, 12)) * (rng.random((500, 12)) < 0.5)
+    B = rng.standard_normal((500, 3))
+    X_ref = np.linalg.lstsq(A, B, rcond=None)[0]
+    for method in ("direct", "precondition"):
+        res = gs.lstsq(xp.asarray(A), xp.asarray(B), method=method, seed=7)
+        np.testing.assert_allclose(to_numpy(res.x), X_ref, rtol=1e-8, atol=1e-10)
+        assert to_numpy(res.cost).shape == (3,)
+    As = sparse_module(xp).csr_matrix(xp.asarray(A))
+    res = gs.lstsq(As, xp.asarray(B[:, 0]), seed=8)
+    np.testing.assert_allclose(to_numpy(res.x), X_ref[:, 0], rtol=1e-8, atol=1e-10)
+
+
+def test_rank_deficient_warns_and_returns_min_norm(xp):
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 10))  # rank 6 of 10 columns
+    b = rng.standard_normal(400)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]  # minimum norm
+    for method in ("direct", "precondition"):
+        with pytest.warns(gs.RankDeficientWarning):
+            res = gs.lstsq(xp.asarray(A), xp.asarray(b), method=method, seed=10)
+        np.testing.assert_allclose(to_numpy(res.x), x_ref, rtol=1e-7, atol=1e-9)
+        assert res.info["rank_deficient"]
+
+
+def test_seed_recorded_and_replayable():
+    rng = np.random.default_rng(11)
+    A, b = rng.standard_normal((300, 5)), rng.standard_normal(300)
+    r1 = gs.lstsq(A, b, method="sketch")
+    r2 = gs.lstsq(A, b, method="sketch", seed=r1.info["seed"])
+    np.testing.assert_array_equal(r1.x, r2.x)
+
+
+A_OK = np.ones((20, 3)) + np.eye(20, 3)
+LSTSQ_BAD = [
+    (lambda: gs.lstsq(A_OK, np.ones(19)), ValueError, "rows"),
+    (lambda: gs.lstsq(A_OK, np.full(20, np.nan)), ValueError, "NaN"),
+    (lambda: gs.lstsq(np.full((20, 3), np.inf), np.ones(20)), ValueError, "NaN or Inf"),
+    (lambda: gs.lstsq(A_OK, np.ones(20), method="qr"), ValueError, "method"),
+    (lambda: gs.lstsq(np.ones((3, 20)), np.ones(3), method="sketch"), ValueError, "n >= d"),
+    (lambda: gs.lstsq(A_OK, np.ones(20), m=3), ValueError, "m"),
+    (lambda: gs.lstsq(A_OK, np.ones(20), tol=0), ValueError, "tol"),
+    (lambda: gs.lstsq(A_OK, np.ones(20), sketch="fft"), ValueError, "sketch"),
+    (lambda: gs.lstsq(np.ones(20), np.ones(20)), ValueError, "A must be 2-D"),
+    (lambda: gs.lstsq(A_OK.astype(complex), np.ones(20)), TypeError, "complex"),
+    (lambda: gs.leverage_scores(np.ones((3, 5))), ValueError, "n >= d"),
+    (lambda: gs.leverage_sample(A_OK, 0), ValueError, "s"),
+    (lambda: gs.leverage_sample(A_OK, 5, gamma=0), ValueError, "gamma"),
+    (lambda: gs.randomized_svd(A_OK, 4), ValueError, "k"),
+    (lambda: gs.randomized_svd(A_OK, 0), ValueError, "k"),
+    (lambda: gs.randomized_svd(A_OK, 2, power_iters=-1), ValueError, "power_iters"),
+    (lambda: gs.rank(np.full((4, 4), np.nan)), ValueError, "NaN"),
+    (lambda: gs.independent_rows("abc"), TypeError, "A"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,word", LSTSQ_BAD)
+def test_linalg_bad_input(fn, exc, word):
+    with pytest.raises(exc, match=word):
+        fn()
+
+
+def test_leverage_scores_exact_and_approximate(xp):
+    rng = np.random.default_rng(12)
+    A = rng.standard_normal((3000, 30)) * np.exp(rng.standard_normal((3000, 1)))  # uneven scores
+    Q, _ = np.linalg.qr(A)
+    exact = (Q**2).sum(axis=1)
+    np.testing.assert_allclose(to_numpy(gs.leverage_scores(xp.asarray(A), exact=True)), exact, atol=1e-12)
+    approx = to_numpy(gs.leverage_scores(xp.asarray(A), seed=13))
+    ratio = approx / exact
+    # OSNAP with 4d + 10 rows (distortion < ~0.5) and a JL estimate with 72 columns: within 4x.
+    assert 0.25 < ratio.min() and ratio.max() < 4.0
+    assert abs(approx.sum() / 30 - 1) < 0.5
+
+
+def test_leverage_scores_rank_deficient_sum_to_rank():
+    rng = np.random.default_rng(14)
+    A = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 9))
+    assert abs(gs.leverage_scores(A, exact=True).sum() - 4) < 1e-8
+
+
+def test_leverage_sample_is_subspace_embedding(xp):
+    rng = np.random.default_rng(15)
+    A = rng.standard_normal((6000, 20))
+    A[:10] *= 100  # a few heavy rows must be kept
+    S = gs.leverage_sample(xp.asarray(A), 1200, seed=16)
+    assert 300 < S.shape[0] < 2400  # heavy rows cap at f = 1, so fewer than s are kept
+    assert set(range(10)) <= set(S.indices.tolist())
+    U, _ = np.linalg.qr(A)
+    s = np.linalg.svd(S @ U, compute_uv=False)
+    assert 0.6 < s.min() ** 2 and s.max() ** 2 < 1.4
+
+
+def test_leverage_sample_same_rows_cpu_and_gpu_seedwise():
+    rng = np.random.default_rng(17)
+    A = rng.standard_normal((2000, 8))
+    S1, S2 = gs.leverage_sample(A, 200, seed=3), gs.leverage_sample(A, 200, seed=3)
+    np.testing.assert_array_equal(S1.indices, S2.indices)
+
+
+@pytest.mark.parametrize("test_matrix", ["gaussian", "sparse_sign"])
+def test_randomized_svd_decaying_spectrum(xp, test_matrix):
+    rng = np.random.default_rng(18)
+    U, _ = np.linalg.qr(rng.standard_normal((800, 100)))
+    V, _ = np.linalg.qr(rng.standard_normal((300, 100)))
+    sv = 0.8 ** np.arange(100)
+    A = (U * sv) @ V.T
+    k = 10
+    Uk, s, Vt = gs.randomized_svd(xp.asarray(A), k, seed=19, test_matrix=test_matrix)
+    Uk, s, Vt = to_numpy(Uk), to_numpy(s), to_numpy(Vt)
+    np.testing.assert_allclose(s, sv[:k], rtol=1e-6)
+    err = np.linalg.norm(A - (Uk * s) @ Vt)
+    opt = np.linalg.norm(sv[k:])
+    assert err <= 1.001 * opt
+    np.testing.assert_allclose(Uk.T @ Uk, np.eye(k), atol=1e-10)
+
+
+def test_randomized_svd_without_power_iterations_is_worse():
+    rng = np.random.default_rng(20)
+    A = rng.standard_normal((400, 300)) * (0.97 ** np.arange(300))
+    e = [np.linalg.norm(A - (lambda u, s, v: (u * s) @ v)(*gs.randomized_svd(A, 10, power_iters=q, seed=1)))
+         for q in (0, 3)]
+    assert e[1] < e[0]
+
+
+def test_rank_cases(xp):
+    rng = np.random.default_rng(21)
+    low = rng.standard_normal((600, 9)) @ rng.standard_normal((9, 80))
+    dup = np.vstack([low[:5]] * 40)  # 200 rows, 5 distinct
+    wide = rng.standard_normal((30, 500))
+    cases = [(low, 9), (np.zeros((50, 20)), 0), (dup, 5), (wide, 30), (rng.standard_normal((100, 100)), 100)]
+    for M, k in cases:
+        assert gs.rank(xp.asarray(M), seed=22) == k
+    sp = sparse_module(xp).csr_matrix(xp.asarray(low * (np.abs(low) > 0)))
+    assert gs.rank(sp, seed=23) == 9
+
+
+def test_independent_rows(xp):
+    rng = np.random.default_rng(24)
+    A = rng.standard_normal((500, 7)) @ rng.standard_normal((7, 60))
+    A = np.vstack([A, A[:50]])  # duplicated rows
+    rows = to_numpy(gs.independent_rows(xp.asarray(A), seed=25))
+    assert len(rows) == 7 and len(set(rows.tolist())) == 7
+    assert np.linalg.matrix_rank(A[rows]) == 7
+    assert gs.independent_rows(np.zeros((10, 4))).size == 0

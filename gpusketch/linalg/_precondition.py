@@ -24,7 +24,7 @@ class SketchPreconditioner:
         self._la, _ = linalg_modules(xp)
         self.Q, self.R = xp.linalg.qr(SA)
         diag = abs(self.R.diagonal())
-        cut = max(SA.shape) * np.finfo(SA.dtype).eps * float(diag.max(initial=0.0))
+        cut = max(SA.shape) * np.finfo(SA.dtype).eps * (float(diag.max()) if diag.size else 0.0)
         self.rank_deficient = bool((diag <= cut).any())
         if self.rank_deficient:
             U, s, Vt = xp.linalg.svd(SA, full_matrices=False)

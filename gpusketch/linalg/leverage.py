@@ -87,7 +87,7 @@ def leverage_scores(A, *, exact=False, seed=None):
             Ad = A.toarray() if is_sparse(A) else A
             Q, R = xp.linalg.qr(Ad)
             diag = abs(R.diagonal())
-            if bool((diag <= max(A.shape) * np.finfo(A.dtype).eps * float(diag.max(initial=0.0))).any()):
+            if bool((diag <= max(A.shape) * np.finfo(A.dtype).eps * (float(diag.max()) if diag.size else 0.0)).any()):
                 U, s, _ = xp.linalg.svd(Ad, full_matrices=False)
                 r = int((s > max(A.shape) * np.finfo(A.dtype).eps * float(s[0])).sum())
                 Q = U[:, :r]

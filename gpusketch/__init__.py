@@ -14,7 +14,16 @@ from .linalg import (
     randomized_svd,
     rank,
 )
-from .operators import CountSketch, Gaussian, Kronecker, Sampling, SketchOperator, SparseSign, SRHT
+from .operators import (
+    SRHT,
+    CountSketch,
+    FastEmbedding,
+    Gaussian,
+    Kronecker,
+    Sampling,
+    SketchOperator,
+    SparseSign,
+)
 
 __version__ = "0.1.0"
 
@@ -26,6 +35,7 @@ __all__ = [
     "SRHT",
     "Sampling",
     "Kronecker",
+    "FastEmbedding",
     "lstsq",
     "LstsqResult",
     "RankDeficientWarning",

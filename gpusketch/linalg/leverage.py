@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from .. import _kernels
 from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..operators import Gaussian, Sampling, SparseSign
+from ._numerics import qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
@@ -86,11 +86,9 @@ def leverage_scores(A, *, exact=False, seed=None):
         if exact:
             Ad = A.toarray() if is_sparse(A) else A
             Q, R = xp.linalg.qr(Ad)
-            diag = abs(R.diagonal())
-            if bool((diag <= max(A.shape) * np.finfo(A.dtype).eps * (float(diag.max()) if diag.size else 0.0)).any()):
+            if qr_rank_deficient(R, A.shape):
                 U, s, _ = xp.linalg.svd(Ad, full_matrices=False)
-                r = int((s > max(A.shape) * np.finfo(A.dtype).eps * float(s[0])).sum())
-                Q = U[:, :r]
+                Q = U[:, : svd_rank(s, A.shape)]
             return _row_norms2(Q)
         seed = check_seed(seed)
         pre = _preconditioner(A, xp, seed)

@@ -10,6 +10,7 @@ import numpy as np
 from .._backend import array_namespace, as_operand, check_finite, check_seed, is_sparse, linalg_modules
 from .._nvtx import annotate
 from ..operators import make_sketch
+from ._numerics import qr_rank_deficient
 from ._precondition import SketchPreconditioner
 from .results import LstsqResult
 
@@ -35,11 +36,6 @@ def _matmul(A, X):
 def _residual_norms(A, x, b, xp):
     r = _matmul(A, x) - b
     return xp.linalg.norm(r, axis=0)
-
-
-def _rank_tol(R, shape):
-    diag = abs(R.diagonal())
-    return diag, max(shape) * np.finfo(R.dtype).eps * (float(diag.max()) if diag.size else 0.0)
 
 
 def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-10, seed=None, maxiter=None):
@@ -161,8 +157,7 @@ def _direct(A, b, xp):
     t0 = time.perf_counter()
     Ad = A.toarray() if is_sparse(A) else A
     Q, R = xp.linalg.qr(Ad)
-    diag, cut = _rank_tol(R, A.shape)
-    if A.shape[0] < A.shape[1] or bool((diag <= cut).any()):
+    if A.shape[0] < A.shape[1] or qr_rank_deficient(R, A.shape):
         warnings.warn(
             f"A of shape {A.shape} is numerically rank deficient; returning the minimum-norm solution",
             RankDeficientWarning,

@@ -10,6 +10,7 @@ from .._backend import as_operand, check_finite, check_seed, is_cupy_array, is_s
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import SparseSign
+from ._numerics import svd_rank
 from .leverage import leverage_sample
 
 __all__ = ["rank", "independent_rows"]
@@ -23,13 +24,10 @@ def _dense(Y):
 
 
 def _numerical_rank(M, scale_dims, xp):
-    """Singular values above ``σ₁ · max(scale_dims) · ε`` (NumPy's matrix_rank rule)."""
+    """Rank of M by the rule of ``_numerics``, with the dimensions ``scale_dims`` of A."""
     if M.size == 0:
         return 0
-    s = xp.linalg.svd(M, compute_uv=False)
-    if float(s[0]) == 0.0:
-        return 0
-    return int((s > float(s[0]) * max(scale_dims) * np.finfo(M.dtype).eps).sum())
+    return svd_rank(xp.linalg.svd(M, compute_uv=False), scale_dims)
 
 
 def _validate(A):

@@ -5,11 +5,13 @@ use with a CuPy input, and CUDA kernels compile lazily on first launch.
 """
 
 from .linalg import (
+    LowRankResult,
     LstsqResult,
     RankDeficientWarning,
     independent_rows,
     leverage_sample,
     leverage_scores,
+    low_rank,
     lstsq,
     randomized_svd,
     rank,
@@ -44,5 +46,7 @@ __all__ = [
     "rank",
     "independent_rows",
     "randomized_svd",
+    "low_rank",
+    "LowRankResult",
     "__version__",
 ]

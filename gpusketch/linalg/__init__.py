@@ -1,9 +1,10 @@
 """Algorithms of Chepurko, Clarkson, Kacham and Woodruff on the sketch operators."""
 
 from .leverage import leverage_sample, leverage_scores
+from .low_rank import low_rank
 from .lstsq import RankDeficientWarning, lstsq
 from .rank import independent_rows, rank
-from .results import LstsqResult
+from .results import LowRankResult, LstsqResult
 from .svd import randomized_svd
 
 __all__ = [
@@ -15,4 +16,6 @@ __all__ = [
     "rank",
     "independent_rows",
     "randomized_svd",
+    "low_rank",
+    "LowRankResult",
 ]

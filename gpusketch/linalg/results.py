@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LstsqResult"]
+__all__ = ["LstsqResult", "LowRankResult"]
 
 
 @dataclass(frozen=True)
@@ -25,4 +25,21 @@ class LstsqResult:
 
     x: Any
     cost: Any
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LowRankResult:
+    """Rank-k factorisation ``A ≈ V X``.
+
+    Attributes
+    ----------
+    V : (n, k) array with orthonormal columns
+    X : (k, d) array
+    info : dict
+        Sizes of the intermediate sketches and samples, the seed, timings.
+    """
+
+    V: Any
+    X: Any
     info: dict = field(default_factory=dict)

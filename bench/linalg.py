@@ -1,0 +1,196 @@
+"""Least squares and low-rank approximation against peers, in one run per device.
+
+Usage::
+
+    python bench/linalg.py                      # GPU when present, else CPU; full sizes
+    python bench/linalg.py --device cpu --quick
+
+Least squares (fp64, A = G diag(s) Vᵀ with condition number κ): ``lstsq``
+with ``method="sketch"`` (reported with its cost ratio to the optimum),
+``"precondition"`` and ``"direct"``, against ``numpy.linalg.lstsq`` and a
+NumPy QR solve on the CPU; ``torch.linalg.lstsq``, ``cupy.linalg.lstsq``, a
+CuPy QR solve and the normal equations on the GPU.  Low rank (fp32,
+decaying spectrum): ``randomized_svd`` and ``low_rank`` against
+``torch.svd_lowrank`` at the same number of power iterations (when torch is
+importable) and the exact SVD error.  Writes ``bench/results/linalg-<device>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import gpusketch as gs  # noqa: E402
+from gpusketch._backend import cupy_available  # noqa: E402
+from gpusketch._timing import time_call  # noqa: E402
+
+LSTSQ = [(1 << 20, 512), (1 << 18, 2048)]
+LSTSQ_QUICK = [(1 << 16, 128), (1 << 14, 512)]
+LOWRANK = [(200_000, 2000, 50), (50_000, 5000, 100)]
+LOWRANK_QUICK = [(20_000, 500, 20), (5_000, 1_000, 30)]
+
+
+def _git():
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return r.stdout.strip() or "unknown"
+
+
+def _torch(xp):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if xp is not np and not torch.cuda.is_available():
+        return None
+    return torch
+
+
+def problem(xp, n, d, kappa, seed=0):
+    """Tall A with condition number about kappa, b = A x + noise (on xp)."""
+    rng = (np.random.default_rng(seed) if xp is np else xp.random.default_rng(seed))
+    G = rng.standard_normal((n, d))
+    V, _ = xp.linalg.qr(rng.standard_normal((d, d)))
+    A = (G * xp.logspace(0, -np.log10(kappa), d)) @ V.T
+    b = A @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
+    return A, b
+
+
+def bench_lstsq(dev, xp, shapes, repeat, rows):
+    torch = _torch(xp)
+    for n, d in shapes:
+        for kappa in (1e2, 1e8):
+            A, b = problem(xp, n, d, kappa)
+            opt = float(gs.lstsq(A, b, method="direct").cost)
+            peers = {}
+
+            def add(name, fn, cost_of):
+                t = time_call(fn, xp, repeat=repeat, warmup=1)
+                gap = cost_of(fn()) / opt - 1
+                rows.append({"device": dev, "task": "lstsq", "shape": f"{n}x{d}", "kappa": kappa, "method": name,
+                             "seconds": t, "cost_gap": gap})
+                return t
+
+            if xp is np:
+                peers["numpy.lstsq"] = add("peer:numpy.linalg.lstsq", lambda: np.linalg.lstsq(A, b, rcond=None)[0],
+                                           lambda x: float(np.linalg.norm(A @ x - b)))
+            else:
+                peers["cupy.lstsq"] = add("peer:cupy.linalg.lstsq", lambda: xp.linalg.lstsq(A, b, rcond=None)[0],
+                                          lambda x: float(xp.linalg.norm(A @ x - b)))
+                peers["normal-eq"] = add("peer:normal equations", lambda: xp.linalg.solve(A.T @ A, A.T @ b),
+                                         lambda x: float(xp.linalg.norm(A @ x - b)))
+                if torch is not None:
+                    At, bt = torch.as_tensor(A, device="cuda"), torch.as_tensor(b, device="cuda")[:, None]
+                    peers["torch.lstsq"] = add("peer:torch.linalg.lstsq", lambda: torch.linalg.lstsq(At, bt).solution,
+                                               lambda x: float(torch.linalg.norm(At @ x - bt)))
+            peers["qr-solve"] = add("peer:QR solve (gs direct)", lambda: gs.lstsq(A, b, method="direct"),
+                                    lambda r: float(r.cost))
+            for method in ("sketch", "precondition"):
+                t = add(f"gpusketch {method}", lambda: gs.lstsq(A, b, method=method, seed=1), lambda r: float(r.cost))
+                rows[-1]["speedup"] = {k: v / t for k, v in peers.items()}
+            del A, b
+            if xp is not np:
+                xp.get_default_memory_pool().free_all_blocks()
+
+
+def bench_low_rank(dev, xp, shapes, repeat, rows):
+    torch = _torch(xp)
+    for n, d, k in shapes:
+        A, _ = problem(xp, n, d, 1e3, seed=1)
+        A = A.astype(np.float32)
+        s = xp.linalg.svd(A.astype(np.float64), compute_uv=False)
+        opt = float(xp.sqrt((s[k:] ** 2).sum()))
+
+        def add(name, fn, err_of, peer_t=None):
+            t = time_call(fn, xp, repeat=repeat, warmup=1)
+            row = {"device": dev, "task": "low_rank", "shape": f"{n}x{d} k={k}", "kappa": None, "method": name,
+                   "seconds": t, "err_ratio": err_of(fn()) / opt}
+            if peer_t:
+                row["speedup"] = {kk: v / t for kk, v in peer_t.items()}
+            rows.append(row)
+            return t
+
+        norm = (lambda M: float(xp.linalg.norm(M)))
+        peers = {}
+        if torch is not None:
+            At = torch.as_tensor(A, device="cuda" if xp is not np else "cpu")
+            peers["torch.svd_lowrank"] = add(
+                "peer:torch.svd_lowrank(q=k+10, niter=2)", lambda: torch.svd_lowrank(At, q=k + 10, niter=2),
+                lambda usv: float(torch.linalg.norm(At - (usv[0][:, :k] * usv[1][:k]) @ usv[2][:, :k].T)))
+        add("gpusketch randomized_svd (q=2)", lambda: gs.randomized_svd(A, k, power_iters=2, seed=1),
+            lambda usv: norm(A - (usv[0] * usv[1]) @ usv[2]), peers)
+        add("gpusketch low_rank (eps=0.5)", lambda: gs.low_rank(A, k, eps=0.5, seed=1),
+            lambda r: norm(A - r.V @ r.X), peers)
+        del A
+
+
+def write(rows, meta, out, tag):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"linalg-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [f"# bench/linalg.py — {meta['date']}, commit {meta['commit']}, {meta['device_name']}", "",
+             "| task | shape | κ | method | seconds | cost/opt − 1 or err/opt | speed-up vs peers |",
+             "|---|---|---:|---|---:|---:|---|"]
+    for r in rows:
+        q = f"{r['cost_gap']:.2e}" if "cost_gap" in r else f"{r['err_ratio']:.4f}"
+        sp = ", ".join(f"{k} {v:.2f}×" for k, v in r.get("speedup", {}).items())
+        lines.append(f"| {r['task']} | {r['shape']} | {r['kappa'] or ''} | {r['method']} | {r['seconds']:.4f} | {q} | {sp} |")
+    (out / f"linalg-{tag}.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        y = max(r.get("cost_gap", (r.get("err_ratio") or 1) - 1), 1e-17)
+        ax.scatter(r["seconds"], y, marker="o" if r["method"].startswith("gpusketch") else "x")
+        ax.annotate(f"{r['method'].split(' (')[0]} {r['shape']}", (r["seconds"], y), fontsize=6)
+    ax.set(xscale="log", yscale="log", xlabel="seconds", ylabel="cost/opt − 1 (lstsq), err/opt − 1 (low rank)",
+           title=f"error vs time, {meta['device_name']}")
+    fig.tight_layout()
+    fig.savefig(out / f"linalg-{tag}.png", dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--commit", default=None)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args(argv)
+    use_gpu = args.device == "gpu" or (args.device == "auto" and cupy_available())
+    if use_gpu and not cupy_available():
+        p.error("no CUDA device available")
+    if use_gpu:
+        import cupy as xp
+
+        name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
+    else:
+        xp, name = np, f"CPU {platform.machine()}"
+    rows = []
+    tag = ("gpu" if use_gpu else "cpu") + ("-quick" if args.quick else "")
+    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or _git(), "device_name": name}
+    t0 = time.perf_counter()
+    bench_lstsq(tag, xp, LSTSQ_QUICK if args.quick else LSTSQ, args.repeat, rows)
+    write(rows, meta, args.out, tag)
+    bench_low_rank(tag, xp, LOWRANK_QUICK if args.quick else LOWRANK, args.repeat, rows)
+    write(rows, meta, args.out, tag)
+    print((args.out / f"linalg-{tag}.md").read_text())
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -49,3 +49,16 @@ def _modules():
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+
+
+def test_readme_python_examples_run():
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not beside the tests")
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    code = "\n".join(b for b in blocks if "cupy" not in b)  # GPU snippets need a device
+    assert "gs.lstsq" in code
+    exec(compile(code, "README.md", "exec"), {})

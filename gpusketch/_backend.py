@@ -27,6 +27,7 @@ __all__ = [
     "cupy_available",
     "check_finite",
     "linalg_modules",
+    "to_dense",
 ]
 
 _FLOAT_TYPES = (np.float32, np.float64)
@@ -209,6 +210,11 @@ def check_memory(nbytes, what, xp):
         raise MemoryError(
             f"{what} needs {nbytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of {where} memory is free"
         )
+
+
+def to_dense(Y):
+    """``Y`` as a dense array (products with sparse matrices may return sparse ones)."""
+    return Y.toarray() if is_sparse(Y) else Y
 
 
 def check_finite(A, name):

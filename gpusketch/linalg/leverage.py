@@ -6,7 +6,7 @@ import math
 
 
 from .. import _kernels
-from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse
+from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..operators import Gaussian, Sampling, SparseSign
@@ -14,11 +14,6 @@ from ._numerics import qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
-
-
-def _matmul(A, X):
-    Y = A @ X
-    return Y.toarray() if is_sparse(Y) else Y
 
 
 def _validate(A):
@@ -32,7 +27,7 @@ def _preconditioner(A, xp, seed):
     n, d = A.shape
     m = min(n, 4 * d + 10)
     S = SparseSign(m, n, nnz=min(8, m), seed=derive_seed(seed, 0))
-    return SketchPreconditioner(_matmul(S, A), xp)
+    return SketchPreconditioner(to_dense(S @ A), xp)
 
 
 def _gaussian(rows, d, seed, xp, dtype):
@@ -94,7 +89,7 @@ def leverage_scores(A, *, exact=False, seed=None):
         pre = _preconditioner(A, xp, seed)
         t = int(math.ceil(8 * math.log(max(n, 2)))) + 8
         G = _gaussian(t, pre.rank, derive_seed(seed, 1), xp, A.dtype)
-        return _row_norms2(_matmul(A, pre.apply(G)))
+        return _row_norms2(to_dense(A @ pre.apply(G)))
 
 
 def _uniform(n, seed, xp):
@@ -153,17 +148,17 @@ def leverage_sample(A, s, *, gamma=0.5, seed=None):
         c = 8
         # ||G1 A R⁻¹ G2||_F² estimates ||A R⁻¹||_F² (within 2x w.h.p.); G1 is a Gaussian sketch.
         G1 = Gaussian(c, n, seed=derive_seed(seed, 2))
-        frob = float((_matmul(G1, _matmul(A, pre.apply(_gaussian(c, r, derive_seed(seed, 3), xp, A.dtype)))) ** 2).sum())
+        frob = float((to_dense(G1 @ to_dense(A @ pre.apply(_gaussian(c, r, derive_seed(seed, 3), xp, A.dtype)))) ** 2).sum())
         t4 = int(math.ceil(1 / gamma)) + 1
         # Unscaled N(0, 1) columns for the coarse, one-sided estimate.
         G4 = _gaussian(t4, r, derive_seed(seed, 4), xp, A.dtype) * math.sqrt(t4)
-        z = 2 * n**gamma * _row_norms2(_matmul(A, pre.apply(G4))) / frob
+        z = 2 * n**gamma * _row_norms2(to_dense(A @ pre.apply(G4))) / frob
         q = xp.minimum(1.0, s4 * z)
         keep = xp.flatnonzero(_uniform(n, derive_seed(seed, 5), xp) < q)
         t3 = int(math.ceil(8 * math.log(max(n, 2)))) + 8
         G3 = _gaussian(t3, r, derive_seed(seed, 6), xp, A.dtype)
         rows = A[keep]
-        fine = _row_norms2(_matmul(rows, pre.apply(G3)))
+        fine = _row_norms2(to_dense(rows @ pre.apply(G3)))
         # f <= q on Lemma 7.3's good event; the clamp keeps f/q a probability off it.
         f = xp.minimum(xp.minimum(1.0, (s4 / 4) * fine / frob), q[keep])
         accept = _uniform(n, derive_seed(seed, 7), xp)[keep] < f / q[keep]

@@ -6,7 +6,7 @@ import math
 import time
 
 from .. import _kernels
-from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, linalg_modules
+from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..operators import CountSketch, SparseSign
@@ -14,10 +14,6 @@ from .leverage import leverage_sample
 from .results import LowRankResult
 
 __all__ = ["low_rank"]
-
-
-def _dense(Y):
-    return Y.toarray() if is_sparse(Y) else Y
 
 
 def _orth(M, xp):
@@ -105,16 +101,16 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         t0 = time.perf_counter()
         # 1. Projection-cost-preserving column sketch and a row embedding of it.
         t = min(d, 4 * k * k)
-        AT = A if t == d else _dense(A @ CountSketch(t, d, seed=derive_seed(seed, 0)).T)
+        AT = A if t == d else to_dense(A @ CountSketch(t, d, seed=derive_seed(seed, 0)).T)
         ms = min(n, 4 * t + 10)
-        SAT = _dense(SparseSign(ms, n, nnz=min(8, ms), seed=derive_seed(seed, 1)) @ AT)
+        SAT = to_dense(SparseSign(ms, n, nnz=min(8, ms), seed=derive_seed(seed, 1)) @ AT)
         # 2. 2k columns of SAT of largest leverage in its top-k right singular space.
         _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
         lev = (Vt[:k] ** 2).sum(axis=0)
         omega = xp.argsort(-lev)[: min(t, 2 * k)]
-        U = _orth(_dense(AT)[:, omega], xp)
+        U = _orth(to_dense(AT)[:, omega], xp)
         # 3. Residual sampling of columns (Lemma 7.15).
-        UtA = _dense(A.T @ U).T  # (c, d): one pass over A
+        UtA = to_dense(A.T @ U).T  # (c, d): one pass over A
         resid = xp.maximum(_col_sq_norms(A, xp) - (UtA * UtA).sum(axis=0), 0.0)
         total = float(resid.sum())
         s = int(math.ceil(4 * k / eps))
@@ -122,7 +118,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
             q = xp.minimum(1.0, s * resid / total)
             bucket, _ = _kernels.call("hash_values", xp, 0, d, 1 << 30, 1, derive_seed(seed, 2), STREAM_UNIFORM)
             cols = xp.flatnonzero((bucket[:, 0] + 0.5) / float(1 << 30) < q)
-            M = xp.concatenate([U, _dense(A[:, cols]) if is_sparse(A) else A[:, cols]], axis=1)
+            M = xp.concatenate([U, to_dense(A[:, cols]) if is_sparse(A) else A[:, cols]], axis=1)
         else:  # A lies in span(U) already
             cols = xp.zeros(0, dtype=xp.int64)
             M = U
@@ -131,7 +127,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         # 4. Affine embedding: min_{rank-k X} ||T1 QM X - T1 A||_F, solved on the sketch.
         m1 = min(n, 4 * c + 10)
         T1 = SparseSign(m1, n, nnz=min(8, m1), seed=derive_seed(seed, 3))
-        T1A = _dense(T1 @ A)
+        T1A = to_dense(T1 @ A)
         QC, RC = xp.linalg.qr(T1 @ QM)
         Uw, _, _ = xp.linalg.svd(QC.T @ T1A, full_matrices=False)
         dense_la, _ = linalg_modules(xp)
@@ -142,11 +138,11 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
                      "affine_rows": m1})
         t0 = time.perf_counter()
         if right == "exact":
-            X = _dense(A.T @ V).T
+            X = to_dense(A.T @ V).T
         else:
             Sv = leverage_sample(V, max(4 * k, int(math.ceil(4 * k * math.log(k + 1) / eps))),
                                  seed=derive_seed(seed, 4))
-            SA = _dense(Sv @ A)
+            SA = to_dense(Sv @ A)
             X = xp.linalg.lstsq(Sv @ V, SA, rcond=None)[0]
             info["right_rows"] = Sv.shape[0]
         info["timings"]["right_s"] = time.perf_counter() - t0

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from .._backend import array_namespace, as_operand, check_finite, check_seed, is_sparse, linalg_modules
+from .._backend import array_namespace, as_operand, check_finite, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
 from ._numerics import qr_rank_deficient
@@ -28,13 +28,8 @@ def default_sketch_size(d, n, method):
     return int(min(n, (4 if method == "precondition" else 20) * d + 10))
 
 
-def _matmul(A, X):
-    Y = A @ X
-    return Y.toarray() if is_sparse(Y) else Y
-
-
 def _residual_norms(A, x, b, xp):
-    r = _matmul(A, x) - b
+    r = to_dense(A @ x) - b
     return xp.linalg.norm(r, axis=0)
 
 
@@ -140,7 +135,7 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         S = make_sketch(sketch, int(m), n, seed=seed)
         info = {"method": method, "sketch": type(S).__name__, "m": S.shape[0], "seed": S.seed, "timings": {}}
         t0 = time.perf_counter()
-        SA = _matmul(S, A)
+        SA = to_dense(S @ A)
         Sb = S @ b
         info["timings"]["sketch_s"] = time.perf_counter() - t0
         if method == "sketch":
@@ -190,8 +185,8 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
     k = y0.shape[1] if y0.ndim == 2 else None
     op = sparse_la.LinearOperator(
         (n, y0.shape[0]),
-        matvec=lambda y: _matmul(A, pre.apply(y.ravel())),
-        rmatvec=lambda r: pre.apply_t(_matmul(A.T, r.ravel())),
+        matvec=lambda y: to_dense(A @ pre.apply(y.ravel())),
+        rmatvec=lambda r: pre.apply_t(to_dense(A.T @ r.ravel())),
         dtype=A.dtype,
     )
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter

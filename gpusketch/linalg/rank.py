@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._backend import as_operand, check_finite, check_seed, is_cupy_array, is_sparse
+from .._backend import as_operand, check_finite, check_seed, is_cupy_array, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import SparseSign
@@ -17,10 +17,6 @@ __all__ = ["rank", "independent_rows"]
 
 # Algorithm 3's constant c: z = c·(nnz(A)/log n)^{1/2}, and k1 < z/c certifies the sketch.
 _C = 2
-
-
-def _dense(Y):
-    return Y.toarray() if is_sparse(Y) else Y
 
 
 def _numerical_rank(M, scale_dims, xp):
@@ -82,10 +78,10 @@ def rank(A, *, seed=None):
             M = SparseSign(z, n, nnz=min(2, z), seed=derive_seed(seed, 0)) @ M
         if z < d:
             M = M @ SparseSign(z, d, nnz=min(2, z), seed=derive_seed(seed, 1)).T
-        k1 = _numerical_rank(_dense(M), (n, d), xp)
+        k1 = _numerical_rank(to_dense(M), (n, d), xp)
         if k1 < z / _C or (z >= n and z >= d):
             return k1
-        return _numerical_rank(_dense(A), (n, d), xp)
+        return _numerical_rank(to_dense(A), (n, d), xp)
 
 
 def independent_rows(A, *, seed=None):
@@ -133,11 +129,11 @@ def independent_rows(A, *, seed=None):
             return xp.zeros(0, dtype=xp.int64)
         B = A
         if 2 * k + 10 < d:
-            B = _dense(A @ SparseSign(2 * k + 10, d, nnz=2, seed=derive_seed(seed, 1)).T)
+            B = to_dense(A @ SparseSign(2 * k + 10, d, nnz=2, seed=derive_seed(seed, 1)).T)
         s = int(4 * k * math.log(max(k, 2))) + 20
         for attempt in range(4):
             cand = np.arange(n) if s >= n else np.unique(leverage_sample(B, s, seed=derive_seed(seed, 2 + attempt)).indices)
-            rows = _dense(A[xp.asarray(cand)])
+            rows = to_dense(A[xp.asarray(cand)])
             rows = rows.get() if is_cupy_array(rows) else np.asarray(rows)
             _, R, piv = scipy.linalg.qr(rows.T, mode="economic", pivoting=True)
             if _numerical_rank(R, (n, d), np) >= k or s >= n:
@@ -145,7 +141,7 @@ def independent_rows(A, *, seed=None):
                 return xp.asarray(chosen)
             s *= 2
         cand = np.arange(n)
-        Ad = _dense(A)
+        Ad = to_dense(A)
         Ad = Ad.get() if is_cupy_array(Ad) else np.asarray(Ad)
         _, _, piv = scipy.linalg.qr(Ad.T, mode="economic", pivoting=True)
         return xp.asarray(np.sort(piv[:k]))

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse
+from .._backend import as_operand, check_finite, check_positive_int, check_seed, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
 
 __all__ = ["randomized_svd"]
-
-
-def _dense(Y):
-    return Y.toarray() if is_sparse(Y) else Y
 
 
 def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian", seed=None):
@@ -68,10 +64,10 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
         seed = check_seed(seed)
         l = min(k + oversample, n, d)
         Omega = make_sketch(test_matrix, l, d, seed=seed)
-        Q, _ = xp.linalg.qr(_dense(A @ Omega.T))
+        Q, _ = xp.linalg.qr(to_dense(A @ Omega.T))
         for _ in range(power_iters):
-            Z, _ = xp.linalg.qr(_dense(A.T @ Q))
-            Q, _ = xp.linalg.qr(_dense(A @ Z))
-        B = _dense(A.T @ Q).T  # Qᵀ A without forming Aᵀ densely
+            Z, _ = xp.linalg.qr(to_dense(A.T @ Q))
+            Q, _ = xp.linalg.qr(to_dense(A @ Z))
+        B = to_dense(A.T @ Q).T  # Qᵀ A without forming Aᵀ densely
         Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
         return (Q @ Ub)[:, :k], s[:k], Vt[:k]

@@ -100,6 +100,7 @@ LSTSQ_BAD = [
     (lambda: gs.leverage_scores(np.ones((3, 5))), ValueError, "n >= d"),
     (lambda: gs.leverage_sample(A_OK, 0), ValueError, "s"),
     (lambda: gs.leverage_sample(A_OK, 5, gamma=0), ValueError, "gamma"),
+    (lambda: gs.leverage_sample(A_OK, 5, osnap=0), ValueError, "osnap"),
     (lambda: gs.randomized_svd(A_OK, 4), ValueError, "k"),
     (lambda: gs.randomized_svd(A_OK, 0), ValueError, "k"),
     (lambda: gs.randomized_svd(A_OK, 2, power_iters=-1), ValueError, "power_iters"),
@@ -143,6 +144,17 @@ def test_leverage_sample_is_subspace_embedding(xp):
     U, _ = np.linalg.qr(A)
     s = np.linalg.svd(S @ U, compute_uv=False)
     assert 0.6 < s.min() ** 2 and s.max() ** 2 < 1.4
+
+
+def test_leverage_sample_composed_with_osnap(xp):
+    # Theorem 7.4: sample, then an OSNAP down to O(d log d / eps^2) rows.
+    rng = np.random.default_rng(26)
+    A = rng.standard_normal((6000, 20))
+    C = gs.leverage_sample(xp.asarray(A), 1500, osnap=400, seed=27)
+    assert isinstance(C, gs.Composed) and C.shape == (400, 6000)
+    U, _ = np.linalg.qr(A)
+    s = np.linalg.svd(to_numpy(C @ xp.asarray(U)), compute_uv=False)
+    assert 0.4 < s.min() ** 2 and s.max() ** 2 < 1.6
 
 
 def test_leverage_sample_same_rows_cpu_and_gpu_seedwise():

@@ -15,6 +15,7 @@ FACTORIES = {
     "gaussian": lambda n: gs.Gaussian(9, n, seed=13),
     "srht": lambda n: gs.SRHT(20, n, seed=14),
     "fast_embedding": lambda n: gs.FastEmbedding(24, n, k=4, seed=15),
+    "composed": lambda n: gs.Composed([gs.Gaussian(7, 30, seed=16), gs.SRHT(30, n, seed=17)], scale=0.5),
     "sampling": lambda n: gs.Sampling(np.array([0, 5, 5, n - 1, 77, 150]), n, scale=np.arange(1.0, 7.0)),
     "kron_countsketch": lambda n: gs.Kronecker([gs.CountSketch(5, 12, seed=1), gs.CountSketch(4, 25, seed=2)]),
     "kron_mixed": lambda n: gs.Kronecker([gs.SparseSign(6, 12, nnz=2, seed=3), gs.Gaussian(4, 25, seed=4)]),

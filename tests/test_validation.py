@@ -39,6 +39,9 @@ CONSTRUCTOR_CASES = [
     (lambda: gs.Kronecker([]), ValueError, "factors"),
     (lambda: gs.Kronecker(CS), TypeError, "factors"),
     (lambda: gs.Kronecker([CS, np.eye(3)]), TypeError, r"factors\[1\]"),
+    (lambda: gs.Composed([CS, CS]), ValueError, "chain"),
+    (lambda: gs.Composed([]), TypeError, "operators"),
+    (lambda: gs.Composed([CS], scale="2"), TypeError, "scale"),
 ]
 
 APPLY_CASES = [

@@ -9,7 +9,7 @@ from .. import _kernels
 from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
-from ..operators import Gaussian, Sampling, SparseSign
+from ..operators import Composed, Gaussian, Sampling, SparseSign
 from ._numerics import qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
 
@@ -98,7 +98,7 @@ def _uniform(n, seed, xp):
     return (buckets[:, 0] + 0.5) / float(1 << 30)
 
 
-def leverage_sample(A, s, *, gamma=0.5, seed=None):
+def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
     """Leverage-score row sampling (Algorithm 2 with Lemma 7.3's two-stage sampler).
 
     Row i is kept independently with probability ``f_i ≈ min(1, s·p_i)``,
@@ -117,13 +117,17 @@ def leverage_sample(A, s, *, gamma=0.5, seed=None):
         Lemma 7.3's trade-off: the coarse pass uses ``⌈1/γ⌉ + 1`` Gaussian
         columns and oversamples by ``n^γ``; the fine pass uses ``O(log n)``
         columns only on the rows the coarse pass kept.
+    osnap : int, optional
+        If given, the sample is composed with an OSNAP (SparseSign, 8
+        nonzeros) down to ``osnap`` rows, as in Theorem 7.4, and a
+        ``Composed`` operator of shape ``(osnap, n)`` is returned.
     seed : int, optional
 
     Returns
     -------
-    Sampling
-        Operator of shape ``(kept, n)`` with the kept row indices (sorted) and
-        scales ``1/√f_i``.
+    Sampling or Composed
+        ``Sampling`` of shape ``(kept, n)`` with the kept row indices (sorted)
+        and scales ``1/√f_i``; with ``osnap``, ``Composed([OSNAP, Sampling])``.
 
     Notes
     -----
@@ -132,8 +136,6 @@ def leverage_sample(A, s, *, gamma=0.5, seed=None):
     stage 2 computes ``||A_i R⁻¹ G_3||²`` for the kept rows only and accepts
     with probability ``min(1, (s'/4)||A_i R⁻¹ G_3||²/||G_1 A R⁻¹ G_2||_F²) / q_i``.  Random
     decisions use Philox uniforms, so CPU and GPU keep the same rows.
-    Composition with a further OSNAP (Theorem 7.4) is left to the caller:
-    ``SparseSign(m, kept) @ (S @ A)``.
     """
     with annotate("gpusketch.leverage_sample"):
         A, xp = _validate(A)
@@ -141,6 +143,8 @@ def leverage_sample(A, s, *, gamma=0.5, seed=None):
         s = check_positive_int(s, "s")
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+        if osnap is not None:
+            osnap = check_positive_int(osnap, "osnap")
         seed = check_seed(seed)
         pre = _preconditioner(A, xp, seed)
         r = pre.rank
@@ -165,4 +169,7 @@ def leverage_sample(A, s, *, gamma=0.5, seed=None):
         idx, f = keep[accept], f[accept]
         if idx.size == 0:
             raise ValueError(f"no rows were sampled: s={s} is too small for A of shape {A.shape}")
-        return Sampling(idx, n, scale=1.0 / xp.sqrt(f))
+        S = Sampling(idx, n, scale=1.0 / xp.sqrt(f))
+        if osnap is None:
+            return S
+        return Composed([SparseSign(osnap, S.shape[0], nnz=min(8, osnap), seed=derive_seed(seed, 8)), S])

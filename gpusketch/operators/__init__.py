@@ -6,6 +6,7 @@ seed: the same seed gives the same sketch on CPU and GPU and in any chunking
 """
 
 from ._base import SketchOperator
+from .composed import Composed
 from .fast_embedding import FastEmbedding
 from .gaussian import Gaussian
 from .hashing import CountSketch, SparseSign
@@ -22,6 +23,7 @@ __all__ = [
     "Sampling",
     "Kronecker",
     "FastEmbedding",
+    "Composed",
     "make_sketch",
 ]
 

@@ -6,14 +6,14 @@ import math
 
 from .._backend import check_positive_int, check_seed
 from .._random import derive_seed
-from ._base import SketchOperator
+from .composed import Composed
 from .hashing import SparseSign
 from .srht import SRHT
 
 __all__ = ["FastEmbedding"]
 
 
-class FastEmbedding(SketchOperator):
+class FastEmbedding(Composed):
     """Subspace embedding ``S = κ · G · F · S₂ · S₁`` (Chepurko et al., Algorithm 1).
 
     For a d-dimensional subspace (``k = d``):
@@ -53,8 +53,8 @@ class FastEmbedding(SketchOperator):
     paper are i.i.d. (0 with probability 1 − p, ±1 with p/2); here each row
     has exactly s nonzeros in distinct column blocks, which is the same
     sparse sign construction as OSNAP and is applied by the same gather
-    kernel.  Only ``S₁`` reads the n-row input, so ``S[:, a:b]`` restricts
-    ``S₁`` and chunked sums equal ``S @ A``.
+    kernel.  It is a ``Composed`` operator: only ``S₁`` reads the n-row input,
+    so ``S[:, a:b]`` restricts ``S₁`` and chunked sums equal ``S @ A``.
 
     References
     ----------
@@ -86,51 +86,14 @@ class FastEmbedding(SketchOperator):
         r = 1 << max(0, (m2 - 1).bit_length())
         s = min(r, math.ceil(2 * lg) + 2)
         stages = (
-            SparseSign(m1, n, nnz=min(8, m1), seed=derive_seed(seed, 0)),
-            SparseSign(m2, m1, nnz=min(m2, math.ceil(lg)), seed=derive_seed(seed, 1)),
-            SRHT(r, m2, seed=derive_seed(seed, 2)),
             SparseSign(r, m, nnz=s, seed=derive_seed(seed, 3)).T,
+            SRHT(r, m2, seed=derive_seed(seed, 2)),
+            SparseSign(m2, m1, nnz=min(m2, math.ceil(lg)), seed=derive_seed(seed, 1)),
+            SparseSign(m1, n, nnz=min(8, m1), seed=derive_seed(seed, 0)),
         )
-        self._init(m, n, seed, stages, math.sqrt(r / m), k)
-
-    def _init(self, m, n, seed, stages, kappa, k):
-        super().__init__(m, n, seed)
-        self._set(_stages=stages, _kappa=kappa, _k=k)
-
-    @property
-    def stages(self):
-        """``(S₁, S₂, F, Gᵀ-as-adjoint)``: the composed operators, first applied first."""
-        return self._stages
+        super().__init__(stages, scale=math.sqrt(r / m))
+        # One user seed determines every stage; report it rather than the stage seeds.
+        self._set(_seed=seed, _k=k)
 
     def __repr__(self):
         return f"FastEmbedding(m={self._m}, n={self._n}, k={self._k}, seed={self._seed})"
-
-    def _apply_dense(self, A, xp):
-        Y = self._stages[0]._apply_dense(A, xp)
-        for st in self._stages[1:]:
-            Y = st._apply_dense(Y, xp)
-        return Y * Y.dtype.type(self._kappa)
-
-    def _apply_sparse(self, A, xp):
-        Y = self._stages[0]._apply_sparse(A, xp)
-        for st in self._stages[1:]:
-            Y = st._apply_dense(Y, xp)
-        return Y * Y.dtype.type(self._kappa)
-
-    def _apply_adjoint(self, Y, xp):
-        X = Y * Y.dtype.type(self._kappa)
-        for st in reversed(self._stages):
-            X = st._apply_adjoint(X, xp)
-        return X
-
-    def _slice(self, a, b):
-        new = object.__new__(FastEmbedding)
-        stages = (self._stages[0]._slice(a, b),) + self._stages[1:]
-        new._init(self._m, b - a, self._seed, stages, self._kappa, self._k)
-        return new
-
-    def _dense(self):
-        D = self._stages[0]._dense()
-        for st in self._stages[1:]:
-            D = st._dense() @ D
-        return D * self._kappa

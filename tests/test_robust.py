@@ -1,0 +1,160 @@
+"""Losses, IRLS (against statsmodels RLM), Lewis weights and ℓp regression."""
+
+import numpy as np
+import pytest
+
+import gpusketch as gs
+from gpusketch.robust import ClippedLpLoss, HuberLoss, TukeyLoss, irls
+from gpusketch.robust.lp import solve_lp_small
+from conftest import sparse_module, to_numpy
+
+
+def test_tukey_assumption_1():
+    tau = 3.0
+    M = TukeyLoss(tau)
+    a = np.linspace(-2 * tau, 2 * tau, 2001)
+    v = M(a)
+    np.testing.assert_allclose(v, M(-a))  # symmetric
+    pos = a >= 0
+    assert np.all(np.diff(v[pos]) >= -1e-15)  # nondecreasing in |a|
+    inside = (np.abs(a) <= tau) & (a != 0)
+    ratio = v[inside] / a[inside] ** 2
+    assert ratio.min() >= 1 / 6 - 1e-12 and ratio.max() <= 0.5 + 1e-12  # nearly p-th power
+    np.testing.assert_allclose(v[np.abs(a) >= tau], tau**2 / 6)  # flat
+    # IRLS weight = M'(a)/a, checked by finite differences
+    h = 1e-6
+    x = np.array([0.3, 1.0, 2.5])
+    np.testing.assert_allclose(M.weight(x), (M(x + h) - M(x - h)) / (2 * h) / x, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", [TukeyLoss(2.0, p=1.5), ClippedLpLoss(2.0, p=1.5), HuberLoss(2.0)])
+def test_weights_match_derivatives(loss):
+    h = 1e-6
+    x = np.array([0.4, 1.3, 1.9, 3.0])
+    np.testing.assert_allclose(loss.weight(x), (loss(x + h) - loss(x - h)) / (2 * h) / x, rtol=1e-4, atol=1e-8)
+
+
+def test_clipped_lp_values():
+    M = ClippedLpLoss(2.0, p=1)
+    np.testing.assert_allclose(M(np.array([-1.0, 0.5, 7.0])), [1.0, 0.5, 2.0])
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), "1"])
+def test_loss_bad_tau(bad):
+    with pytest.raises(ValueError, match="tau"):
+        TukeyLoss(bad)
+
+
+@pytest.mark.parametrize("bad", [0.5, 3, "2"])
+def test_loss_bad_p(bad):
+    with pytest.raises(ValueError, match="p"):
+        ClippedLpLoss(1.0, p=bad)
+
+
+def outlier_problem(n=2000, d=5, frac=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, d))
+    x = rng.standard_normal(d)
+    b = A @ x + 0.5 * rng.standard_normal(n)
+    out = rng.choice(n, int(frac * n), replace=False)
+    b[out] = 1e4
+    return A, b, x
+
+
+def test_irls_against_statsmodels_rlm(xp):
+    sm = pytest.importorskip("statsmodels.api")
+    A, b, _ = outlier_problem()
+    tau = 4.685
+    fit = sm.RLM(b, A, M=sm.robust.norms.TukeyBiweight(c=tau)).fit(scale_est=sm.robust.scale.HuberScale())
+    M = TukeyLoss(tau)
+    theirs = M.total(A @ fit.params - b)
+    res = irls(xp.asarray(A), xp.asarray(b), M, seed=1)
+    assert res.cost <= 1.05 * theirs
+    assert abs(res.cost - M.total(A @ to_numpy(res.x) - b)) <= 1e-9 * res.cost
+
+
+def test_irls_recovers_truth_and_stops_cleanly():
+    A, b, x = outlier_problem(frac=0.1, seed=3)
+    res = irls(A, b, TukeyLoss(2.0), seed=2)
+    np.testing.assert_allclose(res.x, x, atol=0.1)
+    assert {r["reason"] for r in res.info["runs"]} <= {"converged", "objective stopped decreasing", "perfect fit"}
+    # perfect fit: exact data
+    res = irls(A, A @ x, TukeyLoss(1.0), seed=2)
+    assert res.cost < 1e-20
+    # all weights zero: every residual beyond tau from the start, x0 given
+    res = irls(A, A @ x + 1e6, TukeyLoss(1.0), x0=np.zeros(5), seed=2)
+    assert res.info["runs"][0]["reason"].startswith("all IRLS weights are zero")
+
+
+def test_irls_weights_equal_row_duplication():
+    A, b, _ = outlier_problem(n=300, seed=4)
+    w = np.ones(300)
+    w[:50] = 2.0
+    res_w = irls(A, b, TukeyLoss(2.0), weights=w, seed=5)
+    res_d = irls(np.vstack([A, A[:50]]), np.concatenate([b, b[:50]]), TukeyLoss(2.0), seed=5)
+    assert abs(res_w.cost - res_d.cost) <= 1e-6 * res_d.cost
+
+
+def test_lewis_weights(xp):
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((1500, 8)) * np.exp(rng.standard_normal((1500, 1)))
+    w2 = to_numpy(gs.lewis_weights(xp.asarray(A), 2, exact=True))
+    np.testing.assert_allclose(w2, to_numpy(gs.leverage_scores(xp.asarray(A), exact=True)), atol=1e-12)
+    w1 = to_numpy(gs.lewis_weights(xp.asarray(A), 1, exact=True))
+    assert abs(w1.sum() - 8) < 1e-6
+    # the fixed point: w_i = (a_i^T (A^T W^{-1} A)^{-1} a_i)^{1/2}
+    G = A.T @ (A / w1[:, None])
+    q = np.einsum("ij,ij->i", A @ np.linalg.inv(G), A)
+    np.testing.assert_allclose(w1, np.sqrt(q), rtol=1e-6)
+    approx = to_numpy(gs.lewis_weights(xp.asarray(A), 1, seed=7))
+    assert 0.25 < (approx / w1).min() and (approx / w1).max() < 4
+
+
+def test_lewis_weights_sparse_input():
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((600, 5)) * (rng.random((600, 5)) < 0.6)
+    w = gs.lewis_weights(sparse_module(np).csr_matrix(A), 1.5, exact=True)
+    np.testing.assert_allclose(w, gs.lewis_weights(A, 1.5, exact=True), rtol=1e-10)
+
+
+@pytest.mark.parametrize("p", [1, 1.5, 2])
+def test_lp_regression_near_full_solution(xp, p):
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((6000, 6))
+    b = A @ rng.standard_normal(6) + rng.standard_t(2, size=6000)
+    full = np.sum(np.abs(A @ solve_lp_small(A, b, float(p)) - b) ** p) ** (1 / p)
+    res = gs.lp_regression(xp.asarray(A), xp.asarray(b), p=p, seed=10)
+    # default m ~ 20 (d+1) ln(d+2) rows: measured within 2 % of the full optimum
+    assert full <= res.cost * (1 + 1e-9) and res.cost <= 1.05 * full
+    assert res.info["rows"] < 1000
+
+
+def test_lp_regression_tiny_sample_is_worse():
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((6000, 6))
+    b = A @ rng.standard_normal(6) + rng.standard_t(2, size=6000)
+    full = np.sum(np.abs(A @ solve_lp_small(A, b, 1.0) - b))
+    costs = [gs.lp_regression(A, b, p=1, m=8, seed=s).cost for s in range(5)]
+    assert min(costs) > 1.02 * full
+
+
+ROBUST_BAD = [
+    (lambda: gs.lp_regression(np.ones((10, 2)), np.ones(10), p=3), ValueError, "p"),
+    (lambda: gs.lp_regression(np.ones((10, 2)), np.ones(9)), ValueError, "rows"),
+    (lambda: gs.lp_regression(np.ones((2, 3)), np.ones(2)), ValueError, "n > d"),
+    (lambda: gs.lp_regression(np.eye(10, 2), np.full(10, np.nan)), ValueError, "NaN"),
+    (lambda: gs.lp_regression(np.eye(10, 2), np.ones(10), m=1), ValueError, "m"),
+    (lambda: gs.lewis_weights(np.eye(10, 2), 4), ValueError, "p"),
+    (lambda: gs.lewis_weights(np.eye(2, 10), 1), ValueError, "n >= d"),
+    (lambda: irls(np.eye(10, 2), np.ones(9), TukeyLoss(1.0)), ValueError, "rows"),
+    (lambda: irls(np.eye(10, 2), np.ones(10), "tukey"), TypeError, "loss"),
+    (lambda: irls(np.eye(10, 2), np.ones(10), TukeyLoss(1.0), weights=-np.ones(10)), ValueError, "nonnegative"),
+    (lambda: irls(np.eye(10, 2), np.ones(10), TukeyLoss(1.0), x0=np.ones(3)), ValueError, "x0"),
+    (lambda: irls(np.eye(10, 2), np.ones(10), TukeyLoss(1.0), tol=0), ValueError, "tol"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,word", ROBUST_BAD)
+def test_robust_bad_input(fn, exc, word):
+    with pytest.raises(exc, match=word):
+        fn()

@@ -158,3 +158,69 @@ ROBUST_BAD = [
 def test_robust_bad_input(fn, exc, word):
     with pytest.raises(exc, match=word):
         fn()
+
+
+from gpusketch.robust import heavy_coordinates, tukey_regression  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["partition", "peeling"])
+def test_heavy_coordinates_recover_planted_rows(xp, method):
+    rng = np.random.default_rng(11)
+    A = rng.standard_normal((4000, 4))
+    planted = [5, 900, 2500]
+    A[planted] *= 300
+    I = set(to_numpy(heavy_coordinates(xp.asarray(A), 4, method=method, seed=12)).tolist())
+    assert set(planted) <= I
+    assert len(I) < 200  # far fewer than n: the light rows are left out
+
+
+def tukey_problem(outliers, seed=5):
+    rng = np.random.default_rng(seed)
+    n, d = 5000, 10
+    A = rng.standard_normal((n, d))
+    b = rng.standard_normal(n)
+    if outliers:
+        b[rng.choice(n, n // 20, replace=False)] = 1e4
+    return A, b
+
+
+@pytest.mark.parametrize("outliers", [False, True])
+def test_tukey_reductions_approximation_ratio(xp, outliers):
+    # The paper's Figure 5 setting, smaller (n = 5000, d = 10, tau = 10, 5 % outliers at 1e4).
+    # Measured on CPU: sampling 1.13 / 1.17 at 3d rows, oblivious 2.2 / 1.4 at 5d rows.
+    A, b = tukey_problem(outliers)
+    Ax, bx = xp.asarray(A), xp.asarray(b)
+    full = tukey_regression(Ax, bx, 10.0, method="full", seed=1)
+    s = tukey_regression(Ax, bx, 10.0, rows=30, trials=5, seed=2)
+    assert s.cost <= 1.5 * full.cost
+    assert to_numpy(s.rows).size == to_numpy(s.weights).size <= 40
+    assert to_numpy(s.weights).min() >= 1.0
+    o = tukey_regression(Ax, bx, 10.0, method="oblivious", rows=50, trials=5, seed=2)
+    assert o.cost <= 3.0 * full.cost and o.rows is None
+    # cost is the objective on the full data at the returned x
+    assert abs(s.cost - TukeyLoss(10.0).total(A @ to_numpy(s.x) - b)) <= 1e-9 * s.cost
+
+
+def test_tukey_reduction_with_too_few_rows_is_worse():
+    A, b = tukey_problem(True)
+    full = tukey_regression(A, b, 10.0, method="full", seed=1)
+    worst = min(tukey_regression(A, b, 10.0, method="oblivious", rows=11, seed=s).cost for s in range(3))
+    assert worst > 1.2 * full.cost
+
+
+TUKEY_BAD = [
+    (lambda: tukey_regression(np.eye(50, 3), np.ones(50), 0.0), ValueError, "tau"),
+    (lambda: tukey_regression(np.eye(50, 3), np.ones(50), 1.0, p=3), ValueError, "p"),
+    (lambda: tukey_regression(np.eye(50, 3), np.ones(49), 1.0), ValueError, "rows"),
+    (lambda: tukey_regression(np.eye(50, 3), np.full(50, np.nan), 1.0), ValueError, "NaN"),
+    (lambda: tukey_regression(np.eye(50, 3), np.ones(50), 1.0, method="lts"), ValueError, "method"),
+    (lambda: tukey_regression(np.eye(50, 3), np.ones(50), 1.0, rows=3), ValueError, "rows"),
+    (lambda: heavy_coordinates(np.eye(50, 3), 0), ValueError, "alpha"),
+    (lambda: heavy_coordinates(np.eye(50, 3), 2, method="greedy"), ValueError, "method"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,word", TUKEY_BAD)
+def test_tukey_bad_input(fn, exc, word):
+    with pytest.raises(exc, match=word):
+        fn()

@@ -5,5 +5,17 @@ from .lewis import lewis_weights
 from .losses import ClippedLpLoss, HuberLoss, TukeyLoss
 from .lp import lp_regression
 from .results import RobustResult
+from .tukey import TukeyResult, heavy_coordinates, tukey_regression
 
-__all__ = ["TukeyLoss", "ClippedLpLoss", "HuberLoss", "irls", "lewis_weights", "lp_regression", "RobustResult"]
+__all__ = [
+    "TukeyLoss",
+    "ClippedLpLoss",
+    "HuberLoss",
+    "irls",
+    "lewis_weights",
+    "lp_regression",
+    "heavy_coordinates",
+    "tukey_regression",
+    "RobustResult",
+    "TukeyResult",
+]

@@ -129,7 +129,7 @@ def irls(A, b, loss, *, weights=None, x0=None, maxiter=100, tol=1e-10, restarts=
                 x_h, *_ = _run(A, b, HuberLoss(tau), w, x_ls, xp, maxiter, tol)
                 starts.append(("huber", x_h))
             for i in range(restarts):
-                rows = np.sort(np.random.default_rng(derive_seed(seed, i)).choice(n, size=max(d, n // 2), replace=False))
+                rows = np.sort(np.random.default_rng(derive_seed(seed, i)).choice(n, size=min(n, max(d, n // 2)), replace=False))
                 S = Sampling(rows, n)
                 starts.append((f"half-sample {i}", _wls(S @ A, S @ b, S @ w, xp)))
         best, runs = None, []

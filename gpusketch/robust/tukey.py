@@ -1,0 +1,292 @@
+"""Tukey regression by row sampling and by an oblivious sketch (Clarkson, Wang, Woodruff, ICML 2019)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _kernels
+from .._backend import array_namespace, as_operand, check_finite, check_positive_int, check_seed, is_sparse, to_dense
+from .._nvtx import annotate
+from .._random import STREAM_UNIFORM, derive_seed
+from ..linalg import leverage_scores
+from ..operators import Composed, CountSketch, Sampling
+from .irls import irls
+from .lewis import lewis_weights
+from .losses import TukeyLoss
+
+__all__ = ["heavy_coordinates", "tukey_regression", "TukeyResult"]
+
+_METHODS = ("sampling", "oblivious", "full")
+
+
+@dataclass(frozen=True)
+class TukeyResult:
+    """Tukey regression solution.
+
+    Attributes
+    ----------
+    x : array
+        Solution of the reduced weighted problem, on the device of A.
+    cost : float
+        ``Σ_i M((Ax − b)_i)`` on the full data.
+    rows : array
+        Row indices of the reduced problem (``"sampling"``), or ``None`` for
+        the oblivious sketch (its rows are sketch buckets).
+    weights : array
+        Weights ``w`` of the reduced problem ``min Σ w_i M((SAx − Sb)_i)``.
+    info : dict
+    """
+
+    x: Any
+    cost: float
+    rows: Any
+    weights: Any
+    info: dict = field(default_factory=dict)
+
+
+def _uniform(n, seed, xp):
+    buckets, _ = _kernels.call("hash_values", xp, 0, n, 1 << 30, 1, seed, STREAM_UNIFORM)
+    return (buckets[:, 0] + 0.5) / float(1 << 30)
+
+
+def _stack(A, b, xp):
+    if is_sparse(A):
+        return xp.concatenate([to_dense(A), b[:, None]], axis=1)
+    return xp.concatenate([A, b[:, None]], axis=1)
+
+
+def _scores(M, p, seed):
+    """Leverage scores (p = 2) or ℓp Lewis weights of M, exact (M is at most poly(d) wide)."""
+    return leverage_scores(M, exact=True) if p == 2 else lewis_weights(M, p, exact=True, seed=seed)
+
+
+def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
+    """Rows that can carry a large coordinate of a vector in range(A) with small Tukey loss.
+
+    Returns a set I with: every ``y = Ax`` with ``||y||_M <= α`` (loss in units of
+    its saturation value) has all coordinates ``|y_i| > τ`` inside I
+    (Theorem 2.1).
+
+    Parameters
+    ----------
+    A : (n, d) array or sparse matrix
+    alpha : int >= 1
+    method : {"partition", "peeling"}
+        ``"peeling"``: Figure 2 — α rounds, each adding the rows whose
+        leverage score in the remaining rows is at least ``1/(2α)`` (the bound
+        of the paper's eq. (2)).  ``"partition"``: Figure 3 — ``⌈2 ln(dα)⌉ + 2``
+        repetitions of a uniform random partition into α groups, adding rows
+        whose leverage score within their group is at least 1/5 (the heavy
+        row holds at least 1/(1+4) of its group's mass when the group's light
+        mass is at most 4, which Markov gives with probability 3/4).
+    p : float in [1, 2]
+        With p < 2, ℓp Lewis weights replace leverage scores.
+    seed : int, optional
+
+    Returns
+    -------
+    index array (sorted), on the device of A
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpusketch.robust import heavy_coordinates
+    >>> A = np.random.default_rng(0).standard_normal((2000, 3)); A[7] *= 200
+    >>> 7 in heavy_coordinates(A, 4, seed=1).tolist()
+    True
+    """
+    with annotate("gpusketch.robust.heavy_coordinates"):
+        A, xp = as_operand(A, "A", ndim=(2,))
+        check_finite(A, "A")
+        alpha = check_positive_int(alpha, "alpha")
+        if method not in ("partition", "peeling"):
+            raise ValueError(f"method must be 'partition' or 'peeling', got {method!r}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p <= 2:
+            raise ValueError(f"p must lie in [1, 2], got {p!r}")
+        seed = check_seed(seed)
+        n, d = A.shape
+        Ad = to_dense(A)
+        chosen = np.zeros(n, dtype=bool)
+        if method == "peeling":
+            for t in range(alpha):
+                rest = np.flatnonzero(~chosen)
+                if rest.size == 0:
+                    break
+                u = _host(_scores(Ad[xp.asarray(rest)], p, derive_seed(seed, t)))
+                new = rest[u >= 1.0 / (2 * alpha)]
+                if new.size == 0:
+                    break
+                chosen[new] = True
+        else:
+            reps = int(math.ceil(2 * math.log(max(d * alpha, 2)))) + 2
+            for t in range(reps):
+                group = _host(_kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0])[:, 0]
+                for j in range(alpha):
+                    rows = np.flatnonzero(group == j)
+                    if rows.size == 0:
+                        continue
+                    u = _host(_scores(Ad[xp.asarray(rows)], p, derive_seed(seed, 1000 + t * alpha + j)))
+                    chosen[rows[u >= 0.2]] = True
+        return xp.asarray(np.flatnonzero(chosen))
+
+
+def _host(x):
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None, trials=1, seed=None):
+    """Tukey regression ``min_x Σ_i M((Ax − b)_i)`` by dimensionality reduction, then weighted IRLS.
+
+    Parameters
+    ----------
+    A : (n, d) array or sparse matrix;  b : (n,) array
+    tau : float > 0
+        Tukey threshold (``TukeyLoss(tau, p)``).
+    method : {"sampling", "oblivious", "full"}
+        ``"sampling"``: Figure 4's recursive row sampling.  ``"oblivious"``: the
+        §2.4 sketch.  ``"full"``: IRLS on all rows (the baseline).
+    rows : int, optional
+        Size of the reduced problem; default ``10 (d + 1)``.
+    p : float in [1, 2]
+        Loss exponent (and Lewis weights instead of leverage scores for p < 2).
+    alpha : int, optional
+        Heavy-coordinate budget of Figure 3 (the paper's poly(d log n / ε));
+        default ``d + 1``.
+    trials : int
+        Independent reductions; the one whose solution has the lowest cost
+        on the full data is returned (the paper's experiments take the best
+        of 10).
+    seed : int, optional
+
+    Returns
+    -------
+    TukeyResult
+        ``.x``, ``.cost`` (full data), ``.rows`` and ``.weights`` of the reduced
+        problem, ``.info``.
+
+    Notes
+    -----
+    Row sampling (Figure 4), on ``[A b]`` (``y = Ax − b`` lies in its range):
+    each round finds heavy rows I (``heavy_coordinates``, Figure 3, with
+    ``min(α, |R| / (10(d+1)))`` groups so that groups stay much larger than d
+    as the problem shrinks, and none below ``10(d+1)`` rows — the paper stops
+    at poly(d log n/ε) ≫ αd rows, we go down to ``rows``), keeps
+    them with probability 1, keeps every other row with probability
+    ``min(1, 1/2 + u_i · rows/(4(d+1)))`` (u its leverage score or Lewis
+    weight among the non-heavy rows; the paper's ``poly(d/ε)`` factor is taken
+    as ``rows/(4(d+1))``, so an average row, ``u ≈ (d+1)/|R|``, is kept with
+    probability at most 3/4 down to the target size while rows of high
+    leverage survive), and divides the weights of kept rows by their
+    probability (doubling them per halving).  Rounds repeat until at most
+    ``rows`` remain, or stop when a round removes fewer than 5 % of the rows.
+
+    Oblivious sketch (§2.4): levels ``h = 0..H`` with branching
+    ``β = (d+1) ln n`` and ``H = ⌈log_β n⌉``; level h keeps each row with
+    probability ``β^{-h}`` (a Philox draw) and CountSketches the kept rows
+    into ``r = ⌈rows/(H+1)⌉`` buckets, all of weight ``β^h``.  Each level is a
+    ``Composed([CountSketch, Sampling])``, so level h reads only its
+    subsample (about ``n β^{-h}`` rows); the paper's single pass is the sum of
+    these reads.  Its guarantee is an O(log n) approximation, not 1 + ε.
+
+    The reduced problem is solved by ``irls`` with the weights.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpusketch.robust import tukey_regression
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((10_000, 5)); x = rng.standard_normal(5)
+    >>> b = A @ x + rng.standard_normal(10_000); b[:500] = 1e4
+    >>> full = tukey_regression(A, b, 3.0, method="full", seed=1)
+    >>> red = tukey_regression(A, b, 3.0, rows=60, seed=1)
+    >>> bool(red.cost <= 1.5 * full.cost)
+    True
+    """
+    with annotate("gpusketch.robust.tukey_regression"):
+        A, xp = as_operand(A, "A", ndim=(2,))
+        b, _ = as_operand(b, "b", ndim=(1,))
+        xp = array_namespace(A, b)
+        n, d = A.shape
+        if b.shape[0] != n:
+            raise ValueError(f"b has {b.shape[0]} entries but A has {n} rows")
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        loss = TukeyLoss(tau, p)  # validates tau and p
+        check_finite(A, "A")
+        check_finite(b, "b")
+        rows = 10 * (d + 1) if rows is None else check_positive_int(rows, "rows")
+        if rows <= d:
+            raise ValueError(f"rows must exceed d = {d}, got {rows}")
+        alpha = (d + 1) if alpha is None else check_positive_int(alpha, "alpha")
+        trials = check_positive_int(trials, "trials")
+        seed = check_seed(seed)
+        if method == "full":
+            res = irls(A, b, loss, seed=seed)
+            return TukeyResult(res.x, res.cost, xp.arange(n), xp.ones(n), {"method": "full", **res.info})
+        best = None
+        for t in range(trials):
+            s = derive_seed(seed, t)
+            if method == "sampling":
+                SA, Sb, w, kept, info = _row_sampling(A, b, rows, alpha, p, s, xp)
+            else:
+                SA, Sb, w, kept, info = _oblivious(A, b, rows, d, s, xp)
+            red = irls(SA, Sb, loss, weights=w, seed=derive_seed(s, 99))
+            cost = loss.total(to_dense(A @ red.x) - b)
+            if best is None or cost < best[1]:
+                best = (red.x, cost, kept, w, {"method": method, "trial": t, "reduced_rows": int(Sb.shape[0]), **info})
+        x, cost, kept, w, info = best
+        return TukeyResult(x, cost, kept, w, info)
+
+
+def _row_sampling(A, b, rows, alpha, p, seed, xp):
+    n = A.shape[0]
+    Ab = _stack(A, b, xp)
+    idx = xp.arange(n)
+    w = xp.ones(n, dtype=Ab.dtype)
+    rounds = 0
+    while idx.size > rows:
+        rounds += 1
+        R = Ab[idx]
+        # Figure 3 needs groups much larger than d (its Ω(1) threshold must exceed the
+        # average leverage d/|Γ|); as the problem shrinks, use fewer groups.
+        # Below 10(d+1) rows every row's leverage is Ω(1): no row can be told apart as
+        # heavy, so the last rounds sample by leverage alone.
+        groups = min(alpha, idx.size // (10 * Ab.shape[1]))
+        is_heavy = xp.zeros(idx.size, dtype=bool)
+        if groups >= 1:
+            is_heavy[heavy_coordinates(R, groups, p=p, seed=derive_seed(seed, 2 * rounds))] = True
+        prob = xp.ones(idx.size, dtype=Ab.dtype)
+        light = xp.flatnonzero(~is_heavy)
+        if light.size > Ab.shape[1]:
+            u = _scores(R[light], p, derive_seed(seed, 2 * rounds + 1))
+            prob[light] = xp.minimum(1.0, 0.5 + u * (rows / (4 * Ab.shape[1])))
+        keep = _uniform(idx.size, derive_seed(seed, 10_000 + rounds), xp) < prob
+        if int(keep.sum()) > 0.95 * idx.size:
+            break  # no progress: the heavy set and high-leverage rows fill the problem
+        w = w[keep] / prob[keep]
+        idx = idx[keep]
+    return to_dense(A[idx]), b[idx], w, idx, {"rounds": rounds}
+
+
+def _oblivious(A, b, rows, d, seed, xp):
+    n = A.shape[0]
+    beta = max(2.0, (d + 1) * math.log(n))
+    H = max(1, int(math.ceil(math.log(n) / math.log(beta))))
+    r = int(math.ceil(rows / (H + 1)))
+    u = _uniform(n, derive_seed(seed, 0), xp)
+    blocks_A, blocks_b, weights = [], [], []
+    for h in range(H + 1):
+        sel = xp.flatnonzero(u < beta ** (-h))  # nested subsamples: level h keeps u < β^-h
+        if sel.size == 0:
+            break
+        S = Composed([CountSketch(r, int(sel.size), seed=derive_seed(seed, 1 + h)), Sampling(sel, n)])
+        blocks_A.append(to_dense(S @ A))
+        blocks_b.append(S @ b)
+        weights.append(xp.full(r, beta**h, dtype=b.dtype))
+    info = {"levels": len(weights), "branching": beta, "buckets_per_level": r}
+    return xp.concatenate(blocks_A), xp.concatenate(blocks_b), xp.concatenate(weights), None, info

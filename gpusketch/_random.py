@@ -62,8 +62,22 @@ def derive_seed(seed: int, index: int) -> int:
     Algorithms that draw several sketches from one user seed give each its own
     child, so the sketches are independent and the whole run replays from one int.
     """
-    w = philox4x32([index & 0xFFFFFFFF, index >> 32, 0xC0FFEE, 0], split_seed(seed))
-    return int(w[0]) | (int(w[1]) << 32)
+    w = _philox_scalar((index & 0xFFFFFFFF, (index >> 32) & 0xFFFFFFFF, 0xC0FFEE, 0), split_seed(seed))
+    return w[0] | (w[1] << 32)
+
+
+def _philox_scalar(ctr, key):
+    """Philox4x32-10 of one counter in Python integers (no array overhead)."""
+    c0, c1, c2, c3 = ctr
+    k0, k1 = key
+    for r in range(10):
+        if r:
+            k0 = (k0 + PHILOX_W0) & 0xFFFFFFFF
+            k1 = (k1 + PHILOX_W1) & 0xFFFFFFFF
+        p0 = PHILOX_M0 * c0
+        p1 = PHILOX_M1 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ c3 ^ k1, p0 & 0xFFFFFFFF
+    return c0, c1, c2, c3
 
 
 def split_seed(seed: int):

@@ -26,6 +26,11 @@ def test_philox_known_answers(xp, ctr, key, expected):
     assert tuple(int(v) for v in to_numpy(out)[0]) == expected
 
 
+@pytest.mark.parametrize("ctr,key,expected", KAT)
+def test_scalar_philox_known_answers(ctr, key, expected):
+    assert _random._philox_scalar(ctr, key) == expected
+
+
 def test_philox_vectorised_matches_scalar_loop():
     ctr = np.array([[j, 0, 5, 0] for j in range(10)], dtype=np.uint32)
     batch = _random.philox4x32(ctr, (123, 456))

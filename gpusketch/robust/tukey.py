@@ -61,8 +61,13 @@ def _stack(A, b, xp):
 
 
 def _scores(M, p, seed):
-    """Leverage scores (p = 2) or ℓp Lewis weights of M, exact (M is at most poly(d) wide)."""
-    return leverage_scores(M, exact=True) if p == 2 else lewis_weights(M, p, exact=True, seed=seed)
+    """Leverage scores (p = 2) or ℓp Lewis weights of M, exact (M is at most poly(d) wide).
+
+    ``seed`` is an int or a zero-argument callable giving one (only Lewis weights use it).
+    """
+    if p == 2:
+        return leverage_scores(M, exact=True)
+    return lewis_weights(M, p, exact=True, seed=seed() if callable(seed) else seed)
 
 
 def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
@@ -130,7 +135,7 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
                     rows = np.flatnonzero(group == j)
                     if rows.size == 0:
                         continue
-                    u = _host(_scores(Ad[xp.asarray(rows)], p, derive_seed(seed, 1000 + t * alpha + j)))
+                    u = _host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
                     chosen[rows[u >= 0.2]] = True
         return xp.asarray(np.flatnonzero(chosen))
 

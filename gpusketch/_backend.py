@@ -28,6 +28,7 @@ __all__ = [
     "check_finite",
     "linalg_modules",
     "to_dense",
+    "as_system",
 ]
 
 _FLOAT_TYPES = (np.float32, np.float64)
@@ -210,6 +211,24 @@ def check_memory(nbytes, what, xp):
         raise MemoryError(
             f"{what} needs {nbytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB of {where} memory is free"
         )
+
+
+def as_system(A, b, *, b_ndim=(1,)):
+    """Validate a regression system ``(A, b)`` and return ``(A, b, xp)``.
+
+    A is a 2-D dense or sparse matrix, b a dense array with A's rows; both
+    finite, on one device (the solvers' shared entry check).
+    """
+    A, _ = as_operand(A, "A", ndim=(2,))
+    b, _ = as_operand(b, "b", ndim=b_ndim)
+    xp = array_namespace(A, b)
+    if is_sparse(b):
+        raise TypeError("b must be a dense array")
+    if b.shape[0] != A.shape[0]:
+        raise ValueError(f"b has {b.shape[0]} rows but A has {A.shape[0]}: shapes {A.shape} and {b.shape}")
+    check_finite(A, "A")
+    check_finite(b, "b")
+    return A, b, xp
 
 
 def to_dense(Y):

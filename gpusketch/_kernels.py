@@ -26,7 +26,7 @@ from . import _random
 from ._backend import check_memory
 from ._nvtx import annotate
 
-__all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources"]
+__all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources", "uniforms"]
 
 # ---------------------------------------------------------------------------
 # CUDA sources and loading
@@ -190,6 +190,16 @@ def _hash_values_gpu(col0, n, m, nnz, seed, stream):
          np.uint32(stream), buckets, signs),
     )
     return buckets, signs
+
+
+def uniforms(n, seed, xp):
+    """n uniforms in (0, 1) from Philox hash words (stream ``STREAM_UNIFORM``), on ``xp``.
+
+    Bit-identical on both backends, so randomized algorithms keep the same
+    rows on CPU and GPU for the same seed.
+    """
+    buckets, _ = call("hash_values", xp, 0, n, 1 << 30, 1, seed, _random.STREAM_UNIFORM)
+    return (buckets[:, 0] + 0.5) / float(1 << 30)
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import math
 from .. import _kernels
 from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
-from .._random import STREAM_UNIFORM, derive_seed
+from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign
 from ._numerics import qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
@@ -92,12 +92,6 @@ def leverage_scores(A, *, exact=False, seed=None):
         return _row_norms2(to_dense(A @ pre.apply(G)))
 
 
-def _uniform(n, seed, xp):
-    """n uniforms in (0, 1), bit-identical on both backends (Philox hash words)."""
-    buckets, _ = _kernels.call("hash_values", xp, 0, n, 1 << 30, 1, seed, STREAM_UNIFORM)
-    return (buckets[:, 0] + 0.5) / float(1 << 30)
-
-
 def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
     """Leverage-score row sampling (Algorithm 2 with Lemma 7.3's two-stage sampler).
 
@@ -158,14 +152,14 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
         G4 = _gaussian(t4, r, derive_seed(seed, 4), xp, A.dtype) * math.sqrt(t4)
         z = 2 * n**gamma * _row_norms2(to_dense(A @ pre.apply(G4))) / frob
         q = xp.minimum(1.0, s4 * z)
-        keep = xp.flatnonzero(_uniform(n, derive_seed(seed, 5), xp) < q)
+        keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 5), xp) < q)
         t3 = int(math.ceil(8 * math.log(max(n, 2)))) + 8
         G3 = _gaussian(t3, r, derive_seed(seed, 6), xp, A.dtype)
         rows = A[keep]
         fine = _row_norms2(to_dense(rows @ pre.apply(G3)))
         # f <= q on Lemma 7.3's good event; the clamp keeps f/q a probability off it.
         f = xp.minimum(xp.minimum(1.0, (s4 / 4) * fine / frob), q[keep])
-        accept = _uniform(n, derive_seed(seed, 7), xp)[keep] < f / q[keep]
+        accept = _kernels.uniforms(n, derive_seed(seed, 7), xp)[keep] < f / q[keep]
         idx, f = keep[accept], f[accept]
         if idx.size == 0:
             raise ValueError(f"no rows were sampled: s={s} is too small for A of shape {A.shape}")

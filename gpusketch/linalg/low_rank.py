@@ -8,7 +8,7 @@ import time
 from .. import _kernels
 from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
-from .._random import STREAM_UNIFORM, derive_seed
+from .._random import derive_seed
 from ..operators import CountSketch, SparseSign
 from .leverage import leverage_sample
 from .results import LowRankResult
@@ -116,8 +116,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         s = int(math.ceil(4 * k / eps))
         if total > 0:
             q = xp.minimum(1.0, s * resid / total)
-            bucket, _ = _kernels.call("hash_values", xp, 0, d, 1 << 30, 1, derive_seed(seed, 2), STREAM_UNIFORM)
-            cols = xp.flatnonzero((bucket[:, 0] + 0.5) / float(1 << 30) < q)
+            cols = xp.flatnonzero(_kernels.uniforms(d, derive_seed(seed, 2), xp) < q)
             M = xp.concatenate([U, to_dense(A[:, cols]) if is_sparse(A) else A[:, cols]], axis=1)
         else:  # A lies in span(U) already
             cols = xp.zeros(0, dtype=xp.int64)

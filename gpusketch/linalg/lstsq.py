@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from .._backend import array_namespace, as_operand, check_finite, check_seed, is_sparse, linalg_modules, to_dense
+from .._backend import as_system, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
 from ._numerics import qr_rank_deficient
@@ -107,20 +107,12 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     True
     """
     with annotate("gpusketch.lstsq"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        b, _ = as_operand(b, "b", ndim=(1, 2))
-        xp = array_namespace(A, b)
-        if is_sparse(b):
-            raise TypeError("b must be a dense array")
+        A, b, xp = as_system(A, b, b_ndim=(1, 2))
         n, d = A.shape
-        if b.shape[0] != n:
-            raise ValueError(f"b has {b.shape[0]} rows but A has {n}: shapes {A.shape} and {b.shape}")
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if not tol > 0:
             raise ValueError(f"tol must be positive, got {tol}")
-        check_finite(A, "A")
-        check_finite(b, "b")
         dtype = np.result_type(A.dtype, b.dtype)
         if b.dtype != dtype:
             b = b.astype(dtype)

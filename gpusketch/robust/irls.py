@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._backend import array_namespace, as_operand, check_finite, check_positive_int, check_seed, to_dense
+from .._backend import array_namespace, as_operand, as_system, check_finite, check_positive_int, check_seed, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Sampling
@@ -91,17 +91,12 @@ def irls(A, b, loss, *, weights=None, x0=None, maxiter=100, tol=1e-10, restarts=
     from .losses import HuberLoss
 
     with annotate("gpusketch.robust.irls"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        b, _ = as_operand(b, "b", ndim=(1,))
+        A, b, xp = as_system(A, b)
         xp = array_namespace(A, b, weights, x0)
         n, d = A.shape
-        if b.shape[0] != n:
-            raise ValueError(f"b has {b.shape[0]} entries but A has {n} rows")
         for name in ("value", "weight", "total"):
             if not hasattr(loss, name):
                 raise TypeError(f"loss must provide {name}(); got {type(loss).__name__}")
-        check_finite(A, "A")
-        check_finite(b, "b")
         if weights is None:
             w = xp.ones(n, dtype=b.dtype)
         else:

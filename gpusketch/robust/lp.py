@@ -8,9 +8,9 @@ import numbers
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, as_operand, check_finite, check_seed, is_cupy_array, is_sparse, to_dense
+from .._backend import as_system, check_seed, is_cupy_array, is_sparse, to_dense
 from .._nvtx import annotate
-from .._random import STREAM_UNIFORM, derive_seed
+from .._random import derive_seed
 from .lewis import lewis_weights
 from .results import RobustResult
 
@@ -100,18 +100,12 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
     True
     """
     with annotate("gpusketch.lp_regression"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        b, _ = as_operand(b, "b", ndim=(1,))
-        xp = array_namespace(A, b)
+        A, b, xp = as_system(A, b)
         n, d = A.shape
-        if b.shape[0] != n:
-            raise ValueError(f"b has {b.shape[0]} entries but A has {n} rows")
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p <= 2:
             raise ValueError(f"p must lie in [1, 2], got {p!r}")
         if n <= d:
             raise ValueError(f"lp_regression needs n > d, got A of shape {A.shape}")
-        check_finite(A, "A")
-        check_finite(b, "b")
         seed = check_seed(seed)
         m = min(n, 20 * (d + 1) * math.ceil(math.log(d + 2))) if m is None else m
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:
@@ -125,8 +119,7 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
             Ab = xp.concatenate([A, b[:, None]], axis=1)
         w = lewis_weights(Ab, p, seed=derive_seed(seed, 0))
         q = xp.minimum(1.0, m * w / float(w.sum()))
-        buckets, _ = _kernels.call("hash_values", xp, 0, n, 1 << 30, 1, derive_seed(seed, 1), STREAM_UNIFORM)
-        keep = xp.flatnonzero((buckets[:, 0] + 0.5) / float(1 << 30) < q)
+        keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 1), xp) < q)
         scale = q[keep] ** (-1.0 / p)
         As = _host(to_dense(A[keep]) * scale[:, None])
         bs = _host(b[keep] * scale)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, as_operand, check_finite, check_positive_int, check_seed, is_sparse, to_dense
+from .._backend import as_operand, as_system, check_finite, check_positive_int, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..linalg import leverage_scores
@@ -47,11 +47,6 @@ class TukeyResult:
     rows: Any
     weights: Any
     info: dict = field(default_factory=dict)
-
-
-def _uniform(n, seed, xp):
-    buckets, _ = _kernels.call("hash_values", xp, 0, n, 1 << 30, 1, seed, STREAM_UNIFORM)
-    return (buckets[:, 0] + 0.5) / float(1 << 30)
 
 
 def _stack(A, b, xp):
@@ -213,17 +208,11 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
     True
     """
     with annotate("gpusketch.robust.tukey_regression"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        b, _ = as_operand(b, "b", ndim=(1,))
-        xp = array_namespace(A, b)
+        A, b, xp = as_system(A, b)
         n, d = A.shape
-        if b.shape[0] != n:
-            raise ValueError(f"b has {b.shape[0]} entries but A has {n} rows")
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         loss = TukeyLoss(tau, p)  # validates tau and p
-        check_finite(A, "A")
-        check_finite(b, "b")
         rows = 10 * (d + 1) if rows is None else check_positive_int(rows, "rows")
         if rows <= d:
             raise ValueError(f"rows must exceed d = {d}, got {rows}")
@@ -270,7 +259,7 @@ def _row_sampling(A, b, rows, alpha, p, seed, xp):
         if light.size > Ab.shape[1]:
             u = _scores(R[light], p, derive_seed(seed, 2 * rounds + 1))
             prob[light] = xp.minimum(1.0, 0.5 + u * (rows / (4 * Ab.shape[1])))
-        keep = _uniform(idx.size, derive_seed(seed, 10_000 + rounds), xp) < prob
+        keep = _kernels.uniforms(idx.size, derive_seed(seed, 10_000 + rounds), xp) < prob
         if int(keep.sum()) > 0.95 * idx.size:
             break  # no progress: the heavy set and high-leverage rows fill the problem
         w = w[keep] / prob[keep]
@@ -283,7 +272,7 @@ def _oblivious(A, b, rows, d, seed, xp):
     beta = max(2.0, (d + 1) * math.log(n))
     H = max(1, int(math.ceil(math.log(n) / math.log(beta))))
     r = int(math.ceil(rows / (H + 1)))
-    u = _uniform(n, derive_seed(seed, 0), xp)
+    u = _kernels.uniforms(n, derive_seed(seed, 0), xp)
     blocks_A, blocks_b, weights = [], [], []
     for h in range(H + 1):
         sel = xp.flatnonzero(u < beta ** (-h))  # nested subsamples: level h keeps u < β^-h

@@ -4,7 +4,7 @@ Importing gpusketch imports NumPy and SciPy only; CuPy is imported on first
 use with a CuPy input, and CUDA kernels compile lazily on first launch.
 """
 
-from . import linalg, operators, robust
+from . import linalg, operators, robust, stream
 from .linalg import *  # noqa: F403
 from .operators import *  # noqa: F403
 from .robust import lewis_weights, lp_regression

@@ -1,0 +1,166 @@
+"""Sketching matrices that do not fit in memory: one pass over row chunks.
+
+``S @ A == sum(S[:, a:b] @ A[a:b])`` for any chunking (the operators hash by
+global column index), so a matrix on disk is sketched chunk by chunk with
+memory bounded by about two chunks plus the sketch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._backend import as_operand, check_positive_int, cupy_available
+from ._nvtx import annotate
+from .operators import SketchOperator
+
+__all__ = ["sketch"]
+
+_CHUNK_BYTES = 64 << 20
+
+
+def _open(source):
+    """An object with ``.shape`` and row slicing, or ``None`` for a plain iterable of blocks."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"source file not found: {path}")
+        if not path.endswith(".npy"):
+            raise ValueError(f"source path must be a .npy file, got {path!r}")
+        return np.load(path, mmap_mode="r")
+    if hasattr(source, "shape") and hasattr(source, "__getitem__") and len(getattr(source, "shape", ())) == 2:
+        return source  # NumPy array or memmap, h5py / zarr dataset
+    if hasattr(source, "__iter__"):
+        return None
+    raise TypeError(f"source must be a .npy path, a 2-D array-like dataset or an iterable of row blocks, "
+                    f"got {type(source).__name__}")
+
+
+def _progress(total, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="rows", desc="sketch")
+
+
+def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
+    """``S @ A`` for a matrix A read in row chunks from ``source``.
+
+    Parameters
+    ----------
+    S : SketchOperator
+        Shape ``(m, n)``; n must equal the rows of the source.
+    source : str or path, array-like, or iterable
+        A ``.npy`` file (memory-mapped), a NumPy array or memmap, an HDF5 or
+        Zarr dataset (anything 2-D with ``.shape`` and row slicing), or an
+        iterable of 2-D row blocks in order.
+    chunk_rows : int, optional
+        Rows per chunk; default about 64 MiB of input per chunk.
+    device : {"auto", "cpu", "gpu"}
+        Where to sketch; ``"auto"`` uses a CUDA device when CuPy sees one.
+        On the GPU each chunk's host-to-device copy is issued on its own
+        stream one chunk ahead of the sketch that uses it (double buffering);
+        from pageable host memory (a memmap) the driver stages the copy, so
+        the overlap is partial.
+    progress : bool
+        Show a tqdm bar when tqdm is installed.
+
+    Returns
+    -------
+    array of shape (m, d): NumPy on the CPU, CuPy on the GPU
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from gpusketch import CountSketch, stream
+    >>> A = np.random.default_rng(0).standard_normal((1000, 4))
+    >>> path = os.path.join(tempfile.mkdtemp(), "A.npy"); np.save(path, A)
+    >>> S = CountSketch(50, 1000, seed=1)
+    >>> bool(np.allclose(stream.sketch(S, path, chunk_rows=300, progress=False), S @ A))
+    True
+    """
+    with annotate("gpusketch.stream.sketch"):
+        if not isinstance(S, SketchOperator):
+            raise TypeError(f"S must be a sketch operator, got {type(S).__name__}")
+        if device not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+        if device == "gpu" and not cupy_available():
+            raise ValueError("device='gpu' but no CUDA device is available")
+        use_gpu = device == "gpu" or (device == "auto" and cupy_available())
+        if chunk_rows is not None:
+            chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+        data = _open(source)
+        m, n = S.shape
+        if data is not None:
+            if data.shape[0] != n:
+                raise ValueError(f"source has {data.shape[0]} rows but S has {n} columns")
+            rows = chunk_rows or max(1, _CHUNK_BYTES // max(1, data.shape[1] * np.dtype(data.dtype).itemsize))
+            blocks = (data[a : min(n, a + rows)] for a in range(0, n, rows))
+        else:
+            blocks = iter(source)
+        bar = _progress(n, progress)
+        try:
+            out = _run_gpu(S, blocks, bar) if use_gpu else _run_cpu(S, blocks, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+
+def _check_block(block, a, n):
+    block, _ = as_operand(np.asarray(block), "block", ndim=(2,))
+    if a + block.shape[0] > n:
+        raise ValueError(f"source has more than {n} rows, the columns of S")
+    return block
+
+
+def _run_cpu(S, blocks, bar):
+    n = S.shape[1]
+    out, a = None, 0
+    for block in blocks:
+        block = _check_block(block, a, n)
+        y = S[:, a : a + block.shape[0]] @ block
+        out = y if out is None else out + y
+        a += block.shape[0]
+        if bar is not None:
+            bar.update(block.shape[0])
+    if a != n:
+        raise ValueError(f"source has {a} rows but S has {n} columns")
+    return out
+
+
+def _run_gpu(S, blocks, bar):
+    import cupy
+
+    n = S.shape[1]
+    copy_stream = cupy.cuda.Stream(non_blocking=True)
+    compute = cupy.cuda.get_current_stream()
+    out, a = None, 0
+    pending = None  # (device buffer, rows, event) of the chunk being copied
+    for block in blocks:
+        block = np.ascontiguousarray(_check_block(block, a, n))
+        with copy_stream:
+            dev = cupy.asarray(block)
+            ready = copy_stream.record()
+        if pending is not None:
+            out, a = _sketch_chunk(S, pending, out, a, compute, bar)
+        pending = (dev, ready)
+    if pending is not None:
+        out, a = _sketch_chunk(S, pending, out, a, compute, bar)
+    if a != n:
+        raise ValueError(f"source has {a} rows but S has {n} columns")
+    return out
+
+
+def _sketch_chunk(S, pending, out, a, compute, bar):
+    dev, ready = pending
+    compute.wait_event(ready)  # the copy of this chunk is done; the next one may still run
+    y = S[:, a : a + dev.shape[0]] @ dev
+    out = y if out is None else out + y
+    if bar is not None:
+        bar.update(dev.shape[0])
+    return out, a + dev.shape[0]

@@ -1,0 +1,59 @@
+"""Streaming sketches from disk and from iterables equal the in-memory sketch."""
+
+import numpy as np
+import pytest
+
+import gpusketch as gs
+from gpusketch import stream
+from conftest import HAS_GPU, to_numpy
+
+
+@pytest.fixture
+def npy(tmp_path):
+    A = np.random.default_rng(0).standard_normal((5003, 6))
+    path = tmp_path / "A.npy"
+    np.save(path, A)
+    return A, path
+
+
+@pytest.mark.parametrize("kind", ["countsketch", "sparse_sign", "srht", "gaussian"])
+def test_npy_file_larger_than_chunk(npy, kind):
+    A, path = npy
+    S = gs.operators.make_sketch(kind, 64, A.shape[0], seed=3)
+    Y = stream.sketch(S, path, chunk_rows=700, device="cpu", progress=False)
+    np.testing.assert_allclose(Y, S @ A, rtol=1e-10, atol=1e-10)
+
+
+def test_memmap_and_iterable(npy):
+    A, path = npy
+    S = gs.SparseSign(40, A.shape[0], nnz=4, seed=4)
+    mm = np.load(path, mmap_mode="r")
+    np.testing.assert_allclose(stream.sketch(S, mm, chunk_rows=999, device="cpu", progress=False), S @ A, atol=1e-10)
+    blocks = (A[a : a + 1234] for a in range(0, A.shape[0], 1234))
+    np.testing.assert_allclose(stream.sketch(S, blocks, device="cpu", progress=False), S @ A, atol=1e-10)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
+@pytest.mark.gpu
+def test_gpu_double_buffered_stream(npy):
+    A, path = npy
+    S = gs.CountSketch(64, A.shape[0], seed=5)
+    Y = stream.sketch(S, path, chunk_rows=500, device="gpu", progress=False)
+    np.testing.assert_allclose(to_numpy(Y), S @ A, rtol=1e-10, atol=1e-10)
+
+
+def test_stream_bad_input(npy, tmp_path):
+    A, path = npy
+    S = gs.CountSketch(8, A.shape[0], seed=1)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        stream.sketch(S, tmp_path / "missing.npy", progress=False)
+    with pytest.raises(ValueError, match="rows"):
+        stream.sketch(gs.CountSketch(8, 10, seed=1), path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="rows"):
+        stream.sketch(S, iter([A[:100]]), device="cpu", progress=False)
+    with pytest.raises(TypeError, match="sketch operator"):
+        stream.sketch(np.eye(3), path, progress=False)
+    with pytest.raises(ValueError, match="device"):
+        stream.sketch(S, path, device="tpu", progress=False)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        stream.sketch(S, path, chunk_rows=0, progress=False)

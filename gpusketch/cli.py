@@ -1,14 +1,20 @@
 """The ``gpusketch`` command.
 
-``gpusketch info``  versions, the CUDA device, whether every kernel compiles.
-``gpusketch demo``  a tall least-squares problem sketched by every operator on
-                    every available device, with a table of time, effective
-                    GB/s, subspace distortion and sketch-and-solve quality.
+``gpusketch info``    versions, the CUDA device, whether every kernel compiles.
+``gpusketch demo``    a tall least-squares problem sketched by every operator on
+                      every available device, with a table of time, effective
+                      GB/s, subspace distortion and sketch-and-solve quality.
+``gpusketch sketch``  sketch an on-disk ``.npy`` matrix in row chunks.
+``gpusketch lstsq``   solve a least-squares problem stored as ``.npy`` files.
+
+Exit codes: 0 success, 1 bad data or a failed computation, 2 usage errors
+(unknown options, missing files).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -18,7 +24,7 @@ import scipy
 from . import __version__
 from ._backend import cupy_available
 from ._timing import time_call
-from .operators import SRHT, CountSketch, Gaussian, Sampling, SparseSign
+from .operators import SRHT, CountSketch, Gaussian, Sampling, SparseSign, make_sketch
 
 __all__ = ["main"]
 
@@ -128,6 +134,50 @@ def cmd_demo(args):
     return 0
 
 
+def _xp(device):
+    if device == "gpu" or (device == "auto" and cupy_available()):
+        if not cupy_available():
+            raise ValueError("--device gpu but no CUDA device is available")
+        import cupy
+
+        return cupy
+    return np
+
+
+def _save(path, x):
+    np.save(path, x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
+
+
+def cmd_sketch(args):
+    from . import stream
+
+    A = np.load(args.input, mmap_mode="r")
+    if A.ndim != 2:
+        raise ValueError(f"{args.input} holds a {A.ndim}-D array; a 2-D matrix is needed")
+    S = make_sketch(args.kind, args.m, A.shape[0], seed=args.seed)
+    xp = _xp(args.device)
+    Y = stream.sketch(S, A, chunk_rows=args.chunk_rows, device="gpu" if xp is not np else "cpu",
+                      progress=not args.quiet)
+    _save(args.output, Y)
+    print(f"{type(S).__name__} {S.shape[0]} x {S.shape[1]} (seed {S.seed}) applied to {args.input} "
+          f"{A.shape} -> {args.output} {tuple(Y.shape)}")
+    return 0
+
+
+def cmd_lstsq(args):
+    from .linalg import lstsq
+
+    xp = _xp(args.device)
+    A = xp.asarray(np.load(args.A))
+    b = xp.asarray(np.load(args.b))
+    res = lstsq(A, b, method=args.method, sketch=args.sketch, m=args.m, tol=args.tol, seed=args.seed)
+    _save(args.output, res.x)
+    cost = res.cost.tolist() if hasattr(res.cost, "tolist") else res.cost
+    extra = "".join(f", {k}={res.info[k]}" for k in ("iterations", "m", "seed") if k in res.info)
+    print(f"lstsq {args.method}: ||Ax - b|| = {cost}{extra} -> {args.output}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="gpusketch", description="Randomized sketching on CUDA and NumPy.")
     p.add_argument("--version", action="version", version=f"gpusketch {__version__}")
@@ -142,6 +192,28 @@ def build_parser():
     pd.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
     pd.add_argument("--seed", type=int, default=0)
     pd.set_defaults(func=cmd_demo)
+    kinds = ("countsketch", "sparse_sign", "gaussian", "srht", "fast_embedding")
+    ps = sub.add_parser("sketch", help="sketch the rows of a .npy matrix, reading it in chunks")
+    ps.add_argument("input", help="INPUT.npy, an n x d matrix")
+    ps.add_argument("-m", type=int, required=True, help="sketch size (rows of the output)")
+    ps.add_argument("--kind", choices=kinds, default="countsketch")
+    ps.add_argument("-o", "--output", required=True, help="OUT.npy for the m x d sketch")
+    ps.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    ps.add_argument("--seed", type=int, default=None)
+    ps.add_argument("--chunk-rows", type=int, default=None)
+    ps.add_argument("--quiet", action="store_true", help="no progress bar")
+    ps.set_defaults(func=cmd_sketch, inputs=("input",))
+    pl = sub.add_parser("lstsq", help="solve min ||Ax - b|| for A.npy, b.npy")
+    pl.add_argument("A")
+    pl.add_argument("b")
+    pl.add_argument("--method", choices=("precondition", "sketch", "direct"), default="precondition")
+    pl.add_argument("--sketch", choices=kinds, default="sparse_sign")
+    pl.add_argument("-m", type=int, default=None, help="sketch size")
+    pl.add_argument("--tol", type=float, default=1e-10)
+    pl.add_argument("--seed", type=int, default=None)
+    pl.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    pl.add_argument("-o", "--output", required=True, help="x.npy")
+    pl.set_defaults(func=cmd_lstsq, inputs=("A", "b"))
     return p
 
 
@@ -155,7 +227,16 @@ def main(argv=None):
             build_parser().error(f"--m must be <= --n, got m={args.m} > n={args.n}")
         if args.m <= args.d:
             build_parser().error(f"--m must exceed --d for a least-squares sketch, got m={args.m}, d={args.d}")
-    return args.func(args)
+    parser = build_parser()
+    for name in getattr(args, "inputs", ()):
+        path = getattr(args, name)
+        if not os.path.isfile(path):
+            parser.error(f"{name}: file not found: {path}")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, MemoryError) as exc:
+        print(f"gpusketch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ import pkgutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import gpusketch
+import gpusketch as gs
 
 
 def run(*args):
@@ -62,3 +64,38 @@ def test_readme_python_examples_run():
     code = "\n".join(b for b in blocks if "cupy" not in b)  # GPU snippets need a device
     assert "gs.lstsq" in code
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_sketch_and_lstsq_commands(tmp_path):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3000, 5))
+    b = A @ np.arange(1.0, 6.0) + 0.01 * rng.standard_normal(3000)
+    np.save(tmp_path / "A.npy", A)
+    np.save(tmp_path / "b.npy", b)
+    r = run("sketch", str(tmp_path / "A.npy"), "-m", "64", "--kind", "sparse_sign", "--seed", "7",
+            "--chunk-rows", "1000", "--quiet", "--device", "cpu", "-o", str(tmp_path / "SA.npy"))
+    assert r.returncode == 0, r.stderr
+    SA = np.load(tmp_path / "SA.npy")
+    np.testing.assert_allclose(SA, gs.operators.make_sketch("sparse_sign", 64, 3000, seed=7) @ A, atol=1e-10)
+    r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b.npy"), "--seed", "1", "--device", "cpu",
+            "-o", str(tmp_path / "x.npy"))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), np.linalg.lstsq(A, b, rcond=None)[0], atol=1e-9)
+
+
+def test_command_errors(tmp_path):
+    r = run("sketch", str(tmp_path / "missing.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"))
+    assert r.returncode == 2 and "not found" in r.stderr
+    np.save(tmp_path / "v.npy", np.ones(10))
+    r = run("sketch", str(tmp_path / "v.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"), "--device", "cpu")
+    assert r.returncode == 1 and "2-D" in r.stderr
+    (tmp_path / "junk.npy").write_text("not an array")
+    r = run("lstsq", str(tmp_path / "junk.npy"), str(tmp_path / "v.npy"), "-o", str(tmp_path / "x.npy"))
+    assert r.returncode == 1 and "error" in r.stderr
+    np.save(tmp_path / "A.npy", np.ones((10, 2)) + np.eye(10, 2))
+    r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "-o", str(tmp_path / "x.npy"),
+            "--device", "cpu", "--method", "direct")
+    assert r.returncode == 0
+    np.save(tmp_path / "b9.npy", np.ones(9))
+    r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b9.npy"), "-o", str(tmp_path / "x.npy"), "--device", "cpu")
+    assert r.returncode == 1 and "rows" in r.stderr

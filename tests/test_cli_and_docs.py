@@ -29,8 +29,14 @@ def test_demo_small_prints_table():
     for name in ("CountSketch", "SparseSign(8)", "SRHT", "Gaussian", "Sampling(unif)"):
         assert name in r.stdout
     # Every operator's sketch-and-solve residual is within 50 % of optimal at m = 24 d.
-    ratios = [float(line.split()[-1]) for line in r.stdout.splitlines() if line.startswith("cpu")]
+    sketch_table, solver_table = r.stdout.split("\n\n")
+    ratios = [float(line.split()[-1]) for line in sketch_table.splitlines() if line.startswith("cpu")]
     assert len(ratios) == 5 and all(1.0 <= q < 1.5 for q in ratios)
+    solvers = [line for line in solver_table.splitlines() if line.startswith("cpu")]
+    assert len(solvers) == 5
+    for line in solvers:  # precondition matches the exact cost; the others are within 50 %
+        q = float(line.split()[-1])
+        assert (abs(q) < 1e-8) if "precondition" in line else (0.99 <= q < 1.5), line
 
 
 @pytest.mark.parametrize("args", [("demo", "--m", "0"), ("demo", "--n", "10", "--m", "20"), ("nosuch",), ()])

@@ -29,6 +29,8 @@ __all__ = [
     "linalg_modules",
     "to_dense",
     "as_system",
+    "to_host",
+    "sparse_module",
 ]
 
 _FLOAT_TYPES = (np.float32, np.float64)
@@ -229,6 +231,22 @@ def as_system(A, b, *, b_ndim=(1,)):
     check_finite(A, "A")
     check_finite(b, "b")
     return A, b, xp
+
+
+def to_host(x):
+    """A NumPy copy of a NumPy/CuPy array (for the small problems solved on the host)."""
+    return x.get() if is_cupy_array(x) else np.asarray(x)
+
+
+def sparse_module(xp):
+    """``scipy.sparse`` for NumPy, ``cupyx.scipy.sparse`` for CuPy."""
+    if xp is np:
+        import scipy.sparse
+
+        return scipy.sparse
+    import cupyx.scipy.sparse
+
+    return cupyx.scipy.sparse
 
 
 def to_dense(Y):

@@ -22,7 +22,7 @@ import numpy as np
 import scipy
 
 from . import __version__
-from ._backend import cupy_available
+from ._backend import cupy_available, to_host
 from ._timing import time_call
 from .operators import SRHT, CountSketch, Gaussian, Sampling, SparseSign, make_sketch
 
@@ -115,7 +115,7 @@ def cmd_demo(args):
                 continue
             t = time_call(lambda: S @ Ab_dev, xp, repeat=args.repeat)
             SAb = S @ Ab_dev
-            SAb = SAb.get() if xp is not np else SAb
+            SAb = to_host(SAb)
             sv = np.linalg.svd(np.linalg.solve(R.T, SAb[:, :d].T).T, compute_uv=False)
             eps = max(abs(sv.max() ** 2 - 1), abs(1 - sv.min() ** 2))
             xs, *_ = np.linalg.lstsq(SAb[:, :d], SAb[:, d], rcond=None)
@@ -194,7 +194,7 @@ def _xp(device):
 
 
 def _save(path, x):
-    np.save(path, x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
+    np.save(path, to_host(x))
 
 
 def cmd_sketch(args):

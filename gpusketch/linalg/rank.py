@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._backend import as_operand, check_finite, check_seed, is_cupy_array, is_sparse, to_dense
+from .._backend import as_operand, check_finite, check_seed, is_sparse, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import SparseSign
@@ -134,7 +134,7 @@ def independent_rows(A, *, seed=None):
         for attempt in range(4):
             cand = np.arange(n) if s >= n else np.unique(leverage_sample(B, s, seed=derive_seed(seed, 2 + attempt)).indices)
             rows = to_dense(A[xp.asarray(cand)])
-            rows = rows.get() if is_cupy_array(rows) else np.asarray(rows)
+            rows = to_host(rows)
             _, R, piv = scipy.linalg.qr(rows.T, mode="economic", pivoting=True)
             if _numerical_rank(R, (n, d), np) >= k or s >= n:
                 chosen = np.sort(cand[piv[:k]])
@@ -142,6 +142,6 @@ def independent_rows(A, *, seed=None):
             s *= 2
         cand = np.arange(n)
         Ad = to_dense(A)
-        Ad = Ad.get() if is_cupy_array(Ad) else np.asarray(Ad)
+        Ad = to_host(Ad)
         _, _, piv = scipy.linalg.qr(Ad.T, mode="economic", pivoting=True)
         return xp.asarray(np.sort(piv[:k]))

@@ -7,14 +7,10 @@ import numbers
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, check_positive_int, is_cupy_array
+from .._backend import array_namespace, check_positive_int, to_host
 from ._base import SketchOperator, _zeros
 
 __all__ = ["Sampling"]
-
-
-def _host(x):
-    return x.get() if is_cupy_array(x) else np.asarray(x)
 
 
 class Sampling(SketchOperator):
@@ -55,7 +51,7 @@ class Sampling(SketchOperator):
         n = check_positive_int(n, "n")
         if not _trusted:
             array_namespace(indices, scale)  # refuses mixed host/device inputs
-            idx = _host(indices)
+            idx = to_host(indices)
             if idx.ndim != 1 or idx.size == 0:
                 raise ValueError(f"indices must be a non-empty 1-D array, got shape {idx.shape}")
             if idx.dtype.kind not in "iu":
@@ -68,7 +64,7 @@ class Sampling(SketchOperator):
             else:
                 if isinstance(scale, numbers.Number):
                     raise TypeError("scale must be an array of length m (one per sampled row), not a scalar")
-                sc = _host(scale)
+                sc = to_host(scale)
                 if sc.dtype.kind not in "biuf":
                     raise TypeError(f"scale must be real numbers, got dtype {sc.dtype}")
                 sc = sc.astype(np.float64)

@@ -8,17 +8,13 @@ import numbers
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_system, check_seed, is_cupy_array, is_sparse, to_dense
+from .._backend import as_system, check_seed, is_sparse, sparse_module, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from .lewis import lewis_weights
 from .results import RobustResult
 
 __all__ = ["lp_regression", "solve_lp_small"]
-
-
-def _host(x):
-    return x.get() if is_cupy_array(x) else np.asarray(x)
 
 
 def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
@@ -111,18 +107,16 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:
             raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
         if is_sparse(A):
-            import scipy.sparse as ssp
-
-            mod = ssp if xp is np else __import__("cupyx.scipy.sparse", fromlist=["x"])
-            Ab = mod.hstack([A, mod.csr_matrix(b[:, None])]).tocsr()
+            sps = sparse_module(xp)
+            Ab = sps.hstack([A, sps.csr_matrix(b[:, None])]).tocsr()
         else:
             Ab = xp.concatenate([A, b[:, None]], axis=1)
         w = lewis_weights(Ab, p, seed=derive_seed(seed, 0))
         q = xp.minimum(1.0, m * w / float(w.sum()))
         keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 1), xp) < q)
         scale = q[keep] ** (-1.0 / p)
-        As = _host(to_dense(A[keep]) * scale[:, None])
-        bs = _host(b[keep] * scale)
+        As = to_host(to_dense(A[keep]) * scale[:, None])
+        bs = to_host(b[keep] * scale)
         x = xp.asarray(solve_lp_small(As, bs, float(p)))
         r = to_dense(A @ x) - b
         cost = float((xp.abs(r) ** p).sum() ** (1 / p))

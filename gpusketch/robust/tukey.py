@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_operand, as_system, check_finite, check_positive_int, check_seed, is_sparse, to_dense
+from .._backend import as_operand, as_system, check_finite, check_positive_int, check_seed, is_sparse, to_dense, to_host
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..linalg import leverage_scores
@@ -117,7 +117,7 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
                 rest = np.flatnonzero(~chosen)
                 if rest.size == 0:
                     break
-                u = _host(_scores(Ad[xp.asarray(rest)], p, derive_seed(seed, t)))
+                u = to_host(_scores(Ad[xp.asarray(rest)], p, derive_seed(seed, t)))
                 new = rest[u >= 1.0 / (2 * alpha)]
                 if new.size == 0:
                     break
@@ -125,18 +125,14 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
         else:
             reps = int(math.ceil(2 * math.log(max(d * alpha, 2)))) + 2
             for t in range(reps):
-                group = _host(_kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0])[:, 0]
+                group = to_host(_kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0])[:, 0]
                 for j in range(alpha):
                     rows = np.flatnonzero(group == j)
                     if rows.size == 0:
                         continue
-                    u = _host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
+                    u = to_host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
                     chosen[rows[u >= 0.2]] = True
         return xp.asarray(np.flatnonzero(chosen))
-
-
-def _host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None, trials=1, seed=None):

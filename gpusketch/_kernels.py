@@ -44,7 +44,7 @@ NAME_EXPRESSIONS = {
     + [f"hash_sketch_csr<{t},{i}>" for t in _FLOATS for i in _INDEX]
     + [f"hash_adjoint<{t}>" for t in _FLOATS]
     + ["hash_values", "philox_blocks"],
-    "kronecker.cu": [f"kron_countsketch<{t}>" for t in _FLOATS],
+    "kronecker.cu": [f"kron_hash_sketch<{t}>" for t in _FLOATS] + [f"kron_rows<{t}>" for t in _FLOATS],
     "hadamard.cu": [f"fwht_stage<{t}>" for t in _FLOATS] + [f"fwht_local<{t}>" for t in _FLOATS],
     "gaussian.cu": [f"gaussian_fill<{t}>" for t in _FLOATS],
 }
@@ -367,68 +367,107 @@ def _hash_adjoint_gpu(Y, n, col0, nnz, scale, seed, stream):
 
 
 # ---------------------------------------------------------------------------
-# Kronecker product of CountSketches, one pass over b
+# Kronecker products: one-pass hashing sketch of b, and rows of A_1 (x) ... (x) A_q
 # ---------------------------------------------------------------------------
 
+#: Most factor nonzeros the CUDA kernel keeps per row (sum over factors).
+KRON_MAX_HASHES = 64
 
-def _kron_hashes_cpu(j, dims, ms, seeds, stream):
-    """Bucket and sign of global columns ``j`` of S_1 (x) ... (x) S_q (numpy.kron order)."""
+
+def _kron_hashes_cpu(j, dims, ms, nnzs, streams, seeds):
+    """Buckets and signs, shape ``(len(j), prod nnz_t)``, of global columns ``j``.
+
+    Columns of S_1 (x) ... (x) S_q in numpy.kron order; nonzero combination
+    ``(k_1, ..., k_q)`` is column ``k`` in C order, as in the CUDA kernel.
+    """
     multi = np.unravel_index(j, dims)
-    bucket = np.zeros(j.shape, dtype=np.int64)
-    sign = np.ones(j.shape, dtype=np.int8)
-    for jt, mt, st in zip(multi, ms, seeds):
+    bucket = np.zeros((j.size, 1), dtype=np.int64)
+    sign = np.ones((j.size, 1), dtype=np.int8)
+    for jt, mt, zt, st, seed in zip(multi, ms, nnzs, streams, seeds):
         # Hash only the range of factor indices that occurs in this block.
         lo, hi = int(jt.min()), int(jt.max()) + 1
-        b, s = _hash_values_np(lo, hi - lo, mt, 1, st, stream)
-        bucket = bucket * mt + b[jt - lo, 0]
-        sign *= s[jt - lo, 0]
+        b, s = _hash_values_np(lo, hi - lo, mt, zt, seed, st)
+        bucket = (bucket[:, :, None] * mt + b[jt - lo][:, None, :]).reshape(j.size, -1)
+        sign = (sign[:, :, None] * s[jt - lo][:, None, :]).reshape(j.size, -1)
     return bucket, sign
 
 
-@_twin("kron_countsketch", "numpy")
-def _kron_countsketch_cpu(B, out, col0, dims, ms, seeds, stream):
+@_twin("kron_hash_sketch", "numpy")
+def _kron_hash_sketch_cpu(B, out, col0, dims, ms, nnzs, streams, seeds, scale):
     M = int(np.prod(ms))
+    z = int(np.prod(nnzs))
     sparse_in = sp.issparse(B)
     B2 = B if sparse_in else B.reshape(B.shape[0], -1)
     o2 = out.reshape(M, -1)
     dtype = o2.dtype
 
     def block(a, b):
-        bucket, sign = _kron_hashes_cpu(np.arange(col0 + a, col0 + b, dtype=np.int64), dims, ms, seeds, stream)
-        S = sp.csc_matrix((sign.astype(dtype), bucket, np.arange(b - a + 1)), shape=(M, b - a))
+        j = np.arange(col0 + a, col0 + b, dtype=np.int64)
+        bucket, sign = _kron_hashes_cpu(j, dims, ms, nnzs, streams, seeds)
+        data = sign.astype(dtype).ravel() * dtype.type(scale)
+        S = sp.csc_matrix((data, bucket.ravel(), np.arange(0, (b - a + 1) * z, z)), shape=(M, b - a))
         y = S @ B2[a:b]
         return y.toarray() if sparse_in else np.asarray(y)
 
     n = B2.shape[0]
-    _parallel_sum(block, _row_blocks(n, _CPU_BLOCK), _cpu_threads(n * B2.shape[1]), o2)
+    _parallel_sum(block, _row_blocks(n, max(1, _CPU_BLOCK // z)), _cpu_threads(n * B2.shape[1] * z), o2)
     return out
 
 
-@_twin("kron_countsketch", "cupy")
-def _kron_countsketch_gpu(B, out, col0, dims, ms, seeds, stream):
+@_twin("kron_hash_sketch", "cupy")
+def _kron_hash_sketch_gpu(B, out, col0, dims, ms, nnzs, streams, seeds, scale):
     import cupy
 
     if not isinstance(B, cupy.ndarray):  # cupyx CSR: bounded dense row chunks
         rows = max(1, (64 << 20) // (B.shape[1] * B.dtype.itemsize))
         for a in range(0, B.shape[0], rows):
             chunk = B[a : a + rows].toarray()
-            _kron_countsketch_gpu(chunk, out, col0 + a, dims, ms, seeds, stream)
+            _kron_hash_sketch_gpu(chunk, out, col0 + a, dims, ms, nnzs, streams, seeds, scale)
         return out
     n = B.shape[0]
     d = 1 if B.ndim == 1 else B.shape[1]
     item = B.itemsize
     s0 = B.strides[0] // item
     s1 = B.strides[1] // item if B.ndim == 2 else 1
-    q = len(dims)
     keys = np.array([k for s in seeds for k in _random.split_seed(s)], dtype=np.uint32)
     bx = min(32, 1 << max(0, (d - 1).bit_length()))
     by = 256 // bx
-    _kernel("kronecker.cu", f"kron_countsketch<{_ctype(B.dtype)}>")(
+    _kernel("kronecker.cu", f"kron_hash_sketch<{_ctype(B.dtype)}>")(
         (_grid(n, by, cupy),), (bx, by),
-        (B, np.int64(n), np.int32(d), np.int64(s0), np.int64(s1), np.int64(col0), np.int32(q),
+        (B, np.int64(n), np.int32(d), np.int64(s0), np.int64(s1), np.int64(col0), np.int32(len(dims)),
          cupy.asarray(np.asarray(dims, dtype=np.int64)), cupy.asarray(np.asarray(ms, dtype=np.int32)),
-         cupy.asarray(keys), np.uint32(stream), out),
+         cupy.asarray(np.asarray(nnzs, dtype=np.int32)), cupy.asarray(np.asarray(streams, dtype=np.uint32)),
+         cupy.asarray(keys), B.dtype.type(scale), out),
     )
+    return out
+
+
+@_twin("kron_rows", "numpy")
+def _kron_rows_cpu(factors, idx):
+    multi = np.unravel_index(idx, tuple(F.shape[0] for F in factors))
+    R = np.ones((idx.size, 1), dtype=factors[0].dtype)
+    for F, it in zip(factors, multi):
+        R = (R[:, :, None] * F[it][:, None, :]).reshape(idx.size, -1)
+    return R
+
+
+@_twin("kron_rows", "cupy")
+def _kron_rows_gpu(factors, idx):
+    import cupy
+
+    dtype = factors[0].dtype
+    D = int(np.prod([F.shape[1] for F in factors]))
+    sizes = [F.size for F in factors]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    packed = cupy.concatenate([cupy.ascontiguousarray(F).ravel() for F in factors])
+    out = cupy.empty((idx.size, D), dtype=dtype)
+    if out.size:
+        _kernel("kronecker.cu", f"kron_rows<{_ctype(dtype)}>")(
+            (_grid(out.size, 256, cupy),), (256,),
+            (packed, cupy.asarray(offsets), cupy.asarray(np.array([F.shape[0] for F in factors], dtype=np.int64)),
+             cupy.asarray(np.array([F.shape[1] for F in factors], dtype=np.int32)), np.int32(len(factors)),
+             cupy.ascontiguousarray(idx, dtype=cupy.int64), np.int64(idx.size), np.int64(D), out),
+        )
     return out
 
 

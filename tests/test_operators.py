@@ -180,15 +180,24 @@ def test_kronecker_matches_numpy_kron_order(rng):
     np.testing.assert_allclose(K @ np.kron(A1, A2), np.kron(S1 @ A1, S2 @ A2), atol=1e-12)
 
 
-def test_kronecker_one_pass_equals_mode_products(xp, rng):
-    cs = [gs.CountSketch(7, 9, seed=1), gs.CountSketch(5, 11, seed=2), gs.CountSketch(3, 4, seed=3)]
-    K = gs.Kronecker(cs)
+@pytest.mark.parametrize("nnz", [(1, 1, 1), (3, 1, 2), (4, 2, 1)])
+def test_kronecker_one_pass_equals_mode_products(xp, rng, nnz):
+    def factor(m, n, z, seed):
+        return gs.CountSketch(m, n, seed=seed) if z == 1 else gs.SparseSign(m, n, nnz=z, seed=seed)
+
+    fs = [factor(7, 9, nnz[0], 1), factor(5, 11, nnz[1], 2), factor(3, 4, nnz[2], 3)]
+    K = gs.Kronecker(fs)
     assert K._one_pass
     b = xp.asarray(rng.standard_normal((9 * 11 * 4, 3)))
     from gpusketch.operators.kronecker import _mode_products
 
-    ref = _mode_products(cs, b.reshape(9, 11, 4, 3), xp).reshape(K.shape[0], 3)
+    ref = _mode_products(fs, b.reshape(9, 11, 4, 3), xp).reshape(K.shape[0], 3)
     np.testing.assert_allclose(to_numpy(K @ b), to_numpy(ref), atol=1e-10)
+    dense = np.kron(np.kron(fs[0].todense(), fs[1].todense()), fs[2].todense())
+    np.testing.assert_allclose(to_numpy(K @ b[:, 0]), dense @ to_numpy(b[:, 0]), atol=1e-10)
+    # Chunk exactness of the one-pass path: column slices add up to the whole.
+    parts = K[:, :100] @ b[:100] + K[:, 100:] @ b[100:]
+    np.testing.assert_allclose(to_numpy(parts), to_numpy(K @ b), atol=1e-10)
 
 
 @gpu

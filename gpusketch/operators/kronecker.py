@@ -7,9 +7,8 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._random import STREAM_COUNTSKETCH
 from ._base import SketchOperator, _zeros
-from .hashing import CountSketch
+from .hashing import _HashingSketch
 
 __all__ = ["Kronecker"]
 
@@ -42,10 +41,11 @@ class Kronecker(SketchOperator):
     Notes
     -----
     Application never forms the product.  When every factor is a (whole)
-    CountSketch, ``K @ B`` is one pass over B: row j of B goes to the bucket
-    combining the factor hashes of j's multi-index, with the product of the
-    factor signs (CUDA kernel ``kron_countsketch``; CPU twin in
-    ``gpusketch._kernels``).  Otherwise B is reshaped to an
+    CountSketch or SparseSign, ``K @ B`` is one pass over B: row j of B goes
+    to every combination of its factors' nonzeros, bucket = the C-order
+    combination of the factor buckets of j's multi-index, sign = the product
+    of the factor signs, value ``∏ 1/√nnz_t`` (CUDA kernel
+    ``kron_hash_sketch``; CPU twin in ``gpusketch._kernels``).  Otherwise B is reshaped to an
     ``n_1 × ... × n_q × d`` tensor and each factor is applied along its mode.
     Column slices ``K[:, a:b]`` split ``[a, b)`` into runs of whole rows of the
     leading factor and partial rows handled recursively.  The adjoint of a
@@ -84,7 +84,11 @@ class Kronecker(SketchOperator):
         N = math.prod(dims)
         c0, c1 = _cols if _cols is not None else (0, N)
         super().__init__(math.prod(ms), c1 - c0, tuple(F.seed for F in factors))
-        one_pass = all(type(F) is CountSketch and F._col0 == 0 for F in factors) and len(factors) <= 8
+        one_pass = (
+            all(isinstance(F, _HashingSketch) and F._col0 == 0 for F in factors)
+            and len(factors) <= 8
+            and sum(F._nnz for F in factors) <= _kernels.KRON_MAX_HASHES
+        )
         self._set(_factors=factors, _dims=dims, _ms=ms, _cols=(c0, c1), _one_pass=one_pass)
 
     @property
@@ -100,10 +104,7 @@ class Kronecker(SketchOperator):
     def _apply_dense(self, B, xp):
         if self._one_pass:
             out = _zeros(xp, (self._m,) + B.shape[1:], B.dtype, f"sketch output {(self._m,) + B.shape[1:]}")
-            seeds = tuple(F.seed for F in self._factors)
-            return _kernels.call(
-                "kron_countsketch", xp, B, out, self._cols[0], self._dims, self._ms, seeds, STREAM_COUNTSKETCH
-            )
+            return self._hash_sketch(B, out, xp)
         B2 = B.reshape(B.shape[0], -1)
         if self._full():
             X = _mode_products(self._factors, B2.reshape(self._dims + (B2.shape[1],)), xp)
@@ -116,9 +117,14 @@ class Kronecker(SketchOperator):
         if not self._one_pass:
             return super()._apply_sparse(B, xp)
         out = _zeros(xp, (self._m, B.shape[1]), B.dtype, f"sketch output ({self._m}, {B.shape[1]})")
-        seeds = tuple(F.seed for F in self._factors)
+        return self._hash_sketch(B, out, xp)
+
+    def _hash_sketch(self, B, out, xp):
+        F = self._factors
         return _kernels.call(
-            "kron_countsketch", xp, B, out, self._cols[0], self._dims, self._ms, seeds, STREAM_COUNTSKETCH
+            "kron_hash_sketch", xp, B, out, self._cols[0], self._dims, self._ms,
+            tuple(f._nnz for f in F), tuple(f._stream for f in F), tuple(f.seed for f in F),
+            math.prod(f._scale for f in F),
         )
 
     def _apply_adjoint(self, Y, xp):

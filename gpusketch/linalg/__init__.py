@@ -4,7 +4,7 @@ from .leverage import leverage_sample, leverage_scores
 from .low_rank import low_rank
 from .lstsq import RankDeficientWarning, lstsq
 from .rank import independent_rows, rank
-from .results import LowRankResult, LstsqResult
+from .results import LowRankResult, LstsqResult, RowSpaceResult
 from .svd import randomized_svd
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "randomized_svd",
     "low_rank",
     "LowRankResult",
+    "RowSpaceResult",
 ]

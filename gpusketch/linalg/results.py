@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LstsqResult", "LowRankResult"]
+__all__ = ["LstsqResult", "LowRankResult", "RowSpaceResult"]
 
 
 @dataclass(frozen=True)
@@ -42,4 +42,25 @@ class LowRankResult:
 
     V: Any
     X: Any
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowSpaceResult:
+    """A rank-k row space ``V`` (k × d, orthonormal rows) and its cost.
+
+    Returned by ``kron.low_rank`` and ``fair.low_rank``.
+
+    Attributes
+    ----------
+    V : (k, d) array with orthonormal rows
+    cost : float
+        The objective of the projection onto the row space of V on the full
+        data: ``||A − A VᵀV||_F`` (``kron``) or the fair cost (``fair``).
+    info : dict
+        Sizes, seeds, trials, which route ran, as they apply.
+    """
+
+    V: Any
+    cost: float
     info: dict = field(default_factory=dict)

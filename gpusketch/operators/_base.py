@@ -93,6 +93,8 @@ class SketchOperator:
             )
         if isinstance(A, numbers.Number):
             raise TypeError(f"{type(self).__name__} @ scalar is not defined; A must be a 1-D or 2-D array")
+        if hasattr(A, "_sketched_by"):  # structured operands (KroneckerMatrix) sketch themselves
+            return A._sketched_by(self)
         with annotate(f"gpusketch.{type(self).__name__}.matmul"):
             A, xp = as_operand(A, "A")
             if A.shape[0] != self._n:

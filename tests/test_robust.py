@@ -224,3 +224,19 @@ TUKEY_BAD = [
 def test_tukey_bad_input(fn, exc, word):
     with pytest.raises(exc, match=word):
         fn()
+
+
+def test_solve_lp_small_l1_dual_matches_primal_lp(rng):
+    """The dual route of solve_lp_small reaches the optimum of the primal LP min Σt, −t <= Ax − b <= t."""
+    import scipy.optimize
+    import scipy.sparse as sp
+
+    n, d = 120, 4
+    A = rng.standard_normal((n, d))
+    b = A @ rng.standard_normal(d) + rng.laplace(size=n)
+    I = sp.identity(n)
+    A_ub = sp.vstack([sp.hstack([A, -I]), sp.hstack([-A, -I])])
+    primal = scipy.optimize.linprog(np.r_[np.zeros(d), np.ones(n)], A_ub=A_ub, b_ub=np.r_[b, -b],
+                                    bounds=[(None, None)] * d + [(0, None)] * n, method="highs")
+    x = solve_lp_small(A, b, 1.0)
+    assert np.abs(A @ x - b).sum() == pytest.approx(primal.fun, rel=1e-9)

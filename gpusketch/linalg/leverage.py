@@ -22,12 +22,20 @@ def _validate(A):
     return A, xp
 
 
-def _preconditioner(A, xp, seed):
-    """R⁻¹ (or V_r Σ_r⁻¹) from an OSNAP of A with 4d + 10 rows (a constant-distortion embedding)."""
-    n, d = A.shape
+def embedding_osnap(n, d, seed):
+    """The OSNAP with ``min(n, 4d + 10)`` rows (a constant-distortion embedding) behind R."""
     m = min(n, 4 * d + 10)
-    S = SparseSign(m, n, nnz=min(8, m), seed=derive_seed(seed, 0))
-    return SketchPreconditioner(to_dense(S @ A), xp)
+    return SparseSign(m, n, nnz=min(8, m), seed=derive_seed(seed, 0))
+
+
+def _preconditioner(A, xp, seed):
+    """R⁻¹ (or V_r Σ_r⁻¹) from the sketch ``embedding_osnap(n, d, seed) @ A``."""
+    return SketchPreconditioner(to_dense(embedding_osnap(*A.shape, seed) @ A), xp)
+
+
+def jl_columns(n):
+    """Gaussian columns of the JL step of the row-norm estimate: ``⌈8 ln n⌉ + 8``."""
+    return int(math.ceil(8 * math.log(max(n, 2)))) + 8
 
 
 def _gaussian(rows, d, seed, xp, dtype):
@@ -87,8 +95,7 @@ def leverage_scores(A, *, exact=False, seed=None):
             return _row_norms2(Q)
         seed = check_seed(seed)
         pre = _preconditioner(A, xp, seed)
-        t = int(math.ceil(8 * math.log(max(n, 2)))) + 8
-        G = _gaussian(t, pre.rank, derive_seed(seed, 1), xp, A.dtype)
+        G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, A.dtype)
         return _row_norms2(to_dense(A @ pre.apply(G)))
 
 
@@ -153,8 +160,7 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
         z = 2 * n**gamma * _row_norms2(to_dense(A @ pre.apply(G4))) / frob
         q = xp.minimum(1.0, s4 * z)
         keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 5), xp) < q)
-        t3 = int(math.ceil(8 * math.log(max(n, 2)))) + 8
-        G3 = _gaussian(t3, r, derive_seed(seed, 6), xp, A.dtype)
+        G3 = _gaussian(jl_columns(n), r, derive_seed(seed, 6), xp, A.dtype)
         rows = A[keep]
         fine = _row_norms2(to_dense(rows @ pre.apply(G3)))
         # f <= q on Lemma 7.3's good event; the clamp keeps f/q a probability off it.

@@ -1,0 +1,329 @@
+"""Sketching and solvers on Dask arrays: data spread over many workers or machines.
+
+Imported only when used (``import gpusketch.dask``); needs the optional
+``dask[array]`` dependency.  Blocks may be NumPy (CPU workers) or CuPy
+(GPU workers, e.g. ``dask_cuda.LocalCUDACluster``); each block is sketched
+where it lives with the column slice ``S[:, a:b]`` of the operator for its
+rows, so the result does not depend on the chunking.  Results of the
+solvers are NumPy/CuPy arrays (the small d-dimensional quantities) or lazy
+Dask arrays (the n-dimensional ones: ``leverage_scores``, ``U``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from ._backend import check_positive_int, check_seed, linalg_modules
+from ._nvtx import annotate
+from ._random import derive_seed
+from .linalg._precondition import SketchPreconditioner
+from .linalg.leverage import _gaussian, embedding_osnap, jl_columns
+from .linalg.lstsq import RankDeficientWarning, default_sketch_size
+from .linalg.results import LstsqResult
+from .operators import Gaussian, SketchOperator, make_sketch
+
+__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd"]
+
+
+def _da():
+    try:
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - exercised only without dask
+        raise ImportError("gpusketch.dask needs Dask: python3 -m pip install 'gpusketch[dask]'") from exc
+    return da
+
+
+def _check_dask(X, name, ndim=(1, 2)):
+    da = _da()
+    if not isinstance(X, da.Array):
+        raise TypeError(f"{name} must be a dask.array.Array, got {type(X).__name__}")
+    if X.ndim not in ndim:
+        raise ValueError(f"{name} must be {' or '.join(f'{k}-D' for k in ndim)}, got shape {X.shape}")
+    if any(math.isnan(c) for chunks in X.chunks for c in chunks):
+        raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"{name} has unsupported dtype {X.dtype}")
+    return da
+
+
+def _offsets(chunks):
+    out = [0]
+    for c in chunks:
+        out.append(out[-1] + c)
+    return out
+
+
+def _sketch_block(S, a, b, block):
+    return S[:, a:b] @ block
+
+
+def _tree_sum(parts):
+    from dask import delayed
+
+    while len(parts) > 1:
+        parts = [delayed(operator.add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def sketch(S, X):
+    """``S @ X`` for a Dask array X chunked along rows (and, optionally, columns).
+
+    Parameters
+    ----------
+    S : SketchOperator of shape (m, n)
+    X : dask.array.Array of shape (n,) or (n, d), NumPy or CuPy blocks
+
+    Returns
+    -------
+    dask.array.Array of shape (m,) or (m, d)
+        Lazy; ``.compute()`` gives ``S @ X.compute()`` within round-off.  Each
+        block ``X[a:b, cols]`` contributes ``S[:, a:b] @ block``; the partial
+        sketches of a column strip are added in a binary tree.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, gpusketch
+    >>> from gpusketch import dask as gsd
+    >>> A = np.random.default_rng(0).standard_normal((1000, 4))
+    >>> S = gpusketch.CountSketch(50, 1000, seed=1)
+    >>> bool(np.allclose(gsd.sketch(S, da.from_array(A, chunks=(300, 2))).compute(), S @ A))
+    True
+    """
+    with annotate("gpusketch.dask.sketch"):
+        if not isinstance(S, SketchOperator):
+            raise TypeError(f"S must be a sketch operator, got {type(S).__name__}")
+        da = _check_dask(X, "X")
+        from dask import delayed
+
+        if X.shape[0] != S.shape[1]:
+            raise ValueError(f"X has {X.shape[0]} rows but S has {S.shape[1]} columns")
+        m = S.shape[0]
+        row_off = _offsets(X.chunks[0])
+        blocks = X.to_delayed()
+        dtype = np.result_type(X.dtype, np.float32) if X.dtype.kind == "f" else np.dtype(np.float64)
+        meta = X._meta
+        if X.ndim == 1:
+            parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i]) for i in range(len(blocks))]
+            return da.from_delayed(_tree_sum(parts), shape=(m,), dtype=dtype, meta=meta.reshape(0))
+        strips = []
+        for j, width in enumerate(X.chunks[1]):
+            parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i, j])
+                     for i in range(blocks.shape[0])]
+            strips.append(da.from_delayed(_tree_sum(parts), shape=(m, width), dtype=dtype, meta=meta))
+        return da.concatenate(strips, axis=1)
+
+
+def _right_block(S, a, b, block):
+    return block @ S[:, a:b].T
+
+
+def sketch_columns(X, S):
+    """``X @ S.T`` (a sketch of the columns) for a Dask array X of shape (n, d), S of shape (m, d).
+
+    Returns a lazy Dask array of shape (n, m) chunked like X's rows.
+    """
+    with annotate("gpusketch.dask.sketch_columns"):
+        if not isinstance(S, SketchOperator):
+            raise TypeError(f"S must be a sketch operator, got {type(S).__name__}")
+        da = _check_dask(X, "X", ndim=(2,))
+        from dask import delayed
+
+        if X.shape[1] != S.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} columns but S has {S.shape[1]}")
+        col_off = _offsets(X.chunks[1])
+        blocks = X.to_delayed()
+        dtype = np.result_type(X.dtype, np.float32) if X.dtype.kind == "f" else np.dtype(np.float64)
+        rows = []
+        for i, height in enumerate(X.chunks[0]):
+            parts = [delayed(_right_block)(S, col_off[j], col_off[j + 1], blocks[i, j]) for j in range(blocks.shape[1])]
+            rows.append(da.from_delayed(_tree_sum(parts), shape=(height, S.shape[0]), dtype=dtype, meta=X._meta))
+        return da.concatenate(rows, axis=0)
+
+
+def _small(x):
+    """Compute a small Dask result (d-dimensional) to a NumPy/CuPy array."""
+    return x.compute() if hasattr(x, "compute") else x
+
+
+def _namespace(x):
+    from ._backend import array_namespace
+
+    return array_namespace(x)
+
+
+def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-10, maxiter=None, seed=None):
+    """``min_x ||X x − y||_2`` for Dask X (n × d, chunked along rows) and y (n,).
+
+    Parameters
+    ----------
+    X : dask.array.Array (n, d); y : dask.array.Array (n,) with X's row chunks
+    method : {"precondition", "sketch"}
+        As in ``gpusketch.lstsq``: ``"sketch"`` solves the sketched problem;
+        ``"precondition"`` uses ``R`` from a QR of ``SX`` as a right
+        preconditioner and runs LSQR with distributed products.
+    sketch : str or SketchOperator, m, tol, maxiter, seed
+        As in ``gpusketch.lstsq``.
+
+    Returns
+    -------
+    LstsqResult
+        ``.x`` (NumPy or CuPy, like the blocks), ``.cost = ||Xx − y||``,
+        ``.info`` (``iterations``, ``m``, ``seed``, ``method``).
+
+    Notes
+    -----
+    LSQR (Paige & Saunders, 1982) is written out here because SciPy's
+    keeps its n-dimensional vectors in memory: here they stay Dask arrays,
+    persisted on the workers each iteration, and only d-dimensional vectors
+    and scalars come back.  Each iteration reads X twice (``X P v`` and
+    ``Pᵀ Xᵀ u``); with ``κ(XR⁻¹) = O(1)`` it converges in a few tens of
+    iterations.  Warm start: the sketched solution.  Stopping rule: the
+    normal-equation residual ``||(XP)ᵀr|| / (||XP|| ||r||) <= tol``.
+    """
+    with annotate("gpusketch.dask.lstsq"):
+        _check_dask(X, "X", ndim=(2,))
+        _check_dask(y, "y", ndim=(1,))
+        n, d = X.shape
+        if y.shape[0] != n:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
+        if y.chunks[0] != X.chunks[0]:
+            y = y.rechunk((X.chunks[0],))
+        if method not in ("precondition", "sketch"):
+            raise ValueError(f"method must be 'precondition' or 'sketch', got {method!r}")
+        if n < d:
+            raise ValueError(f"method={method!r} needs n >= d, got X of shape {X.shape}")
+        if not tol > 0:
+            raise ValueError(f"tol must be positive, got {tol}")
+        m = default_sketch_size(d, n, method) if m is None else m
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not d < m:
+            raise ValueError(f"m must be an integer with d < m, got m={m!r} for d={d}")
+        seed = check_seed(seed)
+        S = make_sketch(sketch, int(m), n, seed=seed)
+        SX = _small(sketch_fn(S, X))
+        Sy = _small(sketch_fn(S, y))
+        xp = _namespace(SX)
+        info = {"method": method, "sketch": type(S).__name__, "m": S.shape[0], "seed": S.seed}
+        if method == "sketch":
+            x = xp.linalg.lstsq(SX, Sy, rcond=None)[0]
+        else:
+            pre = SketchPreconditioner(SX, xp)
+            info["rank_deficient"] = pre.rank_deficient
+            if pre.rank_deficient:
+                import warnings
+
+                warnings.warn(f"X of shape {X.shape} is numerically rank deficient (sketch rank {pre.rank}); "
+                              "returning the minimum-norm solution", RankDeficientWarning, stacklevel=2)
+            y0 = pre.sketched_solution(Sy)
+            maxiter = int(min(n, 20 * d + 100)) if maxiter is None else check_positive_int(maxiter, "maxiter")
+            dy, iters = _lsqr(X, y - X @ pre.apply(y0), pre, tol, maxiter, xp)
+            x = pre.apply(y0 + dy)
+            info["iterations"] = iters
+        r = X @ x - y
+        return LstsqResult(x, float(_small((r * r).sum())) ** 0.5, info)
+
+
+sketch_fn = sketch  # lstsq's parameter named ``sketch`` shadows the function
+
+
+def _lsqr(X, b, pre, tol, maxiter, xp):
+    """LSQR on ``min ||X P v − b||`` with b a Dask vector; returns ``(v, iterations)``."""
+    norm = lambda u: float(_small((u * u).sum())) ** 0.5  # noqa: E731
+    u = b.persist()
+    beta = norm(u)
+    v = xp.zeros(pre.rank, dtype=X.dtype)
+    if beta == 0.0:
+        return v, 0
+    u = (u / beta).persist()
+    w_vec = pre.apply_t(_small(X.T @ u))
+    alpha = float(xp.linalg.norm(w_vec))
+    if alpha == 0.0:
+        return v, 0
+    vv = w_vec / alpha
+    w = vv.copy()
+    phibar, rhobar = beta, alpha
+    anorm2 = alpha**2
+    for it in range(1, maxiter + 1):
+        u = (X @ pre.apply(vv) - alpha * u).persist()
+        beta = norm(u)
+        if beta > 0:
+            u = (u / beta).persist()
+            anorm2 += beta**2
+            w_vec = pre.apply_t(_small(X.T @ u)) - beta * vv
+            alpha = float(xp.linalg.norm(w_vec))
+            if alpha > 0:
+                vv = w_vec / alpha
+        anorm2 += alpha**2
+        rho = math.hypot(rhobar, beta)
+        c, s = rhobar / rho, beta / rho
+        theta = s * alpha
+        rhobar = -c * alpha
+        phi = c * phibar
+        phibar = s * phibar
+        v = v + (phi / rho) * w
+        w = vv - (theta / rho) * w
+        # ||(XP)ᵀ r|| = phibar · alpha · |c|  (Paige & Saunders, eq. 5.4)
+        if phibar * alpha * abs(c) <= tol * math.sqrt(anorm2) * max(phibar, 1e-300) or beta == 0 or alpha == 0:
+            return v, it
+    return v, maxiter
+
+
+def leverage_scores(X, *, exact=False, seed=None):
+    """Leverage scores of the rows of a Dask X (n × d), as a lazy Dask vector.
+
+    ``exact=True``: row norms of Q from Dask's tall-skinny QR.  Otherwise the
+    sketched route of ``gpusketch.leverage_scores`` with the same OSNAP and
+    Gaussian for the same seed (so the same estimates): ``SX = QR``, then
+    ``||x_i R⁻¹ G||²`` with ``O(log n)`` Gaussian columns; one pass for the
+    sketch, one for the scores.
+    """
+    with annotate("gpusketch.dask.leverage_scores"):
+        da = _check_dask(X, "X", ndim=(2,))
+        n, d = X.shape
+        if n < d:
+            raise ValueError(f"leverage scores need n >= d, got X of shape {X.shape}")
+        if exact:
+            Q, _ = da.linalg.qr(X.rechunk({1: -1}))
+            return (Q * Q).sum(axis=1)
+        seed = check_seed(seed)
+        SX = _small(sketch(embedding_osnap(n, d, seed), X))
+        xp = _namespace(SX)
+        pre = SketchPreconditioner(SX, xp)
+        G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, X.dtype)
+        Z = X @ pre.apply(G)
+        return (Z * Z).sum(axis=1)
+
+
+def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
+    """Rank-k randomized SVD of a Dask X (n × d, d moderate), HMT Algorithm 4.4.
+
+    Returns ``(U, s, Vt)``: U a lazy Dask array (n × k), s and Vt NumPy/CuPy.
+    The n × l range basis stays distributed (Dask's tall-skinny QR); each
+    power iteration reads X twice (``XᵀQ`` and ``X Z``), as in the in-memory
+    version.
+    """
+    with annotate("gpusketch.dask.randomized_svd"):
+        da = _check_dask(X, "X", ndim=(2,))
+        n, d = X.shape
+        k = check_positive_int(k, "k")
+        if k > min(n, d):
+            raise ValueError(f"k must be at most min(n, d) = {min(n, d)}, got {k}")
+        power_iters = check_positive_int(power_iters, "power_iters", minimum=0)
+        seed = check_seed(seed)
+        l = min(k + oversample, n, d)
+        X1 = X.rechunk({1: -1})
+        probe = X1._meta
+        xp = np if isinstance(probe, np.ndarray) else _namespace(probe)
+        Omega = Gaussian(l, d, seed=seed).todense(xp).T.astype(X.dtype)  # d × l
+        Q, _ = da.linalg.qr(X1 @ Omega)
+        for _ in range(power_iters):
+            Z = _small(X1.T @ Q)
+            Z = xp.linalg.qr(Z)[0]
+            Q, _ = da.linalg.qr(X1 @ Z)
+            Q = Q.persist()
+        B = _small(Q.T @ X1)
+        Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
+        return Q @ Ub[:, :k], s[:k], Vt[:k]

@@ -1,0 +1,117 @@
+"""gpusketch.dask on a local Dask scheduler (threads and processes), NumPy chunks; CuPy chunks on a GPU."""
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+
+import gpusketch as gs  # noqa: E402
+from gpusketch import dask as gsd  # noqa: E402
+from conftest import gpu, to_numpy  # noqa: E402
+
+SCHEDULERS = ["threads", "processes"]
+
+
+@pytest.fixture(params=SCHEDULERS)
+def scheduler(request):
+    with dask.config.set(scheduler=request.param):
+        yield request.param
+
+
+OPS = {
+    "countsketch": lambda n: gs.CountSketch(64, n, seed=1),
+    "sparse_sign": lambda n: gs.SparseSign(64, n, nnz=4, seed=2),
+    "gaussian": lambda n: gs.Gaussian(32, n, seed=3),
+    "srht": lambda n: gs.SRHT(64, n, seed=4),
+}
+
+
+@pytest.mark.parametrize("kind", list(OPS))
+def test_sketch_equals_in_memory_for_any_chunking(scheduler, rng, kind):
+    A = rng.standard_normal((3001, 7))
+    S = OPS[kind](3001)
+    ref = S @ A
+    for chunks in [(500, 7), (1000, 3), (3001, 7), (137, 2)]:
+        out = gsd.sketch(S, da.from_array(A, chunks=chunks)).compute()
+        np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
+    v = gsd.sketch(S, da.from_array(A[:, 0], chunks=400)).compute()
+    np.testing.assert_allclose(v, S @ A[:, 0], rtol=1e-10, atol=1e-10)
+
+
+def test_sketch_columns(scheduler, rng):
+    A = rng.standard_normal((500, 900))
+    S = gs.SparseSign(40, 900, nnz=4, seed=5)
+    out = gsd.sketch_columns(da.from_array(A, chunks=(120, 250)), S).compute()
+    np.testing.assert_allclose(out, A @ S.T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "scheduler_name, method",
+    # The processes scheduler pays a pool round trip per compute (two per LSQR iteration),
+    # so it runs the one-shot sketch method; threads run both.
+    [("threads", "precondition"), ("threads", "sketch"), ("processes", "sketch")],
+)
+def test_lstsq(rng, scheduler_name, method):
+    A = rng.standard_normal((2000, 12))
+    A[:, 0] *= 1e4  # ill-conditioned columns: the preconditioner must absorb them
+    b = A @ rng.standard_normal(12) + rng.standard_normal(2000)
+    X, y = da.from_array(A, chunks=(700, 12)), da.from_array(b, chunks=700)
+    with dask.config.set(scheduler=scheduler_name):
+        res = gsd.lstsq(X, y, method=method, tol=1e-13, seed=3)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    opt = np.linalg.norm(A @ x_ref - b)
+    if method == "precondition":
+        np.testing.assert_allclose(res.x, x_ref, rtol=1e-8, atol=1e-10)
+        assert res.info["iterations"] < 60
+        assert res.cost == pytest.approx(opt, rel=1e-12)
+    else:  # sketch-and-solve with m = 20d + 10 rows: cost within 1 + 3 d/m of optimal (stated bound)
+        assert opt <= res.cost <= (1 + 3 * 12 / res.info["m"]) * opt
+
+
+def test_leverage_scores_and_randomized_svd(rng):
+    A = rng.standard_normal((3000, 10)) * np.geomspace(1, 1e-3, 10)
+    X = da.from_array(A, chunks=(400, 5))
+    Q = np.linalg.qr(A)[0]
+    exact = (Q**2).sum(axis=1)
+    np.testing.assert_allclose(gsd.leverage_scores(X, exact=True).compute(), exact, rtol=1e-10)
+    approx = gsd.leverage_scores(X, seed=1).compute()
+    np.testing.assert_allclose(approx, gs.leverage_scores(A, seed=1), rtol=1e-9)  # same sketch as in memory
+    ratio = approx / exact
+    assert 0.25 < ratio.min() and ratio.max() < 4.0  # constant-factor estimates, as in test_linalg
+    U, s, Vt = gsd.randomized_svd(X, 4, seed=2)
+    s_ref = np.linalg.svd(A, compute_uv=False)[:4]
+    np.testing.assert_allclose(s, s_ref, rtol=1e-6)
+    U = U.compute()
+    np.testing.assert_allclose(U.T @ U, np.eye(4), atol=1e-10)
+
+
+def test_bad_input(rng):
+    A = da.from_array(rng.standard_normal((100, 3)), chunks=50)
+    with pytest.raises(TypeError, match="dask.array.Array"):
+        gsd.sketch(gs.CountSketch(10, 100, seed=1), np.ones((100, 3)))
+    with pytest.raises(ValueError, match="X has 100 rows but S has 90"):
+        gsd.sketch(gs.CountSketch(10, 90, seed=1), A)
+    with pytest.raises(ValueError, match="method"):
+        gsd.lstsq(A, da.ones(100, chunks=50), method="direct")
+    with pytest.raises(ValueError, match="y has 99 rows"):
+        gsd.lstsq(A, da.ones(99, chunks=50))
+    with pytest.raises(ValueError, match="k must be at most"):
+        gsd.randomized_svd(A, 4)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cupy_chunks(rng):
+    import cupy
+
+    A = rng.standard_normal((3000, 6))
+    X = da.from_array(cupy.asarray(A), chunks=(500, 6), asarray=False)
+    S = gs.SparseSign(64, 3000, nnz=4, seed=2)
+    with dask.config.set(scheduler="threads"):
+        out = gsd.sketch(S, X).compute()
+        assert isinstance(out, cupy.ndarray)
+        np.testing.assert_allclose(to_numpy(out), S @ A, rtol=1e-10, atol=1e-10)
+        b = A @ np.ones(6) + rng.standard_normal(3000)
+        res = gsd.lstsq(X, da.from_array(cupy.asarray(b), chunks=500, asarray=False), tol=1e-13, seed=1)
+        np.testing.assert_allclose(to_numpy(res.x), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)

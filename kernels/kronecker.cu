@@ -79,12 +79,16 @@ __global__ void kron_rows(const T *__restrict__ packed, const long long *__restr
          e += (long long)gridDim.x * blockDim.x) {
         const long long i = e / D;
         long long col = e - i * D, row = idx[i];
-        T v = T(1);
+        long long pos[GS_KRON_MAX];
         for (int t = q - 1; t >= 0; --t) {
             const long long it = row % nrows[t], jt = col % ncols[t];
             row /= nrows[t]; col /= ncols[t];
-            v *= packed[offsets[t] + it * ncols[t] + jt];
+            pos[t] = offsets[t] + it * ncols[t] + jt;
         }
+        // Multiply in factor order, ((a_1 a_2) a_3)..., as numpy.kron and the CPU twin do,
+        // so the two agree to the bit.
+        T v = packed[pos[0]];
+        for (int t = 1; t < q; ++t) v *= packed[pos[t]];
         out[e] = v;
     }
 }

@@ -59,7 +59,7 @@ def test_kronecker_sketch_of_kronecker_matrix(xp, rng):
 
 
 def test_kronecker_matrix_bad_input(rng):
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="between 1 and 8"):
         kron.KroneckerMatrix([])
     with pytest.raises(ValueError, match=r"factors\[1\] must be 2-D"):
         kron.KroneckerMatrix([np.ones((3, 2)), np.ones(4)])

@@ -81,8 +81,8 @@ class KroneckerMatrix:
             factors = factors.factors
         if not isinstance(factors, (list, tuple)):
             raise TypeError(f"factors must be a list or tuple of 2-D arrays, got {type(factors).__name__}")
-        if len(factors) < 1:
-            raise ValueError("factors must contain at least one matrix")
+        if not 1 <= len(factors) <= 8:
+            raise ValueError(f"factors must contain between 1 and 8 matrices, got {len(factors)}")
         mats = []
         for t, F in enumerate(factors):
             if is_sparse(F):

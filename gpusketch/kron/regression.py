@@ -123,24 +123,74 @@ def _factor_basis(F, seed):
     return F @ P, P
 
 
-def _solve_well_conditioned(U, rhs, xp):
-    """``argmin_y ||U y − rhs||`` for U with ``κ(U) = O(1)``: Cholesky of ``UᵀU``.
-
-    The Gram matrix squares a condition number near 1, so nothing is lost,
-    and its GEMM runs far faster than a QR or SVD of U.  Falls back to
-    least squares if the sample is too small to be an embedding.
-    """
-    G = U.T @ U
+def _cholesky_solve(G, r, xp):
+    """``G⁻¹ r`` by Cholesky, or ``None`` if G is not numerically positive definite."""
     try:
         L = xp.linalg.cholesky(G)
         la, _ = linalg_modules(xp)
-        y = la.solve_triangular(L, U.T @ rhs, lower=True)
+        y = la.solve_triangular(L, r, lower=True)
         y = la.solve_triangular(L, y, lower=True, trans="T")
-        if bool(xp.isfinite(y).all()):
-            return y
+        return y if bool(xp.isfinite(y).all()) else None
     except np.linalg.LinAlgError:
-        pass
-    return xp.linalg.lstsq(U, rhs, rcond=None)[0]
+        return None
+
+
+def _sampled_gram(bases, idx, w, bvals, xp):
+    """``UᵀWU`` and ``UᵀW b`` of the sampled rows ``U = (B_1 ⊗ ... ⊗ B_q)[idx]``, never forming U.
+
+    Row i of U is ``p_i ⊗ v_i`` with ``p_i`` the row of ``B_1 ⊗ ... ⊗ B_{q−1}``
+    at i's prefix multi-index and ``v_i`` the row of ``B_q``.  Grouping the
+    (sorted) samples by prefix g,
+
+        UᵀWU = Σ_g (p_g p_gᵀ) ⊗ M_g,   M_g = Σ_{i ∈ g} w_i v_i v_iᵀ,
+
+    so the cost is ``O(m d_q² + P D²)`` for P distinct prefixes instead of
+    ``O(m D²)``, and U (m × D) is never materialised.  Returns ``None`` when
+    grouping would not save memory (P ∏_{t<q} d_t² > m D).
+    """
+    n_last = bases[-1].shape[0]
+    dq = bases[-1].shape[1]
+    Dp = math.prod(B.shape[1] for B in bases[:-1])
+    m = idx.size
+    prefix, last = idx // n_last, idx % n_last
+    first = xp.concatenate([xp.ones(1, dtype=bool), prefix[1:] != prefix[:-1]])
+    P = int(first.sum())
+    if P * Dp * Dp > m * Dp * dq:
+        return None
+    group = xp.cumsum(first) - 1
+    V = bases[-1][last]  # (m, d_q)
+    outer = (w[:, None, None] * V[:, :, None] * V[:, None, :]).reshape(m, dq * dq)
+    M = _kernels.call("scatter_add_rows", xp, xp.zeros((P, dq * dq), dtype=V.dtype), group, outer)
+    k = 1 if bvals.ndim == 1 else bvals.shape[1]
+    wb = (w[:, None] * bvals.reshape(m, k))  # (m, k)
+    Rg = _kernels.call("scatter_add_rows", xp, xp.zeros((P, dq * k), dtype=V.dtype), group,
+                       (V[:, :, None] * wb[:, None, :]).reshape(m, dq * k))
+    Pv = KroneckerMatrix(list(bases[:-1])).rows(prefix[first])  # (P, Dp)
+    PP = (Pv[:, :, None] * Pv[:, None, :]).reshape(P, Dp * Dp)
+    D = Dp * dq
+    G = (PP.T @ M).reshape(Dp, Dp, dq, dq).transpose(0, 2, 1, 3).reshape(D, D)
+    r = (Pv.T @ Rg).reshape(D, k)
+    return G, (r[:, 0] if bvals.ndim == 1 else r)
+
+
+def _solve_sampled(bases, idx, w, bvals, xp):
+    """``argmin_y ||W^{1/2}(U y − b)||`` for the sampled rows of the well-conditioned basis.
+
+    ``κ(W^{1/2}U) ≈ 1`` (a subspace embedding of an orthonormal basis), so the
+    normal equations lose nothing and are solved by Cholesky; the Gram comes
+    from ``_sampled_gram`` (no U) when the sample groups well, else from U.
+    Falls back to least squares on U if the sample is too small to embed.
+    """
+    grouped = _sampled_gram(bases, idx, w, bvals, xp)
+    if grouped is not None:
+        y = _cholesky_solve(*grouped, xp)
+        if y is not None:
+            return y
+    s = xp.sqrt(w)
+    U = KroneckerMatrix(list(bases)).rows(idx) * s[:, None]
+    bs = bvals * (s if bvals.ndim == 1 else s[:, None])
+    y = _cholesky_solve(U.T @ U, U.T @ bs, xp)
+    return y if y is not None else xp.linalg.lstsq(U, bs, rcond=None)[0]
 
 
 def _cost(K, x, tgt, p):
@@ -194,9 +244,12 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
     GPU) are touched.  With ``m = O(D log D / ε)`` the cost is within
     ``1 + ε`` of optimal w.h.p.  The sampled problem in the preconditioned
     basis is a subspace embedding of an orthonormal basis (``κ ≈ 1``), so
-    it is solved through the Cholesky factor of its Gram matrix (a GEMM)
-    rather than a QR, and ``x = (P_1 ⊗ ... ⊗ P_q) y``.  Work:
-    ``O(Σ_t nnz(A_t) + m·D²)`` at GEMM speed, independent of ``∏ n_t``.
+    it is solved through the Cholesky factor of its Gram matrix rather than
+    a QR, and ``x = (P_1 ⊗ ... ⊗ P_q) y``.  The Gram keeps the Kronecker
+    structure: samples sharing a prefix ``(i_1, ..., i_{q−1})`` are summed
+    first, ``UᵀWU = Σ_g (p_g p_gᵀ) ⊗ M_g``, so the sampled rows are never
+    formed.  Work: ``O(Σ_t nnz(A_t) + m d_q² + P D²)`` for P distinct
+    prefixes, independent of ``∏ n_t``.
 
     Examples
     --------
@@ -229,10 +282,7 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
                 probs = [(B * B).sum(axis=1) for B, _ in bases]
                 idx, prob = product_sample(probs, m, derive_seed(seed, 50), xp)
                 idx, w = merge(idx, prob, m)
-                s = xp.sqrt(w).astype(K.dtype)
-                U = KroneckerMatrix([B for B, _ in bases]).rows(idx) * s[:, None]
-                bs = tgt.at(idx) * (s if not bs_shape else s[:, None])
-                y = _solve_well_conditioned(U, bs, xp)
+                y = _solve_sampled([B for B, _ in bases], idx, w.astype(K.dtype), tgt.at(idx), xp)
                 x = KroneckerMatrix([P for _, P in bases]) @ y
                 info["rows"] = int(idx.size)
             else:

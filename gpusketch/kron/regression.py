@@ -329,9 +329,10 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
        distribution ``π_i = ∏_t w^{(t)}_{i_t} / Σ w^{(t)}``: the Kronecker
        product of the factors' well-conditioned bases is well conditioned
        for A, and ``π`` bounds the ℓp sensitivities of the rows of A up to
-       that conditioning.  m rows drawn from ``π`` (factor by factor) give
-       the constant-factor solution ``x'`` of the weighted ℓp problem on
-       the sample (HiGHS LP for p = 1, IRLS for 1 < p < 2).
+       that conditioning.  ``m_1 = max(min(m, 4D), ⌈m/4⌉)`` rows drawn
+       from ``π`` (factor by factor) give the constant-factor solution ``x'``
+       of the weighted ℓp problem on the sample (HiGHS LP for p = 1, IRLS
+       for 1 < p < 2).
     2. *Residuals.*  m rows are drawn from ``ρ = ½ π + ½ σ`` and the
        weighted problem is solved again; this is the answer.
 
@@ -383,8 +384,10 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         for t, F in enumerate(K.factors):
             w = lewis_weights(F, p, exact=F.shape[0] <= 8 * (4 * F.shape[1] + 10), seed=derive_seed(seed, t))
             probs.append(w / w.sum())
-        idx, pi = product_sample(probs, m, derive_seed(seed, 50), xp)
-        x1, rows1 = _solve_sample(K, tgt, idx, pi, m, p)
+        # Stage 1 only needs a constant-factor x', so it samples fewer rows.
+        m1 = max(min(m, 4 * D), -(-m // 4))
+        idx, pi = product_sample(probs, m1, derive_seed(seed, 50), xp)
+        x1, rows1 = _solve_sample(K, tgt, idx, pi, m1, p)
         info["rows_stage1"] = rows1
         # Stage 2: ρ = ½π + ½σ, sampled as a mixture; ρ_i is evaluated exactly at each draw.
         half = _kernels.uniforms(m, derive_seed(seed, 60), xp) < 0.5

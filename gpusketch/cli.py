@@ -6,6 +6,7 @@
                       GB/s, subspace distortion and sketch-and-solve quality.
 ``gpusketch sketch``  sketch an on-disk ``.npy`` matrix in row chunks.
 ``gpusketch lstsq``   solve a least-squares problem stored as ``.npy`` files.
+``gpusketch bench``   run the benchmark suites of a source checkout (``--quick``).
 
 Exit codes: 0 success, 1 bad data or a failed computation, 2 usage errors
 (unknown options, missing files).
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import scipy
@@ -227,6 +230,49 @@ def cmd_lstsq(args):
     return 0
 
 
+#: bench suites: script, extra arguments for --quick, for a full run.
+_BENCH = {
+    "operators": ("operators.py", ["--quick"], []),
+    "linalg": ("linalg.py", ["--quick"], []),
+    "kron": ("kron.py", ["--trials", "1"], ["--l1", "--scale"]),
+    "fair": ("fair.py", ["--trials", "5", "--trials-b", "1"], []),
+    "robust": ("robust.py", ["--quick"], ["--scale"]),
+    "stream": ("stream.py", ["--gb", "0.5", "--passes", "2"], []),
+}
+
+
+def cmd_bench(args):
+    """Run bench suites from a source checkout's ``bench/`` (they write JSON and Markdown tables)."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    if not bench.is_dir():
+        print("error: gpusketch bench needs a source checkout (bench/ is not shipped in the wheel)",
+              file=sys.stderr)
+        return 2
+    names = list(_BENCH) if args.only is None else args.only.split(",")
+    unknown = [n for n in names if n not in _BENCH]
+    if unknown:
+        print(f"error: unknown suite(s) {', '.join(unknown)}; choose from {', '.join(_BENCH)}", file=sys.stderr)
+        return 2
+    failed = []
+    for name in names:
+        script, quick, full = _BENCH[name]
+        device = args.device
+        if name == "operators":
+            device = {"auto": "all"}.get(device, device)
+        cmd = [sys.executable, str(bench / script), "--device", device] + (quick if args.quick else full)
+        if args.out:
+            cmd += ["--out", args.out]
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            failed.append(name)
+    out = args.out or str(bench / "results")
+    if failed:
+        print(f"error: suite(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"tables written under {out}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="gpusketch", description="Randomized sketching on CUDA and NumPy.")
     p.add_argument("--version", action="version", version=f"gpusketch {__version__}")
@@ -263,6 +309,12 @@ def build_parser():
     pl.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     pl.add_argument("-o", "--output", required=True, help="x.npy")
     pl.set_defaults(func=cmd_lstsq, inputs=("A", "b"))
+    pb = sub.add_parser("bench", help="run the benchmark suites of a source checkout and write their tables")
+    pb.add_argument("--quick", action="store_true", help="small sizes and few trials (minutes)")
+    pb.add_argument("--only", default=None, help=f"comma-separated suites out of {','.join(_BENCH)}")
+    pb.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    pb.add_argument("--out", default=None, help="directory for the JSON/Markdown tables (default bench/results)")
+    pb.set_defaults(func=cmd_bench)
     return p
 
 

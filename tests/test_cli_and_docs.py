@@ -105,3 +105,12 @@ def test_command_errors(tmp_path):
     np.save(tmp_path / "b9.npy", np.ones(9))
     r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b9.npy"), "-o", str(tmp_path / "x.npy"), "--device", "cpu")
     assert r.returncode == 1 and "rows" in r.stderr
+
+
+def test_bench_quick_writes_tables(tmp_path):
+    r = run("bench", "--quick", "--only", "kron", "--device", "cpu", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "kron-cpu.md").read_text()
+    assert "| l2 | 90000 | 8100 |" in table
+    bad = run("bench", "--only", "nope")
+    assert bad.returncode == 2 and "unknown suite" in bad.stderr

@@ -51,11 +51,12 @@ def cost(groups, V):
     >>> round(fair.cost([A1, A2], np.eye(4)[:2]), 4)   # the SVD's choice leaves group 2 out
     2.8143
     """
-    groups, xp = as_groups(groups)
-    V = xp.asarray(V)
-    if V.ndim != 2 or V.shape[1] != groups[0].shape[1]:
-        raise ValueError(f"V must be 2-D with d = {groups[0].shape[1]} columns, got shape {tuple(V.shape)}")
-    return math.sqrt(max(group_costs2(groups, _orth_rows(V.astype(groups[0].dtype), xp), xp)))
+    with annotate("gpusketch.fair.cost"):
+        groups, xp = as_groups(groups)
+        V = xp.asarray(V)
+        if V.ndim != 2 or V.shape[1] != groups[0].shape[1]:
+            raise ValueError(f"V must be 2-D with d = {groups[0].shape[1]} columns, got shape {tuple(V.shape)}")
+        return math.sqrt(max(group_costs2(groups, _orth_rows(V.astype(groups[0].dtype), xp), xp)))
 
 
 def baseline(groups, k):
@@ -66,13 +67,14 @@ def baseline(groups, k):
     RowSpaceResult
         ``.V`` (k × d), ``.cost`` = its fair cost, ``.info["group_costs"]``.
     """
-    groups, xp = as_groups(groups)
-    k = _check_k(k, groups)
-    G = sum(A.T @ A for A in groups)
-    w, U = xp.linalg.eigh(G)
-    V = U[:, ::-1][:, :k].T
-    c2 = group_costs2(groups, V, xp)
-    return RowSpaceResult(V, math.sqrt(max(c2)), {"group_costs": [math.sqrt(c) for c in c2]})
+    with annotate("gpusketch.fair.baseline"):
+        groups, xp = as_groups(groups)
+        k = _check_k(k, groups)
+        G = sum(A.T @ A for A in groups)
+        _, U = xp.linalg.eigh(G)
+        V = U[:, ::-1][:, :k].T
+        c2 = group_costs2(groups, V, xp)
+        return RowSpaceResult(V, math.sqrt(max(c2)), {"group_costs": [math.sqrt(c) for c in c2]})
 
 
 def _check_k(k, groups, name="k"):

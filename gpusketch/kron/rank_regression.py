@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_system, check_memory, check_seed, to_host
+from .._backend import array_namespace, as_system, check_memory, check_seed, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..robust.lewis import lewis_weights
@@ -25,12 +25,11 @@ def all_pairs_cost(r):
 
     With r sorted, ``Σ_{i<j} (r_(j) − r_(i)) = Σ_k r_(k) (2k − n + 1)`` (0-based k).
     """
-    from .._backend import array_namespace
-
-    xp = array_namespace(r)
-    s = xp.sort(r)
-    n = s.size
-    return 2.0 * float((s * (2 * xp.arange(n, dtype=s.dtype) - n + 1)).sum())
+    with annotate("gpusketch.kron.all_pairs_cost"):
+        xp = array_namespace(r)
+        s = xp.sort(r)
+        n = s.size
+        return 2.0 * float((s * (2 * xp.arange(n, dtype=s.dtype) - n + 1)).sum())
 
 
 def rank_regression(A, b, *, m=None, method="sampling", seed=None):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,18 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import git_commit, pyplot, select_device  # noqa: E402
+from _common import sync as _sync  # noqa: E402
 from gpusketch import fair  # noqa: E402
-from gpusketch._backend import cupy_available  # noqa: E402
-
-
-def _git():
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return r.stdout.strip() or "unknown"
-
-
-def _sync(xp):
-    if xp is not np:
-        xp.cuda.Device().synchronize()
 
 
 def synthetic(xp, trials, rows):
@@ -113,12 +103,8 @@ def write(rows, meta, out, tag):
             lines.append(f"| {r['k']} | {r['rank']} | {r['ratio']:.3f} | {r['sketch_lewis_s']:.4f} | "
                          f"{r['factor_s']:.5f} | {r['select_s']:.4f} | {r['svd_s']:.4f} |")
     (out / f"fair-{tag}.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, sweep, label in ((axes[0], "size", "Gaussian rows/columns n' = d'"), (axes[1], "p", "p")):
@@ -145,15 +131,9 @@ def main(argv=None):
     p.add_argument("--commit", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
-    use_gpu = args.device == "gpu" or (args.device == "auto" and cupy_available())
-    if use_gpu:
-        import cupy as xp
-
-        device = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
-    else:
-        xp, device = np, "CPU"
+    xp, device, use_gpu = select_device(args.device)
     tag = "gpu" if use_gpu else "cpu"
-    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or _git(), "device": device,
+    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or git_commit(), "device": device,
             "trials_a": args.trials, "trials_b": args.trials_b}
     rows = []
     synthetic(xp, args.trials, rows)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,19 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import git_commit, select_device  # noqa: E402
+from _common import sync as _sync  # noqa: E402
 from gpusketch import kron  # noqa: E402
-from gpusketch._backend import cupy_available  # noqa: E402
 from gpusketch.robust.lp import solve_lp_small  # noqa: E402
-
-
-def _git():
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return r.stdout.strip() or "unknown"
-
-
-def _sync(xp):
-    if xp is not np:
-        xp.cuda.Device().synchronize()
 
 
 def _timed(fn, xp):
@@ -150,15 +140,9 @@ def main(argv=None):
     p.add_argument("--commit", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
-    use_gpu = args.device == "gpu" or (args.device == "auto" and cupy_available())
-    if use_gpu:
-        import cupy as xp
-
-        device = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
-    else:
-        xp, device = np, "CPU"
+    xp, device, use_gpu = select_device(args.device)
     tag = "gpu" if use_gpu else "cpu"
-    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or _git(), "device": device}
+    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or git_commit(), "device": device}
     rows = []
     if args.l2:
         paper_table(xp, 2, (8100, 12100, 16129), args.trials, rows, device)

@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,19 +30,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import git_commit, pyplot, select_device  # noqa: E402
 import gpusketch as gs  # noqa: E402
-from gpusketch._backend import cupy_available  # noqa: E402
 from gpusketch._timing import time_call  # noqa: E402
 
 LSTSQ = [(1 << 20, 512), (1 << 18, 2048)]
 LSTSQ_QUICK = [(1 << 16, 128), (1 << 14, 512)]
 LOWRANK = [(200_000, 2000, 50), (50_000, 5000, 100)]
 LOWRANK_QUICK = [(20_000, 500, 20), (5_000, 1_000, 30)]
-
-
-def _git():
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return r.stdout.strip() or "unknown"
 
 
 def _torch(xp):
@@ -145,12 +139,8 @@ def write(rows, meta, out, tag):
         sp = ", ".join(f"{k} {v:.2f}×" for k, v in r.get("speedup", {}).items())
         lines.append(f"| {r['task']} | {r['shape']} | {r['kappa'] or ''} | {r['method']} | {r['seconds']:.4f} | {q} | {sp} |")
     (out / f"linalg-{tag}.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
@@ -171,18 +161,12 @@ def main(argv=None):
     p.add_argument("--commit", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
-    use_gpu = args.device == "gpu" or (args.device == "auto" and cupy_available())
-    if use_gpu and not cupy_available():
-        p.error("no CUDA device available")
-    if use_gpu:
-        import cupy as xp
-
-        name = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
-    else:
-        xp, name = np, f"CPU {platform.machine()}"
+    xp, name, use_gpu = select_device(args.device)
+    if not use_gpu:
+        name = f"CPU {platform.machine()}"
     rows = []
     tag = ("gpu" if use_gpu else "cpu") + ("-quick" if args.quick else "")
-    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or _git(), "device_name": name}
+    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or git_commit(), "device_name": name}
     t0 = time.perf_counter()
     bench_lstsq(tag, xp, LSTSQ_QUICK if args.quick else LSTSQ, args.repeat, rows)
     write(rows, meta, args.out, tag)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,13 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpusketch._backend import cupy_available  # noqa: E402
+from _common import git_commit, pyplot, select_device  # noqa: E402
 from gpusketch.robust import TukeyLoss, tukey_regression  # noqa: E402
-
-
-def _git():
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return r.stdout.strip() or "unknown"
 
 
 def data(xp, n, d, outliers, seed=0):
@@ -90,12 +84,8 @@ def write(rows, meta, out, tag):
         lines.append(f"| {r['n']} | {r['d']} | {r['outliers']} | {r['size']} | {r['method']} | {r['reduced_rows']} | "
                      f"{r['ratio']:.3f} | {r['seconds']:.2f} | {r['full_seconds']:.2f} |")
     (out / f"robust-{tag}.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, outliers in zip(axes, (False, True)):
@@ -117,15 +107,9 @@ def main(argv=None):
     p.add_argument("--commit", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
-    use_gpu = args.device == "gpu" or (args.device == "auto" and cupy_available())
-    if use_gpu:
-        import cupy as xp
-
-        device = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
-    else:
-        xp, device = np, "CPU"
+    xp, device, use_gpu = select_device(args.device)
     tag = ("gpu" if use_gpu else "cpu") + ("-quick" if args.quick else "")
-    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or _git(), "device": device}
+    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or git_commit(), "device": device}
     rows = []
     figure5(xp, 10_000, 20, 10.0, 3 if args.quick else 10, rows)
     write(rows, meta, args.out, tag)

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,13 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import git_commit, select_device, sync  # noqa: E402
 from gpusketch import CountSketch, stream  # noqa: E402
-from gpusketch._backend import cupy_available  # noqa: E402
-
-
-def _git():
-    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return r.stdout.strip() or "unknown"
 
 
 def write_file(path, gb, d):
@@ -68,12 +62,7 @@ def main(argv=None):
     p.add_argument("--commit", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
-    use_gpu = args.device == "gpu" or (args.device == "auto" and cupy_available())
-    device = "CPU"
-    if use_gpu:
-        import cupy
-
-        device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    xp, device, use_gpu = select_device(args.device)
     tag = "gpu" if use_gpu else "cpu"
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = os.path.join(tmp, "A.npy")
@@ -87,14 +76,13 @@ def main(argv=None):
         for k in range(args.passes):
             t0 = time.perf_counter()
             Y = stream.sketch(S, path, chunk_rows=chunk_rows, device="gpu" if use_gpu else "cpu", progress=False)
-            if use_gpu:
-                cupy.cuda.Device().synchronize()
+            sync(xp)
             t = time.perf_counter() - t0
             rows.append({"pass": k + 1, "seconds": t, "GB/s": nbytes / t / 1e9})
             print(rows[-1], flush=True)
         assert Y.shape == (args.m, args.d)
     total_t = sum(r["seconds"] for r in rows)
-    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or _git(), "device": device,
+    meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or git_commit(), "device": device,
             "file_GB": nbytes / 1e9, "rows": n, "d": args.d, "m": args.m, "chunk_MB": args.chunk_mb,
             "write_GB/s": nbytes / t_write / 1e9, "passes": args.passes,
             "streamed_GB": nbytes * args.passes / 1e9, "sustained_GB/s": nbytes * args.passes / total_t / 1e9}

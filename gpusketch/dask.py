@@ -16,14 +16,14 @@ import operator
 
 import numpy as np
 
-from ._backend import check_positive_int, check_seed, linalg_modules
+from ._backend import check_positive_int, check_seed
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._precondition import SketchPreconditioner
 from .linalg.leverage import _gaussian, embedding_osnap, jl_columns
-from .linalg.lstsq import RankDeficientWarning, default_sketch_size
+from .linalg.lstsq import RankDeficientWarning, sketch_for
 from .linalg.results import LstsqResult
-from .operators import Gaussian, SketchOperator, make_sketch
+from .operators import Gaussian, SketchOperator
 
 __all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd"]
 
@@ -198,11 +198,7 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
             raise ValueError(f"method={method!r} needs n >= d, got X of shape {X.shape}")
         if not tol > 0:
             raise ValueError(f"tol must be positive, got {tol}")
-        m = default_sketch_size(d, n, method) if m is None else m
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not d < m:
-            raise ValueError(f"m must be an integer with d < m, got m={m!r} for d={d}")
-        seed = check_seed(seed)
-        S = make_sketch(sketch, int(m), n, seed=seed)
+        S = sketch_for(sketch, m, n, d, method, seed)
         SX = _small(sketch_fn(S, X))
         Sy = _small(sketch_fn(S, y))
         xp = _namespace(SX)

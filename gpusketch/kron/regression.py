@@ -276,7 +276,6 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
         else:
             m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))))
             info["m"] = m
-            bs_shape = tgt.shape[1:]
             if method == "sampling":
                 bases = [_factor_basis(F, derive_seed(seed, t)) for t, F in enumerate(K.factors)]
                 probs = [(B * B).sum(axis=1) for B, _ in bases]

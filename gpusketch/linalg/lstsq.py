@@ -28,6 +28,17 @@ def default_sketch_size(d, n, method):
     return int(min(n, (4 if method == "precondition" else 20) * d + 10))
 
 
+def sketch_for(sketch, m, n, d, method, seed):
+    """The validated sketch operator of a sketching solver: ``(m, n)`` rows by ``default_sketch_size``.
+
+    Raises ``ValueError`` unless ``d < m`` (m an integer); ``seed`` is drawn when None.
+    """
+    m = default_sketch_size(d, n, method) if m is None else m
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not d < m:
+        raise ValueError(f"m must be an integer with d < m, got m={m!r} for d={d}")
+    return make_sketch(sketch, int(m), n, seed=check_seed(seed))
+
+
 def _residual_norms(A, x, b, xp):
     r = to_dense(A @ x) - b
     return xp.linalg.norm(r, axis=0)
@@ -120,11 +131,7 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
             return _direct(A, b, xp)
         if n < d:
             raise ValueError(f"method={method!r} needs n >= d (a tall A), got A of shape {A.shape}")
-        m = default_sketch_size(d, n, method) if m is None else m
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not d < m:
-            raise ValueError(f"m must be an integer with d < m, got m={m!r} for d={d}")
-        seed = check_seed(seed)
-        S = make_sketch(sketch, int(m), n, seed=seed)
+        S = sketch_for(sketch, m, n, d, method, seed)
         info = {"method": method, "sketch": type(S).__name__, "m": S.shape[0], "seed": S.seed, "timings": {}}
         t0 = time.perf_counter()
         SA = to_dense(S @ A)

@@ -33,10 +33,19 @@ def test_demo_small_prints_table():
     ratios = [float(line.split()[-1]) for line in sketch_table.splitlines() if line.startswith("cpu")]
     assert len(ratios) == 5 and all(1.0 <= q < 1.5 for q in ratios)
     solvers = [line for line in solver_table.splitlines() if line.startswith("cpu")]
-    assert len(solvers) == 5
-    for line in solvers:  # precondition matches the exact cost; the others are within 50 %
+    assert len(solvers) == 9
+    for line in solvers:
         q = float(line.split()[-1])
-        assert (abs(q) < 1e-8) if "precondition" in line else (0.99 <= q < 1.5), line
+        if "precondition" in line:  # matches the exact cost
+            assert abs(q) < 1e-8, line
+        elif "kron.lstsq" in line:  # m = 4000 samples for D = 64 unknowns: within 2 %
+            assert 0 <= q < 0.02, line
+        elif "fair.low_rank" in line:  # the optimum is 0.709 of the SVD baseline
+            assert 0.70 < q < 0.72, line
+        elif "fair.regression" in line:  # min-max never loses to the pooled fit
+            assert 0.5 < q <= 1.0 + 1e-9, line
+        else:  # the others are within 50 % of their reference
+            assert 0.99 <= q < 1.5, line
 
 
 @pytest.mark.parametrize("args", [("demo", "--m", "0"), ("demo", "--n", "10", "--m", "20"), ("nosuch",), ()])

@@ -240,3 +240,21 @@ def test_solve_lp_small_l1_dual_matches_primal_lp(rng):
                                     bounds=[(None, None)] * d + [(0, None)] * n, method="highs")
     x = solve_lp_small(A, b, 1.0)
     assert np.abs(A @ x - b).sum() == pytest.approx(primal.fun, rel=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [7, 200])
+def test_group_leverage_matches_exact_per_group(xp, rng, alpha):
+    """The batched Gram/eigh route equals a QR (or SVD, for groups with fewer than d rows) per group."""
+    from gpusketch.robust.tukey import _group_leverage
+
+    A = rng.standard_normal((500, 6))
+    A[3] *= 100
+    g = rng.integers(0, alpha, 500)
+    ref = np.zeros(500)
+    for j in range(alpha):
+        r = np.flatnonzero(g == j)
+        if r.size:
+            U = np.linalg.svd(A[r], full_matrices=False)[0][:, : min(r.size, 6)]
+            ref[r] = (U**2).sum(axis=1)
+    out = _group_leverage(xp.asarray(A), xp.asarray(g), alpha, xp)
+    np.testing.assert_allclose(to_numpy(out), ref, atol=1e-10)

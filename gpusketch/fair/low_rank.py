@@ -266,7 +266,9 @@ def _bicriteria(groups, k, p, embed, columns, t, s, seed, xp, timings=None):
     TGA = GA[keep] * scale[:, None]
     _sync(xp)
     t1 = time.perf_counter()
-    Vt = xp.linalg.pinv(TGAHS) @ TGA
+    # TGAHS is at most ℓn' × d' (60 × 30 by default): its pseudo-inverse is a
+    # host-sized problem, and a cuSOLVER SVD of it costs milliseconds of launches.
+    Vt = xp.asarray(np.linalg.pinv(to_host(TGAHS)) @ to_host(TGA))
     _sync(xp)
     if timings is not None:
         timings["sketch_s"] += t1 - t0

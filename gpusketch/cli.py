@@ -272,6 +272,7 @@ _BENCH = {
     "fair": ("fair.py", ["--trials", "5", "--trials-b", "1"], []),
     "robust": ("robust.py", ["--quick"], ["--scale"]),
     "stream": ("stream.py", ["--gb", "0.5", "--passes", "2"], []),
+    "distributed": ("distributed.py", ["--log2n", "18"], []),
 }
 
 

@@ -584,6 +584,74 @@ def _scatter_add_rows_gpu(Z, idx, V):
 
 
 # ---------------------------------------------------------------------------
+# Per-group Gram matrices and quadratic forms (rows partitioned by a group label)
+# ---------------------------------------------------------------------------
+
+_GROUP_CHUNK_BYTES = 64 << 20
+
+
+def _group_segments(group, groups):
+    """Row order sorting ``group`` (stable) and each group's ``[start, stop)`` in it."""
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(groups + 1))
+    return order, bounds
+
+
+@_twin("group_gram", "numpy")
+def _group_gram_cpu(X, group, groups):
+    # One GEMM per group on contiguous rows: BLAS-3 speed, no n × d² temporaries.
+    d = X.shape[1]
+    order, bounds = _group_segments(np.asarray(group), groups)
+    Xs = X[order].astype(np.float64)
+    G = np.zeros((groups, d, d))
+    for g in range(groups):
+        B = Xs[bounds[g] : bounds[g + 1]]
+        if B.shape[0]:
+            G[g] = B.T @ B
+    return G
+
+
+@_twin("group_gram", "cupy")
+def _group_gram_gpu(X, group, groups):
+    # All groups at once: scatter-add of row outer products, in bounded row chunks.
+    import cupy
+
+    n, d = X.shape
+    step = max(1, _GROUP_CHUNK_BYTES // (8 * d * d))
+    G = cupy.zeros((groups, d * d), dtype=cupy.float64)
+    for a in range(0, n, step):
+        B = X[a : a + step].astype(cupy.float64)
+        cupy.add.at(G, group[a : a + step], (B[:, :, None] * B[:, None, :]).reshape(-1, d * d))
+    return G.reshape(groups, d, d)
+
+
+@_twin("group_quadform", "numpy")
+def _group_quadform_cpu(X, group, W):
+    """``||x_i W_{group_i}||²`` per row."""
+    order, bounds = _group_segments(np.asarray(group), W.shape[0])
+    out = np.empty(X.shape[0])
+    for g in range(W.shape[0]):
+        rows = order[bounds[g] : bounds[g + 1]]
+        if rows.size:
+            Y = X[rows].astype(np.float64) @ W[g]
+            out[rows] = (Y * Y).sum(axis=1)
+    return out
+
+
+@_twin("group_quadform", "cupy")
+def _group_quadform_gpu(X, group, W):
+    import cupy
+
+    n, d = X.shape
+    step = max(1, _GROUP_CHUNK_BYTES // (8 * d * W.shape[2]))
+    out = cupy.empty(n, dtype=cupy.float64)
+    for a in range(0, n, step):
+        Y = cupy.einsum("cd,cde->ce", X[a : a + step].astype(cupy.float64), W[group[a : a + step]])
+        out[a : a + step] = (Y * Y).sum(axis=1)
+    return out
+
+
+# ---------------------------------------------------------------------------
 # Gaussian sketch: generate column blocks of S and multiply (BLAS / cuBLAS)
 # ---------------------------------------------------------------------------
 

@@ -65,33 +65,23 @@ def _scores(M, p, seed):
     return lewis_weights(M, p, exact=True, seed=seed() if callable(seed) else seed)
 
 
-def _group_leverage(Ad, group, alpha, xp, chunk_bytes=64 << 20):
+def _group_leverage(Ad, group, alpha, xp):
     """Leverage score of each row of ``Ad`` within its group (rows with equal ``group``).
 
-    All α groups at once instead of α QRs: the Gram matrices ``G_g = A_gᵀA_g``
-    are accumulated in float64 by a scatter-add of row outer products (in row
-    chunks), a batched ``eigh`` gives ``W_g = V_g Λ_g^{−1/2}`` over the
-    eigenvalues above ``10 d ε λ_max`` (the Gram's own round-off; smaller ones
-    are treated as rank deficiency), and ``ℓ_i = ||a_i W_{g(i)}||²``.  Squaring
-    the condition number costs ``ε κ²`` relative accuracy, harmless for the
-    1/5 threshold the partition test applies.
+    All α groups at once instead of α QRs: float64 Gram matrices
+    ``G_g = A_gᵀA_g`` (kernel ``group_gram``: one GEMM per group on the CPU,
+    one scatter-add pass on the GPU), a batched ``eigh`` giving
+    ``W_g = V_g Λ_g^{−1/2}`` over the eigenvalues above ``10 d ε λ_max`` (the
+    Gram's own round-off; smaller ones count as rank deficiency), and
+    ``ℓ_i = ||a_i W_{g(i)}||²`` (kernel ``group_quadform``).  Squaring the
+    condition number costs ``ε κ²`` relative accuracy, harmless for the 1/5
+    threshold the partition test applies.
     """
-    n, d = Ad.shape
-    step = max(1, chunk_bytes // (8 * d * d))
-    G = xp.zeros((alpha, d * d), dtype=xp.float64)
-    for a in range(0, n, step):
-        X = Ad[a : a + step].astype(xp.float64)
-        _kernels.call("scatter_add_rows", xp, G, group[a : a + step], (X[:, :, None] * X[:, None, :]).reshape(-1, d * d))
-    lam, V = xp.linalg.eigh(G.reshape(alpha, d, d))
+    d = Ad.shape[1]
+    lam, V = xp.linalg.eigh(_kernels.call("group_gram", xp, Ad, group, alpha))
     tol = xp.maximum(10 * d * np.finfo(np.float64).eps * lam.max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
     inv = xp.where(lam > tol, 1.0 / xp.sqrt(xp.maximum(lam, tol)), 0.0)
-    W = V * inv[:, None, :]
-    out = xp.empty(n, dtype=xp.float64)
-    for a in range(0, n, step):
-        X = Ad[a : a + step].astype(xp.float64)
-        Y = xp.einsum("cd,cde->ce", X, W[group[a : a + step]])
-        out[a : a + step] = (Y * Y).sum(axis=1)
-    return out
+    return _kernels.call("group_quadform", xp, Ad, group, V * inv[:, None, :])
 
 
 def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):

@@ -276,3 +276,10 @@ def test_sampling_solvers_keep_the_same_rows_on_both_devices(rng):
     dev1 = kron.lp_regression([cupy.asarray(F) for F in fs], cupy.asarray(b), m=500, seed=9)
     assert dev1.info["rows_stage2"] == cpu1.info["rows_stage2"]
     assert dev1.cost == pytest.approx(cpu1.cost, rel=1e-6)
+
+
+def test_lp_regression_zero_b_reduces_to_structural_sampling(rng):
+    fs = _factors(rng, SHAPES["q2"])
+    res = kron.lp_regression(fs, np.zeros(1200), p=1, m=300, residuals="bound", seed=1)
+    np.testing.assert_allclose(res.x, 0.0, atol=1e-9)
+    assert res.cost == pytest.approx(0.0, abs=1e-8)

@@ -36,6 +36,14 @@ _L2_METHODS = ("sampling", "sketch", "exact")
 _RESIDUALS = ("exact", "bound")
 
 
+def _lookup(keys, values, query, xp):
+    """``values[j]`` where ``keys[j] == query`` (keys sorted), 0 where the query is absent."""
+    if keys.size == 0:
+        return xp.zeros(query.shape, dtype=values.dtype)
+    pos = xp.minimum(xp.searchsorted(keys, query), keys.size - 1)
+    return xp.where(keys[pos] == query, values[pos], 0)
+
+
 class _Target:
     """The right-hand side b: a dense vector or matrix, or a sparse vector.
 
@@ -75,11 +83,7 @@ class _Target:
     def at(self, idx):
         if self.dense is not None:
             return self.dense[idx]
-        xp = self.xp
-        if self.nz_idx.size == 0:
-            return xp.zeros(idx.shape, dtype=self.dtype)
-        pos = xp.minimum(xp.searchsorted(self.nz_idx, idx), self.nz_idx.size - 1)
-        return xp.where(self.nz_idx[pos] == idx, self.nz_val[pos], 0).astype(self.dtype)
+        return _lookup(self.nz_idx, self.nz_val, idx, self.xp).astype(self.dtype)
 
     def lp_mass(self, p):
         """Nonzero indices of b and ``|b_i|^p`` (O(nnz(b)))."""
@@ -92,8 +96,7 @@ class _Target:
 def _setup(factors, b, seed):
     K = as_kronecker(factors)
     xp = K.xp
-    if not is_sparse(b):
-        array_namespace(b, K.factors[0])
+    array_namespace(b.data if is_sparse(b) else b, K.factors[0])  # one device for b and the factors
     tgt = _Target(b, K.shape[0], xp)
     return K, tgt, xp, check_seed(seed)
 
@@ -398,21 +401,13 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         else:
             support, mass = tgt.lp_mass(p)
         total = float(mass.sum())
-        if total == 0.0:  # perfect fit (or b = 0 for "bound"): stage 2 reduces to π
-            idx2 = xp.concatenate([idx_pi, product_sample(probs, m - n_pi, derive_seed(seed, 80), xp)[0]])
-            sigma_of = lambda i: xp.zeros(i.shape, dtype=K.dtype)  # noqa: E731
+        if total == 0.0:  # perfect fit (or b = 0 for "bound"): stage 2 samples from π alone
+            idx2, rho = product_sample(probs, m, derive_seed(seed, 80), xp)
         else:
             pick = categorical(mass, m - n_pi, derive_seed(seed, 80), xp)
             idx2 = xp.concatenate([idx_pi, support[pick]])
-            dense_sigma = mass / total if residuals == "exact" else None
-
-            def sigma_of(i):
-                if dense_sigma is not None:
-                    return dense_sigma[i]
-                pos = xp.minimum(xp.searchsorted(support, i), support.size - 1)
-                return xp.where(support[pos] == i, mass[pos] / total, 0.0)
-
-        rho = 0.5 * _product_prob(probs, idx2, K.row_dims, xp) + 0.5 * sigma_of(idx2)
+            sigma = mass[idx2] if residuals == "exact" else _lookup(support, mass, idx2, xp)
+            rho = 0.5 * _product_prob(probs, idx2, K.row_dims, xp) + 0.5 * sigma / total
         x, rows2 = _solve_sample(K, tgt, idx2, rho, m, p)
         info["rows_stage2"] = rows2
         info["timings"]["solve_s"] = time.perf_counter() - t0

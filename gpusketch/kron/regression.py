@@ -162,8 +162,8 @@ def _sampled_gram(bases, idx, w, bvals, xp):
         return None
     group = xp.cumsum(first) - 1
     V = bases[-1][last]  # (m, d_q)
-    sw = xp.sqrt(w)[:, None]
-    M = _kernels.call("group_gram", xp, V * sw, group, P).astype(V.dtype).reshape(P, dq * dq)
+    outer = (w[:, None, None] * V[:, :, None] * V[:, None, :]).reshape(m, dq * dq)
+    M = _kernels.call("scatter_add_rows", xp, xp.zeros((P, dq * dq), dtype=V.dtype), group, outer)
     k = 1 if bvals.ndim == 1 else bvals.shape[1]
     wb = (w[:, None] * bvals.reshape(m, k))  # (m, k)
     Rg = _kernels.call("scatter_add_rows", xp, xp.zeros((P, dq * k), dtype=V.dtype), group,

@@ -16,7 +16,7 @@ import operator
 
 import numpy as np
 
-from ._backend import check_positive_int, check_seed
+from ._backend import array_namespace, check_positive_int, check_seed
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._precondition import SketchPreconditioner
@@ -149,12 +149,6 @@ def _small(x):
     return x.compute() if hasattr(x, "compute") else x
 
 
-def _namespace(x):
-    from ._backend import array_namespace
-
-    return array_namespace(x)
-
-
 def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-10, maxiter=None, seed=None):
     """``min_x ||X x − y||_2`` for Dask X (n × d, chunked along rows) and y (n,).
 
@@ -201,7 +195,7 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         S = sketch_for(sketch, m, n, d, method, seed)
         SX = _small(sketch_fn(S, X))
         Sy = _small(sketch_fn(S, y))
-        xp = _namespace(SX)
+        xp = array_namespace(SX)
         info = {"method": method, "sketch": type(S).__name__, "m": S.shape[0], "seed": S.seed}
         if method == "sketch":
             x = xp.linalg.lstsq(SX, Sy, rcond=None)[0]
@@ -286,7 +280,7 @@ def leverage_scores(X, *, exact=False, seed=None):
             return (Q * Q).sum(axis=1)
         seed = check_seed(seed)
         SX = _small(sketch(embedding_osnap(n, d, seed), X))
-        xp = _namespace(SX)
+        xp = array_namespace(SX)
         pre = SketchPreconditioner(SX, xp)
         G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, X.dtype)
         Z = X @ pre.apply(G)
@@ -312,7 +306,7 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
         l = min(k + oversample, n, d)
         X1 = X.rechunk({1: -1})
         probe = X1._meta
-        xp = np if isinstance(probe, np.ndarray) else _namespace(probe)
+        xp = array_namespace(probe)
         Omega = Gaussian(l, d, seed=seed).todense(xp).T.astype(X.dtype)  # d × l
         Q, _ = da.linalg.qr(X1 @ Omega)
         for _ in range(power_iters):

@@ -215,6 +215,13 @@ def check_memory(nbytes, what, xp):
         )
 
 
+def as_matrix(A, name="A"):
+    """A finite 2-D dense or sparse matrix operand of a solver: ``(A, xp)`` (``as_operand`` + ``check_finite``)."""
+    A, xp = as_operand(A, name, ndim=(2,))
+    check_finite(A, name)
+    return A, xp
+
+
 def as_system(A, b, *, b_ndim=(1,)):
     """Validate a regression system ``(A, b)`` and return ``(A, b, xp)``.
 

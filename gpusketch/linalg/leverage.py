@@ -6,7 +6,7 @@ import math
 
 
 from .. import _kernels
-from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, to_dense
+from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign
@@ -14,12 +14,6 @@ from ._numerics import qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
-
-
-def _validate(A):
-    A, xp = as_operand(A, "A", ndim=(2,))
-    check_finite(A, "A")
-    return A, xp
 
 
 def embedding_osnap(n, d, seed):
@@ -82,7 +76,7 @@ def leverage_scores(A, *, exact=False, seed=None):
     5.0...
     """
     with annotate("gpusketch.leverage_scores"):
-        A, xp = _validate(A)
+        A, xp = as_matrix(A)
         n, d = A.shape
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got A of shape {A.shape}")
@@ -139,7 +133,7 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
     decisions use Philox uniforms, so CPU and GPU keep the same rows.
     """
     with annotate("gpusketch.leverage_sample"):
-        A, xp = _validate(A)
+        A, xp = as_matrix(A)
         n, d = A.shape
         s = check_positive_int(s, "s")
         if not 0 < gamma <= 1:

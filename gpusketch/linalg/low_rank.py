@@ -6,7 +6,7 @@ import math
 import time
 
 from .. import _kernels
-from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse, linalg_modules, to_dense
+from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, SparseSign
@@ -86,8 +86,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
     True
     """
     with annotate("gpusketch.low_rank"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        check_finite(A, "A")
+        A, xp = as_matrix(A)
         n, d = A.shape
         k = check_positive_int(k, "k")
         if k >= min(n, d):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._backend import as_operand, check_finite, check_seed, is_sparse, to_dense, to_host
+from .._backend import as_matrix, check_seed, is_sparse, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import SparseSign
@@ -24,12 +24,6 @@ def _numerical_rank(M, scale_dims, xp):
     if M.size == 0:
         return 0
     return svd_rank(xp.linalg.svd(M, compute_uv=False), scale_dims)
-
-
-def _validate(A):
-    A, xp = as_operand(A, "A", ndim=(2,))
-    check_finite(A, "A")
-    return A, xp
 
 
 def rank(A, *, seed=None):
@@ -66,7 +60,7 @@ def rank(A, *, seed=None):
     7
     """
     with annotate("gpusketch.rank"):
-        A, xp = _validate(A)
+        A, xp = as_matrix(A)
         n, d = A.shape
         seed = check_seed(seed)
         nnz = A.nnz if is_sparse(A) else n * d
@@ -121,7 +115,7 @@ def independent_rows(A, *, seed=None):
     import scipy.linalg
 
     with annotate("gpusketch.independent_rows"):
-        A, xp = _validate(A)
+        A, xp = as_matrix(A)
         n, d = A.shape
         seed = check_seed(seed)
         k = rank(A, seed=derive_seed(seed, 0))

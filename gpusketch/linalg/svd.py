@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._backend import as_operand, check_finite, check_positive_int, check_seed, to_dense
+from .._backend import as_matrix, check_positive_int, check_seed, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
 
@@ -53,8 +53,7 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
     True
     """
     with annotate("gpusketch.randomized_svd"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        check_finite(A, "A")
+        A, xp = as_matrix(A)
         n, d = A.shape
         k = check_positive_int(k, "k")
         if k > min(n, d):

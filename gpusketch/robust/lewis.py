@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._backend import as_operand, check_finite, check_positive_int, check_seed, is_sparse
+from .._backend import as_matrix, check_positive_int, check_seed, is_sparse
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg import leverage_scores
@@ -64,8 +64,7 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
     6.0
     """
     with annotate("gpusketch.lewis_weights"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        check_finite(A, "A")
+        A, xp = as_matrix(A)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p < 4:
             raise ValueError(f"p must lie in (0, 4), got {p!r}")
         n, d = A.shape

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_operand, as_system, check_finite, check_positive_int, check_seed, is_sparse, to_dense, to_host
+from .._backend import as_matrix, as_system, check_positive_int, check_seed, is_sparse, to_dense, to_host
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..linalg import leverage_scores
@@ -122,8 +122,7 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
     True
     """
     with annotate("gpusketch.robust.heavy_coordinates"):
-        A, xp = as_operand(A, "A", ndim=(2,))
-        check_finite(A, "A")
+        A, xp = as_matrix(A)
         alpha = check_positive_int(alpha, "alpha")
         if method not in ("partition", "peeling"):
             raise ValueError(f"method must be 'partition' or 'peeling', got {method!r}")

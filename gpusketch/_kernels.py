@@ -584,70 +584,66 @@ def _scatter_add_rows_gpu(Z, idx, V):
 
 
 # ---------------------------------------------------------------------------
-# Per-group Gram matrices and quadratic forms (rows partitioned by a group label)
+# Leverage scores within groups (rows partitioned by a group label)
 # ---------------------------------------------------------------------------
 
-_GROUP_CHUNK_BYTES = 64 << 20
+_GROUP_CHUNK_BYTES = 256 << 20
 
 
-def _group_segments(group, groups):
-    """Row order sorting ``group`` (stable) and each group's ``[start, stop)`` in it."""
+def _inverse_root(G, xp):
+    """``W = V Λ^{−1/2}`` of symmetric PSD matrices ``G`` (batched), dropping
+    eigenvalues below ``10 d ε λ_max`` (the Gram's own round-off): they count
+    as rank deficiency, so ``||x W||²`` is the leverage score in the range."""
+    d = G.shape[-1]
+    lam, V = xp.linalg.eigh(G)
+    tol = xp.maximum(10 * d * np.finfo(np.float64).eps * lam.max(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
+    return V * xp.where(lam > tol, 1.0 / xp.sqrt(xp.maximum(lam, tol)), 0.0)[..., None, :]
+
+
+@_twin("group_leverage", "numpy")
+def _group_leverage_cpu(X, group, groups):
+    # Sort once, then per group two GEMMs on a contiguous slice (BLAS-3, no padding).
+    group = np.asarray(group)
     order = np.argsort(group, kind="stable")
     bounds = np.searchsorted(group[order], np.arange(groups + 1))
-    return order, bounds
-
-
-@_twin("group_gram", "numpy")
-def _group_gram_cpu(X, group, groups):
-    # One GEMM per group on contiguous rows: BLAS-3 speed, no n × d² temporaries.
-    d = X.shape[1]
-    order, bounds = _group_segments(np.asarray(group), groups)
-    Xs = X[order].astype(np.float64)
-    G = np.zeros((groups, d, d))
+    Xs = np.asarray(X[order], dtype=np.float64)
+    q = np.empty(X.shape[0])
     for g in range(groups):
         B = Xs[bounds[g] : bounds[g + 1]]
         if B.shape[0]:
-            G[g] = B.T @ B
-    return G
-
-
-@_twin("group_gram", "cupy")
-def _group_gram_gpu(X, group, groups):
-    # All groups at once: scatter-add of row outer products, in bounded row chunks.
-    import cupy
-
-    n, d = X.shape
-    step = max(1, _GROUP_CHUNK_BYTES // (8 * d * d))
-    G = cupy.zeros((groups, d * d), dtype=cupy.float64)
-    for a in range(0, n, step):
-        B = X[a : a + step].astype(cupy.float64)
-        cupy.add.at(G, group[a : a + step], (B[:, :, None] * B[:, None, :]).reshape(-1, d * d))
-    return G.reshape(groups, d, d)
-
-
-@_twin("group_quadform", "numpy")
-def _group_quadform_cpu(X, group, W):
-    """``||x_i W_{group_i}||²`` per row."""
-    order, bounds = _group_segments(np.asarray(group), W.shape[0])
-    out = np.empty(X.shape[0])
-    for g in range(W.shape[0]):
-        rows = order[bounds[g] : bounds[g + 1]]
-        if rows.size:
-            Y = X[rows].astype(np.float64) @ W[g]
-            out[rows] = (Y * Y).sum(axis=1)
+            Y = B @ _inverse_root(B.T @ B, np)
+            q[bounds[g] : bounds[g + 1]] = np.einsum("ij,ij->i", Y, Y)
+    out = np.empty_like(q)
+    out[order] = q
     return out
 
 
-@_twin("group_quadform", "cupy")
-def _group_quadform_gpu(X, group, W):
+@_twin("group_leverage", "cupy")
+def _group_leverage_gpu(X, group, groups):
+    # Rows sorted by group into a zero-padded (groups, L, d) stack (L the largest
+    # group; zero rows change neither Gram nor scores), so each chunk of groups is
+    # one batched GEMM, one batched eigh and one batched GEMM, not 3·groups launches.
     import cupy
 
     n, d = X.shape
-    step = max(1, _GROUP_CHUNK_BYTES // (8 * d * W.shape[2]))
+    order = cupy.argsort(group)
+    sorted_group = group[order]
+    counts = cupy.bincount(group, minlength=groups).get().astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    pos = cupy.arange(n) - cupy.asarray(starts[:-1])[sorted_group]
+    L = max(1, int(counts.max()))
+    per = max(1, _GROUP_CHUNK_BYTES // (8 * L * d))
     out = cupy.empty(n, dtype=cupy.float64)
-    for a in range(0, n, step):
-        Y = cupy.einsum("cd,cde->ce", X[a : a + step].astype(cupy.float64), W[group[a : a + step]])
-        out[a : a + step] = (Y * Y).sum(axis=1)
+    for g0 in range(0, groups, per):
+        g1 = min(groups, g0 + per)
+        a, b = int(starts[g0]), int(starts[g1])
+        if a == b:
+            continue
+        slot, at, rows = sorted_group[a:b] - g0, pos[a:b], order[a:b]
+        P = cupy.zeros((g1 - g0, L, d), dtype=cupy.float64)
+        P[slot, at] = X[rows]
+        Y = cupy.matmul(P, _inverse_root(cupy.matmul(P.transpose(0, 2, 1), P), cupy))
+        out[rows] = cupy.einsum("gld,gld->gl", Y, Y)[slot, at]
     return out
 
 

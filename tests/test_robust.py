@@ -187,7 +187,7 @@ def tukey_problem(outliers, seed=5):
 @pytest.mark.parametrize("outliers", [False, True])
 def test_tukey_reductions_approximation_ratio(xp, outliers):
     # The paper's Figure 5 setting, smaller (n = 5000, d = 10, tau = 10, 5 % outliers at 1e4).
-    # Measured on CPU: sampling 1.13 / 1.17 at 3d rows, oblivious 2.2 / 1.4 at 5d rows.
+    # Measured on CPU: sampling 1.13 / 1.17 at 3d rows; oblivious 2.11 / 1.84 at 3d, 1.29 / 1.25 at 5d rows.
     A, b = tukey_problem(outliers)
     Ax, bx = xp.asarray(A), xp.asarray(b)
     full = tukey_regression(Ax, bx, 10.0, method="full", seed=1)
@@ -195,8 +195,10 @@ def test_tukey_reductions_approximation_ratio(xp, outliers):
     assert s.cost <= 1.5 * full.cost
     assert to_numpy(s.rows).size == to_numpy(s.weights).size <= 40
     assert to_numpy(s.weights).min() >= 1.0
-    o = tukey_regression(Ax, bx, 10.0, method="oblivious", rows=50, trials=5, seed=2)
+    o = tukey_regression(Ax, bx, 10.0, method="oblivious", rows=30, trials=5, seed=2)
     assert o.cost <= 3.0 * full.cost and o.rows is None
+    o = tukey_regression(Ax, bx, 10.0, method="oblivious", rows=50, trials=5, seed=2)
+    assert o.cost <= 2.0 * full.cost
     # cost is the objective on the full data at the returned x
     assert abs(s.cost - TukeyLoss(10.0).total(A @ to_numpy(s.x) - b)) <= 1e-9 * s.cost
 
@@ -215,6 +217,8 @@ TUKEY_BAD = [
     (lambda: tukey_regression(np.eye(50, 3), np.full(50, np.nan), 1.0), ValueError, "NaN"),
     (lambda: tukey_regression(np.eye(50, 3), np.ones(50), 1.0, method="lts"), ValueError, "method"),
     (lambda: tukey_regression(np.eye(50, 3), np.ones(50), 1.0, rows=3), ValueError, "rows"),
+    (lambda: tukey_regression(np.eye(50, 3), np.ones(50), 1.0, method="oblivious", branching=1.0), ValueError,
+     "branching"),
     (lambda: heavy_coordinates(np.eye(50, 3), 0), ValueError, "alpha"),
     (lambda: heavy_coordinates(np.eye(50, 3), 2, method="greedy"), ValueError, "method"),
 ]

@@ -4,6 +4,7 @@ Usage::
 
     python bench/robust.py                 # Figure 5 (n = 10^4, d = 20) on the best device
     python bench/robust.py --scale         # also n = 10^7, d = 50 (GPU) against statsmodels RLM
+    python bench/robust.py --device cpu --scale --scale-n 1000000   # the same at a CPU-sized n
     python bench/robust.py --device cpu --quick
 
 Figure 5: Gaussian A (n × d) and b, τ = 10, without and with outliers (5 % of
@@ -56,12 +57,12 @@ def figure5(xp, n, d, tau, trials, rows):
                 print(rows[-1], flush=True)
 
 
-def scale_up(xp, n, d, tau, rows):
+def scale_up(xp, n, d, tau, trials, rows):
     import statsmodels.api as sm
 
     A, b = data(xp, n, d, True, seed=3)
     t0 = time.perf_counter()
-    red = tukey_regression(A, b, tau, rows=10 * d, trials=3, seed=4)
+    red = tukey_regression(A, b, tau, rows=10 * d, trials=trials, seed=4)
     t_red = time.perf_counter() - t0
     An, bn = (A.get(), b.get()) if xp is not np else (A, b)
     t0 = time.perf_counter()
@@ -104,6 +105,8 @@ def main(argv=None):
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--quick", action="store_true", help="3 trials instead of 10")
     p.add_argument("--scale", action="store_true", help="n = 10^7, d = 50 against statsmodels RLM")
+    p.add_argument("--scale-n", type=int, default=10_000_000, help="rows of the --scale problem")
+    p.add_argument("--scale-trials", type=int, default=3, help="reductions tried in --scale (best kept)")
     p.add_argument("--commit", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
@@ -114,7 +117,7 @@ def main(argv=None):
     figure5(xp, 10_000, 20, 10.0, 3 if args.quick else 10, rows)
     write(rows, meta, args.out, tag)
     if args.scale:
-        scale_up(xp, 10_000_000, 50, 10.0, rows)
+        scale_up(xp, args.scale_n, 50, 10.0, args.scale_trials, rows)
         write(rows, meta, args.out, tag)
     print((args.out / f"robust-{tag}.md").read_text())
 

@@ -16,6 +16,7 @@ from .._backend import (
     check_seed,
     is_sparse,
     linalg_modules,
+    sparse_module,
     to_dense,
     to_host,
 )
@@ -143,36 +144,40 @@ def _sampled_gram(bases, idx, w, bvals, xp):
 
     Row i of U is ``p_i ⊗ v_i`` with ``p_i`` the row of ``B_1 ⊗ ... ⊗ B_{q−1}``
     at i's prefix multi-index and ``v_i`` the row of ``B_q``.  Grouping the
-    (sorted) samples by prefix g,
+    (sorted, distinct) samples by prefix g,
 
-        UᵀWU = Σ_g (p_g p_gᵀ) ⊗ M_g,   M_g = Σ_{i ∈ g} w_i v_i v_iᵀ,
+        UᵀWU = Σ_g (p_g p_gᵀ) ⊗ M_g,   M_g = Σ_{i ∈ g} w_i v_i v_iᵀ = (Ω K_q)_g,
 
-    so the cost is ``O(m d_q² + P D²)`` for P distinct prefixes instead of
-    ``O(m D²)``, and U (m × D) is never materialised.  Returns ``None`` when
-    grouping would not save memory (P ∏_{t<q} d_t² > m D).
+    with Ω the sparse (P × n_q) matrix of the weights (one CSR row per
+    prefix, built from the sorted indices without a sort) and ``K_q`` the
+    ``n_q × d_q²`` row outer products of ``B_q``.  Cost ``O(m d_q² + P D²)``
+    for P distinct prefixes instead of ``O(m D²)``.  Returns ``None`` when
+    grouping would not save memory (``P ∏_{t<q} d_t² > m D``).
     """
-    n_last = bases[-1].shape[0]
-    dq = bases[-1].shape[1]
+    Bq = bases[-1]
+    n_last, dq = Bq.shape
     Dp = math.prod(B.shape[1] for B in bases[:-1])
     m = idx.size
     prefix, last = idx // n_last, idx % n_last
-    first = xp.concatenate([xp.ones(1, dtype=bool), prefix[1:] != prefix[:-1]])
-    P = int(first.sum())
+    starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), prefix[1:] != prefix[:-1]]))
+    P = int(starts.size)
     if P * Dp * Dp > m * Dp * dq:
         return None
-    group = xp.cumsum(first) - 1
-    V = bases[-1][last]  # (m, d_q)
-    outer = (w[:, None, None] * V[:, :, None] * V[:, None, :]).reshape(m, dq * dq)
-    M = _kernels.call("scatter_add_rows", xp, xp.zeros((P, dq * dq), dtype=V.dtype), group, outer)
-    k = 1 if bvals.ndim == 1 else bvals.shape[1]
-    wb = (w[:, None] * bvals.reshape(m, k))  # (m, k)
-    Rg = _kernels.call("scatter_add_rows", xp, xp.zeros((P, dq * k), dtype=V.dtype), group,
-                       (V[:, :, None] * wb[:, None, :]).reshape(m, dq * k))
-    Pv = KroneckerMatrix(list(bases[:-1])).rows(prefix[first])  # (P, Dp)
+    sparse = sparse_module(xp)
+    indptr = xp.concatenate([starts, xp.asarray([m], dtype=starts.dtype)]).astype(xp.int32)
+    cols = last.astype(xp.int32)
+
+    def weighted(vals):  # the (P × n_q) CSR matrix with these values at the samples
+        return sparse.csr_matrix((vals, cols, indptr), shape=(P, n_last))
+
+    M = to_dense(weighted(w) @ (Bq[:, :, None] * Bq[:, None, :]).reshape(n_last, dq * dq))
+    wb = w[:, None] * bvals.reshape(m, -1)
+    Rg = xp.stack([to_dense(weighted(xp.ascontiguousarray(wb[:, j])) @ Bq) for j in range(wb.shape[1])], axis=2)
+    Pv = KroneckerMatrix(list(bases[:-1])).rows(prefix[starts])  # (P, Dp)
     PP = (Pv[:, :, None] * Pv[:, None, :]).reshape(P, Dp * Dp)
     D = Dp * dq
     G = (PP.T @ M).reshape(Dp, Dp, dq, dq).transpose(0, 2, 1, 3).reshape(D, D)
-    r = (Pv.T @ Rg).reshape(D, k)
+    r = (Pv.T @ Rg.reshape(P, -1)).reshape(D, wb.shape[1])
     return G, (r[:, 0] if bvals.ndim == 1 else r)
 
 

@@ -255,3 +255,29 @@ def test_low_rank_sparse_and_wide(xp):
 def test_low_rank_bad_input(kwargs, word):
     with pytest.raises(ValueError, match=word):
         gs.low_rank(np.ones((300, 40)) + np.eye(300, 40), **kwargs)
+
+
+@pytest.mark.parametrize("cond", [1e2, 1e6, 1e12])
+def test_orthonormalize_is_a_qr_at_every_conditioning(xp, rng, cond):
+    """Cholesky QR twice where it is safe, Householder beyond: Q orthonormal and QR = Y either way."""
+    from gpusketch.linalg._numerics import orthonormalize
+
+    n, l = 3000, 40
+    U, _ = np.linalg.qr(rng.standard_normal((n, l)))
+    V, _ = np.linalg.qr(rng.standard_normal((l, l)))
+    Y = (U * np.logspace(0, -np.log10(cond), l)) @ V.T
+    Q, R = orthonormalize(xp.asarray(Y), xp)
+    Q, R = to_numpy(Q), to_numpy(R)
+    assert Q.shape == (n, l) and R.shape == (l, l)
+    assert np.abs(Q.T @ Q - np.eye(l)).max() <= 1e-13
+    assert np.linalg.norm(Q @ R - Y) <= 1e-13 * np.linalg.norm(Y)
+
+
+def test_orthonormalize_rank_deficient(xp, rng):
+    from gpusketch.linalg._numerics import orthonormalize
+
+    Y = rng.standard_normal((500, 5)) @ rng.standard_normal((5, 12))  # rank 5 of 12
+    Q, R = orthonormalize(xp.asarray(Y), xp)
+    Q, R = to_numpy(Q), to_numpy(R)
+    assert np.abs(Q.T @ Q - np.eye(12)).max() <= 1e-12
+    assert np.linalg.norm(Q @ R - Y) <= 1e-12 * np.linalg.norm(Y)

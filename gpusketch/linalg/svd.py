@@ -5,6 +5,7 @@ from __future__ import annotations
 from .._backend import as_matrix, check_positive_int, check_seed, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
+from ._numerics import orthonormalize
 
 __all__ = ["randomized_svd"]
 
@@ -21,7 +22,7 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
         Extra columns ``p`` of the test matrix (``l = k + p``, capped at min(n, d)).
     power_iters : int
         Subspace iterations ``q`` (each one pass over A and one over Aᵀ), with a
-        QR re-orthonormalisation after every product for stability.
+        re-orthonormalisation after every product for stability.
     test_matrix : {"gaussian", "sparse_sign", "srht", "countsketch"} or SketchOperator
         ``Ω`` of shape ``(l, d)``; the range is sketched as the right sketch ``A Ωᵀ``.
     seed : int, optional
@@ -37,6 +38,10 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
     Algorithm 4.4 of HMT: ``Y = A Ωᵀ``, ``Q = qr(Y)``; q times
     ``Q = qr(A qr(AᵀQ))``; then the SVD of the small ``B = QᵀA``.  The expected
     error is within ``(1 + k/(p-1))^{1/(2q+1)}`` of the optimal rank-k error.
+    The QRs are Cholesky QR twice when that is safe (``orthonormalize``: two
+    GEMM passes instead of a Householder factorisation), and the SVD of the
+    wide ``l × d`` matrix B is taken as a QR of ``Bᵀ`` and an SVD of its
+    ``l × l`` triangle.
 
     References
     ----------
@@ -63,10 +68,10 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
         seed = check_seed(seed)
         l = min(k + oversample, n, d)
         Omega = make_sketch(test_matrix, l, d, seed=seed)
-        Q, _ = xp.linalg.qr(to_dense(A @ Omega.T))
+        Q, _ = orthonormalize(to_dense(A @ Omega.T), xp)
         for _ in range(power_iters):
-            Z, _ = xp.linalg.qr(to_dense(A.T @ Q))
-            Q, _ = xp.linalg.qr(to_dense(A @ Z))
-        B = to_dense(A.T @ Q).T  # Qᵀ A without forming Aᵀ densely
-        Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
-        return (Q @ Ub)[:, :k], s[:k], Vt[:k]
+            Z, _ = orthonormalize(to_dense(A.T @ Q), xp)
+            Q, _ = orthonormalize(to_dense(A @ Z), xp)
+        Qb, Rb = orthonormalize(to_dense(A.T @ Q), xp)  # Bᵀ = (QᵀA)ᵀ = Qb Rb, A never transposed densely
+        Ur, s, Wt = xp.linalg.svd(Rb.T)  # B = Rbᵀ Qbᵀ = Ur diag(s) (Qb Wtᵀ)ᵀ
+        return Q @ Ur[:, :k], s[:k], Wt[:k] @ Qb.T

@@ -78,7 +78,9 @@ def test_leverage_scores_and_randomized_svd(rng):
     approx = gsd.leverage_scores(X, seed=1).compute()
     np.testing.assert_allclose(approx, gs.leverage_scores(A, seed=1), rtol=1e-9)  # same sketch as in memory
     ratio = approx / exact
-    assert 0.25 < ratio.min() and ratio.max() < 4.0  # constant-factor estimates, as in test_linalg
+    # Constant-factor estimates: OSNAP with 4d + 10 = 50 rows for d = 10 distorts squared norms by up to
+    # (1 ± sqrt(d/m))^-2 ~ [0.48, 3.3], times the 73-column JL factor (max of 3000 chi2_73/73 ~ 1.75).
+    assert 0.2 < ratio.min() and ratio.max() < 6.0
     U, s, Vt = gsd.randomized_svd(X, 4, seed=2)
     s_ref = np.linalg.svd(A, compute_uv=False)[:4]
     np.testing.assert_allclose(s, s_ref, rtol=1e-6)

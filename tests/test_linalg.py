@@ -269,6 +269,7 @@ def test_orthonormalize_is_a_qr_at_every_conditioning(xp, rng, cond):
     Q, R = orthonormalize(xp.asarray(Y), xp)
     Q, R = to_numpy(Q), to_numpy(R)
     assert Q.shape == (n, l) and R.shape == (l, l)
+    assert (np.diagonal(R) > 0).all()  # the unique QR, whichever route produced it
     assert np.abs(Q.T @ Q - np.eye(l)).max() <= 1e-13
     assert np.linalg.norm(Q @ R - Y) <= 1e-13 * np.linalg.norm(Y)
 

@@ -44,12 +44,20 @@ def orthonormalize(Y, xp):
     It is as accurate as Householder while ``κ(Y) ε^{1/2} ≪ 1``.  Its own
     test decides: the first pass's Q must have ``||Q₁ᵀQ₁ − I||_max <= 0.1``
     (that holds up to κ(Y) ≈ 10⁷ in float64); a failed Cholesky, a non-finite
-    factor or a worse Q₁ falls back to ``xp.linalg.qr``.
+    factor or a worse Q₁ falls back to ``xp.linalg.qr``, whose signs are then
+    flipped so that ``diag(R) >= 0``: for full-rank Y the factorisation is the
+    unique one whichever route (or LAPACK/cuSOLVER build) produced it.
     """
     la, _ = linalg_modules(xp)
     n, l = Y.shape
+
+    def householder():
+        Q, R = xp.linalg.qr(Y)
+        sign = xp.where(R.diagonal() < 0, -1.0, 1.0).astype(R.dtype)
+        return Q * sign, R * sign[:, None]
+
     if n < 2 * l or Y.dtype.kind != "f":
-        return xp.linalg.qr(Y)
+        return householder()
 
     def pass_(Z):
         G = Z.T @ Z
@@ -63,8 +71,8 @@ def orthonormalize(Y, xp):
 
     Q1, R1, _ = pass_(Y)
     if Q1 is None:
-        return xp.linalg.qr(Y)
+        return householder()
     Q2, R2, G2 = pass_(Q1)
     if Q2 is None or float(xp.abs(G2 - xp.eye(l, dtype=G2.dtype)).max()) > 0.1:
-        return xp.linalg.qr(Y)
+        return householder()
     return Q2, R2 @ R1

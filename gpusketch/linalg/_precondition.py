@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._backend import linalg_modules
-from ._numerics import qr_rank_deficient, svd_rank
+from ._numerics import orthonormalize, qr_rank_deficient, svd_rank
 
 __all__ = ["SketchPreconditioner"]
 
@@ -11,7 +11,8 @@ __all__ = ["SketchPreconditioner"]
 class SketchPreconditioner:
     """``P`` with ``κ(A P) = O(1)`` from a sketch ``SA`` of A.
 
-    Full rank: ``SA = QR`` and ``P = R⁻¹`` (applied by triangular solves).
+    Full rank: ``SA = QR`` (``orthonormalize``: Cholesky QR twice, or
+    Householder where that is unsafe) and ``P = R⁻¹`` (triangular solves).
     Numerically rank deficient (the rule of ``_numerics``): ``SA = U Σ Vᵀ``
     and ``P = V_r Σ_r⁻¹`` with r the numerical rank of SA, so
     ``x = P y`` stays in the row space of A (minimum norm).
@@ -20,7 +21,7 @@ class SketchPreconditioner:
     def __init__(self, SA, xp):
         self.xp = xp
         self._la, _ = linalg_modules(xp)
-        self.Q, self.R = xp.linalg.qr(SA)
+        self.Q, self.R = orthonormalize(SA, xp)
         self.rank_deficient = qr_rank_deficient(self.R, SA.shape)
         if self.rank_deficient:
             U, s, Vt = xp.linalg.svd(SA, full_matrices=False)

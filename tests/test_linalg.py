@@ -282,3 +282,16 @@ def test_orthonormalize_rank_deficient(xp, rng):
     Q, R = to_numpy(Q), to_numpy(R)
     assert np.abs(Q.T @ Q - np.eye(12)).max() <= 1e-12
     assert np.linalg.norm(Q @ R - Y) <= 1e-12 * np.linalg.norm(Y)
+
+
+def test_orthonormalize_float32_keeps_its_dtype(xp, rng):
+    from gpusketch.linalg._numerics import orthonormalize
+
+    n, l = 3000, 40
+    U, _ = np.linalg.qr(rng.standard_normal((n, l)))
+    Y = (U * np.logspace(0, -5, l)).astype(np.float32)  # κ = 1e5: beyond float32 Cholesky QR
+    Q, R = orthonormalize(xp.asarray(Y), xp)
+    assert Q.dtype == R.dtype == np.float32
+    Q, R = to_numpy(Q).astype(np.float64), to_numpy(R).astype(np.float64)
+    assert np.abs(Q.T @ Q - np.eye(l)).max() <= 1e-6
+    assert np.linalg.norm(Q @ R - Y) <= 1e-6 * np.linalg.norm(Y)

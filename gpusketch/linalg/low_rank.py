@@ -10,15 +10,16 @@ from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, lin
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, SparseSign
+from ._numerics import orthonormalize
 from .leverage import leverage_sample
 from .results import LowRankResult
+from .svd import randomized_svd
 
 __all__ = ["low_rank"]
 
 
 def _orth(M, xp):
-    Q, _ = xp.linalg.qr(M)
-    return Q
+    return orthonormalize(M, xp)[0]
 
 
 def _col_sq_norms(A, xp):
@@ -59,7 +60,10 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
     2. an O(k)-column subset Ω of SAT — here the ``2k`` columns of largest
        leverage with respect to the top-k right singular space of SAT (a
        practical stand-in for Boutsidis–Woodruff's CUR selection; both give
-       an O(1)-approximate subspace ``U = orth(AT Ω)``);
+       an O(1)-approximate subspace ``U = orth(AT Ω)``).  When SAT has more
+       than ``4(k + 10)`` columns that space comes from ``randomized_svd``
+       (two power iterations), ``O(nnz(SAT) k)`` instead of a full SVD's
+       ``O(ms t²)``: the selection needs a good k-space, not an exact one;
     3. residual sampling of columns of A (Lemma 7.15) with probabilities
        ``∝ ||(I − UUᵀ)A_j||²`` — computed exactly as ``||A_j||² − ||UᵀA_j||²``
        (one GEMM pass) rather than by Lemma 7.3's Gaussian estimates;
@@ -103,8 +107,12 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         AT = A if t == d else to_dense(A @ CountSketch(t, d, seed=derive_seed(seed, 0)).T)
         ms = min(n, 4 * t + 10)
         SAT = to_dense(SparseSign(ms, n, nnz=min(8, ms), seed=derive_seed(seed, 1)) @ AT)
-        # 2. 2k columns of SAT of largest leverage in its top-k right singular space.
-        _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
+        # 2. 2k columns of SAT of largest leverage in its top-k right singular space
+        #    (only k singular vectors are needed: a randomized SVD once SAT is much wider than k).
+        if t > 4 * (k + 10):
+            _, _, Vt = randomized_svd(SAT, k, power_iters=2, seed=derive_seed(seed, 5))
+        else:
+            _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
         lev = (Vt[:k] ** 2).sum(axis=0)
         omega = xp.argsort(-lev)[: min(t, 2 * k)]
         U = _orth(to_dense(AT)[:, omega], xp)
@@ -126,7 +134,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         m1 = min(n, 4 * c + 10)
         T1 = SparseSign(m1, n, nnz=min(8, m1), seed=derive_seed(seed, 3))
         T1A = to_dense(T1 @ A)
-        QC, RC = xp.linalg.qr(T1 @ QM)
+        QC, RC = orthonormalize(to_dense(T1 @ QM), xp)
         Uw, _, _ = xp.linalg.svd(QC.T @ T1A, full_matrices=False)
         dense_la, _ = linalg_modules(xp)
         left = QM @ dense_la.solve_triangular(RC, Uw[:, :k])

@@ -43,6 +43,7 @@ NAME_EXPRESSIONS = {
     + [f"hash_sketch_sorted<{t}>" for t in _FLOATS]
     + [f"hash_sketch_csr<{t},{i}>" for t in _FLOATS for i in _INDEX]
     + [f"hash_adjoint<{t}>" for t in _FLOATS]
+    + [f"hash_sketch_levels<{t}>" for t in _FLOATS]
     + ["hash_values", "philox_blocks"],
     "kronecker.cu": [f"kron_hash_sketch<{t}>" for t in _FLOATS] + [f"kron_rows<{t}>" for t in _FLOATS],
     "hadamard.cu": [f"fwht_stage<{t}>" for t in _FLOATS] + [f"fwht_local<{t}>" for t in _FLOATS],
@@ -308,6 +309,62 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
     else:
         # One warp per tile of 32 rows, 8 warps per block.
         _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(-(-n // 32), 8, cupy),), (32, 8), args)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Multi-level CountSketch (the oblivious Tukey sketch): SparseSign layout with
+# one nonzero per level, kept while the column's uniform is below the level's
+# threshold (see kernels/hash_sketch.cu, hash_sketch_levels)
+# ---------------------------------------------------------------------------
+
+
+def level_values(xp, col0, n, r, thresh, seed):
+    """``(buckets, signs)`` of columns ``col0 .. col0+n`` of a multi-level CountSketch, each ``(n, L)``.
+
+    Level t of column j is row ``t·r + bucket`` with a sign, or sign 0 when j
+    does not survive level t (its uniform is not below ``thresh[t]``).
+    """
+    levels = len(thresh)
+    hb, _ = call("hash_values", xp, col0, n, 1 << 30, 1, seed, _random.STREAM_LEVELS_UNIFORM)
+    u = (hb[:, 0] + 0.5) / float(1 << 30)
+    buckets, signs = call("hash_values", xp, col0, n, levels * r, levels, seed, _random.STREAM_LEVELS)
+    alive = u[:, None] < xp.asarray(np.asarray(thresh, dtype=np.float64))[None, :]
+    return buckets, xp.where(alive, signs, 0).astype(xp.int8)
+
+
+@_twin("hash_sketch_levels", "numpy")
+def _hash_sketch_levels_cpu(A, out, col0, r, thresh, seed):
+    A2 = A.reshape(A.shape[0], -1)
+    o2 = out.reshape(out.shape[0], -1)
+
+    def block(a, b):
+        buckets, signs = level_values(np, col0 + a, b - a, r, thresh, seed)
+        j, t = np.nonzero(signs)
+        S = sp.csr_matrix((signs[j, t].astype(o2.dtype), (buckets[j, t], j)), shape=(o2.shape[0], b - a))
+        return np.asarray(S @ A2[a:b])
+
+    n = A2.shape[0]
+    _parallel_sum(block, _row_blocks(n, _CPU_BLOCK), _cpu_threads(n * A2.shape[1]), o2)
+    return out
+
+
+@_twin("hash_sketch_levels", "cupy")
+def _hash_sketch_levels_gpu(A, out, col0, r, thresh, seed):
+    import cupy
+
+    n = A.shape[0]
+    d = 1 if A.ndim == 1 else A.shape[1]
+    s0 = A.strides[0] // A.itemsize
+    s1 = A.strides[1] // A.itemsize if A.ndim == 2 else 1
+    k0, k1 = _random.split_seed(seed)
+    _kernel("hash_sketch.cu", f"hash_sketch_levels<{_ctype(A.dtype)}>")(
+        (_grid(-(-n // 32), 8, cupy),), (32, 8),
+        (A, np.int64(n), np.int32(d), np.int64(s0), np.int64(s1), np.int64(col0), np.int32(r),
+         np.int32(len(thresh)), cupy.asarray(np.asarray(thresh, dtype=np.float64)), np.uint32(k0), np.uint32(k1),
+         np.uint32(_random.STREAM_LEVELS), np.uint32(k0), np.uint32(k1), np.uint32(_random.STREAM_LEVELS_UNIFORM),
+         out),
+    )
     return out
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "split_seed",
     "derive_seed",
     "STREAM_UNIFORM",
+    "STREAM_LEVELS",
+    "STREAM_LEVELS_UNIFORM",
 ]
 
 PHILOX_M0 = 0xD2511F53
@@ -49,6 +51,8 @@ STREAM_GAUSSIAN = 3
 STREAM_SRHT_SIGNS = 4
 STREAM_SRHT_ROWS = 5
 STREAM_UNIFORM = 6
+STREAM_LEVELS = 7  # MultiLevelCountSketch buckets and signs
+STREAM_LEVELS_UNIFORM = 8  # MultiLevelCountSketch: which levels each column survives
 
 _MASK = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)

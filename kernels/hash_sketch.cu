@@ -158,3 +158,52 @@ __global__ void hash_sketch_sorted(const T *__restrict__ A, int d, long long s0,
     }
     out[(long long)b * d + c] += (acc0 + acc1) * scale;
 }
+
+// Multi-level CountSketch (the oblivious Tukey sketch): column j of S has one
+// nonzero per level t = 0 .. levels-1 that j survives, at row t*r + bucket, laid out
+// as a SparseSign with nnz = levels in m = levels*r rows (so level t's bucket is
+// nonzero t's), scale 1.  Column j survives level t when its uniform
+// u_j = (h_j + 1/2) / 2^30 (h_j a hash word of stream ustream under key (u0, u1),
+// exactly as _kernels.uniforms) is below thresh[t] (thresh[0] > 1: level 0 keeps
+// all).  The levels are nested, so a warp stops once none of its rows survives.
+// Same tiling as hash_sketch_rowmajor; A is read once, whatever the levels.
+template <typename T>
+__global__ void hash_sketch_levels(const T *__restrict__ A, long long n, int d, long long s0,
+                                   long long s1, long long col0, int r, int levels,
+                                   const double *__restrict__ thresh, unsigned int k0,
+                                   unsigned int k1, unsigned int stream, unsigned int u0,
+                                   unsigned int u1, unsigned int ustream, T *__restrict__ out) {
+    const int lane = threadIdx.x;
+    int bx = 1;
+    while (bx < d && bx < 32) bx <<= 1;
+    const int per_iter = 32 / bx, sub = lane / bx, c0 = lane % bx;
+    const int m = levels * r;
+    const long long tiles = (n + 31) / 32;
+    const long long step = (long long)gridDim.x * blockDim.y;
+    for (long long tile = (long long)blockIdx.x * blockDim.y + threadIdx.y; tile < tiles; tile += step) {
+        const long long base = tile * 32;
+        const int rows = (int)(n - base < 32 ? n - base : 32);
+        double u = 2.0;
+        if (lane < rows) {
+            int hb, hs;
+            gs_bucket_sign((unsigned long long)(col0 + base + lane), 0, 1, 1 << 30, u0, u1, ustream, hb, hs);
+            u = ((double)hb + 0.5) / 1073741824.0;
+        }
+        for (int t = 0; t < levels; ++t) {
+            int b = -1, s = 1;
+            if (lane < rows && u < thresh[t])
+                gs_bucket_sign((unsigned long long)(col0 + base + lane), t, levels, m, k0, k1, stream, b, s);
+            if (__all_sync(0xffffffffu, b < 0)) break;  // warp-uniform: deeper levels are subsets
+            for (int r0 = 0; r0 < rows; r0 += per_iter) {
+                const int rr = r0 + sub;
+                const int br = __shfl_sync(0xffffffffu, b, rr & 31);
+                const int sr = __shfl_sync(0xffffffffu, s, rr & 31);
+                if (rr < rows && br >= 0) {
+                    const T *a = A + (base + rr) * s0;
+                    T *o = out + (long long)br * d;
+                    for (int c = c0; c < d; c += bx) atomicAdd(o + c, sr > 0 ? a[c * s1] : -a[c * s1]);
+                }
+            }
+        }
+    }
+}

@@ -17,6 +17,7 @@ FACTORIES = {
     "fast_embedding": lambda n: gs.FastEmbedding(24, n, k=4, seed=15),
     "composed": lambda n: gs.Composed([gs.Gaussian(7, 30, seed=16), gs.SRHT(30, n, seed=17)], scale=0.5),
     "sampling": lambda n: gs.Sampling(np.array([0, 5, 5, n - 1, 77, 150]), n, scale=np.arange(1.0, 7.0)),
+    "multilevel": lambda n: gs.MultiLevelCountSketch(6, n, 4, branching=3.0, seed=18),
     "kron_countsketch": lambda n: gs.Kronecker([gs.CountSketch(5, 12, seed=1), gs.CountSketch(4, 25, seed=2)]),
     "kron_mixed": lambda n: gs.Kronecker([gs.SparseSign(6, 12, nnz=2, seed=3), gs.Gaussian(4, 25, seed=4)]),
     "kron_three": lambda n: gs.Kronecker(
@@ -293,3 +294,55 @@ def test_gpu_sorted_path_is_bit_reproducible(rng):
     first = (S @ A).get()
     for _ in range(3):
         assert np.array_equal((S @ A).get(), first)
+
+
+def test_multilevel_levels_are_nested_uniform_subsamples():
+    """Column j survives level t with probability β^-t, nested; one ±1 per surviving level in its block."""
+    n, r, levels, beta = 200_000, 16, 5, 4.0
+    S = gs.MultiLevelCountSketch(r, n, levels, branching=beta, seed=3)
+    buckets, signs = S.hashes()
+    alive = signs != 0
+    assert alive[:, 0].all()
+    assert not (alive[:, 1:] & ~alive[:, :-1]).any()  # nested
+    for t in range(levels):
+        p = beta ** -t
+        kept = int(alive[:, t].sum())
+        assert abs(kept - n * p) <= 5 * np.sqrt(n * p * (1 - p)) + 1  # binomial, 5 sigma
+        b = buckets[alive[:, t], t]
+        assert b.min() >= t * r and b.max() < (t + 1) * r
+    np.testing.assert_array_equal(S.weights(), np.repeat(beta ** np.arange(levels), r))
+    # The dense form has one entry per surviving (column, level), all ±1.
+    small = gs.MultiLevelCountSketch(r, 3000, levels, branching=beta, seed=3)
+    D = small.todense()
+    assert set(np.unique(D)) <= {-1.0, 0.0, 1.0}
+    np.testing.assert_array_equal((D != 0).sum(axis=0), (small.hashes()[1] != 0).sum(axis=1))
+
+
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [({"r": 0}, "r"), ({"levels": 0}, "levels"), ({"branching": 1.0}, "branching"), ({"branching": True}, "branching")],
+)
+def test_multilevel_bad_input(kwargs, word):
+    args = {"r": 4, "n": 10, "levels": 3} | kwargs
+    r, n, levels = args.pop("r"), args.pop("n"), args.pop("levels")
+    with pytest.raises(ValueError, match=word):
+        gs.MultiLevelCountSketch(r, n, levels, **args)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("d,order", [(1, "C"), (5, "C"), (64, "C"), (7, "F")])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gpu_multilevel_kernel_matches_cpu(rng, d, order, dtype):
+    """The one-pass kernel against its CPU twin: partial tiles, warps leaving early, both layouts."""
+    import cupy
+
+    n = 100_003
+    A = np.asarray(rng.standard_normal((n, d)), dtype=dtype, order=order)
+    S = gs.MultiLevelCountSketch(40, n, 7, branching=4.0, seed=21)
+    ref = S @ A.astype(np.float64)
+    np.testing.assert_allclose((S @ cupy.asarray(A, order=order)).get(), ref, **tol(dtype))
+    third = n // 3
+    A_dev = cupy.asarray(A, order=order)
+    parts = (S[:, :third] @ A_dev[:third]).get() + (S[:, third:] @ A_dev[third:]).get()
+    np.testing.assert_allclose(parts, ref, **tol(dtype))

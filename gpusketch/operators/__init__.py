@@ -11,6 +11,7 @@ from .fast_embedding import FastEmbedding
 from .gaussian import Gaussian
 from .hashing import CountSketch, SparseSign
 from .kronecker import Kronecker
+from .multilevel import MultiLevelCountSketch
 from .sampling import Sampling
 from .srht import SRHT
 
@@ -24,6 +25,7 @@ __all__ = [
     "Kronecker",
     "FastEmbedding",
     "Composed",
+    "MultiLevelCountSketch",
     "make_sketch",
 ]
 

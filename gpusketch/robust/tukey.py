@@ -13,7 +13,7 @@ from .. import _kernels
 from .._backend import array_namespace, as_matrix, as_system, check_positive_int, check_seed, is_sparse, to_dense, to_host
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
-from ..operators import Composed, CountSketch, Sampling
+from ..operators import MultiLevelCountSketch
 from .irls import irls
 from .lewis import lewis_weights
 from .losses import TukeyLoss
@@ -206,13 +206,11 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
     probability (doubling them per halving).  Rounds repeat until at most
     ``rows`` remain, or stop when a round removes fewer than 5 % of the rows.
 
-    Oblivious sketch (§2.4): levels ``h = 0..H``; level h keeps each row with
-    probability ``β^{-h}`` (one Philox uniform per row, so the subsamples are
-    nested) and CountSketches the kept rows into ``r = ⌈rows/(H+1)⌉`` buckets,
-    all of weight ``β^h``.  Each level is a ``Composed([CountSketch,
-    Sampling])``, so level h reads only its subsample (about ``n β^{-h}``
-    rows; ``n β/(β−1)`` row reads in all).  Its guarantee is an O(log n)
-    approximation, not 1 + ε.
+    Oblivious sketch (§2.4): a ``MultiLevelCountSketch`` of ``H + 1`` levels,
+    level h a CountSketch into ``r = ⌈rows/(H+1)⌉`` buckets of the rows whose
+    Philox uniform is below ``β^{-h}`` (nested subsamples), all of weight
+    ``β^h``; one pass over A (one scatter-add kernel on the GPU) and one over
+    b.  Its guarantee is an O(log n) approximation, not 1 + ε.
 
     Deviation: the paper's branching is ``β = d log n`` with ``H = log_β n``
     levels, for sketches of poly(d log n) rows.  At the sizes the paper's
@@ -306,15 +304,6 @@ def _oblivious(A, b, rows, beta, seed, xp):
     n = A.shape[0]
     H = max(1, int(math.ceil(math.log(max(4.0 * n / rows, beta)) / math.log(beta))))
     r = int(math.ceil(rows / (H + 1)))
-    u = _kernels.uniforms(n, derive_seed(seed, 0), xp)
-    blocks_A, blocks_b, weights = [], [], []
-    for h in range(H + 1):
-        sel = xp.flatnonzero(u < beta ** (-h))  # nested subsamples: level h keeps u < β^-h
-        if sel.size == 0:
-            break
-        S = Composed([CountSketch(r, int(sel.size), seed=derive_seed(seed, 1 + h)), Sampling(sel, n)])
-        blocks_A.append(to_dense(S @ A))
-        blocks_b.append(S @ b)
-        weights.append(xp.full(r, beta**h, dtype=b.dtype))
-    info = {"levels": len(weights), "branching": beta, "buckets_per_level": r}
-    return xp.concatenate(blocks_A), xp.concatenate(blocks_b), xp.concatenate(weights), None, info
+    S = MultiLevelCountSketch(r, n, H + 1, branching=beta, seed=seed)
+    info = {"levels": H + 1, "branching": beta, "buckets_per_level": r}
+    return to_dense(S @ A), S @ b, S.weights(xp).astype(b.dtype), None, info

@@ -24,6 +24,7 @@ OPS = {
     "sparse_sign": lambda n: gs.SparseSign(64, n, nnz=4, seed=2),
     "gaussian": lambda n: gs.Gaussian(32, n, seed=3),
     "srht": lambda n: gs.SRHT(64, n, seed=4),
+    "multilevel": lambda n: gs.MultiLevelCountSketch(16, n, 5, seed=5),
 }
 
 

@@ -144,6 +144,8 @@ def bench_device(dev, xp, shapes, dtypes, repeat, max_gaussian_entries, save):
                 emit(op_name, layout, t, {k: peers[k] / t for k in peer_keys if k in peers})
 
             ours("CountSketch", cs)
+            if xp is not np:  # the cost of bit-reproducibility (the CPU twins are deterministic anyway)
+                ours("CountSketch(deterministic)", gs.CountSketch(m, n, seed=SEED, deterministic=True))
             ours("SparseSign(nnz=8)", gs.SparseSign(m, n, nnz=8, seed=SEED))
             ours("SRHT", gs.SRHT(m, n, seed=SEED))
             if m * n <= max_gaussian_entries:

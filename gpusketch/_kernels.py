@@ -254,7 +254,8 @@ def _parallel_sum(fn, ranges, threads, out):
 
 
 @_twin("hash_sketch_dense", "numpy")
-def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream):
+def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
+    # Deterministic either way: fixed blocks, fixed per-thread partitions, summed in order.
     A2 = A.reshape(A.shape[0], -1)
     o2 = out.reshape(m, -1)
     dtype = o2.dtype
@@ -278,7 +279,7 @@ _SORTED_MIN_ROW_BYTES = 4096
 
 
 @_twin("hash_sketch_dense", "cupy")
-def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
+def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
     import cupy
 
     n = A.shape[0]
@@ -290,10 +291,10 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
     T = _ctype(A.dtype)
     args = (A, np.int64(n), np.int32(d), np.int64(s0), np.int64(s1), np.int64(col0), np.int32(m),
             np.int32(nnz), A.dtype.type(scale), np.uint32(k0), np.uint32(k1), np.uint32(stream), out)
-    if d == 1 or (s0 == 1 and s1 != 1):
-        _kernel("hash_sketch.cu", f"hash_sketch_colmajor<{T}>")((_grid(n, 256, cupy),), (256,), args)
-        return out
-    if d * item >= _SORTED_MIN_ROW_BYTES:
+    colmajor = d == 1 or (s0 == 1 and s1 != 1)
+    if deterministic or (not colmajor and d * item >= _SORTED_MIN_ROW_BYTES):
+        # Bucket-sorted, atomic-free: one writer per output element, in a fixed order
+        # (a stable radix sort of the buckets), so the result is bit-reproducible.
         check_memory(n * nnz * 26, f"bucket sort of {n * nnz} sketch entries", cupy)
         buckets, signs = _hash_values_gpu(col0, n, m, nnz, seed, stream)
         keys = buckets.ravel()
@@ -306,6 +307,8 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream):
             (A, np.int32(d), np.int64(s0), np.int64(s1), np.int32(nnz), A.dtype.type(scale), order, sgn,
              start.astype(cupy.int64), out),
         )
+    elif colmajor:
+        _kernel("hash_sketch.cu", f"hash_sketch_colmajor<{T}>")((_grid(n, 256, cupy),), (256,), args)
     else:
         # One warp per tile of 32 rows, 8 warps per block.
         _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(-(-n // 32), 8, cupy),), (32, 8), args)
@@ -369,7 +372,7 @@ def _hash_sketch_levels_gpu(A, out, col0, r, thresh, seed):
 
 
 @_twin("hash_sketch_csr", "numpy")
-def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream):
+def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
     dtype = out.dtype
 
     def block(a, b):
@@ -382,10 +385,16 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream):
 
 
 @_twin("hash_sketch_csr", "cupy")
-def _hash_sketch_csr_gpu(A, out, col0, m, nnz, scale, seed, stream):
+def _hash_sketch_csr_gpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
     import cupy
 
     n, d = A.shape
+    if deterministic:  # densified row chunks through the atomic-free sorted path, summed in order
+        rows = max(1, (64 << 20) // max(1, d * A.dtype.itemsize))
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            _hash_sketch_dense_gpu(A[a:b].toarray(), out, col0 + a, m, nnz, scale, seed, stream, True)
+        return out
     k0, k1 = _random.split_seed(seed)
     T = _ctype(A.dtype)
     idx = A.indices

@@ -12,6 +12,7 @@ N = 300
 FACTORIES = {
     "countsketch": lambda n: gs.CountSketch(17, n, seed=11),
     "sparsesign": lambda n: gs.SparseSign(24, n, nnz=5, seed=12),
+    "sparsesign_deterministic": lambda n: gs.SparseSign(24, n, nnz=5, seed=12, deterministic=True),
     "gaussian": lambda n: gs.Gaussian(9, n, seed=13),
     "srht": lambda n: gs.SRHT(20, n, seed=14),
     "fast_embedding": lambda n: gs.FastEmbedding(24, n, k=4, seed=15),
@@ -346,3 +347,43 @@ def test_gpu_multilevel_kernel_matches_cpu(rng, d, order, dtype):
     A_dev = cupy.asarray(A, order=order)
     parts = (S[:, :third] @ A_dev[:third]).get() + (S[:, third:] @ A_dev[third:]).get()
     np.testing.assert_allclose(parts, ref, **tol(dtype))
+
+
+def test_deterministic_flag_same_operator(xp, rng):
+    """deterministic=True changes how the GPU sums, never what: same hashes, same S @ A, kept by slicing."""
+    A = xp.asarray(rng.standard_normal((N, 6)))
+    for cls, kw in ((gs.CountSketch, {}), (gs.SparseSign, {"nnz": 3})):
+        S, D = cls(16, N, seed=4, **kw), cls(16, N, seed=4, deterministic=True, **kw)
+        assert D.deterministic and not S.deterministic and D[:, 10:50].deterministic
+        np.testing.assert_array_equal(D.todense(), S.todense())
+        np.testing.assert_allclose(to_numpy(D @ A), to_numpy(S @ A), rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="deterministic"):
+        gs.CountSketch(4, 10, seed=1, deterministic=1)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["narrow", "F", "vector", "csr"])
+def test_gpu_deterministic_mode_is_bit_reproducible(rng, layout):
+    import cupy
+    import cupyx.scipy.sparse as csp
+
+    n = 50_000
+    A = rng.standard_normal((n, 8))
+    if layout == "F":
+        A_dev = cupy.asfortranarray(cupy.asarray(A))
+    elif layout == "vector":
+        A, A_dev = A[:, 0].copy(), cupy.asarray(A[:, 0])
+    elif layout == "csr":
+        A[np.abs(A) < 1.0] = 0.0
+        A_dev = csp.csr_matrix(cupy.asarray(A))
+    else:
+        A_dev = cupy.asarray(A)
+    S = gs.SparseSign(64, n, nnz=4, seed=9, deterministic=True)  # 64 buckets: heavy contention
+    first = S @ A_dev
+    first = first.get() if hasattr(first, "get") else first.toarray().get()
+    for _ in range(3):
+        again = S @ A_dev
+        again = again.get() if hasattr(again, "get") else again.toarray().get()
+        assert np.array_equal(again, first)
+    np.testing.assert_allclose(first, S @ A, rtol=1e-10, atol=1e-10)

@@ -24,14 +24,26 @@ __all__ = ["CountSketch", "SparseSign"]
 class _HashingSketch(SketchOperator):
     _stream = 0
 
-    def __init__(self, m, n, nnz, seed, col0=0):
+    def __init__(self, m, n, nnz, seed, col0=0, deterministic=False):
         super().__init__(m, n, seed)
-        self._set(_nnz=nnz, _col0=col0, _scale=1.0 / math.sqrt(nnz))
+        if not isinstance(deterministic, bool):
+            raise TypeError(f"deterministic must be True or False, got {deterministic!r}")
+        self._set(_nnz=nnz, _col0=col0, _scale=1.0 / math.sqrt(nnz), _deterministic=deterministic)
 
     def _copy_with(self, n, col0):
         new = object.__new__(type(self))
-        _HashingSketch.__init__(new, self._m, n, self._nnz, self._seed, col0)
+        _HashingSketch.__init__(new, self._m, n, self._nnz, self._seed, col0, self._deterministic)
         return new
+
+    @property
+    def deterministic(self):
+        """Whether ``S @ A`` is bit-reproducible run to run on the GPU (atomic-free path)."""
+        return self._deterministic
+
+    def __repr__(self):
+        extra = ", deterministic=True" if self._deterministic else ""
+        nnz = f", nnz={self._nnz}" if type(self) is SparseSign else ""
+        return f"{type(self).__name__}(m={self._m}, n={self._n}{nnz}, seed={self._seed}{extra})"
 
     def hashes(self, xp=np):
         """``(buckets, signs)``, each of shape ``(n, nnz)``, computed on ``xp``.
@@ -46,11 +58,11 @@ class _HashingSketch(SketchOperator):
 
     def _apply_dense(self, A, xp):
         out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
-        return _kernels.call("hash_sketch_dense", xp, A, out, *self._kernel_args())
+        return _kernels.call("hash_sketch_dense", xp, A, out, *self._kernel_args(), deterministic=self._deterministic)
 
     def _apply_sparse(self, A, xp):
         out = _zeros(xp, (self._m, A.shape[1]), A.dtype, f"sketch output ({self._m}, {A.shape[1]})")
-        return _kernels.call("hash_sketch_csr", xp, A, out, *self._kernel_args())
+        return _kernels.call("hash_sketch_csr", xp, A, out, *self._kernel_args(), deterministic=self._deterministic)
 
     def _apply_adjoint(self, Y, xp):
         nbytes = self._n * (Y.size // Y.shape[0]) * Y.itemsize
@@ -83,14 +95,21 @@ class CountSketch(_HashingSketch):
         Input dimension (columns of S, rows of A).
     seed : int, optional
         64-bit seed; ``None`` draws one from OS entropy (recorded in ``.seed``).
+    deterministic : bool, default False
+        Bit-reproducible ``S @ A`` on the GPU: always take the atomic-free
+        bucket-sorted kernel (a stable sort of the hashed entries, then one
+        writer per output element in sorted order; sparse A goes through it
+        in densified row chunks).  Without it, narrow dense and sparse inputs
+        use float atomics, reproducible to round-off only.  The CPU twins are
+        deterministic either way.
 
     Notes
     -----
     On CuPy inputs ``S @ A`` is a CUDA scatter-add kernel with in-kernel
     hashing; on NumPy inputs it is a SciPy CSC product built block by block
     from the same hashes.  Float atomics make GPU results reproducible to
-    round-off, not bit-for-bit.  NaN/Inf in A propagate to the buckets they
-    hash to.
+    round-off, not bit-for-bit (see ``deterministic``).  NaN/Inf in A
+    propagate to the buckets they hash to.
 
     References
     ----------
@@ -109,10 +128,10 @@ class CountSketch(_HashingSketch):
 
     _stream = STREAM_COUNTSKETCH
 
-    def __init__(self, m, n, *, seed=None):
+    def __init__(self, m, n, *, seed=None, deterministic=False):
         m = check_positive_int(m, "m")
         n = check_positive_int(n, "n")
-        super().__init__(m, n, 1, check_seed(seed))
+        super().__init__(m, n, 1, check_seed(seed), deterministic=deterministic)
 
 
 class SparseSign(_HashingSketch):
@@ -134,6 +153,8 @@ class SparseSign(_HashingSketch):
         Nonzeros per column.
     seed : int, optional
         64-bit seed; ``None`` draws one from OS entropy.
+    deterministic : bool, default False
+        Bit-reproducible ``S @ A`` on the GPU (see ``CountSketch``).
 
     References
     ----------
@@ -151,18 +172,16 @@ class SparseSign(_HashingSketch):
 
     _stream = STREAM_SPARSESIGN
 
-    def __init__(self, m, n, *, nnz=8, seed=None):
+    def __init__(self, m, n, *, nnz=8, seed=None, deterministic=False):
         m = check_positive_int(m, "m")
         n = check_positive_int(n, "n")
         nnz = check_positive_int(nnz, "nnz")
         if nnz > m:
             raise ValueError(f"nnz must be <= m, got nnz={nnz} > m={m}")
-        super().__init__(m, n, nnz, check_seed(seed))
+        super().__init__(m, n, nnz, check_seed(seed), deterministic=deterministic)
 
     @property
     def nnz(self):
         """Nonzeros per column."""
         return self._nnz
 
-    def __repr__(self):
-        return f"SparseSign(m={self._m}, n={self._n}, nnz={self._nnz}, seed={self._seed})"

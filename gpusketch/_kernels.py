@@ -26,7 +26,7 @@ from . import _random
 from ._backend import check_memory
 from ._nvtx import annotate
 
-__all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources", "uniforms"]
+__all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources", "uniforms", "level_values"]
 
 # ---------------------------------------------------------------------------
 # CUDA sources and loading

@@ -58,11 +58,13 @@ class _HashingSketch(SketchOperator):
 
     def _apply_dense(self, A, xp):
         out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
-        return _kernels.call("hash_sketch_dense", xp, A, out, *self._kernel_args(), deterministic=self._deterministic)
+        return _kernels.call("hash_sketch_dense", xp, A, out, *self._kernel_args(),
+                             deterministic=self._deterministic)
 
     def _apply_sparse(self, A, xp):
         out = _zeros(xp, (self._m, A.shape[1]), A.dtype, f"sketch output ({self._m}, {A.shape[1]})")
-        return _kernels.call("hash_sketch_csr", xp, A, out, *self._kernel_args(), deterministic=self._deterministic)
+        return _kernels.call("hash_sketch_csr", xp, A, out, *self._kernel_args(),
+                             deterministic=self._deterministic)
 
     def _apply_adjoint(self, Y, xp):
         nbytes = self._n * (Y.size // Y.shape[0]) * Y.itemsize

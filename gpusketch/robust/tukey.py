@@ -10,7 +10,16 @@ from typing import Any
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, as_matrix, as_system, check_positive_int, check_seed, is_sparse, to_dense, to_host
+from .._backend import (
+    array_namespace,
+    as_matrix,
+    as_system,
+    check_positive_int,
+    check_seed,
+    is_sparse,
+    to_dense,
+    to_host,
+)
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..operators import MultiLevelCountSketch
@@ -222,7 +231,7 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
     about one row per bucket for every group of similar residuals.  Measured
     on the Figure 5 setting (n = 10⁴ and 10⁵, d = 20, τ = 10, best of 10),
     the ratio at 3d rows fell from 3.3 (clean) / 12.9 (outliers, n = 10⁵) at
-    ``β = d ln n`` to 1.7–2.5 at β = 4.
+    ``β = d ln n`` to 1.4–2.5 at β = 4.
 
     The reduced problem is solved by ``irls`` with the weights.
 

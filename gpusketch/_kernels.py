@@ -163,14 +163,18 @@ def _philox_blocks_gpu(counters, key):
     return out.reshape(np.shape(counters))
 
 
-def _hash_values_np(col0, n, m, nnz, seed, stream):
-    w = _random.hash_words(col0 * nnz, n * nnz, seed, stream).reshape(n, nnz)
-    t = np.arange(nnz, dtype=np.int64)
+def _bucket_sign(w, t, m, nnz):
+    """Bucket and sign of hash word w for nonzero t (row block ``[t m/nnz, (t+1) m/nnz)``)."""
     lo = t * m // nnz
     size = (t + 1) * m // nnz - lo
     buckets = lo + (((w >> np.uint64(1)) * size.astype(np.uint64)) >> np.uint64(31)).astype(np.int64)
     signs = (1 - 2 * (w & np.uint64(1)).astype(np.int8)).astype(np.int8)
     return buckets, signs
+
+
+def _hash_values_np(col0, n, m, nnz, seed, stream):
+    w = _random.hash_words(col0 * nnz, n * nnz, seed, stream).reshape(n, nnz)
+    return _bucket_sign(w, np.arange(nnz, dtype=np.int64), m, nnz)
 
 
 @_twin("hash_values", "numpy")
@@ -338,13 +342,27 @@ def level_values(xp, col0, n, r, thresh, seed):
 
 @_twin("hash_sketch_levels", "numpy")
 def _hash_sketch_levels_cpu(A, out, col0, r, thresh, seed):
+    # Only the surviving (column, level) entries are hashed (about n β/(β−1) of
+    # the n·levels), each by its own Philox block: the same words as level_values.
     A2 = A.reshape(A.shape[0], -1)
     o2 = out.reshape(out.shape[0], -1)
+    levels = len(thresh)
+    m = levels * r
+    thresh = np.asarray(thresh, dtype=np.float64)
+
+    ascending = thresh[::-1]
 
     def block(a, b):
-        buckets, signs = level_values(np, col0 + a, b - a, r, thresh, seed)
-        j, t = np.nonzero(signs)
-        S = sp.csr_matrix((signs[j, t].astype(o2.dtype), (buckets[j, t], j)), shape=(o2.shape[0], b - a))
+        hb, _ = _hash_values_np(col0 + a, b - a, 1 << 30, 1, seed, _random.STREAM_LEVELS_UNIFORM)
+        u = (hb[:, 0] + 0.5) / float(1 << 30)
+        depth = levels - np.searchsorted(ascending, u, side="right")  # #{t: u < thresh[t]}, nested levels
+        indptr = np.concatenate([[0], np.cumsum(depth)])
+        j = np.repeat(np.arange(b - a), depth)
+        t = np.arange(j.size) - indptr[j]
+        w = _random.hash_words_at((col0 + a + j) * levels + t, seed, _random.STREAM_LEVELS)
+        buckets, signs = _bucket_sign(w, t, m, levels)
+        # CSC straight from the column-ordered entries (no sort); its product reads A in order.
+        S = sp.csc_matrix((signs.astype(o2.dtype), buckets, indptr), shape=(m, b - a))
         return np.asarray(S @ A2[a:b])
 
     n = A2.shape[0]

@@ -98,3 +98,11 @@ def test_seed_none_draws_and_records():
     a, b = check_seed(None), check_seed(None)
     assert a != b and 0 <= a < 2**64
     assert check_seed(np.uint64(2**64 - 1)) == 2**64 - 1
+
+
+def test_hash_words_at_equals_contiguous_words():
+    from gpusketch import _random
+
+    words = _random.hash_words(5, 200_000, 123, 7)
+    g = np.random.default_rng(0).integers(5, 200_005, 70_000).astype(np.uint64)
+    np.testing.assert_array_equal(_random.hash_words_at(g, 123, 7), words[(g - np.uint64(5)).astype(np.int64)])

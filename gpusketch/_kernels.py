@@ -348,9 +348,7 @@ def _hash_sketch_levels_cpu(A, out, col0, r, thresh, seed):
     o2 = out.reshape(out.shape[0], -1)
     levels = len(thresh)
     m = levels * r
-    thresh = np.asarray(thresh, dtype=np.float64)
-
-    ascending = thresh[::-1]
+    ascending = np.asarray(thresh, dtype=np.float64)[::-1]
 
     def block(a, b):
         hb, _ = _hash_values_np(col0 + a, b - a, 1 << 30, 1, seed, _random.STREAM_LEVELS_UNIFORM)
@@ -407,7 +405,7 @@ def _hash_sketch_csr_gpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
     import cupy
 
     n, d = A.shape
-    if deterministic:  # densified row chunks through the atomic-free sorted path, summed in order
+    if deterministic:  # densified ~64 MiB row chunks through the atomic-free sorted path, summed in order
         rows = max(1, (64 << 20) // max(1, d * A.dtype.itemsize))
         for a in range(0, n, rows):
             b = min(n, a + rows)

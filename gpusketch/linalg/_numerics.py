@@ -78,6 +78,7 @@ def orthonormalize(Y, xp):
     if Q1 is None:
         return householder()
     Q2, R2, G2 = pass_(Q1)
-    if Q2 is None or float(xp.abs(G2 - xp.eye(l, dtype=G2.dtype)).max()) > 0.1:
+    # ``not <=`` so that a NaN (CuPy's cholesky does not raise on a non-PD matrix by default) falls back too.
+    if Q2 is None or not float(xp.abs(G2 - xp.eye(l, dtype=G2.dtype)).max()) <= 0.1:
         return householder()
     return Q2, R2 @ R1

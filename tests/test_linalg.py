@@ -295,3 +295,15 @@ def test_orthonormalize_float32_keeps_its_dtype(xp, rng):
     Q, R = to_numpy(Q).astype(np.float64), to_numpy(R).astype(np.float64)
     assert np.abs(Q.T @ Q - np.eye(l)).max() <= 1e-6
     assert np.linalg.norm(Q @ R - Y) <= 1e-6 * np.linalg.norm(Y)
+
+
+@pytest.mark.parametrize("bad", [np.nan, 0.0])
+def test_orthonormalize_survives_a_silent_cholesky_failure(monkeypatch, rng, bad):
+    """CuPy's cholesky returns garbage instead of raising on a non-PD Gram: the checks must catch it."""
+    from gpusketch.linalg._numerics import orthonormalize
+
+    monkeypatch.setattr(np.linalg, "cholesky", lambda G: np.full_like(G, bad))
+    Y = rng.standard_normal((400, 10))
+    Q, R = orthonormalize(Y, np)
+    assert np.abs(Q.T @ Q - np.eye(10)).max() <= 1e-13
+    assert np.linalg.norm(Q @ R - Y) <= 1e-13 * np.linalg.norm(Y)

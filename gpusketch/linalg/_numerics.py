@@ -68,11 +68,11 @@ def orthonormalize(Y, xp):
         G = Z.T @ Z
         try:
             L = xp.linalg.cholesky(G)
-        except np.linalg.LinAlgError:
+            if not bool(xp.isfinite(L).all()):
+                return None, None, None
+            return la.solve_triangular(L, Z.T, lower=True).T, L.T, G
+        except np.linalg.LinAlgError:  # not PD, or a zero pivot (SciPy raises; CuPy leaves NaN/Inf)
             return None, None, None
-        if not bool(xp.isfinite(L).all()):
-            return None, None, None
-        return la.solve_triangular(L, Z.T, lower=True).T, L.T, G
 
     Q1, R1, _ = pass_(Y)
     if Q1 is None:

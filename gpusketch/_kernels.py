@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _random
-from ._backend import check_memory
+from ._backend import check_memory, to_host
 from ._nvtx import annotate
 
 __all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources", "uniforms", "level_values"]
@@ -670,50 +670,88 @@ def _scatter_add_rows_gpu(Z, idx, V):
 # ---------------------------------------------------------------------------
 
 _GROUP_CHUNK_BYTES = 256 << 20
+_GROUP_BLOCK_ROWS = 4096  # 4096 × d float64 rows stay in L2 for d <= 64
 
 
-def _inverse_root(G, xp):
-    """``W = V Λ^{−1/2}`` of symmetric PSD matrices ``G`` (batched), dropping
-    eigenvalues below ``10 d ε λ_max`` (the Gram's own round-off): they count
-    as rank deficiency, so ``||x W||²`` is the leverage score in the range."""
+def _scaled_inverse_root(G, xp):
+    """Jacobi-scaled inverse square root of symmetric PSD Gram matrices ``G`` (batched).
+
+    Returns ``(s, W, lam_min)``: ``s = diag(G)^{-1/2}`` (0 for zero columns),
+    ``W = V Λ^{−1/2}`` from the ``eigh`` of ``diag(s) G diag(s)`` over the
+    eigenvalues above ``10 d ε λ_max`` (the Gram's own round-off; smaller ones
+    count as rank deficiency), and the smallest kept eigenvalue (``inf`` when
+    none is kept).  Then ``ℓ(x) = ||(x ∘ s) W||²`` is the leverage score of x
+    in the range (column scaling leaves it unchanged), and
+    ``ℓ(x) <= ||x ∘ s||² / lam_min`` — the screening bound; the scaling makes
+    it tight for columns of very different norms.
+    """
     d = G.shape[-1]
-    lam, V = xp.linalg.eigh(G)
+    diag = xp.diagonal(G, axis1=-2, axis2=-1)
+    s = xp.where(diag > 0, 1.0 / xp.sqrt(xp.where(diag > 0, diag, 1.0)), 0.0)
+    lam, V = xp.linalg.eigh(G * s[..., :, None] * s[..., None, :])
     tol = xp.maximum(10 * d * np.finfo(np.float64).eps * lam.max(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
-    return V * xp.where(lam > tol, 1.0 / xp.sqrt(xp.maximum(lam, tol)), 0.0)[..., None, :]
+    kept = lam > tol
+    W = V * xp.where(kept, 1.0 / xp.sqrt(xp.maximum(lam, tol)), 0.0)[..., None, :]
+    return s, W, xp.where(kept, lam, xp.inf).min(axis=-1)
+
+
+def _group_order(group, groups, xp):
+    """Rows ordered by group (stable) and the group boundaries in that order."""
+    # Small integer labels sort by radix sort (NumPy's stable sort for <= 16-bit ints).
+    key = group.astype(xp.int16) if groups < 2**15 else group
+    order = xp.argsort(key, kind="stable") if xp is np else xp.argsort(key)
+    counts = xp.bincount(group, minlength=groups)
+    bounds = np.concatenate([[0], np.cumsum(to_host(counts))]).astype(np.int64)
+    return order, bounds
 
 
 @_twin("group_leverage", "numpy")
-def _group_leverage_cpu(X, group, groups):
-    # Sort once, then per group two GEMMs on a contiguous slice (BLAS-3, no padding).
-    group = np.asarray(group)
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(groups + 1))
-    Xs = np.asarray(X[order], dtype=np.float64)
-    q = np.empty(X.shape[0])
+def _group_leverage_cpu(X, group, groups, threshold=0.0):
+    # Per group: gather its rows, one Gram (syrk) and one small eigh; then, in
+    # cache-sized row blocks, the screening bound and the GEMM for the rows it
+    # cannot rule out.  One group needs no gather.  (Groups on threads measured
+    # slower: the Grams' BLAS threads already fill the cores.)
+    n = X.shape[0]
+    if groups == 1:
+        order, bounds = None, np.array([0, n])
+    else:
+        order, bounds = _group_order(np.asarray(group), groups, np)
+    q = np.zeros(n)
+
+    def one(g):
+        a, b = int(bounds[g]), int(bounds[g + 1])
+        if a == b:
+            return
+        B = np.asarray(X if order is None else X[order[a:b]], dtype=np.float64)
+        s, W, lam_min = _scaled_inverse_root(B.T @ B, np)
+        for c in range(0, b - a, _GROUP_BLOCK_ROWS):
+            Bc = B[c : c + _GROUP_BLOCK_ROWS] * s
+            at = np.arange(a + c, a + c + Bc.shape[0])
+            if threshold > 0:
+                keep = np.flatnonzero(np.einsum("ij,ij->i", Bc, Bc) >= threshold * lam_min)
+                Bc, at = Bc[keep], at[keep]
+            Y = Bc @ W
+            q[at if order is None else order[at]] = np.einsum("ij,ij->i", Y, Y)
+
     for g in range(groups):
-        B = Xs[bounds[g] : bounds[g + 1]]
-        if B.shape[0]:
-            Y = B @ _inverse_root(B.T @ B, np)
-            q[bounds[g] : bounds[g + 1]] = np.einsum("ij,ij->i", Y, Y)
-    out = np.empty_like(q)
-    out[order] = q
-    return out
+        one(g)
+    return q
 
 
 @_twin("group_leverage", "cupy")
-def _group_leverage_gpu(X, group, groups):
+def _group_leverage_gpu(X, group, groups, threshold=0.0):
     # Rows sorted by group into a zero-padded (groups, L, d) stack (L the largest
     # group; zero rows change neither Gram nor scores), so each chunk of groups is
     # one batched GEMM, one batched eigh and one batched GEMM, not 3·groups launches.
+    # Screened rows are computed too (a batched GEMM costs less than a compaction)
+    # and then zeroed, as the CPU twin leaves them.
     import cupy
 
     n, d = X.shape
-    order = cupy.argsort(group)
+    order, starts = _group_order(group, groups, cupy)
     sorted_group = group[order]
-    counts = cupy.bincount(group, minlength=groups).get().astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)])
     pos = cupy.arange(n) - cupy.asarray(starts[:-1])[sorted_group]
-    L = max(1, int(counts.max()))
+    L = max(1, int((starts[1:] - starts[:-1]).max()))
     per = max(1, _GROUP_CHUNK_BYTES // (8 * L * d))
     out = cupy.empty(n, dtype=cupy.float64)
     for g0 in range(0, groups, per):
@@ -724,8 +762,13 @@ def _group_leverage_gpu(X, group, groups):
         slot, at, rows = sorted_group[a:b] - g0, pos[a:b], order[a:b]
         P = cupy.zeros((g1 - g0, L, d), dtype=cupy.float64)
         P[slot, at] = X[rows]
-        Y = cupy.matmul(P, _inverse_root(cupy.matmul(P.transpose(0, 2, 1), P), cupy))
-        out[rows] = cupy.einsum("gld,gld->gl", Y, Y)[slot, at]
+        s, W, lam_min = _scaled_inverse_root(cupy.matmul(P.transpose(0, 2, 1), P), cupy)
+        P *= s[:, None, :]
+        Y = cupy.matmul(P, W)
+        q = cupy.einsum("gld,gld->gl", Y, Y)
+        if threshold > 0:
+            q = cupy.where(cupy.einsum("gld,gld->gl", P, P) >= threshold * lam_min[:, None], q, 0.0)
+        out[rows] = q[slot, at]
     return out
 
 

@@ -253,6 +253,7 @@ def test_group_leverage_matches_exact_per_group(xp, rng, alpha):
 
     A = rng.standard_normal((500, 6))
     A[3] *= 100
+    A[:, 2] *= 1e-4  # columns of very different norms: the Jacobi scaling keeps the bound useful
     g = rng.integers(0, alpha, 500)
     ref = np.zeros(500)
     for j in range(alpha):
@@ -262,3 +263,9 @@ def test_group_leverage_matches_exact_per_group(xp, rng, alpha):
             ref[r] = (U**2).sum(axis=1)
     out = _group_leverage(xp.asarray(A), xp.asarray(g), alpha, xp)
     np.testing.assert_allclose(to_numpy(out), ref, atol=1e-10)
+    # Screened: every row at or above the threshold is scored exactly, the others are 0 or exact.
+    screened = to_numpy(_group_leverage(xp.asarray(A), xp.asarray(g), alpha, xp, threshold=0.2))
+    np.testing.assert_allclose(screened[ref >= 0.2], ref[ref >= 0.2], atol=1e-10)
+    np.testing.assert_allclose(screened, np.where(screened > 0, ref, 0.0), atol=1e-10)
+    if alpha == 7:  # large groups: the bound rules out most rows, the planted one stays
+        assert screened[3] == pytest.approx(ref[3]) and np.count_nonzero(screened) < 250

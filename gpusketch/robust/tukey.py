@@ -74,19 +74,25 @@ def _scores(M, p, seed):
     return lewis_weights(M, p, exact=True, seed=seed() if callable(seed) else seed)
 
 
-def _group_leverage(Ad, group, alpha, xp):
+def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     """Leverage score of each row of ``Ad`` within its group (rows with equal ``group``).
 
     All α groups at once instead of α QRs (kernel ``group_leverage``): float64
-    Gram matrices ``G_g = A_gᵀA_g``, ``W_g = V_g Λ_g^{−1/2}`` from their
-    ``eigh`` over the eigenvalues above ``10 d ε λ_max`` (smaller ones count
-    as rank deficiency), and ``ℓ_i = ||a_i W_{g(i)}||²``.  The CPU twin sorts
-    rows by group and runs two GEMMs per group; the GPU twin pads the groups
-    into one stack and runs batched GEMMs and a batched ``eigh``.  Squaring
-    the condition number costs ``ε κ²`` relative accuracy, harmless for the
-    1/5 threshold the partition test applies and for sampling probabilities.
+    Gram matrices ``G_g = A_gᵀA_g``, Jacobi-scaled (``s = diag(G_g)^{−1/2}``),
+    ``W_g = V_g Λ_g^{−1/2}`` from their ``eigh`` over the eigenvalues above
+    ``10 d ε λ_max`` (smaller ones count as rank deficiency), and
+    ``ℓ_i = ||(a_i ∘ s) W_{g(i)}||²``.  With ``threshold > 0`` only the rows
+    the bound ``ℓ_i <= ||a_i ∘ s||² / λ_min`` cannot place below it are
+    scored; the others are returned as 0.  On Gaussian-like data that skips
+    the second GEMM for nearly every row (a group of L rows has
+    ``λ_min ≈ L(1 − √(d/L))²`` against ``||a_i ∘ s||² ≈ d/L``).  The CPU twin
+    gathers each group's rows and runs its GEMMs on them; the GPU twin pads the
+    groups into one stack and runs batched GEMMs and a batched ``eigh``.
+    Squaring the condition number costs ``ε κ²`` relative accuracy, harmless
+    for the 1/5 threshold the partition test applies and for sampling
+    probabilities.
     """
-    return _kernels.call("group_leverage", xp, Ad, xp.asarray(group), alpha)
+    return _kernels.call("group_leverage", xp, Ad, xp.asarray(group), alpha, float(threshold))
 
 
 def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
@@ -152,7 +158,7 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
             for t in range(reps):
                 group_dev = _kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
                 if p == 2:  # all groups in one batched pass
-                    u = to_host(_group_leverage(Ad, group_dev.astype(xp.int64), alpha, xp))
+                    u = to_host(_group_leverage(Ad, group_dev.astype(xp.int64), alpha, xp, threshold=0.2))
                     chosen[u >= 0.2] = True
                     continue
                 group = to_host(group_dev)

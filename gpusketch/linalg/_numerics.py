@@ -12,7 +12,7 @@ import numpy as np
 
 from .._backend import linalg_modules
 
-__all__ = ["rank_cut", "qr_rank_deficient", "svd_rank", "orthonormalize"]
+__all__ = ["rank_cut", "qr_rank_deficient", "svd_rank", "orthonormalize", "top_left_singular"]
 
 
 def rank_cut(vmax, shape, dtype):
@@ -70,7 +70,10 @@ def orthonormalize(Y, xp):
             L = xp.linalg.cholesky(G)
             if not bool(xp.isfinite(L).all()):
                 return None, None, None
-            return la.solve_triangular(L, Z.T, lower=True).T, L.T, G
+            # Q = Z R⁻¹ as a GEMM with the l × l inverse (1.5× a TRSM with n right-hand
+            # sides on the CPU); the orthogonality test below guards its accuracy.
+            Linv = la.solve_triangular(L, xp.eye(l, dtype=L.dtype), lower=True)
+            return Z @ Linv.T, L.T, G
         except np.linalg.LinAlgError:  # not PD, or a zero pivot (SciPy raises; CuPy leaves NaN/Inf)
             return None, None, None
 
@@ -82,3 +85,24 @@ def orthonormalize(Y, xp):
     if Q2 is None or not float(xp.abs(G2 - xp.eye(l, dtype=G2.dtype)).max()) <= 0.1:
         return householder()
     return Q2, R2 @ R1
+
+
+def top_left_singular(Z, k, xp):
+    """An orthonormal basis of the top-k left singular space of the short, wide ``Z`` (c × d).
+
+    For ``c <= d`` it is the top-k eigenvectors of the float64 Gram ``Z Zᵀ``
+    (``c²d`` flops and a ``c × c`` ``eigh``, against ``O(c²d)`` with a
+    larger constant and an ``O(c³)`` bidiagonalisation for the SVD, which
+    on a GPU is cuSOLVER's slowest routine).  Squaring costs accuracy only
+    in the directions: an eigenvector of the Gram is off by about
+    ``ε σ₁² / (σ_k² − σ_{k+1}²)`` in float64, so the subspace is as good as the
+    SVD's for any gap above ``10⁻⁷ σ₁``; with no gap, any basis of the
+    near-degenerate space gives the same Frobenius error.  Taller Z goes
+    through the SVD.
+    """
+    c, d = Z.shape
+    if c > d:
+        return xp.linalg.svd(Z, full_matrices=False)[0][:, :k]
+    Z64 = Z.astype(xp.float64, copy=False)
+    _, V = xp.linalg.eigh(Z64 @ Z64.T)  # ascending eigenvalues
+    return V[:, ::-1][:, :k].astype(Z.dtype)

@@ -10,7 +10,7 @@ from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, lin
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, SparseSign
-from ._numerics import orthonormalize
+from ._numerics import orthonormalize, top_left_singular
 from .leverage import leverage_sample
 from .results import LowRankResult
 from .svd import randomized_svd
@@ -70,7 +70,10 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
     4. ``M = [U, A_{S_res}]`` and the affine-embedding solve
        ``min_{rank-k X} ||T₁(MX − A)||_F`` with an OSNAP T₁ of ``4c + 10``
        rows (c the columns of M); V is an orthonormal basis of the k columns
-       of M X₁ that the solve selects.
+       of M X₁ that the solve selects.  The solve needs the top-k left
+       singular space of the ``c × d`` matrix ``QCᵀ T₁A`` (``T₁M = QC RC``),
+       taken from the float64 ``eigh`` of its ``c × c`` Gram
+       (``top_left_singular``) rather than a full SVD.
 
     Right factor: Section 7.4.3 refines X with BSS sampling and a second
     residual sample; ``right="sketch"`` keeps its first step (leverage
@@ -135,9 +138,9 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         T1 = SparseSign(m1, n, nnz=min(8, m1), seed=derive_seed(seed, 3))
         T1A = to_dense(T1 @ A)
         QC, RC = orthonormalize(to_dense(T1 @ QM), xp)
-        Uw, _, _ = xp.linalg.svd(QC.T @ T1A, full_matrices=False)
+        Uk = top_left_singular(QC.T @ T1A, k, xp)
         dense_la, _ = linalg_modules(xp)
-        left = QM @ dense_la.solve_triangular(RC, Uw[:, :k])
+        left = QM @ dense_la.solve_triangular(RC, Uk)
         V = _orth(left, xp)
         info["timings"]["left_s"] = time.perf_counter() - t0
         info.update({"t": t, "sketch_rows": ms, "omega": int(omega.size), "residual_columns": int(cols.size),

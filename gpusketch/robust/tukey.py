@@ -293,7 +293,7 @@ def _row_sampling(A, b, rows, alpha, p, seed, xp):
     rounds = 0
     while idx.size > rows:
         rounds += 1
-        R = Ab[idx]
+        R = Ab if idx.size == n else Ab[idx]
         # Figure 3 needs groups much larger than d (its Ω(1) threshold must exceed the
         # average leverage d/|Γ|); as the problem shrinks, use fewer groups.
         # Below 10(d+1) rows every row's leverage is Ω(1): no row can be told apart as
@@ -305,7 +305,7 @@ def _row_sampling(A, b, rows, alpha, p, seed, xp):
         prob = xp.ones(idx.size, dtype=Ab.dtype)
         light = xp.flatnonzero(~is_heavy)
         if light.size > Ab.shape[1]:
-            u = _scores(R[light], p, derive_seed(seed, 2 * rounds + 1))
+            u = _scores(R if light.size == idx.size else R[light], p, derive_seed(seed, 2 * rounds + 1))
             prob[light] = xp.minimum(1.0, 0.5 + u * (rows / (4 * Ab.shape[1])))
         keep = _kernels.uniforms(idx.size, derive_seed(seed, 10_000 + rounds), xp) < prob
         if int(keep.sum()) > 0.95 * idx.size:

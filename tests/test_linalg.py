@@ -307,3 +307,22 @@ def test_orthonormalize_survives_a_silent_cholesky_failure(monkeypatch, rng, bad
     Q, R = orthonormalize(Y, np)
     assert np.abs(Q.T @ Q - np.eye(10)).max() <= 1e-13
     assert np.linalg.norm(Q @ R - Y) <= 1e-13 * np.linalg.norm(Y)
+
+
+@pytest.mark.parametrize("shape,dtype", [((60, 400), np.float64), ((60, 400), np.float32), ((300, 80), np.float64)])
+def test_top_left_singular_spans_the_svd_subspace(xp, rng, shape, dtype):
+    """The Gram route (c <= d) and the SVD route (c > d) give the SVD's top-k left subspace."""
+    from gpusketch.linalg._numerics import top_left_singular
+
+    c, d = shape
+    k, p = 10, min(shape)
+    U, _ = np.linalg.qr(rng.standard_normal((c, p)))
+    V, _ = np.linalg.qr(rng.standard_normal((d, p)))
+    Z = ((U * 0.8 ** np.arange(p)) @ V.T).astype(dtype)  # σ_k/σ_1 = 0.13, gap 20 %
+    Q = top_left_singular(xp.asarray(Z), k, xp)
+    assert Q.dtype == dtype and Q.shape == (c, k)
+    Q = to_numpy(Q).astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(Q.T @ Q, np.eye(k), atol=tol)
+    Uk = U[:, :k]
+    assert np.linalg.norm(Q @ Q.T - Uk @ Uk.T, 2) <= tol

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from . import _random
@@ -677,10 +678,11 @@ def _scaled_inverse_root(G, xp):
     """Jacobi-scaled inverse square root of symmetric PSD Gram matrices ``G`` (batched).
 
     Returns ``(s, W, lam_min)``: ``s = diag(G)^{-1/2}`` (0 for zero columns),
-    ``W = V Λ^{−1/2}`` from the ``eigh`` of ``diag(s) G diag(s)`` over the
+    ``W = V Λ^{−1/2}`` from the ``eigh`` of ``G_s = diag(s) G diag(s)`` over the
     eigenvalues above ``10 d ε λ_max`` (the Gram's own round-off; smaller ones
-    count as rank deficiency), and the smallest kept eigenvalue (``inf`` when
-    none is kept).  Then ``ℓ(x) = ||(x ∘ s) W||²`` is the leverage score of x
+    count as rank deficiency) — or, for one CPU matrix with no eigenvalue cut,
+    ``W = L⁻ᵀ`` with ``G_s = LLᵀ`` (the same ``W Wᵀ = G_s⁻¹``) — and the
+    smallest kept eigenvalue (``inf`` when none is kept).  Then ``ℓ(x) = ||(x ∘ s) W||²`` is the leverage score of x
     in the range (column scaling leaves it unchanged), and
     ``ℓ(x) <= ||x ∘ s||² / lam_min`` — the screening bound; the scaling makes
     it tight for columns of very different norms.
@@ -688,8 +690,24 @@ def _scaled_inverse_root(G, xp):
     d = G.shape[-1]
     diag = xp.diagonal(G, axis1=-2, axis2=-1)
     s = xp.where(diag > 0, 1.0 / xp.sqrt(xp.where(diag > 0, diag, 1.0)), 0.0)
-    lam, V = xp.linalg.eigh(G * s[..., :, None] * s[..., None, :])
-    tol = xp.maximum(10 * d * np.finfo(np.float64).eps * lam.max(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
+    Gs = G * s[..., :, None] * s[..., None, :]
+
+    def cut(lam):
+        return xp.maximum(10 * d * np.finfo(np.float64).eps * lam.max(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
+
+    if xp is np and G.ndim == 2:
+        # One CPU matrix: eigenvalues only (half an eigh's time for d ≈ 50) and, when
+        # none is cut, W = L⁻ᵀ from a Cholesky factor: ||(x∘s) L⁻ᵀ||² is the same score.
+        lam = np.linalg.eigvalsh(Gs)
+        if lam[0] > cut(lam)[0]:
+            try:
+                Linv, info = scipy.linalg.lapack.dtrtri(np.linalg.cholesky(Gs), lower=1)
+                if info == 0:
+                    return s, Linv.T, lam[0]
+            except np.linalg.LinAlgError:
+                pass
+    lam, V = xp.linalg.eigh(Gs)
+    tol = cut(lam)
     kept = lam > tol
     W = V * xp.where(kept, 1.0 / xp.sqrt(xp.maximum(lam, tol)), 0.0)[..., None, :]
     return s, W, xp.where(kept, lam, xp.inf).min(axis=-1)
@@ -725,12 +743,12 @@ def _group_leverage_cpu(X, group, groups, threshold=0.0):
         B = np.asarray(X if order is None else X[order[a:b]], dtype=np.float64)
         s, W, lam_min = _scaled_inverse_root(B.T @ B, np)
         for c in range(0, b - a, _GROUP_BLOCK_ROWS):
-            Bc = B[c : c + _GROUP_BLOCK_ROWS] * s
+            Bc = B[c : c + _GROUP_BLOCK_ROWS]
             at = np.arange(a + c, a + c + Bc.shape[0])
-            if threshold > 0:
-                keep = np.flatnonzero(np.einsum("ij,ij->i", Bc, Bc) >= threshold * lam_min)
+            if threshold > 0:  # ||a∘s||² as one GEMV: 3.5x the scaled copy and einsum
+                keep = np.flatnonzero((Bc * Bc) @ (s * s) >= threshold * lam_min)
                 Bc, at = Bc[keep], at[keep]
-            Y = Bc @ W
+            Y = (Bc * s) @ W
             q[at if order is None else order[at]] = np.einsum("ij,ij->i", Y, Y)
 
     for g in range(groups):

@@ -672,6 +672,9 @@ def _scatter_add_rows_gpu(Z, idx, V):
 
 _GROUP_CHUNK_BYTES = 256 << 20
 _GROUP_BLOCK_ROWS = 4096  # 4096 × d float64 rows stay in L2 for d <= 64
+# Mean group size below which the CPU takes the padded batched route (measured on
+# d = 21-51: faster at ~480 rows per group, slower from ~600).
+_GROUP_SMALL_ROWS = 512
 
 
 def _scaled_inverse_root(G, xp):
@@ -682,8 +685,9 @@ def _scaled_inverse_root(G, xp):
     eigenvalues above ``10 d ε λ_max`` (the Gram's own round-off; smaller ones
     count as rank deficiency) — or, for one CPU matrix with no eigenvalue cut,
     ``W = L⁻ᵀ`` with ``G_s = LLᵀ`` (the same ``W Wᵀ = G_s⁻¹``) — and the
-    smallest kept eigenvalue (``inf`` when none is kept).  Then ``ℓ(x) = ||(x ∘ s) W||²`` is the leverage score of x
-    in the range (column scaling leaves it unchanged), and
+    smallest kept eigenvalue (``inf`` when none is kept).  Then
+    ``ℓ(x) = ||(x ∘ s) W||²`` is the leverage score of x in the range
+    (column scaling leaves it unchanged), and
     ``ℓ(x) <= ||x ∘ s||² / lam_min`` — the screening bound; the scaling makes
     it tight for columns of very different norms.
     """
@@ -693,7 +697,8 @@ def _scaled_inverse_root(G, xp):
     Gs = G * s[..., :, None] * s[..., None, :]
 
     def cut(lam):
-        return xp.maximum(10 * d * np.finfo(np.float64).eps * lam.max(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
+        eps, tiny = np.finfo(np.float64).eps, np.finfo(np.float64).tiny
+        return xp.maximum(10 * d * eps * lam.max(axis=-1, keepdims=True), tiny)
 
     if xp is np and G.ndim == 2:
         # One CPU matrix: eigenvalues only (half an eigh's time for d ≈ 50) and, when
@@ -725,21 +730,23 @@ def _group_order(group, groups, xp):
 
 @_twin("group_leverage", "numpy")
 def _group_leverage_cpu(X, group, groups, threshold=0.0):
-    # Per group: gather its rows, one Gram (syrk) and one small eigh; then, in
-    # cache-sized row blocks, the screening bound and the GEMM for the rows it
-    # cannot rule out.  One group needs no gather.  (Groups on threads measured
-    # slower: the Grams' BLAS threads already fill the cores.)
+    # Large groups: per group, gather its rows, one Gram (syrk) and one small
+    # eigendecomposition; then, in cache-sized row blocks, the screening bound and
+    # the GEMM for the rows it cannot rule out.  One group needs no gather.  (Groups
+    # on threads measured slower: the Grams' BLAS threads already fill the cores.)
+    # Small groups: the padded batched route, whose loops run in C, not Python.
     n = X.shape[0]
+    if groups > 1 and n <= _GROUP_SMALL_ROWS * groups:
+        return _group_leverage_padded(X, np.asarray(group), groups, threshold, np)
     if groups == 1:
         order, bounds = None, np.array([0, n])
     else:
         order, bounds = _group_order(np.asarray(group), groups, np)
     q = np.zeros(n)
-
-    def one(g):
+    for g in range(groups):
         a, b = int(bounds[g]), int(bounds[g + 1])
         if a == b:
-            return
+            continue
         B = np.asarray(X if order is None else X[order[a:b]], dtype=np.float64)
         s, W, lam_min = _scaled_inverse_root(B.T @ B, np)
         for c in range(0, b - a, _GROUP_BLOCK_ROWS):
@@ -750,42 +757,43 @@ def _group_leverage_cpu(X, group, groups, threshold=0.0):
                 Bc, at = Bc[keep], at[keep]
             Y = (Bc * s) @ W
             q[at if order is None else order[at]] = np.einsum("ij,ij->i", Y, Y)
-
-    for g in range(groups):
-        one(g)
     return q
 
 
 @_twin("group_leverage", "cupy")
 def _group_leverage_gpu(X, group, groups, threshold=0.0):
+    import cupy
+
+    return _group_leverage_padded(X, group, groups, threshold, cupy)
+
+
+def _group_leverage_padded(X, group, groups, threshold, xp):
     # Rows sorted by group into a zero-padded (groups, L, d) stack (L the largest
     # group; zero rows change neither Gram nor scores), so each chunk of groups is
     # one batched GEMM, one batched eigh and one batched GEMM, not 3·groups launches.
     # Screened rows are computed too (a batched GEMM costs less than a compaction)
-    # and then zeroed, as the CPU twin leaves them.
-    import cupy
-
+    # and then zeroed, as the per-group route leaves them.
     n, d = X.shape
-    order, starts = _group_order(group, groups, cupy)
+    order, starts = _group_order(group, groups, xp)
     sorted_group = group[order]
-    pos = cupy.arange(n) - cupy.asarray(starts[:-1])[sorted_group]
+    pos = xp.arange(n) - xp.asarray(starts[:-1])[sorted_group]
     L = max(1, int((starts[1:] - starts[:-1]).max()))
     per = max(1, _GROUP_CHUNK_BYTES // (8 * L * d))
-    out = cupy.empty(n, dtype=cupy.float64)
+    out = xp.empty(n, dtype=xp.float64)
     for g0 in range(0, groups, per):
         g1 = min(groups, g0 + per)
         a, b = int(starts[g0]), int(starts[g1])
         if a == b:
             continue
         slot, at, rows = sorted_group[a:b] - g0, pos[a:b], order[a:b]
-        P = cupy.zeros((g1 - g0, L, d), dtype=cupy.float64)
+        P = xp.zeros((g1 - g0, L, d), dtype=xp.float64)
         P[slot, at] = X[rows]
-        s, W, lam_min = _scaled_inverse_root(cupy.matmul(P.transpose(0, 2, 1), P), cupy)
+        s, W, lam_min = _scaled_inverse_root(xp.matmul(P.transpose(0, 2, 1), P), xp)
         P *= s[:, None, :]
-        Y = cupy.matmul(P, W)
-        q = cupy.einsum("gld,gld->gl", Y, Y)
+        Y = xp.matmul(P, W)
+        q = xp.einsum("gld,gld->gl", Y, Y)
         if threshold > 0:
-            q = cupy.where(cupy.einsum("gld,gld->gl", P, P) >= threshold * lam_min[:, None], q, 0.0)
+            q = xp.where(xp.einsum("gld,gld->gl", P, P) >= threshold * lam_min[:, None], q, 0.0)
         out[rows] = q[slot, at]
     return out
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._backend import linalg_modules
 
-__all__ = ["rank_cut", "qr_rank_deficient", "svd_rank", "orthonormalize", "top_left_singular"]
+__all__ = ["rank_cut", "qr_rank_deficient", "svd_rank", "orthonormalize", "cholesky_qr_factors", "top_left_singular"]
 
 
 def rank_cut(vmax, shape, dtype):
@@ -50,41 +50,57 @@ def orthonormalize(Y, xp):
     flipped so that ``diag(R) >= 0``: for full-rank Y the factorisation is the
     unique one whichever route (or LAPACK/cuSOLVER build) produced it.
     """
+    if Y.dtype.kind == "f" and Y.dtype.itemsize < 8 and Y.shape[0] >= 2 * Y.shape[1]:
+        Q, R = orthonormalize(Y.astype(xp.float64), xp)  # Q formed in float64, rounded once
+        return Q.astype(Y.dtype), R.astype(Y.dtype)
+    Q1, R, Rinv2 = cholesky_qr_factors(Y, xp)
+    return (Q1, R) if Rinv2 is None else (Q1 @ Rinv2, R)
+
+
+def cholesky_qr_factors(Y, xp):
+    """``orthonormalize`` without its last product: ``(Q₁, R, Rinv₂)`` with ``Y = QR``, ``Q = Q₁ Rinv₂``.
+
+    ``Rinv₂`` is the second CholeskyQR pass's ``R₂⁻¹`` (upper triangular,
+    ``κ ≈ 1``), or ``None`` when Q₁ is Q already (the Householder route).
+    Callers that need only R and ``Qᵀv = Rinv₂ᵀ (Q₁ᵀ v)`` skip the ``n × l × l``
+    GEMM that forms Q: a third of CholeskyQR2's work.
+    """
     la, _ = linalg_modules(xp)
     n, l = Y.shape
 
     def householder():
         Q, R = xp.linalg.qr(Y)
         sign = xp.where(R.diagonal() < 0, -1.0, 1.0).astype(R.dtype)
-        return Q * sign, R * sign[:, None]
+        return Q * sign, R * sign[:, None], None
 
     if n < 2 * l or Y.dtype.kind != "f":
         return householder()
     if Y.dtype.itemsize < 8:  # mixed precision: the passes in float64 reach κ ≈ 10⁷, not 10³
-        Q, R = orthonormalize(Y.astype(xp.float64), xp)
-        return Q.astype(Y.dtype), R.astype(Y.dtype)
+        Q1, R, Rinv2 = cholesky_qr_factors(Y.astype(xp.float64), xp)
+        return Q1.astype(Y.dtype), R.astype(Y.dtype), None if Rinv2 is None else Rinv2.astype(Y.dtype)
 
-    def pass_(Z):
+    def factor(Z):  # (L⁻ᵀ = R⁻¹, L, Gram) of chol(ZᵀZ) = LLᵀ, or None
         G = Z.T @ Z
         try:
             L = xp.linalg.cholesky(G)
             if not bool(xp.isfinite(L).all()):
-                return None, None, None
-            # Q = Z R⁻¹ as a GEMM with the l × l inverse (1.5× a TRSM with n right-hand
-            # sides on the CPU); the orthogonality test below guards its accuracy.
-            Linv = la.solve_triangular(L, xp.eye(l, dtype=L.dtype), lower=True)
-            return Z @ Linv.T, L.T, G
+                return None
+            # R⁻¹ as an l × l matrix: Z R⁻¹ is then one GEMM (1.5× a TRSM with n
+            # right-hand sides on the CPU); the orthogonality test guards its accuracy.
+            return la.solve_triangular(L, xp.eye(l, dtype=L.dtype), lower=True).T, L, G
         except np.linalg.LinAlgError:  # not PD, or a zero pivot (SciPy raises; CuPy leaves NaN/Inf)
-            return None, None, None
+            return None
 
-    Q1, R1, _ = pass_(Y)
-    if Q1 is None:
+    first = factor(Y)
+    if first is None:
         return householder()
-    Q2, R2, G2 = pass_(Q1)
+    Q1 = Y @ first[0]
+    second = factor(Q1)
     # ``not <=`` so that a NaN (CuPy's cholesky does not raise on a non-PD matrix by default) falls back too.
-    if Q2 is None or not float(xp.abs(G2 - xp.eye(l, dtype=G2.dtype)).max()) <= 0.1:
+    if second is None or not float(xp.abs(second[2] - xp.eye(l, dtype=Y.dtype)).max()) <= 0.1:
         return householder()
-    return Q2, R2 @ R1
+    Rinv2, L2 = second[0], second[1]
+    return Q1, L2.T @ first[1].T, Rinv2
 
 
 def top_left_singular(Z, k, xp):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._backend import linalg_modules
-from ._numerics import orthonormalize, qr_rank_deficient, svd_rank
+from ._numerics import cholesky_qr_factors, qr_rank_deficient, svd_rank
 
 __all__ = ["SketchPreconditioner"]
 
@@ -11,8 +11,9 @@ __all__ = ["SketchPreconditioner"]
 class SketchPreconditioner:
     """``P`` with ``κ(A P) = O(1)`` from a sketch ``SA`` of A.
 
-    Full rank: ``SA = QR`` (``orthonormalize``: Cholesky QR twice, or
-    Householder where that is unsafe) and ``P = R⁻¹`` (triangular solves).
+    Full rank: ``SA = QR`` (``orthonormalize``'s factorisation: Cholesky QR
+    twice, or Householder where that is unsafe, with Q kept as ``Q₁ R₂⁻¹``
+    unformed) and ``P = R⁻¹`` (triangular solves).
     Numerically rank deficient (the rule of ``_numerics``): ``SA = U Σ Vᵀ``
     and ``P = V_r Σ_r⁻¹`` with r the numerical rank of SA, so
     ``x = P y`` stays in the row space of A (minimum norm).
@@ -21,7 +22,8 @@ class SketchPreconditioner:
     def __init__(self, SA, xp):
         self.xp = xp
         self._la, _ = linalg_modules(xp)
-        self.Q, self.R = orthonormalize(SA, xp)
+        # Q = Q1 Rinv2 is never formed: only R and Qᵀ Sb are needed (cholesky_qr_factors).
+        self._Q1, self.R, self._Rinv2 = cholesky_qr_factors(SA, xp)
         self.rank_deficient = qr_rank_deficient(self.R, SA.shape)
         if self.rank_deficient:
             U, s, Vt = xp.linalg.svd(SA, full_matrices=False)
@@ -42,4 +44,7 @@ class SketchPreconditioner:
 
     def sketched_solution(self, Sb):
         """``y`` minimising ``||SA P y - Sb||``: ``Qᵀ Sb`` (or ``U_rᵀ Sb``)."""
-        return (self.U if self.rank_deficient else self.Q).T @ Sb
+        if self.rank_deficient:
+            return self.U.T @ Sb
+        y = self._Q1.T @ Sb
+        return y if self._Rinv2 is None else self._Rinv2.T @ y

@@ -84,10 +84,11 @@ def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     ``ℓ_i = ||(a_i ∘ s) W_{g(i)}||²``.  With ``threshold > 0`` only the rows
     the bound ``ℓ_i <= ||a_i ∘ s||² / λ_min`` cannot place below it are
     scored; the others are returned as 0.  On Gaussian-like data that skips
-    the second GEMM for nearly every row (a group of L rows has
-    ``λ_min ≈ L(1 − √(d/L))²`` against ``||a_i ∘ s||² ≈ d/L``).  The CPU twin
-    gathers each group's rows and runs its GEMMs on them; the GPU twin pads the
-    groups into one stack and runs batched GEMMs and a batched ``eigh``.
+    the second GEMM for nearly every row (the scaled Gram of a group of L
+    rows has ``λ_min ≈ (1 − √(d/L))²``, against ``||a_i ∘ s||² ≈ d/L``).  The
+    CPU twin gathers each group's rows and runs its GEMMs on them; the GPU
+    twin (and the CPU, for groups under 512 rows) pads the groups into one
+    stack and runs batched GEMMs and a batched ``eigh``.
     Squaring the condition number costs ``ε κ²`` relative accuracy, harmless
     for the 1/5 threshold the partition test applies and for sampling
     probabilities.

@@ -11,10 +11,11 @@
 #
 #     bash bench/gpu_batch.sh COMMIT [PART ...]
 #
-# PART is one of: tests operators linalg kron robust fair stream distributed
-# (default: tests linalg kron robust).  Tables and logs go to $OUT (default
-# bench/results).  Each part runs under its own time limit so that one slow
-# part cannot eat a whole device call.
+# PART is one of: tests operators linalg kron robust robust-scale fair stream
+# distributed (default: tests linalg kron robust; robust-scale, n = 10^7 against
+# statsmodels, wants a device call of its own).  Tables and logs go to $OUT
+# (default bench/results).  Each part runs under its own time limit so that one
+# slow part cannot eat a whole device call.
 set -u
 
 wheels=.gpudeps/wheels
@@ -57,7 +58,9 @@ for part in $parts; do
         operators) run operators 540 python3 bench/operators.py --device gpu --commit "$commit" --out "$out" ;;
         linalg) run linalg 300 python3 bench/linalg.py --device gpu --commit "$commit" --out "$out" ;;
         kron) run kron 300 python3 bench/kron.py --device gpu --scale --commit "$commit" --out "$out" ;;
-        robust) run robust 540 python3 bench/robust.py --device gpu --quick --scale --commit "$commit" --out "$out" ;;
+        robust) run robust 300 python3 bench/robust.py --device gpu --quick --commit "$commit" --out "$out" ;;
+        robust-scale) run robust-scale 580 python3 bench/robust.py --device gpu --no-figure5 --scale \
+            --commit "$commit" --out "$out" ;;
         fair) run fair 300 python3 bench/fair.py --device gpu --commit "$commit" --out "$out" ;;
         stream) run stream 300 python3 bench/stream.py --device gpu --commit "$commit" --out "$out" ;;
         distributed) run distributed 300 python3 bench/distributed.py --device gpu --commit "$commit" --out "$out" ;;

@@ -92,8 +92,8 @@ def write(rows, meta, out, tag):
                      f"{r['ratio']:.3f} | {r['seconds']:.2f} | {r['full_seconds']:.2f} |")
     (out / f"robust-{tag}.md").write_text("\n".join(lines) + "\n")
     plt = pyplot()
-    if plt is None:
-        return
+    if plt is None or not any(r["method"] in ("sampling", "oblivious") for r in rows):
+        return  # no Figure 5 rows (a scale-only run): nothing to plot
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, outliers in zip(axes, (False, True)):
         for method, mark in (("sampling", "o-"), ("oblivious", "s--")):

@@ -164,6 +164,28 @@ def test_lstsq_several_right_hand_sides(rng):
     assert sampled.x.shape == (12, 3)
 
 
+
+@pytest.mark.parametrize("q", list(SHAPES))
+@pytest.mark.parametrize("k", [None, 2])
+def test_sampled_gram_equals_the_explicit_weighted_gram(xp, rng, q, k):
+    """The grouped Gram (CSR Ω times row outer products) equals UᵀWU and UᵀWb of the explicit sampled rows."""
+    from gpusketch.kron.regression import _sampled_gram
+
+    fs = _factors(rng, SHAPES[q], xp)
+    A = _full(fs)
+    N = A.shape[0]
+    idx = np.unique(rng.integers(0, N, 3 * N // 4))  # sorted and distinct, as merge() returns them
+    w = rng.random(idx.size) + 0.5
+    bv = rng.standard_normal(idx.size if k is None else (idx.size, k))
+    out = _sampled_gram(fs, xp.asarray(idx), xp.asarray(w), xp.asarray(bv), xp)
+    assert out is not None  # dense sample: many rows per prefix, so grouping pays
+    G, r = (to_numpy(v) for v in out)
+    U = A[idx]
+    np.testing.assert_allclose(G, U.T @ (w[:, None] * U), rtol=1e-12, atol=1e-11)
+    wb = w * bv if k is None else w[:, None] * bv
+    np.testing.assert_allclose(r, U.T @ wb, rtol=1e-12, atol=1e-11)
+
+
 # -- ℓp regression ---------------------------------------------------------------
 
 

@@ -387,3 +387,32 @@ def test_gpu_deterministic_mode_is_bit_reproducible(rng, layout):
         again = again.get() if hasattr(again, "get") else again.toarray().get()
         assert np.array_equal(again, first)
     np.testing.assert_allclose(first, S @ A, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("route", ["bincount", "spgemm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype):
+    """The CPU twin's CSR routes (bincount over flat keys in row blocks; SciPy SpGEMM for
+    large m·d) equal the dense product, with duplicate and unsorted entries, empty rows,
+    many row blocks, and a sliced operator (col0 > 0)."""
+    import scipy.sparse as sp
+
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_CSR_BLOCK_ENTRIES", 40)  # a few rows per block
+    if route == "spgemm":
+        monkeypatch.setattr(_kernels, "_BINCOUNT_MAX_OUT", 0)
+    n, d = 300, 7
+    counts = rng.integers(0, 5, n) * (np.arange(n) % 3 != 0)  # every third row empty
+    indptr = np.r_[0, np.cumsum(counts)]
+    indices = rng.integers(0, d, indptr[-1])  # unsorted, with repeated columns in a row
+    A = sp.csr_matrix((rng.standard_normal(indptr[-1]).astype(dtype), indices, indptr), shape=(n, d))
+    assert not A.has_canonical_format
+    dense = A.toarray().astype(np.float64)  # sums the duplicates
+    before = A.data.copy()
+    for S in (gs.CountSketch(19, 2 * n, seed=3)[:, n:], gs.SparseSign(19, n, nnz=4, seed=4)):
+        Y = S @ A
+        assert Y.dtype == dtype
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(Y, S.todense() @ dense, **tol)
+    np.testing.assert_array_equal(A.data, before)

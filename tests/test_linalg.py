@@ -30,6 +30,20 @@ def test_precondition_matches_exact(xp, kappa, gap):
     assert type(res.x) is type(xp.asarray(b))
 
 
+@pytest.mark.parametrize("kappa,route", [(1e2, "cholesky_qr2"), (1e6, "cholesky_qr2"), (1e10, "householder")])
+def test_direct_matches_exact_on_both_factorizations(xp, kappa, route):
+    """Cholesky QR twice up to its orthogonality test's limit, Householder beyond: both at the
+    accuracy of a backward-stable solve (x within κ ε of numpy's SVD solution, relative)."""
+    A = ill_conditioned(3000, 40, kappa, 4)
+    b = A @ np.random.default_rng(5).standard_normal(40) + 1e-3 * np.random.default_rng(6).standard_normal(3000)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    c_ref = np.linalg.norm(A @ x_ref - b)
+    res = gs.lstsq(xp.asarray(A), xp.asarray(b), method="direct")
+    assert res.info["factorization"] == route and not res.info["rank_deficient"]
+    assert abs(float(res.cost) - c_ref) <= 1e-9 * c_ref
+    assert np.linalg.norm(to_numpy(res.x) - x_ref) <= 100 * kappa * np.finfo(float).eps * np.linalg.norm(x_ref)
+
+
 @pytest.mark.parametrize("kind", ["sparse_sign", "countsketch", "gaussian", "srht"])
 def test_sketch_and_solve_cost_ratio(xp, kind):
     # m = 20 d + 10: cost within 1 + O(d/m); 1.15 leaves room for CountSketch's d^2 needs.

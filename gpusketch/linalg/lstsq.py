@@ -11,7 +11,7 @@ import numpy as np
 from .._backend import as_system, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
-from ._numerics import qr_rank_deficient
+from ._numerics import cholesky_qr_factors, qr_rank_deficient
 from ._precondition import SketchPreconditioner
 from .results import LstsqResult
 
@@ -75,7 +75,11 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         as a right preconditioner (``κ(AR⁻¹) = O(1)``), warm start from the
         sketched solution, then LSMR on ``AR⁻¹`` until the normal-equation
         residual ``||(AR⁻¹)ᵀr|| / (||AR⁻¹|| ||r||)`` is below ``tol``.
-        ``"direct"``: Householder QR of A (LAPACK / cuSOLVER).
+        ``"direct"``: ``x = R⁻¹Qᵀb`` from a QR of A: Cholesky QR twice
+        (``orthonormalize``'s factorisation: GEMM-shaped passes, as accurate
+        as Householder while its orthogonality test holds, about κ(A) < 10⁷),
+        else Householder (LAPACK / cuSOLVER); ``info["factorization"]`` says
+        which.
     sketch : str or SketchOperator
         ``"sparse_sign"`` (OSNAP, default), ``"countsketch"``, ``"gaussian"``,
         ``"srht"``, or an operator of shape ``(m, n)``.
@@ -173,8 +177,11 @@ def _direct(A, b, xp):
     info = {"method": "direct", "timings": {}}
     t0 = time.perf_counter()
     Ad = A.toarray() if is_sparse(A) else A
-    Q, R = xp.linalg.qr(Ad)
-    if A.shape[0] < A.shape[1] or qr_rank_deficient(R, A.shape):
+    # Cholesky QR twice (two GEMM-shaped passes, Q kept as Q1 Rinv2 unformed), or
+    # Householder where its orthogonality test fails (κ(A) beyond ~1e7, rank deficiency).
+    Q1, R, Rinv2 = cholesky_qr_factors(Ad, xp) if A.shape[0] >= A.shape[1] else (None, None, None)
+    info["factorization"] = "householder" if Rinv2 is None else "cholesky_qr2"
+    if R is None or qr_rank_deficient(R, A.shape):
         warnings.warn(
             f"A of shape {A.shape} is numerically rank deficient; returning the minimum-norm solution",
             RankDeficientWarning,
@@ -183,7 +190,8 @@ def _direct(A, b, xp):
         x = xp.linalg.lstsq(Ad, b, rcond=None)[0]
         info["rank_deficient"] = True
     else:
-        x = dense_la.solve_triangular(R, Q.T @ b)
+        y = Q1.T @ b
+        x = dense_la.solve_triangular(R, y if Rinv2 is None else Rinv2.T @ y)
         info["rank_deficient"] = False
     info["timings"]["solve_s"] = time.perf_counter() - t0
     return LstsqResult(x, _residual_norms(A, x, b, xp), info)

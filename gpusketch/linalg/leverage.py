@@ -10,7 +10,7 @@ from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, to_
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign
-from ._numerics import qr_rank_deficient, svd_rank
+from ._numerics import orthonormalize, qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
@@ -48,8 +48,9 @@ def leverage_scores(A, *, exact=False, seed=None):
     ----------
     A : (n, d) array or sparse matrix, n >= d
     exact : bool
-        ``True``: from a thin QR of A (an SVD when A is rank deficient); sparse A
-        is densified.  ``False`` (default): Lemma 7.2 with a Johnson–Lindenstrauss
+        ``True``: from a thin QR of A (``orthonormalize``: Cholesky QR twice,
+        or Householder where that is unsafe; an SVD when A is rank deficient);
+        sparse A is densified.  ``False`` (default): Lemma 7.2 with a Johnson–Lindenstrauss
         estimate of the row norms.
     seed : int, optional
 
@@ -82,7 +83,7 @@ def leverage_scores(A, *, exact=False, seed=None):
             raise ValueError(f"leverage scores need n >= d, got A of shape {A.shape}")
         if exact:
             Ad = A.toarray() if is_sparse(A) else A
-            Q, R = xp.linalg.qr(Ad)
+            Q, R = orthonormalize(Ad, xp)
             if qr_rank_deficient(R, A.shape):
                 U, s, _ = xp.linalg.svd(Ad, full_matrices=False)
                 Q = U[:, : svd_rank(s, A.shape)]

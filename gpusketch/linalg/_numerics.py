@@ -12,7 +12,15 @@ import numpy as np
 
 from .._backend import linalg_modules
 
-__all__ = ["rank_cut", "qr_rank_deficient", "svd_rank", "orthonormalize", "cholesky_qr_factors", "top_left_singular"]
+__all__ = [
+    "rank_cut",
+    "qr_rank_deficient",
+    "svd_rank",
+    "orthonormalize",
+    "cholesky_qr_factors",
+    "qr_lstsq",
+    "top_left_singular",
+]
 
 
 def rank_cut(vmax, shape, dtype):
@@ -101,6 +109,26 @@ def cholesky_qr_factors(Y, xp):
         return householder()
     Rinv2, L2 = second[0], second[1]
     return Q1, L2.T @ first[1].T, Rinv2
+
+
+def qr_lstsq(A, b, xp):
+    """Dense least squares ``min ||Ax − b||`` by QR: ``(x, rank_deficient, route)``.
+
+    ``x = R⁻¹(Qᵀb)`` from ``cholesky_qr_factors`` (route ``"cholesky_qr2"``,
+    or ``"householder"`` where its orthogonality test fails), Q never formed.
+    When A is wide or R is numerically rank deficient (``qr_rank_deficient``),
+    the minimum-norm solution from ``xp.linalg.lstsq`` (an SVD; route ``"svd"``).
+    b may have several columns.
+    """
+    n, d = A.shape
+    if n >= d:
+        Q1, R, Rinv2 = cholesky_qr_factors(A, xp)
+        if not qr_rank_deficient(R, A.shape):
+            la, _ = linalg_modules(xp)
+            y = Q1.T @ b
+            x = la.solve_triangular(R, y if Rinv2 is None else Rinv2.T @ y)
+            return x, False, "householder" if Rinv2 is None else "cholesky_qr2"
+    return xp.linalg.lstsq(A, b, rcond=None)[0], True, "svd"
 
 
 def top_left_singular(Z, k, xp):

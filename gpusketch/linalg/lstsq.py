@@ -11,7 +11,7 @@ import numpy as np
 from .._backend import as_system, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
-from ._numerics import cholesky_qr_factors, qr_rank_deficient
+from ._numerics import qr_lstsq
 from ._precondition import SketchPreconditioner
 from .results import LstsqResult
 
@@ -78,8 +78,9 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         ``"direct"``: ``x = R⁻¹Qᵀb`` from a QR of A: Cholesky QR twice
         (``orthonormalize``'s factorisation: GEMM-shaped passes, as accurate
         as Householder while its orthogonality test holds, about κ(A) < 10⁷),
-        else Householder (LAPACK / cuSOLVER); ``info["factorization"]`` says
-        which.
+        else Householder (LAPACK / cuSOLVER), and the SVD's minimum-norm
+        solution for rank-deficient A; ``info["factorization"]`` says which
+        (``qr_lstsq``).
     sketch : str or SketchOperator
         ``"sparse_sign"`` (OSNAP, default), ``"countsketch"``, ``"gaussian"``,
         ``"srht"``, or an operator of shape ``(m, n)``.
@@ -173,26 +174,16 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
 
 
 def _direct(A, b, xp):
-    dense_la, _ = linalg_modules(xp)
     info = {"method": "direct", "timings": {}}
     t0 = time.perf_counter()
-    Ad = A.toarray() if is_sparse(A) else A
-    # Cholesky QR twice (two GEMM-shaped passes, Q kept as Q1 Rinv2 unformed), or
-    # Householder where its orthogonality test fails (κ(A) beyond ~1e7, rank deficiency).
-    Q1, R, Rinv2 = cholesky_qr_factors(Ad, xp) if A.shape[0] >= A.shape[1] else (None, None, None)
-    info["factorization"] = "householder" if Rinv2 is None else "cholesky_qr2"
-    if R is None or qr_rank_deficient(R, A.shape):
+    x, deficient, info["factorization"] = qr_lstsq(A.toarray() if is_sparse(A) else A, b, xp)
+    if deficient:
         warnings.warn(
             f"A of shape {A.shape} is numerically rank deficient; returning the minimum-norm solution",
             RankDeficientWarning,
             stacklevel=3,
         )
-        x = xp.linalg.lstsq(Ad, b, rcond=None)[0]
-        info["rank_deficient"] = True
-    else:
-        y = Q1.T @ b
-        x = dense_la.solve_triangular(R, y if Rinv2 is None else Rinv2.T @ y)
-        info["rank_deficient"] = False
+    info["rank_deficient"] = deficient
     info["timings"]["solve_s"] = time.perf_counter() - t0
     return LstsqResult(x, _residual_norms(A, x, b, xp), info)
 

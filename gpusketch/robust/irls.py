@@ -9,6 +9,7 @@ import numpy as np
 from .._backend import array_namespace, as_operand, as_system, check_finite, check_positive_int, check_seed, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
+from ..linalg._numerics import qr_lstsq
 from ..operators import Sampling
 from .results import RobustResult
 
@@ -16,9 +17,9 @@ __all__ = ["irls"]
 
 
 def _wls(A, b, u, xp):
-    """``argmin_x Σ u_i (a_i x − b_i)²`` (minimum norm if singular)."""
+    """``argmin_x Σ u_i (a_i x − b_i)²`` (minimum norm if singular), by ``qr_lstsq``."""
     s = xp.sqrt(u)
-    return xp.linalg.lstsq(to_dense(A) * s[:, None], b * s, rcond=None)[0]
+    return qr_lstsq(to_dense(A) * s[:, None], b * s, xp)[0]
 
 
 def _run(A, b, loss, w, x, xp, maxiter, tol):

@@ -233,6 +233,13 @@ def _row_blocks(n, block):
     return [(a, min(n, a + block)) for a in range(0, n, block)]
 
 
+def _dense_row_blocks(n, threads):
+    """Row blocks of ``_CPU_BLOCK`` rows, but at least one per thread (a short, wide A
+    would otherwise be one block on one core: 65536 × 1024 fp64 → 8192 measured 229 →
+    154 ms on 2 cores, scipy's clarkson_woodruff_transform 188 ms, same run)."""
+    return _row_blocks(n, max(1, min(_CPU_BLOCK, -(-n // max(1, threads)))))
+
+
 def _parallel_sum(fn, ranges, threads, out):
     """out += sum(fn(a, b) for (a, b) in ranges), split across threads.
 
@@ -270,7 +277,8 @@ def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, determinis
         return np.asarray(S @ A2[a:b])
 
     n = A2.shape[0]
-    _parallel_sum(block, _row_blocks(n, _CPU_BLOCK), _cpu_threads(n * A2.shape[1]), o2)
+    threads = _cpu_threads(n * A2.shape[1])
+    _parallel_sum(block, _dense_row_blocks(n, threads), threads, o2)
     return out
 
 
@@ -365,7 +373,8 @@ def _hash_sketch_levels_cpu(A, out, col0, r, thresh, seed):
         return np.asarray(S @ A2[a:b])
 
     n = A2.shape[0]
-    _parallel_sum(block, _row_blocks(n, _CPU_BLOCK), _cpu_threads(n * A2.shape[1]), o2)
+    threads = _cpu_threads(n * A2.shape[1])
+    _parallel_sum(block, _dense_row_blocks(n, threads), threads, o2)
     return out
 
 

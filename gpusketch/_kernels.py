@@ -719,6 +719,8 @@ _GROUP_BLOCK_ROWS = 4096  # 4096 × d float64 rows stay in L2 for d <= 64
 # Mean group size below which the CPU takes the padded batched route (measured on
 # d = 21-51: faster at ~480 rows per group, slower from ~600).
 _GROUP_SMALL_ROWS = 512
+# Rows per group and column in the CPU's screening subset (_group_leverage_subset_screened).
+_SCREEN_ROWS = 32
 
 
 def _scaled_inverse_root(G, xp):
@@ -774,20 +776,35 @@ def _group_order(group, groups, xp):
 
 @_twin("group_leverage", "numpy")
 def _group_leverage_cpu(X, group, groups, threshold=0.0):
+    # ``group`` is (n,) or (k, n): k labelings of the same rows (heavy_coordinates'
+    # repetitions), which share the screening pass below.
+    labels = np.asarray(group)
+    batch = labels.reshape(-1, X.shape[0])
+    n, d = X.shape
+    stride = n // (_SCREEN_ROWS * d * groups)
+    if threshold > 0 and stride >= 2:
+        out = _group_leverage_subset_screened(X, batch, groups, threshold, stride)
+    else:
+        out = np.stack([_group_leverage_exact(X, g, groups, threshold) for g in batch])
+    return out.reshape(labels.shape)
+
+
+def _group_leverage_exact(X, group, groups, threshold, only=None):
     # Large groups: per group, gather its rows, one Gram (syrk) and one small
     # eigendecomposition; then, in cache-sized row blocks, the screening bound and
     # the GEMM for the rows it cannot rule out.  One group needs no gather.  (Groups
     # on threads measured slower: the Grams' BLAS threads already fill the cores.)
     # Small groups: the padded batched route, whose loops run in C, not Python.
+    # ``only``: the groups to score (the others are left 0); None for all.
     n = X.shape[0]
     if groups > 1 and n <= _GROUP_SMALL_ROWS * groups:
-        return _group_leverage_padded(X, np.asarray(group), groups, threshold, np)
+        return _group_leverage_padded(X, group, groups, threshold, np)
     if groups == 1:
         order, bounds = None, np.array([0, n])
     else:
-        order, bounds = _group_order(np.asarray(group), groups, np)
+        order, bounds = _group_order(group, groups, np)
     q = np.zeros(n)
-    for g in range(groups):
+    for g in range(groups) if only is None else only:
         a, b = int(bounds[g]), int(bounds[g + 1])
         if a == b:
             continue
@@ -804,10 +821,58 @@ def _group_leverage_cpu(X, group, groups, threshold=0.0):
     return q
 
 
+def _group_leverage_subset_screened(X, batch, groups, threshold, stride):
+    """Screened group leverage scores through a subset T of the rows (every ``stride``-th).
+
+    For any rows T, ``G_{g∩T} ⪯ G_g``, so ``λ_min(D G_{g∩T} D) <= λ_min(D G_g D)``
+    for any positive diagonal D, and ``ℓ_i <= ||a_i ∘ s||² / λ_min(D_s G_{g∩T} D_s)``
+    bounds the leverage score of row i in its group g.  A group none of whose rows
+    reaches ``threshold`` under that bound cannot hold a score at or above it:
+    all its rows stay 0, without touching the group's rows again.  Only the
+    other (candidate) groups go through the exact route.  ``s`` is the inverse
+    column norm of T (one scaling for every group and labeling), so
+    ``||a_i ∘ s||²`` is one pass over X for all k labelings, and each labeling
+    costs the Grams of T (``|T| ≈ 32 d`` rows per group, where the bound
+    rules out Gaussian-like rows with a wide margin) instead of those of X.
+    A group whose T Gram is numerically singular (T misses a direction of the
+    data) has no bound: it is a candidate.  Returns ``(k, n)``.
+    """
+    n, d = X.shape
+    T = np.asarray(X[::stride], dtype=np.float64)
+    colsq = np.einsum("ij,ij->j", T, T)
+    s2 = np.where(colsq > 0, 1.0 / np.where(colsq > 0, colsq, 1.0), 0.0)
+    if not np.all(colsq > 0):
+        zero = np.flatnonzero(colsq == 0)
+        if np.any(X[:, zero]):  # a column that T misses: no usable bound, score exactly
+            return np.stack([_group_leverage_exact(X, g, groups, threshold) for g in batch])
+    r = np.empty(n)  # ||a_i ∘ s||², in cache-sized blocks
+    for a in range(0, n, _GROUP_BLOCK_ROWS):
+        B = np.asarray(X[a : a + _GROUP_BLOCK_ROWS], dtype=np.float64)
+        r[a : a + B.shape[0]] = (B * B) @ s2
+    live = colsq > 0  # all-zero columns add nothing to r or to any Gram
+    TS = T[:, live] * np.sqrt(s2[live])
+    eps = np.finfo(np.float64).eps
+    out = np.zeros(batch.shape)
+    for k, group in enumerate(batch):
+        gT = group[::stride]
+        order, bounds = _group_order(gT, groups, np)
+        TSo = TS[order]
+        G = np.stack([TSo[a:b].T @ TSo[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        lam = np.linalg.eigvalsh(G)
+        lam_min = np.where(lam[:, 0] > 10 * d * eps * lam[:, -1], lam[:, 0], 0.0)
+        # The 1e-6 margin covers the round-off of this and the exact route's eigenvalues.
+        cand = np.unique(group[r >= (threshold * (1 - 1e-6)) * lam_min[group]])
+        if cand.size:
+            out[k] = _group_leverage_exact(X, group, groups, threshold, only=cand)
+    return out
+
+
 @_twin("group_leverage", "cupy")
 def _group_leverage_gpu(X, group, groups, threshold=0.0):
     import cupy
 
+    if group.ndim == 2:  # k labelings: one after the other
+        return cupy.stack([_group_leverage_padded(X, g, groups, threshold, cupy) for g in group])
     return _group_leverage_padded(X, group, groups, threshold, cupy)
 
 

@@ -278,3 +278,58 @@ def test_group_leverage_matches_exact_per_group(xp, rng, alpha, route, monkeypat
     np.testing.assert_allclose(screened, np.where(screened > 0, ref, 0.0), atol=1e-10)
     if alpha == 7:  # large groups: the bound rules out most rows, the planted one stays
         assert screened[3] == pytest.approx(ref[3]) and np.count_nonzero(screened) < 250
+
+
+def _group_leverage_reference(A, g, alpha):
+    ref = np.zeros(A.shape[0])
+    for j in range(alpha):
+        r = np.flatnonzero(g == j)
+        if r.size:
+            U, s, _ = np.linalg.svd(A[r], full_matrices=False)
+            U = U[:, s > s[0] * 1e-10]
+            ref[r] = (U**2).sum(axis=1)
+    return ref
+
+
+@pytest.mark.parametrize("case", ["gaussian", "column_outside_subset", "zero_column"])
+def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, case, monkeypatch):
+    """The CPU's subset screening (groups of > 64 d rows, k labelings at once) returns every
+    score at or above the threshold exactly and the others as 0 or exact; groups the subset
+    bound clears are not scored at all."""
+    from gpusketch import _kernels
+    from gpusketch.robust.tukey import _group_leverage
+
+    n, d, alpha = 20000, 8, 5
+    A = rng.standard_normal((n, d))
+    A[:, 1] *= 1e-4
+    A[[17, 2500, 4999]] *= 40  # heavy rows
+    A[[100, 7000, 13000]] *= 15  # leverage about 0.2-0.5: the bound must not lose them
+    stride = n // (_kernels._SCREEN_ROWS * d * alpha)
+    assert stride >= 2
+    if case == "column_outside_subset":  # nonzero in one row off the strided subset: no bound, exact route
+        A = np.c_[A, np.zeros(n)]
+        A[1, -1] = 1.0  # that row's leverage is 1 in its group
+    elif case == "zero_column":  # dropped from the bound
+        A = np.c_[A, np.zeros(n)]
+    labels = rng.integers(0, alpha, (3, n)).astype(np.int32)
+    calls = []
+    exact = _kernels._group_leverage_exact
+    monkeypatch.setattr(_kernels, "_group_leverage_exact",
+                        lambda *a, **k: calls.append(k.get("only", a[4] if len(a) > 4 else None)) or exact(*a, **k))
+    before = A.copy()
+    out = _group_leverage(A, labels, alpha, np, threshold=0.2)
+    np.testing.assert_array_equal(A, before)
+    assert out.shape == labels.shape
+    for k in range(3):
+        ref = _group_leverage_reference(A, labels[k], alpha)
+        assert ((ref >= 0.2) & (ref < 0.6)).sum() >= 2
+        np.testing.assert_allclose(out[k][ref >= 0.2], ref[ref >= 0.2], atol=1e-9)
+        np.testing.assert_allclose(out[k], np.where(out[k] > 0, ref, 0.0), atol=1e-9)
+        np.testing.assert_array_equal(out[k], _group_leverage(A, labels[k], alpha, np, threshold=0.2))
+    if case == "column_outside_subset":
+        assert out[:, 1] == pytest.approx(1.0)
+        assert all(only is None for only in calls)  # every group scored exactly
+    else:
+        assert {17, 2500, 4999} <= set(np.flatnonzero((out >= 0.2).any(axis=0)))
+        # The planted rows' groups are candidates; the bound clears at least one group per labeling.
+        assert calls and all(only is not None for only in calls) and sum(map(len, calls)) < len(calls) * alpha

@@ -77,6 +77,9 @@ def _scores(M, p, seed):
 def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     """Leverage score of each row of ``Ad`` within its group (rows with equal ``group``).
 
+    ``group`` holds labels in ``[0, alpha)``, shape (n,) or (k, n) for k
+    labelings of the same rows (the result has its shape).
+
     All α groups at once instead of α QRs (kernel ``group_leverage``): float64
     Gram matrices ``G_g = A_gᵀA_g``, Jacobi-scaled (``s = diag(G_g)^{−1/2}``),
     ``W_g = V_g Λ_g^{−1/2}`` from their ``eigh`` over the eigenvalues above
@@ -88,7 +91,12 @@ def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     rows has ``λ_min ≈ (1 − √(d/L))²``, against ``||a_i ∘ s||² ≈ d/L``).  The
     CPU twin gathers each group's rows and runs its GEMMs on them; the GPU
     twin (and the CPU, for groups under 512 rows) pads the groups into one
-    stack and runs batched GEMMs and a batched ``eigh``.
+    stack and runs batched GEMMs and a batched ``eigh``.  For groups of more
+    than 64 d rows the CPU first bounds every row through the Grams of a
+    strided subset of the rows (a subset's Gram is below the group's), and
+    only groups where that bound leaves a row at or above the threshold are
+    gathered: the scores at or above it are the same, at a fraction of the
+    passes over A.
     Squaring the condition number costs ``ε κ²`` relative accuracy, harmless
     for the 1/5 threshold the partition test applies and for sampling
     probabilities.
@@ -156,13 +164,21 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
                 chosen[new] = True
         else:
             reps = int(math.ceil(2 * math.log(max(d * alpha, 2)))) + 2
+
+            def labels(t):
+                return _kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
+
+            if p == 2:
+                # All groups of a repetition in one batched pass, and several repetitions per
+                # call (int32 labels, at most 256 MiB of them), which share its screening pass.
+                per = max(1, min(reps, (256 << 20) // (4 * n)))
+                for t0 in range(0, reps, per):
+                    group = xp.stack([labels(t).astype(xp.int32) for t in range(t0, min(reps, t0 + per))])
+                    u = to_host(_group_leverage(Ad, group, alpha, xp, threshold=0.2))
+                    chosen[(u >= 0.2).any(axis=0)] = True
+                return xp.asarray(np.flatnonzero(chosen))
             for t in range(reps):
-                group_dev = _kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
-                if p == 2:  # all groups in one batched pass
-                    u = to_host(_group_leverage(Ad, group_dev.astype(xp.int64), alpha, xp, threshold=0.2))
-                    chosen[u >= 0.2] = True
-                    continue
-                group = to_host(group_dev)
+                group = to_host(labels(t))
                 for j in range(alpha):
                     rows = np.flatnonzero(group == j)
                     if rows.size == 0:

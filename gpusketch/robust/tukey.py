@@ -176,15 +176,15 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
                     group = xp.stack([labels(t).astype(xp.int32) for t in range(t0, min(reps, t0 + per))])
                     u = to_host(_group_leverage(Ad, group, alpha, xp, threshold=0.2))
                     chosen[(u >= 0.2).any(axis=0)] = True
-                return xp.asarray(np.flatnonzero(chosen))
-            for t in range(reps):
-                group = to_host(labels(t))
-                for j in range(alpha):
-                    rows = np.flatnonzero(group == j)
-                    if rows.size == 0:
-                        continue
-                    u = to_host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
-                    chosen[rows[u >= 0.2]] = True
+            else:  # Lewis weights per group
+                for t in range(reps):
+                    group = to_host(labels(t))
+                    for j in range(alpha):
+                        rows = np.flatnonzero(group == j)
+                        if rows.size == 0:
+                            continue
+                        u = to_host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
+                        chosen[rows[u >= 0.2]] = True
         return xp.asarray(np.flatnonzero(chosen))
 
 

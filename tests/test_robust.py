@@ -174,6 +174,34 @@ def test_heavy_coordinates_recover_planted_rows(xp, method):
     assert len(I) < 200  # far fewer than n: the light rows are left out
 
 
+@pytest.mark.parametrize("p", [2, 1.5])
+def test_heavy_coordinates_with_more_groups_than_rows(xp, p):
+    # alpha = 1e12 >> n: each row is alone in its group (a collision has probability
+    # ~ n^2 / 2 alpha), so every nonzero row has leverage / Lewis weight 1 and is kept,
+    # and the zero row is not.  Empty groups must cost nothing (this used to allocate
+    # per-group arrays of size alpha).
+    A = np.random.default_rng(3).standard_normal((40, 5))
+    A[7] = 0.0
+    I = to_numpy(heavy_coordinates(xp.asarray(A), 10**12, p=p, seed=4)).tolist()
+    assert I == [i for i in range(40) if i != 7]
+
+
+def test_lewis_scores_of_groups_with_fewer_rows_than_columns():
+    # Groups of fewer than d rows (many groups with p < 2): Lewis weights of the
+    # group's column space.  A rank-3 group of 4 rows in 6 columns has the weights of
+    # its orthonormal basis; a full-row-rank group has all weights 1; a zero group 0.
+    from gpusketch.robust.tukey import _scores
+
+    rng = np.random.default_rng(5)
+    M = rng.standard_normal((3, 6))
+    M = np.vstack([M, M[0] + M[1]])
+    U = np.linalg.svd(M, full_matrices=False)[0][:, :3]
+    np.testing.assert_allclose(_scores(M, 1.5, 0), gs.lewis_weights(U, 1.5, exact=True), rtol=1e-10)
+    np.testing.assert_array_equal(_scores(M[:3], 1.5, 0), np.ones(3))
+    np.testing.assert_array_equal(_scores(np.zeros((2, 5)), 1.0, 0), np.zeros(2))
+    I = heavy_coordinates(rng.standard_normal((60, 6)), 20, p=1.5, seed=6)  # groups of ~3 rows
+    assert to_numpy(I).size == 60
+
 def tukey_problem(outliers, seed=5):
     rng = np.random.default_rng(seed)
     n, d = 5000, 10

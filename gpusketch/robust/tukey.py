@@ -22,6 +22,7 @@ from .._backend import (
 )
 from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
+from ..linalg._numerics import svd_rank
 from ..operators import MultiLevelCountSketch
 from .irls import irls
 from .lewis import lewis_weights
@@ -68,9 +69,18 @@ def _scores(M, p, seed):
 
     ``seed`` is an int or a zero-argument callable giving one (only Lewis weights use it).
     """
+    xp = array_namespace(M)
     if p == 2:
-        xp = array_namespace(M)
         return _group_leverage(M, xp.zeros(M.shape[0], dtype=xp.int64), 1, xp)
+    if M.shape[0] <= M.shape[1]:
+        # No more rows than columns (a small group): Lewis weights depend only on the
+        # column space, so take the basis U_r Σ_r of the SVD, which has r <= n columns;
+        # with r = n every row has leverage 1, which is then the fixed point.
+        U, s, _ = xp.linalg.svd(M, full_matrices=False)
+        r = svd_rank(s, M.shape)
+        if r in (0, M.shape[0]):
+            return xp.full(M.shape[0], 1.0 if r else 0.0, dtype=M.dtype)
+        M = U[:, :r] * s[:r]
     return lewis_weights(M, p, exact=True, seed=seed() if callable(seed) else seed)
 
 
@@ -168,18 +178,25 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
             def labels(t):
                 return _kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
 
+            # With α > n most groups are empty: number the non-empty ones 0, 1, ... (the
+            # same row sets, so the same scores) so that no pass costs O(α).
+            groups = min(alpha, n)
+
+            def compact(lab):
+                return lab if alpha <= n else xp.unique(lab, return_inverse=True)[1].reshape(-1)
+
             if p == 2:
                 # All groups of a repetition in one batched pass, and several repetitions per
                 # call (int32 labels, at most 256 MiB of them), which share its screening pass.
                 per = max(1, min(reps, (256 << 20) // (4 * n)))
                 for t0 in range(0, reps, per):
-                    group = xp.stack([labels(t).astype(xp.int32) for t in range(t0, min(reps, t0 + per))])
-                    u = to_host(_group_leverage(Ad, group, alpha, xp, threshold=0.2))
+                    group = xp.stack([compact(labels(t)).astype(xp.int32) for t in range(t0, min(reps, t0 + per))])
+                    u = to_host(_group_leverage(Ad, group, groups, xp, threshold=0.2))
                     chosen[(u >= 0.2).any(axis=0)] = True
             else:  # Lewis weights per group
                 for t in range(reps):
-                    group = to_host(labels(t))
-                    for j in range(alpha):
+                    group = to_host(compact(labels(t)))
+                    for j in range(groups):
                         rows = np.flatnonzero(group == j)
                         if rows.size == 0:
                             continue

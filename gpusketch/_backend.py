@@ -8,6 +8,7 @@ validates its inputs through the helpers here, before doing any work.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import secrets
@@ -173,6 +174,19 @@ def check_positive_int(value, name, *, minimum=1):
     return value
 
 
+def check_positive_real(value, name):
+    """Return ``value`` as float, or raise naming ``name``.
+
+    Python and NumPy reals are accepted; anything else (bools and non-numbers
+    included), zero, negative, NaN and infinite values raise ``ValueError``,
+    as the other scalar parameters (``p``, ``eps``) do.
+    """
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (numbers.Real, np.floating, np.integer))
+    if not (ok and float(value) > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 def check_seed(seed):
     """Return a 64-bit seed: ``None`` draws one from OS entropy.
 
@@ -215,22 +229,34 @@ def check_memory(nbytes, what, xp):
         )
 
 
-def as_matrix(A, name="A"):
-    """A finite 2-D dense or sparse matrix operand of a solver: ``(A, xp)`` (``as_operand`` + ``check_finite``)."""
+def as_matrix(A, name="A", *, allow_empty=False):
+    """A finite 2-D dense or sparse matrix operand of a solver: ``(A, xp)`` (``as_operand`` + ``check_finite``).
+
+    A matrix without rows or columns is refused unless ``allow_empty`` (rank
+    and independent rows have an answer for it; scores and factorizations do not).
+    """
     A, xp = as_operand(A, name, ndim=(2,))
+    if not allow_empty:
+        _check_nonempty(A, name)
     check_finite(A, name)
     return A, xp
+
+
+def _check_nonempty(A, name):
+    if 0 in A.shape:
+        raise ValueError(f"{name} is empty (shape {A.shape})")
 
 
 def as_system(A, b, *, b_ndim=(1,)):
     """Validate a regression system ``(A, b)`` and return ``(A, b, xp)``.
 
-    A is a 2-D dense or sparse matrix, b a dense array with A's rows; both
-    finite, on one device (the solvers' shared entry check).
+    A is a nonempty 2-D dense or sparse matrix, b a dense array with A's rows;
+    both finite, on one device (the solvers' shared entry check).
     """
     A, _ = as_operand(A, "A", ndim=(2,))
     b, _ = as_operand(b, "b", ndim=b_ndim)
     xp = array_namespace(A, b)
+    _check_nonempty(A, "A")
     if is_sparse(b):
         raise TypeError("b must be a dense array")
     if b.shape[0] != A.shape[0]:

@@ -16,7 +16,7 @@ import operator
 
 import numpy as np
 
-from ._backend import array_namespace, check_positive_int, check_seed
+from ._backend import array_namespace, check_positive_int, check_positive_real, check_seed
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._precondition import SketchPreconditioner
@@ -190,8 +190,7 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
             raise ValueError(f"method must be 'precondition' or 'sketch', got {method!r}")
         if n < d:
             raise ValueError(f"method={method!r} needs n >= d, got X of shape {X.shape}")
-        if not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol}")
+        tol = check_positive_real(tol, "tol")
         S = sketch_for(sketch, m, n, d, method, seed)
         SX = _small(sketch_fn(S, X))
         Sy = _small(sketch_fn(S, y))

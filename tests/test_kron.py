@@ -245,6 +245,10 @@ def test_rank_regression_against_exact_lp(xp, rng):
     fast = kron.rank_regression(xp.asarray(A), xp.asarray(b), m=1500, seed=3)
     assert exact.cost * (1 - 1e-9) <= fast.cost <= 1.03 * exact.cost
     assert fast.info["pairs"] <= 1500
+    # A sparse A gives the same answer as its dense copy (it is densified: n x d).
+    As = sparse_module(xp).csr_matrix(xp.asarray(A))
+    same = kron.rank_regression(As, xp.asarray(b), m=1500, seed=3)
+    np.testing.assert_allclose(to_numpy(same.x), to_numpy(fast.x), rtol=1e-12)
 
 
 # -- low rank --------------------------------------------------------------------

@@ -115,3 +115,46 @@ def test_sketch_too_large_for_memory_names_the_size(xp):
     S = gs.CountSketch(10**11, 10, seed=1)
     with pytest.raises(MemoryError, match=r"sketch output .* GiB"):
         S @ xp.ones((10, 100))
+
+
+_A = np.random.default_rng(1).standard_normal((60, 4))
+_b = np.random.default_rng(2).standard_normal(60)
+
+SOLVER_CASES = [
+    # A without rows or columns: a solver has no answer to give (rank has: 0).
+    (lambda: gs.lstsq(np.zeros((60, 0)), _b), ValueError, "A is empty"),
+    (lambda: gs.lstsq(np.zeros((60, 0)), _b, method="direct"), ValueError, "A is empty"),
+    (lambda: gs.leverage_scores(np.zeros((60, 0))), ValueError, "A is empty"),
+    (lambda: gs.lewis_weights(np.zeros((0, 4)), 1), ValueError, "A is empty"),
+    (lambda: gs.robust.heavy_coordinates(np.zeros((0, 4)), 3), ValueError, "A is empty"),
+    (lambda: gs.robust.tukey_regression(np.zeros((60, 0)), _b, 1.0), ValueError, "A is empty"),
+    # scalar parameters: finite, positive, numbers
+    (lambda: gs.lstsq(_A, _b, tol=float("inf")), ValueError, "tol"),
+    (lambda: gs.lstsq(_A, _b, tol="1e-8"), ValueError, "tol"),
+    (lambda: gs.lstsq(_A, _b, maxiter=2.5), TypeError, "maxiter"),
+    (lambda: gs.lstsq(_A, _b, maxiter=0), ValueError, "maxiter"),
+    (lambda: gs.robust.TukeyLoss(float("inf")), ValueError, "tau"),
+    (lambda: gs.robust.HuberLoss(float("inf")), ValueError, "tau"),
+    (lambda: gs.robust.irls(_A, _b, gs.robust.TukeyLoss(1.0), tol=True), ValueError, "tol"),
+    (lambda: gs.fair.regression([_A, _A], [_b, _b], tol=float("nan")), ValueError, "tol"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,word", SOLVER_CASES)
+def test_solver_bad_input_raises_named_error(fn, exc, word):
+    with pytest.raises(exc, match=word):
+        fn()
+
+
+def test_rank_of_an_empty_matrix_is_zero():
+    assert gs.rank(np.zeros((60, 0))) == 0 and gs.rank(np.zeros((0, 4))) == 0
+    assert len(gs.independent_rows(np.zeros((0, 4)))) == 0
+
+
+def test_sampled_kronecker_regression_too_large_names_the_size():
+    # 10^12 draws need ~64 TB of indices and weights: refused before drawing.
+    F = [np.random.default_rng(3).standard_normal((6, 2)), np.random.default_rng(4).standard_normal((10, 3))]
+    with pytest.raises(MemoryError, match="sampling m="):
+        gs.kron.lstsq(F, np.ones(60), m=10**12, seed=1)
+    with pytest.raises(MemoryError, match="sampling m="):
+        gs.kron.lp_regression(F, np.ones(60), m=10**12, seed=1)

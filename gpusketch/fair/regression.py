@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import array_namespace, as_operand, check_finite, to_host
+from .._backend import array_namespace, as_operand, check_finite, check_positive_real, to_host
 from .._nvtx import annotate
 from ..robust.lp import solve_lp_small
 from ._groups import as_groups
@@ -160,8 +160,7 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
         bs = _targets(targets, groups, xp)
         if norm not in (1, 2) or isinstance(norm, bool):
             raise ValueError(f"norm must be 1 or 2, got {norm!r}")
-        if not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol}")
+        tol = check_positive_real(tol, "tol")
         sizes = [A.shape[0] for A in groups]
         if not exact:
             A = xp.concatenate(groups)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, as_system, check_memory, check_seed, to_host
+from .._backend import array_namespace, as_system, check_memory, check_seed, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..robust.lewis import lewis_weights
@@ -37,8 +37,8 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
 
     Parameters
     ----------
-    A : (n, d) array, NumPy or CuPy
-        Without an intercept column: differences cancel constants, so an
+    A : (n, d) array or sparse matrix, NumPy/SciPy or CuPy/cupyx
+        Used densified (differences of its rows are dense).  Without an intercept column: differences cancel constants, so an
         intercept is not identifiable.
     b : (n,) array
     m : int, optional
@@ -85,6 +85,7 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
     """
     with annotate("gpusketch.kron.rank_regression"):
         A, b, xp = as_system(A, b)
+        A = to_dense(A)  # n x d: the sampled differences of its rows are dense anyway
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         n, d = A.shape
@@ -107,6 +108,7 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             s = lewis_weights(M, 1, exact=n <= 8 * (4 * (d + 2) + 10), seed=derive_seed(seed, 0))
             s = s / s.sum()
             m = int(m)
+            check_memory(64 * m, f"sampling {m} pairs", xp)
             which = _kernels.uniforms(m, derive_seed(seed, 1), xp) < 0.5
             weighted = categorical(s, m, derive_seed(seed, 2), xp)
             uniform = xp.minimum((_kernels.uniforms(m, derive_seed(seed, 3), xp) * n).astype(xp.int64), n - 1)

@@ -13,6 +13,7 @@ from .._backend import (
     array_namespace,
     as_operand,
     check_finite,
+    check_memory,
     check_seed,
     is_sparse,
     linalg_modules,
@@ -102,12 +103,14 @@ def _setup(factors, b, seed):
     return K, tgt, xp, check_seed(seed)
 
 
-def _check_m(m, D, N, default):
+def _check_m(m, D, N, default, xp):
     m = default if m is None else m
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
         raise ValueError(f"m must be a positive integer, got {m!r}")
     if m <= D:
         raise ValueError(f"m must exceed the number of unknowns ∏ d_t = {D}, got m={m}")
+    # The draws, their factor indices and probabilities, and merge()'s sort: ~64 bytes a draw.
+    check_memory(64 * int(m), f"sampling m={m} rows", xp)
     return int(m)
 
 
@@ -282,7 +285,7 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
             pinvs = [xp.linalg.pinv(F) for F in K.factors]
             x = KroneckerMatrix(pinvs) @ tgt.full()
         else:
-            m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))))
+            m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))), xp)
             info["m"] = m
             if method == "sampling":
                 bases = [_factor_basis(F, derive_seed(seed, t)) for t, F in enumerate(K.factors)]
@@ -384,7 +387,7 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
             raise ValueError(f"residuals must be one of {_RESIDUALS}, got {residuals!r}")
         p = float(p)
         N, D = K.shape
-        m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))))
+        m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))), xp)
         info = {"p": p, "m": m, "residuals": residuals, "seed": seed, "timings": {}}
         t0 = time.perf_counter()
         probs = []

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from .._backend import as_system, check_seed, is_sparse, linalg_modules, to_dense
+from .._backend import as_system, check_positive_int, check_positive_real, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
 from ._numerics import qr_lstsq
@@ -146,8 +146,9 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         n, d = A.shape
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-        if not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol}")
+        tol = check_positive_real(tol, "tol")
+        if maxiter is not None:
+            maxiter = check_positive_int(maxiter, "maxiter")
         dtype = np.result_type(A.dtype, b.dtype)
         if b.dtype != dtype:
             b = b.astype(dtype)

@@ -60,7 +60,7 @@ def rank(A, *, seed=None):
     7
     """
     with annotate("gpusketch.rank"):
-        A, xp = as_matrix(A)
+        A, xp = as_matrix(A, allow_empty=True)
         n, d = A.shape
         seed = check_seed(seed)
         nnz = A.nnz if is_sparse(A) else n * d
@@ -115,7 +115,7 @@ def independent_rows(A, *, seed=None):
     import scipy.linalg
 
     with annotate("gpusketch.independent_rows"):
-        A, xp = as_matrix(A)
+        A, xp = as_matrix(A, allow_empty=True)
         n, d = A.shape
         seed = check_seed(seed)
         k = rank(A, seed=derive_seed(seed, 0))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
-from .._backend import array_namespace, as_operand, as_system, check_finite, check_positive_int, check_seed, to_dense
+from .._backend import (
+    array_namespace,
+    as_operand,
+    as_system,
+    check_finite,
+    check_positive_int,
+    check_positive_real,
+    check_seed,
+    to_dense,
+)
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg._numerics import qr_lstsq
@@ -109,8 +117,7 @@ def irls(A, b, loss, *, weights=None, x0=None, maxiter=100, tol=1e-10, restarts=
                 raise ValueError("weights must be nonnegative")
         maxiter = check_positive_int(maxiter, "maxiter")
         restarts = check_positive_int(restarts, "restarts", minimum=0)
-        if not isinstance(tol, numbers.Real) or not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol!r}")
+        tol = check_positive_real(tol, "tol")
         seed = check_seed(seed)
         if x0 is not None:
             x0, _ = as_operand(x0, "x0", ndim=(1,))

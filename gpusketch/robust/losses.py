@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numbers
 
-from .._backend import array_namespace
+from .._backend import array_namespace, check_positive_real
 
 __all__ = ["TukeyLoss", "ClippedLpLoss", "HuberLoss"]
 
 
 def _check_tau(tau):
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not tau > 0 or tau != tau:
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
-    return float(tau)
+    return check_positive_real(tau, "tau")
 
 
 def _check_p(p, lo=1.0, hi=2.0):

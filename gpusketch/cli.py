@@ -234,10 +234,24 @@ def _save(path, x):
     np.save(path, to_host(x))
 
 
+def _load_npy(path, mmap_mode=None):
+    """A numeric array from a ``.npy`` file; anything else (object arrays, other formats) is refused."""
+    try:
+        x = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError) as exc:  # NumPy takes a file without a .npy header for a pickle
+        why = "no .npy header" if "pickle" in str(exc) else str(exc)
+        raise ValueError(f"{path} is not a .npy array file ({why})") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive
+        raise ValueError(f"{path} is not a .npy array file (found {type(x).__name__})")
+    if x.size == 0:
+        raise ValueError(f"{path} holds an empty array of shape {x.shape}")
+    return x
+
+
 def cmd_sketch(args):
     from . import stream
 
-    A = np.load(args.input, mmap_mode="r")
+    A = _load_npy(args.input, mmap_mode="r")
     if A.ndim != 2:
         raise ValueError(f"{args.input} holds a {A.ndim}-D array; a 2-D matrix is needed")
     S = make_sketch(args.kind, args.m, A.shape[0], seed=args.seed)
@@ -254,8 +268,8 @@ def cmd_lstsq(args):
     from .linalg import lstsq
 
     xp = _xp(args.device)
-    A = xp.asarray(np.load(args.A))
-    b = xp.asarray(np.load(args.b))
+    A = xp.asarray(_load_npy(args.A))
+    b = xp.asarray(_load_npy(args.b))
     res = lstsq(A, b, method=args.method, sketch=args.sketch, m=args.m, tol=args.tol, seed=args.seed)
     _save(args.output, res.x)
     cost = res.cost.tolist() if hasattr(res.cost, "tolist") else res.cost

@@ -106,7 +106,10 @@ def test_command_errors(tmp_path):
     assert r.returncode == 1 and "2-D" in r.stderr
     (tmp_path / "junk.npy").write_text("not an array")
     r = run("lstsq", str(tmp_path / "junk.npy"), str(tmp_path / "v.npy"), "-o", str(tmp_path / "x.npy"))
-    assert r.returncode == 1 and "error" in r.stderr
+    assert r.returncode == 1 and "junk.npy is not a .npy array file (no .npy header)" in r.stderr
+    np.save(tmp_path / "e.npy", np.zeros((0, 3)))
+    r = run("sketch", str(tmp_path / "e.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"), "--device", "cpu")
+    assert r.returncode == 1 and "empty array of shape (0, 3)" in r.stderr
     np.save(tmp_path / "A.npy", np.ones((10, 2)) + np.eye(10, 2))
     r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "-o", str(tmp_path / "x.npy"),
             "--device", "cpu", "--method", "direct")

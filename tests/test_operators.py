@@ -240,6 +240,25 @@ def test_gpu_srht_large_block(rng):
     np.testing.assert_allclose((S @ cupy.asarray(A)).get(), S @ A, rtol=1e-9, atol=1e-9)
 
 
+def test_cpu_srht_cache_blocks_match_dense(rng, monkeypatch):
+    # The CPU cuts the dyadic blocks to _CPU_BLOCK_BYTES of A (but >= 4m rows): with
+    # 256 bytes, 8 rows of 4 doubles -> blocks of 4m = 32 rows, so the transform, the
+    # high-bit signs and the gathers are exercised on many blocks, a column slice and
+    # the adjoint, against the explicit matrix.
+    import gpusketch.operators.srht as srht
+
+    monkeypatch.setattr(srht, "_CPU_BLOCK_BYTES", 256)
+    n = 1000 + 7
+    S = gs.SRHT(8, n, seed=21)
+    assert len(S._blocks(32, np)) > 30 and max(k for _, k in S._blocks(32, np)) == 5
+    A = rng.standard_normal((n, 4))
+    D = S.todense()
+    np.testing.assert_allclose(S @ A, D @ A, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(S[:, 100:900] @ A[100:900], D[:, 100:900] @ A[100:900], rtol=1e-12, atol=1e-12)
+    Y = rng.standard_normal((8, 3))
+    np.testing.assert_allclose(S.T @ Y, D.T @ Y, rtol=1e-12, atol=1e-12)
+
+
 def test_outputs_stay_on_input_device(xp, rng):
     S = gs.SparseSign(8, 20, nnz=2, seed=1)
     Y = S @ xp.asarray(rng.standard_normal((20, 2)))

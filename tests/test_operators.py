@@ -200,6 +200,12 @@ def test_kronecker_one_pass_equals_mode_products(xp, rng, nnz):
     # Chunk exactness of the one-pass path: column slices add up to the whole.
     parts = K[:, :100] @ b[:100] + K[:, 100:] @ b[100:]
     np.testing.assert_allclose(to_numpy(parts), to_numpy(K @ b), atol=1e-10)
+    # The CPU twin has two routes: factor by factor for dense B, every row hashed into
+    # its prod(nnz) buckets for sparse B; they (and the GPU's single pass) agree.
+    Bs = sparse_module(xp).csr_matrix(b * (xp.asarray(rng.random(b.shape)) < 0.5))
+    np.testing.assert_allclose(to_numpy(K @ Bs), to_numpy(K @ Bs.toarray()), atol=1e-10)
+    np.testing.assert_allclose(to_numpy(K[:, 37:301] @ Bs[37:301]), to_numpy(K[:, 37:301] @ Bs[37:301].toarray()),
+                               atol=1e-10)
 
 
 @gpu

@@ -110,7 +110,7 @@ class Kronecker(SketchOperator):
             X = _mode_products(self._factors, B2.reshape(self._dims + (B2.shape[1],)), xp)
             Y = X.reshape(self._m, -1)
         else:
-            Y = _range_apply(self._factors, B2, *self._cols, xp)
+            Y = _kernels.kron_range_apply(self._factors, B2, *self._cols, xp)
         return Y.reshape((self._m,) + B.shape[1:])
 
     def _apply_sparse(self, B, xp):
@@ -144,33 +144,3 @@ class Kronecker(SketchOperator):
         return np.ascontiguousarray(D[:, self._cols[0] : self._cols[1]])
 
 
-def _range_apply(factors, B2, a, b, xp):
-    """``(F_1 ⊗ ... ⊗ F_q)[:, a:b] @ B2`` for dense 2-D ``B2`` with ``b - a`` rows."""
-    F = factors[0]
-    if len(factors) == 1:
-        return F[:, a:b] @ B2
-    rest = factors[1:]
-    Nr = math.prod(G.shape[1] for G in rest)
-    Mr = math.prod(G.shape[0] for G in rest)
-    K_rest = rest[0] if len(rest) == 1 else Kronecker(rest)
-    d = B2.shape[1]
-    out = _zeros(xp, (F.shape[0], Mr, d), B2.dtype, f"sketch output ({F.shape[0] * Mr}, {d})")
-    pos = a
-    while pos < b:
-        j1, off = divmod(pos, Nr)
-        if off == 0 and pos + Nr <= b:
-            # Whole rows j1 .. j1+cnt-1 of the leading factor: (F[:, j1:j1+cnt] ⊗ K_rest) @ chunk.
-            cnt = (b - pos) // Nr
-            chunk = B2[pos - a : pos - a + cnt * Nr].reshape(cnt, Nr, d)
-            X = xp.moveaxis(chunk, 1, 0).reshape(Nr, cnt * d)
-            Y = (K_rest @ X).reshape(Mr, cnt, d)
-            Z = F[:, j1 : j1 + cnt] @ xp.moveaxis(Y, 1, 0).reshape(cnt, Mr * d)
-            out += Z.reshape(F.shape[0], Mr, d)
-            pos += cnt * Nr
-        else:
-            end = min(b, (j1 + 1) * Nr)
-            Y = _range_apply(rest, B2[pos - a : end - a], off, off + end - pos, xp)
-            col = F[:, j1 : j1 + 1] @ xp.ones(1, dtype=B2.dtype)
-            out += col[:, None, None] * Y.reshape(1, Mr, d)
-            pos = end
-    return out.reshape(F.shape[0] * Mr, d)

@@ -164,6 +164,23 @@ def test_lstsq_several_right_hand_sides(rng):
     assert sampled.x.shape == (12, 3)
 
 
+@pytest.mark.parametrize("deficient", [False, True])
+def test_lstsq_sketch_solves_the_sketched_problem_exactly(rng, deficient):
+    # method="sketch" solves min ||(S_1A_1 ⊗ S_2A_2) x - Sb|| through factor pseudo-inverses:
+    # the same minimum-norm x as a dense least squares on the explicit sketched matrix.
+    from gpusketch._random import derive_seed
+
+    F = [rng.standard_normal((60, 3)), rng.standard_normal((50, 4))]
+    if deficient:
+        F[1][:, 3] = F[1][:, 0]  # rank 3 of 4: the minimum-norm answer is unique
+    b = rng.standard_normal((3000, 2))
+    res = kron.lstsq(F, b, method="sketch", m=900, seed=2, cost=False)
+    S = gs.Kronecker([gs.CountSketch(30, 60, seed=derive_seed(2, 0)), gs.CountSketch(30, 50, seed=derive_seed(2, 1))])
+    ref = np.linalg.lstsq(S.todense() @ np.kron(*F), S @ b, rcond=None)[0]
+    assert res.info["m"] == 900
+    np.testing.assert_allclose(res.x, ref, rtol=1e-9, atol=1e-12)
+
+
 
 @pytest.mark.parametrize("q", list(SHAPES))
 @pytest.mark.parametrize("k", [None, 2])

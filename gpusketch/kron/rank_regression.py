@@ -38,8 +38,9 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
     Parameters
     ----------
     A : (n, d) array or sparse matrix, NumPy/SciPy or CuPy/cupyx
-        Used densified (differences of its rows are dense).  Without an intercept column: differences cancel constants, so an
-        intercept is not identifiable.
+        Used densified (differences of its rows are dense).  Without an
+        intercept column: differences cancel constants, so an intercept is
+        not identifiable.
     b : (n,) array
     m : int, optional
         Sampled pairs (``"sampling"``); default ``min(n², ⌈40 d ln(d+2)⌉ + 200)``.

@@ -8,7 +8,15 @@ import warnings
 
 import numpy as np
 
-from .._backend import as_system, check_positive_int, check_positive_real, check_seed, is_sparse, linalg_modules, to_dense
+from .._backend import (
+    as_system,
+    check_positive_int,
+    check_positive_real,
+    check_seed,
+    is_sparse,
+    linalg_modules,
+    to_dense,
+)
 from .._nvtx import annotate
 from ..operators import make_sketch
 from ._numerics import qr_lstsq

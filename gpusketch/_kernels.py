@@ -24,7 +24,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from . import _random
-from ._backend import check_memory, to_host
+from ._backend import check_memory, to_dense, to_host
 from ._nvtx import annotate
 
 __all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources", "uniforms", "level_values"]
@@ -544,7 +544,7 @@ def kron_range_apply(factors, B2, a, b, xp):
         if off == 0 and pos + Nr <= b:
             cnt = (b - pos) // Nr
             chunk = B2[pos - a : pos - a + cnt * Nr].reshape(cnt, Nr * d)
-            Z = _dense(F[:, j1 : j1 + cnt] @ chunk).reshape(F.shape[0], Nr, d)
+            Z = to_dense(F[:, j1 : j1 + cnt] @ chunk).reshape(F.shape[0], Nr, d)
             X = xp.moveaxis(Z, 1, 0).reshape(Nr, F.shape[0] * d)
             Y = kron_range_apply(rest, X, 0, Nr, xp).reshape(Mr, F.shape[0], d)
             out += xp.moveaxis(Y, 1, 0)
@@ -552,14 +552,10 @@ def kron_range_apply(factors, B2, a, b, xp):
         else:
             end = min(b, (j1 + 1) * Nr)
             Y = kron_range_apply(rest, B2[pos - a : end - a], off, off + end - pos, xp)
-            col = _dense(F[:, j1 : j1 + 1] @ xp.ones((1, 1), dtype=B2.dtype)).reshape(-1)
+            col = to_dense(F[:, j1 : j1 + 1] @ xp.ones((1, 1), dtype=B2.dtype)).reshape(-1)
             out += col[:, None, None] * Y.reshape(1, Mr, d)
             pos = end
     return out.reshape(F.shape[0] * Mr, d)
-
-
-def _dense(Y):
-    return Y.toarray() if sp.issparse(Y) else np.asarray(Y) if isinstance(Y, np.matrix) else Y
 
 
 @_twin("kron_hash_sketch", "numpy")
@@ -572,11 +568,8 @@ def _kron_hash_sketch_cpu(B, out, col0, dims, ms, nnzs, streams, seeds, scale):
         # matrix from the same hashes.  On a CPU this beats one pass that hashes every
         # row into prod(nnz) buckets 17-40x (2.6e5 - 9e6 rows): the first factor shrinks
         # B before any other work.  The CUDA kernel keeps the single pass (bandwidth-bound).
-        mats = []
-        for n_t, m_t, z_t, st, seed in zip(dims, ms, nnzs, streams, seeds):
-            bkt, sgn = _hash_values_np(0, n_t, m_t, z_t, seed, st)
-            mats.append(sp.csc_matrix((sgn.astype(out.dtype).ravel(), bkt.ravel(), np.arange(0, (n_t + 1) * z_t, z_t)),
-                                      shape=(m_t, n_t)).tocsr())
+        mats = [_hash_matrix_cpu(0, n_t, m_t, z_t, 1.0, seed, st, out.dtype).tocsr()
+                for n_t, m_t, z_t, st, seed in zip(dims, ms, nnzs, streams, seeds)]
         B2 = B.reshape(B.shape[0], -1)
         Y = kron_range_apply(mats, B2, col0, col0 + B2.shape[0], np)
         out.reshape(M, -1)[...] += Y * out.dtype.type(scale)

@@ -562,8 +562,7 @@ def kron_range_apply(factors, B2, a, b, xp):
 def _kron_hash_sketch_cpu(B, out, col0, dims, ms, nnzs, streams, seeds, scale):
     M = int(np.prod(ms))
     z = int(np.prod(nnzs))
-    sparse_in = sp.issparse(B)
-    if not sparse_in:
+    if not sp.issparse(B):
         # Dense B: factor by factor (kron_range_apply) with each factor as a SciPy CSR
         # matrix from the same hashes.  On a CPU this beats one pass that hashes every
         # row into prod(nnz) buckets 17-40x (2.6e5 - 9e6 rows): the first factor shrinks
@@ -574,7 +573,8 @@ def _kron_hash_sketch_cpu(B, out, col0, dims, ms, nnzs, streams, seeds, scale):
         Y = kron_range_apply(mats, B2, col0, col0 + B2.shape[0], np)
         out.reshape(M, -1)[...] += Y * out.dtype.type(scale)
         return out
-    B2 = B if sparse_in else B.reshape(B.shape[0], -1)
+    # Sparse B: each stored row hashed into its prod(nnz) buckets, as the CUDA kernel does.
+    B2 = B
     o2 = out.reshape(M, -1)
     dtype = o2.dtype
 
@@ -583,8 +583,7 @@ def _kron_hash_sketch_cpu(B, out, col0, dims, ms, nnzs, streams, seeds, scale):
         bucket, sign = _kron_hashes_cpu(j, dims, ms, nnzs, streams, seeds)
         data = sign.astype(dtype).ravel() * dtype.type(scale)
         S = sp.csc_matrix((data, bucket.ravel(), np.arange(0, (b - a + 1) * z, z)), shape=(M, b - a))
-        y = S @ B2[a:b]
-        return y.toarray() if sparse_in else np.asarray(y)
+        return (S @ B2[a:b]).toarray()
 
     n = B2.shape[0]
     _parallel_sum(block, _row_blocks(n, max(1, _CPU_BLOCK // z)), _cpu_threads(n * B2.shape[1] * z), o2)

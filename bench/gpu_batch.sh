@@ -3,7 +3,8 @@
 #
 # On the development machine (registry access), once: fetch the wheels the GPU
 # machine lacks (dask for the Dask tests, statsmodels for robust --scale) into
-# the git-ignored .gpudeps/wheels (about 28 MB; carry it with the device call):
+# the git-ignored .gpudeps/wheels (about 28 MB; carry it with the device call;
+# threadpoolctl too, so that the CPU thread policy is the one users get):
 #
 #     bash bench/gpu_batch.sh --prepare
 #
@@ -24,7 +25,7 @@ if [ "${1:-}" = "--prepare" ]; then
     exec python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         --no-deps -d "$wheels" statsmodels pandas patsy python-dateutil pytz tzdata six \
-        dask toolz cloudpickle partd fsspec pyyaml click locket packaging
+        dask toolz cloudpickle partd fsspec pyyaml click locket packaging threadpoolctl
 fi
 if [ $# -lt 1 ]; then
     echo "usage: bash bench/gpu_batch.sh --prepare | COMMIT [PART ...]" >&2

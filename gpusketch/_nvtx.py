@@ -2,12 +2,16 @@
 
 ``annotate`` marks public entry points and kernel launches.  The ``nvtx``
 package is looked up once, on first use, never at import of gpusketch.
+Since every public entry point enters ``annotate``, its range also holds the
+CPU backend's BLAS thread policy (``_backend.scipy_blas_serial``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+
+from ._backend import scipy_blas_serial
 
 __all__ = ["annotate"]
 
@@ -22,20 +26,34 @@ def _nvtx():
 
 
 def annotate(name: str):
-    """Context manager (and decorator) opening an nvtx range called ``name``.
+    """Context manager opening an nvtx range called ``name``, inside ``scipy_blas_serial``.
 
-    Returns a ``contextlib.nullcontext`` when ``nvtx`` is not installed, so the
-    cost of an unused range is one cached lookup.
+    Without ``nvtx`` the range is a no-op, so an unused range costs one cached
+    lookup and the re-entrant thread policy's counter.
     """
     mod = _nvtx()
-    if mod is None:
-        return _Null()
-    return mod.annotate(name, domain="gpusketch")
+    rng = contextlib.nullcontext() if mod is None else mod.annotate(name, domain="gpusketch")
+    return _Range(rng)
 
 
-class _Null(contextlib.ContextDecorator):
+class _Range:
+    __slots__ = ("_rng", "_serial")
+
+    def __init__(self, rng):
+        self._rng = rng
+        self._serial = scipy_blas_serial()
+
     def __enter__(self):
+        self._serial.__enter__()
+        try:
+            self._rng.__enter__()
+        except BaseException:
+            self._serial.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc):
-        return False
+        try:
+            return self._rng.__exit__(*exc)
+        finally:
+            self._serial.__exit__(None, None, None)

@@ -208,6 +208,35 @@ def uniforms(n, seed, xp):
     return (buckets[:, 0] + 0.5) / float(1 << 30)
 
 
+@_twin("inverse_cdf", "numpy")
+def _inverse_cdf_cpu(cdf, u):
+    # ``searchsorted(cdf, u, side="right")``: the first i with cdf[i] > u.  For a short cdf
+    # and many draws, a guide table (Chen & Asau 1974): G = 2^g >= 2 len(cdf) cells, cell c
+    # starting at the first i with cdf[i] > c/G, then a few vectorised steps forward.  G a
+    # power of two makes u·G and c/G exact, so the start never passes the answer.  NumPy's
+    # binary search costs ~100 ns a draw (12100 draws into 300 entries: 1.3 ms).
+    k = cdf.size
+    if k == 0 or k > u.size:
+        return np.searchsorted(cdf, u, side="right")
+    G = 1 << max(1, (2 * k - 1).bit_length())
+    table = np.searchsorted(cdf, np.arange(G, dtype=np.float64) / G, side="right")
+    i = table[np.minimum((u * G).astype(np.int64), G - 1)]
+    todo = np.flatnonzero(i < k)
+    todo = todo[cdf[i[todo]] <= u[todo]]
+    while todo.size:
+        i[todo] += 1
+        todo = todo[i[todo] < k]
+        todo = todo[cdf[i[todo]] <= u[todo]]
+    return i
+
+
+@_twin("inverse_cdf", "cupy")
+def _inverse_cdf_gpu(cdf, u):
+    import cupy
+
+    return cupy.searchsorted(cdf, u, side="right")
+
+
 # ---------------------------------------------------------------------------
 # Hashing sketches (CountSketch, SparseSign): scatter-add and adjoint gather
 # ---------------------------------------------------------------------------

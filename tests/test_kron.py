@@ -182,16 +182,22 @@ def test_lstsq_sketch_solves_the_sketched_problem_exactly(rng, deficient):
 
 
 
-@pytest.mark.parametrize("q", list(SHAPES))
+@pytest.mark.parametrize("q,density", [("q2", "dense"), ("q3", "dense"), ("q2", "sparse")])
 @pytest.mark.parametrize("k", [None, 2])
-def test_sampled_gram_equals_the_explicit_weighted_gram(xp, rng, q, k):
-    """The grouped Gram (CSR Ω times row outer products) equals UᵀWU and UᵀWb of the explicit sampled rows."""
+def test_sampled_gram_equals_the_explicit_weighted_gram(xp, rng, q, density, k):
+    """The grouped Gram (CSR Ω times the packed row outer products) equals UᵀWU and UᵀWb of
+    the explicit sampled rows: about half of all rows sampled ("dense"), or 2 of the 30
+    last-factor rows per prefix ("sparse")."""
     from gpusketch.kron.regression import _sampled_gram
 
     fs = _factors(rng, SHAPES[q], xp)
     A = _full(fs)
     N = A.shape[0]
-    idx = np.unique(rng.integers(0, N, 3 * N // 4))  # sorted and distinct, as merge() returns them
+    if density == "dense":
+        idx = np.unique(rng.integers(0, N, 3 * N // 4))  # sorted and distinct, as merge() returns them
+    else:
+        n_last = SHAPES[q][-1][0]
+        idx = np.sort(np.concatenate([g * n_last + rng.choice(n_last, 2, replace=False) for g in range(N // n_last)]))
     w = rng.random(idx.size) + 0.5
     bv = rng.standard_normal(idx.size if k is None else (idx.size, k))
     out = _sampled_gram(fs, xp.asarray(idx), xp.asarray(w), xp.asarray(bv), xp)
@@ -326,3 +332,23 @@ def test_lp_regression_zero_b_reduces_to_structural_sampling(rng):
     res = kron.lp_regression(fs, np.zeros(1200), p=1, m=300, residuals="bound", seed=1)
     np.testing.assert_allclose(res.x, 0.0, atol=1e-9)
     assert res.cost == pytest.approx(0.0, abs=1e-8)
+
+
+def test_inverse_cdf_twin_is_searchsorted(xp, rng):
+    """The guide-table inverse CDF (CPU twin) returns ``searchsorted(side="right")`` exactly:
+    flat stretches (zero probabilities), a dominant entry, draws on the cdf's own values,
+    at 0, and at or beyond its last value."""
+    from gpusketch import _kernels
+
+    p = rng.random(300)
+    p[rng.choice(300, 120, replace=False)] = 0.0  # runs of equal cdf values
+    p[17] = 500.0  # one cell holding most of the mass
+    cdf = np.cumsum(p / p.sum())
+    u = np.concatenate([rng.random(12000), cdf[::7], [0.0, cdf[-1], 1.0 - 2**-53, np.nextafter(cdf[40], 0)]])
+    got = _kernels.call("inverse_cdf", xp, xp.asarray(cdf), xp.asarray(u))
+    np.testing.assert_array_equal(to_numpy(got), np.searchsorted(cdf, u, side="right"))
+    # A long cdf (more entries than draws) takes the binary search; the answer is the same.
+    long = np.cumsum(rng.random(5000))
+    long /= long[-1]
+    np.testing.assert_array_equal(to_numpy(_kernels.call("inverse_cdf", xp, xp.asarray(long), xp.asarray(u[:100]))),
+                                  np.searchsorted(long, u[:100], side="right"))

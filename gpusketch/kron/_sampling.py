@@ -15,7 +15,7 @@ def categorical(p, count, seed, xp):
     """
     cdf = xp.cumsum(p / p.sum())
     u = _kernels.uniforms(count, seed, xp)
-    return xp.minimum(xp.searchsorted(cdf, u, side="right"), p.size - 1)
+    return xp.minimum(_kernels.call("inverse_cdf", xp, cdf, u), p.size - 1)
 
 
 def product_sample(probs, count, seed, xp):

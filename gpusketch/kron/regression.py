@@ -142,6 +142,16 @@ def _cholesky_solve(G, r, xp):
         return None
 
 
+def _sym_pairs(d, xp):
+    """Upper-triangle pairs ``(a <= b)`` of a d × d symmetric matrix, and the d × d map from
+    ``(a, b)`` to the index of the pair ``(min, max)`` among them, on ``xp``."""
+    up = np.triu_indices(d)
+    pair = np.empty((d, d), dtype=np.int64)
+    pair[up] = np.arange(up[0].size)
+    pair[up[1], up[0]] = pair[up]
+    return (xp.asarray(up[0]), xp.asarray(up[1])), xp.asarray(pair)
+
+
 def _sampled_gram(bases, idx, w, bvals, xp):
     """``UᵀWU`` and ``UᵀW b`` of the sampled rows ``U = (B_1 ⊗ ... ⊗ B_q)[idx]``, never forming U.
 
@@ -153,7 +163,9 @@ def _sampled_gram(bases, idx, w, bvals, xp):
 
     with Ω the sparse (P × n_q) matrix of the weights (one CSR row per
     prefix, built from the sorted indices without a sort) and ``K_q`` the
-    ``n_q × d_q²`` row outer products of ``B_q``.  Cost ``O(m d_q² + P D²)``
+    ``n_q × d_q²`` row outer products of ``B_q``.  Both Kronecker sides are
+    symmetric, so only their upper triangles are formed and multiplied (about
+    half the work).  Cost ``O(m d_q² + P D²)``
     for P distinct prefixes instead of ``O(m D²)``.  Returns ``None`` when
     grouping would not save memory (``P ∏_{t<q} d_t² > m D``).
     """
@@ -173,13 +185,18 @@ def _sampled_gram(bases, idx, w, bvals, xp):
     def weighted(vals):  # the (P × n_q) CSR matrix with these values at the samples
         return sparse.csr_matrix((vals, cols, indptr), shape=(P, n_last))
 
-    M = to_dense(weighted(w) @ (Bq[:, :, None] * Bq[:, None, :]).reshape(n_last, dq * dq))
+    # Both Kronecker sides are symmetric (p_g p_gᵀ and M_g): only their upper triangles
+    # are formed and multiplied (half the columns each side), then unpacked.
+    up_p, pair_p = _sym_pairs(Dp, xp)
+    up_q, pair_q = _sym_pairs(dq, xp)
+    M = to_dense(weighted(w) @ (Bq[:, up_q[0]] * Bq[:, up_q[1]]))  # (P, dq(dq+1)/2)
     wb = w[:, None] * bvals.reshape(m, -1)
     Rg = xp.stack([to_dense(weighted(xp.ascontiguousarray(wb[:, j])) @ Bq) for j in range(wb.shape[1])], axis=2)
     Pv = KroneckerMatrix(list(bases[:-1])).rows(prefix[starts])  # (P, Dp)
-    PP = (Pv[:, :, None] * Pv[:, None, :]).reshape(P, Dp * Dp)
+    Gs = (Pv[:, up_p[0]] * Pv[:, up_p[1]]).T @ M  # rows (a <= b), columns (c <= d)
     D = Dp * dq
-    G = (PP.T @ M).reshape(Dp, Dp, dq, dq).transpose(0, 2, 1, 3).reshape(D, D)
+    G = Gs[pair_p[:, :, None, None], pair_q[None, None, :, :]]  # [a, b, c, d]
+    G = G.transpose(0, 2, 1, 3).reshape(D, D)
     r = (Pv.T @ Rg.reshape(P, -1)).reshape(D, wb.shape[1])
     return G, (r[:, 0] if bvals.ndim == 1 else r)
 

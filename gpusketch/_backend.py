@@ -375,7 +375,9 @@ class scipy_blas_serial:
     when ``threadpoolctl`` is missing, when NumPy and SciPy share one BLAS
     (conda, system builds), or when ``GPUSKETCH_SERIAL_SCIPY_BLAS=0``.  The
     thread count is process-wide: SciPy BLAS calls that other Python threads
-    make meanwhile run serial too.
+    make meanwhile run serial too.  (threadpoolctl lets only the first Python
+    thread that sets an OpenBLAS thread count change it while that thread
+    lives; entries from other threads then leave the count as it is.)
     """
 
     __slots__ = ()

@@ -37,6 +37,7 @@ __all__ = [
     "to_host",
     "sparse_module",
     "scipy_blas_serial",
+    "all_blas_serial",
 ]
 
 _FLOAT_TYPES = (np.float32, np.float64)
@@ -322,8 +323,8 @@ def linalg_modules(xp):
 # CPU BLAS thread pools
 # ---------------------------------------------------------------------------
 
-#: Set to "0" to leave SciPy's BLAS threads alone (read once, at the first entry).
-SERIAL_SCIPY_BLAS_ENV = "GPUSKETCH_SERIAL_SCIPY_BLAS"
+#: Set to "0" to leave every BLAS thread count alone (read once, at first use).
+BLAS_POLICY_ENV = "GPUSKETCH_BLAS_POLICY"
 
 
 def _scipy_only(libs, scipy_dir):
@@ -334,73 +335,87 @@ def _scipy_only(libs, scipy_dir):
 
 
 @functools.lru_cache(maxsize=None)
-def _scipy_blas_pools():
-    if os.environ.get(SERIAL_SCIPY_BLAS_ENV, "1") == "0":
+def _blas_libs():
+    """threadpoolctl controllers of the loaded BLAS libraries (after SciPy's is loaded), or ()."""
+    if os.environ.get(BLAS_POLICY_ENV, "1") == "0":
         return ()
     try:
         from threadpoolctl import ThreadpoolController  # noqa: PLC0415
     except ImportError:
         return ()
-    import scipy  # noqa: PLC0415
     import scipy.linalg  # noqa: F401, PLC0415  (loads SciPy's BLAS)
 
     with warnings.catch_warnings():  # threadpoolctl warns about unrelated OpenMP runtimes
         warnings.simplefilter("ignore")
-        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@functools.lru_cache(maxsize=None)
+def _scipy_blas_pools():
+    import scipy  # noqa: PLC0415
+
     site = os.path.dirname(os.path.realpath(scipy.__path__[0]))
-    return _scipy_only(libs, os.path.join(site, "scipy"))
+    return _scipy_only(_blas_libs(), os.path.join(site, "scipy"))
 
 
-_serial_lock = threading.Lock()
-_serial_depth = 0
-_serial_saved = ()
+class _SerialPools:
+    """Re-entrant, thread-safe context: the selected BLAS pools run on one thread inside it.
 
-
-class scipy_blas_serial:
-    """Context manager: SciPy's own BLAS runs on one thread inside it (re-entrant).
-
-    pip wheels of NumPy and SciPy each bundle an OpenBLAS with its own thread
-    pool (SciPy issue #15050).  After a call, a pool's threads spin for a
-    while; when NumPy's and SciPy's BLAS calls alternate, as they do in the
-    solvers' loops (NumPy products, SciPy triangular solves), each pool runs
-    while the other's threads still spin, on the same cores.  On a 2-core
-    machine that made the steps of ``kron.lstsq`` (90000 rows, 12100
-    samples) 2.0-2.7× slower than with either pool on one thread.  SciPy's BLAS
-    does only small work here (triangular solves and inverses of d × d
-    factors, pivoted QR of sampled rows), so it is the one made serial; NumPy
-    keeps its threads for the large products.
-
-    Every public entry point holds it (through ``annotate``); the outermost
-    one saves SciPy's thread count and restores it on exit.  It does nothing
-    when ``threadpoolctl`` is missing, when NumPy and SciPy share one BLAS
-    (conda, system builds), or when ``GPUSKETCH_SERIAL_SCIPY_BLAS=0``.  The
-    thread count is process-wide: SciPy BLAS calls that other Python threads
-    make meanwhile run serial too.  (threadpoolctl lets only the first Python
-    thread that sets an OpenBLAS thread count change it while that thread
-    lives; entries from other threads then leave the count as it is.)
+    The outermost entry (over all Python threads) saves their thread counts and
+    sets 1; the last exit restores them.  ``pools`` is a callable returning the
+    threadpoolctl controllers (``()``: do nothing).
     """
 
-    __slots__ = ()
+    def __init__(self, pools):
+        self._pools = pools
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = ()
 
     def __enter__(self):
-        global _serial_depth, _serial_saved
-        pools = _scipy_blas_pools()
+        pools = self._pools()
         if pools:
-            with _serial_lock:
-                if _serial_depth == 0:
-                    _serial_saved = tuple(pool.num_threads for pool in pools)
+            with self._lock:
+                if self._depth == 0:
+                    self._saved = tuple(pool.num_threads for pool in pools)
                     for pool in pools:
                         pool.set_num_threads(1)
-                _serial_depth += 1
+                self._depth += 1
         return self
 
     def __exit__(self, *exc):
-        global _serial_depth
-        pools = _scipy_blas_pools()
+        pools = self._pools()
         if pools:
-            with _serial_lock:
-                _serial_depth -= 1
-                if _serial_depth == 0:
-                    for pool, n in zip(pools, _serial_saved):
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    for pool, n in zip(pools, self._saved):
                         pool.set_num_threads(n)
         return False
+
+
+#: SciPy's own BLAS on one thread (held by every public entry point, through ``annotate``).
+#:
+#: pip wheels of NumPy and SciPy each bundle an OpenBLAS with its own thread
+#: pool (SciPy issue #15050).  After a call, a pool's threads spin for a
+#: while; when NumPy's and SciPy's BLAS calls alternate, as they do in the
+#: solvers' loops (NumPy products, SciPy triangular solves), each pool runs
+#: while the other's threads still spin, on the same cores.  On a 2-core
+#: machine that made the steps of ``kron.lstsq`` (90000 rows, 12100
+#: samples) 2.0-2.7× slower than with either pool on one thread.  SciPy's BLAS
+#: does only small work here (triangular solves and inverses of d × d
+#: factors, pivoted QR of sampled rows), so it is the one made serial; NumPy
+#: keeps its threads for the large products.  Nothing happens when
+#: ``threadpoolctl`` is missing, when NumPy and SciPy share one BLAS (conda,
+#: system builds), or when ``GPUSKETCH_BLAS_POLICY=0``.  Thread counts are
+#: process-wide: BLAS calls that other Python threads make meanwhile follow
+#: them too.  (threadpoolctl lets only the first Python thread that sets an
+#: OpenBLAS thread count change it while that thread lives; entries from
+#: other threads then leave the count as it is.)
+scipy_blas_serial = _SerialPools(_scipy_blas_pools)
+
+#: Every BLAS on one thread: held while the CPU twins run blocks on their own Python
+#: threads (``_kernels._parallel_sum``), so that each block's products do not start a
+#: BLAS pool per thread on the same cores (the Gaussian sketch of 2^16 × 64 into 256
+#: rows, 2 cores: 1.55-1.6× faster, its adjoint 1.6-1.7×).
+all_blas_serial = _SerialPools(_blas_libs)

@@ -24,7 +24,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from . import _random
-from ._backend import check_memory, to_dense, to_host
+from ._backend import all_blas_serial, check_memory, to_dense, to_host
 from ._nvtx import annotate
 
 __all__ = ["call", "kernel_dir", "NAME_EXPRESSIONS", "load_module", "kernel_sources", "uniforms", "level_values"]
@@ -274,6 +274,7 @@ def _parallel_sum(fn, ranges, threads, out):
 
     SciPy's sparse products release the GIL, so threads give real speed-up.
     Each thread accumulates its own partial sum; partials are added at the end.
+    BLAS runs on one thread meanwhile (``all_blas_serial``).
     """
     if threads <= 1 or len(ranges) < 2:
         for a, b in ranges:
@@ -288,7 +289,7 @@ def _parallel_sum(fn, ranges, threads, out):
             acc = y if acc is None else acc.__iadd__(y)
         return acc
 
-    with ThreadPoolExecutor(threads) as ex:
+    with all_blas_serial, ThreadPoolExecutor(threads) as ex:  # the threads are the parallelism, not BLAS
         for acc in ex.map(run, [p for p in parts if p]):
             out += acc
     return out
@@ -1026,7 +1027,7 @@ def _gaussian_adjoint_cpu(Y, out, col0, scale, seed, stream):
         out[a:b] = _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, Y.dtype).T @ Y
 
     ranges = _row_blocks(out.shape[0], c)
-    with ThreadPoolExecutor(_cpu_threads(m * out.shape[0])) as ex:
+    with all_blas_serial, ThreadPoolExecutor(_cpu_threads(m * out.shape[0])) as ex:
         list(ex.map(lambda r: block(*r), ranges))
     return out
 

@@ -41,7 +41,7 @@ class _Range:
 
     def __init__(self, rng):
         self._rng = rng
-        self._serial = scipy_blas_serial()
+        self._serial = scipy_blas_serial
 
     def __enter__(self):
         self._serial.__enter__()

@@ -28,7 +28,7 @@ class _FakePool:
 @pytest.fixture
 def fake_pool(monkeypatch):
     pool = _FakePool()
-    monkeypatch.setattr(_backend, "_scipy_blas_pools", lambda: (pool,))
+    monkeypatch.setattr(_backend.scipy_blas_serial, "_pools", lambda: (pool,))
     return pool
 
 
@@ -70,17 +70,39 @@ def test_restored_when_the_entry_point_raises(fake_pool):
     with pytest.raises(ValueError, match="method"):
         gs.lstsq(np.ones((10, 2)), np.ones(10), method="nope")
     assert fake_pool.n == 4 and fake_pool.calls == [1, 4]
-    assert _backend._serial_depth == 0
+    assert _backend.scipy_blas_serial._depth == 0
 
 
 def test_opt_out_by_environment(monkeypatch):
-    monkeypatch.setenv(_backend.SERIAL_SCIPY_BLAS_ENV, "0")
+    monkeypatch.setenv(_backend.BLAS_POLICY_ENV, "0")
+    _backend._blas_libs.cache_clear()
     _backend._scipy_blas_pools.cache_clear()
     try:
-        assert _backend._scipy_blas_pools() == ()
+        assert _backend._blas_libs() == () and _backend._scipy_blas_pools() == ()
     finally:
-        monkeypatch.delenv(_backend.SERIAL_SCIPY_BLAS_ENV)
+        monkeypatch.delenv(_backend.BLAS_POLICY_ENV)
+        _backend._blas_libs.cache_clear()
         _backend._scipy_blas_pools.cache_clear()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the CPU twins use one thread on one core")
+def test_blocks_on_python_threads_run_serial_blas(monkeypatch):
+    """While a CPU twin runs blocks on its own threads (Gaussian sketch), every BLAS is serial;
+    the count comes back afterwards."""
+    pool = _FakePool()
+    monkeypatch.setattr(_backend.all_blas_serial, "_pools", lambda: (pool,))
+    seen = []
+    block = _kernels._gaussian_block_cpu
+
+    def spy(*args):
+        seen.append(pool.n)
+        return block(*args)
+
+    monkeypatch.setattr(_kernels, "_gaussian_block_cpu", spy)
+    A = np.ones((40000, 2))
+    gs.Gaussian(64, 40000, seed=1) @ A  # m n >= 2^21: more than one thread
+    assert len(seen) > 1 and set(seen) == {1}
+    assert pool.n == 4 and pool.calls == [1, 4]
 
 
 def test_real_pools_when_numpy_and_scipy_bundle_their_own():

@@ -4,7 +4,7 @@ This is the one place that answers "NumPy or CuPy?".  It recognises CuPy and
 cupyx.scipy.sparse objects by the module their type lives in, so importing
 gpusketch never imports CuPy (or torch, or Dask).  Every public entry point
 validates its inputs through the helpers here, before doing any work.  It also
-holds the CPU backend's one thread policy (``scipy_blas_serial``).
+holds the CPU backend's BLAS thread policy (``scipy_blas_serial``, ``all_blas_serial``).
 """
 
 from __future__ import annotations
@@ -417,5 +417,5 @@ scipy_blas_serial = _SerialPools(_scipy_blas_pools)
 #: Every BLAS on one thread: held while the CPU twins run blocks on their own Python
 #: threads (``_kernels._parallel_sum``), so that each block's products do not start a
 #: BLAS pool per thread on the same cores (the Gaussian sketch of 2^16 × 64 into 256
-#: rows, 2 cores: 1.55-1.6× faster, its adjoint 1.6-1.7×).
+#: rows, 2 cores: 1.55-1.65× faster, its adjoint 1.6-1.7×).
 all_blas_serial = _SerialPools(_blas_libs)

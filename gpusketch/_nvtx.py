@@ -37,18 +37,17 @@ def annotate(name: str):
 
 
 class _Range:
-    __slots__ = ("_rng", "_serial")
+    __slots__ = ("_rng",)
 
     def __init__(self, rng):
         self._rng = rng
-        self._serial = scipy_blas_serial
 
     def __enter__(self):
-        self._serial.__enter__()
+        scipy_blas_serial.__enter__()
         try:
             self._rng.__enter__()
         except BaseException:
-            self._serial.__exit__(None, None, None)
+            scipy_blas_serial.__exit__(None, None, None)
             raise
         return self
 
@@ -56,4 +55,4 @@ class _Range:
         try:
             return self._rng.__exit__(*exc)
         finally:
-            self._serial.__exit__(None, None, None)
+            scipy_blas_serial.__exit__(None, None, None)

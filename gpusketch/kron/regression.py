@@ -185,8 +185,6 @@ def _sampled_gram(bases, idx, w, bvals, xp):
     def weighted(vals):  # the (P × n_q) CSR matrix with these values at the samples
         return sparse.csr_matrix((vals, cols, indptr), shape=(P, n_last))
 
-    # Both Kronecker sides are symmetric (p_g p_gᵀ and M_g): only their upper triangles
-    # are formed and multiplied (half the columns each side), then unpacked.
     up_p, pair_p = _sym_pairs(Dp, xp)
     up_q, pair_q = _sym_pairs(dq, xp)
     M = to_dense(weighted(w) @ (Bq[:, up_q[0]] * Bq[:, up_q[1]]))  # (P, dq(dq+1)/2)

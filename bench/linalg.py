@@ -142,14 +142,36 @@ def write(rows, meta, out, tag):
     plt = pyplot()
     if plt is None:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        y = max(r.get("cost_gap", (r.get("err_ratio") or 1) - 1), 1e-17)
-        ax.scatter(r["seconds"], y, marker="o" if r["method"].startswith("gpusketch") else "x")
-        ax.annotate(f"{r['method'].split(' (')[0]} {r['shape']}", (r["seconds"], y), fontsize=6)
-    ax.set(xscale="log", yscale="log", xlabel="seconds", ylabel="cost/opt − 1 (lstsq), err/opt − 1 (low rank)",
-           title=f"error vs time, {meta['device_name']}")
-    fig.tight_layout()
+    # One panel per problem (task, shape); one colour per method across panels; for
+    # least squares the marker says κ.  Gaps at or below 1e-16 (exact to round-off,
+    # or below the optimum by round-off) sit on the floor line.
+    from matplotlib import ticker
+
+    panels = list(dict.fromkeys((r["task"], r["shape"]) for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    marks = {1e2: "o", 1e8: "s", None: "D"}
+    floor = 1e-16
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.2), squeeze=False)
+    for ax, (task, shape) in zip(axes[0], panels):
+        for r in rows:
+            if (r["task"], r["shape"]) != (task, shape):
+                continue
+            gap = r["cost_gap"] if "cost_gap" in r else r["err_ratio"] - 1
+            ax.scatter(r["seconds"], max(gap, floor), color=colours[r["method"]], marker=marks.get(r["kappa"], "o"),
+                       s=36, label=r["method"] if r["kappa"] in (1e2, None) else None)
+        if task == "lstsq":
+            ax.axhline(floor, color="0.8", lw=0.8, zorder=0)
+        ax.set(xscale="log", yscale="log", xlabel="seconds", title=f"{task} {shape}")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    axes[0][0].set_ylabel("cost/opt − 1 (lstsq; ○ κ=1e2, □ κ=1e8)\nerr/opt − 1 (low rank)")
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.collections if not h.get_label().startswith("_")}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=7,
+               frameon=False)
+    fig.suptitle(f"error vs time, {meta['device_name']}, commit {meta['commit']}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(handles) // 5), 1, 1))
     fig.savefig(out / f"linalg-{tag}.png", dpi=120)
 
 

@@ -929,7 +929,10 @@ def _group_leverage_subset_screened(X, batch, groups, threshold, stride):
         B = np.asarray(X[a : a + _GROUP_BLOCK_ROWS], dtype=np.float64)
         r[a : a + B.shape[0]] = (B * B) @ s2
     live = colsq > 0  # all-zero columns add nothing to r or to any Gram
-    TS = T[:, live] * np.sqrt(s2[live])
+    # C order: indexing a strided view's columns yields an F-ordered copy, whose row
+    # gather below (TS[order], once per labeling) ran 3x slower.
+    TS = np.ascontiguousarray(T[:, live])
+    TS *= np.sqrt(s2[live])
     eps = np.finfo(np.float64).eps
     out = np.zeros(batch.shape)
     for k, group in enumerate(batch):

@@ -853,19 +853,94 @@ def _group_order(group, groups, xp):
     return order, bounds
 
 
+class _GivenLabels:
+    """Labelings given as a ``(k, n)`` array.
+
+    The interface the group-leverage routes read labels through (``_HashLabels``
+    has the same): ``len``, ``all(k)`` (labeling k), ``at(k, rows)`` and
+    ``at_runs(k, q, count)`` (rows ``4q .. 4q+3`` for each ascending q, the first
+    ``count`` of them).
+    """
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __len__(self):
+        return self.batch.shape[0]
+
+    def all(self, k):
+        return self.batch[k]
+
+    def at(self, k, rows):
+        return self.batch[k][rows]
+
+    def at_runs(self, k, q, count):
+        return self.batch[k][_run_rows(q)[:count]]
+
+
+def _run_rows(q):
+    return (4 * np.asarray(q)[:, None] + np.arange(4)).reshape(-1)
+
+
+class _HashLabels:
+    """Labelings ``hash_values(0, n, groups, 1, seed_k, stream)[0][:, 0]``, hashed only where read.
+
+    Row i's label is hash word i's bucket, ``((w_i >> 1) · groups) >> 31``.
+    """
+
+    def __init__(self, n, groups, seeds, stream):
+        self.n, self.groups, self.seeds, self.stream = n, groups, list(seeds), stream
+
+    def __len__(self):
+        return len(self.seeds)
+
+    def _buckets(self, w):
+        return (((w >> np.uint64(1)) * np.uint64(self.groups)) >> np.uint64(31)).astype(np.intp)
+
+    def all(self, k):
+        return self._buckets(_random.hash_words(0, self.n, self.seeds[k], self.stream))
+
+    def at(self, k, rows):
+        return self._buckets(_random.hash_words_at(rows, self.seeds[k], self.stream))
+
+    def at_runs(self, k, q, count):
+        # one Philox block per run of four rows
+        return self._buckets(_random.hash_word_blocks(q, self.seeds[k], self.stream)).reshape(-1)[:count]
+
+
 @_twin("group_leverage", "numpy")
 def _group_leverage_cpu(X, group, groups, threshold=0.0):
     # ``group`` is (n,) or (k, n): k labelings of the same rows (heavy_coordinates'
     # repetitions), which share the screening pass below.
     labels = np.asarray(group)
-    batch = labels.reshape(-1, X.shape[0])
+    out = _group_leverage_labelings(X, _GivenLabels(labels.reshape(-1, X.shape[0])), groups, threshold)
+    return out.reshape(labels.shape)
+
+
+@_twin("hashed_group_leverage", "numpy")
+def _hashed_group_leverage_cpu(X, groups, seeds, stream, threshold=0.0):
+    # group_leverage of the labelings hash_values(0, n, groups, 1, seed, stream) for each
+    # seed, shape (len(seeds), n); the CPU hashes only the labels its route reads.
+    return _group_leverage_labelings(X, _HashLabels(X.shape[0], groups, seeds, stream), groups, threshold)
+
+
+@_twin("hashed_group_leverage", "cupy")
+def _hashed_group_leverage_gpu(X, groups, seeds, stream, threshold=0.0):
+    import cupy
+
+    n = X.shape[0]
+    return cupy.stack([
+        _group_leverage_padded(X, _hash_values_gpu(0, n, groups, 1, seed, stream)[0][:, 0], groups, threshold, cupy)
+        for seed in seeds
+    ])
+
+
+def _group_leverage_labelings(X, labels, groups, threshold):
     n, d = X.shape
     stride = n // (_SCREEN_ROWS * d * groups)
     if threshold > 0 and stride >= 2:
-        out = _group_leverage_subset_screened(X, batch, groups, threshold, stride)
-    else:
-        out = np.stack([_group_leverage_exact(X, g, groups, threshold) for g in batch])
-    return out.reshape(labels.shape)
+        return _group_leverage_subset_screened(X, labels, groups, threshold, stride)
+    return np.stack([_group_leverage_exact(X, labels.all(k), groups, threshold) for k in range(len(labels))])
 
 
 def _group_leverage_exact(X, group, groups, threshold, only=None):
@@ -900,8 +975,8 @@ def _group_leverage_exact(X, group, groups, threshold, only=None):
     return q
 
 
-def _group_leverage_subset_screened(X, batch, groups, threshold, stride):
-    """Screened group leverage scores through a subset T of the rows (every ``stride``-th).
+def _group_leverage_subset_screened(X, labels, groups, threshold, stride):
+    """Screened group leverage scores through a subset T of the rows: every ``stride``-th aligned run of four.
 
     For any rows T, ``G_{g∩T} ⪯ G_g``, so ``λ_min(D G_{g∩T} D) <= λ_min(D G_g D)``
     for any positive diagonal D, and ``ℓ_i <= ||a_i ∘ s||² / λ_min(D_s G_{g∩T} D_s)``
@@ -914,38 +989,46 @@ def _group_leverage_subset_screened(X, batch, groups, threshold, stride):
     costs the Grams of T (``|T| ≈ 32 d`` rows per group, where the bound
     rules out Gaussian-like rows with a wide margin) instead of those of X.
     A group whose T Gram is numerically singular (T misses a direction of the
-    data) has no bound: it is a candidate.  Returns ``(k, n)``.
+    data) has no bound: it is a candidate.  ``labels`` (``_GivenLabels`` or
+    ``_HashLabels``) is read at T, at the rows the smallest bound cannot rule
+    out, and in full only for a labeling with candidate groups: hashed labels
+    cost a fraction of one pass (runs of four rows share a Philox block).
+    Returns ``(k, n)``.
     """
     n, d = X.shape
-    T = np.asarray(X[::stride], dtype=np.float64)
+    q_T = np.arange(0, -(-n // 4), stride)
+    rows_T = _run_rows(q_T)
+    rows_T = rows_T[rows_T < n]
+    T = np.asarray(np.take(X, rows_T, axis=0), dtype=np.float64)
     colsq = np.einsum("ij,ij->j", T, T)
     s2 = np.where(colsq > 0, 1.0 / np.where(colsq > 0, colsq, 1.0), 0.0)
     if not np.all(colsq > 0):
         zero = np.flatnonzero(colsq == 0)
         if np.any(X[:, zero]):  # a column that T misses: no usable bound, score exactly
-            return np.stack([_group_leverage_exact(X, g, groups, threshold) for g in batch])
+            return np.stack([_group_leverage_exact(X, labels.all(k), groups, threshold) for k in range(len(labels))])
     r = np.empty(n)  # ||a_i ∘ s||², in cache-sized blocks
     for a in range(0, n, _GROUP_BLOCK_ROWS):
         B = np.asarray(X[a : a + _GROUP_BLOCK_ROWS], dtype=np.float64)
         r[a : a + B.shape[0]] = (B * B) @ s2
     live = colsq > 0  # all-zero columns add nothing to r or to any Gram
-    # C order: indexing a strided view's columns yields an F-ordered copy, whose row
-    # gather below (TS[order], once per labeling) ran 3x slower.
-    TS = np.ascontiguousarray(T[:, live])
+    TS = np.ascontiguousarray(T[:, live])  # C order: the row gather TS[order] below is 3x slower on F order
     TS *= np.sqrt(s2[live])
     eps = np.finfo(np.float64).eps
-    out = np.zeros(batch.shape)
-    for k, group in enumerate(batch):
-        gT = group[::stride]
-        order, bounds = _group_order(gT, groups, np)
-        TSo = TS[order]
+    cut = threshold * (1 - 1e-6)  # the margin covers the round-off of this and the exact route's eigenvalues
+    out = np.zeros((len(labels), n))
+    for k in range(len(labels)):
+        order, bounds = _group_order(labels.at_runs(k, q_T, rows_T.size), groups, np)
+        TSo = np.take(TS, order, axis=0)
         G = np.stack([TSo[a:b].T @ TSo[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
         lam = np.linalg.eigvalsh(G)
         lam_min = np.where(lam[:, 0] > 10 * d * eps * lam[:, -1], lam[:, 0], 0.0)
-        # The 1e-6 margin covers the round-off of this and the exact route's eigenvalues.
-        cand = np.unique(group[r >= (threshold * (1 - 1e-6)) * lam_min[group]])
+        rows = np.flatnonzero(r >= cut * lam_min.min())  # the rows some group's bound cannot rule out
+        if rows.size == 0:
+            continue
+        group = labels.at(k, rows)
+        cand = np.unique(group[r[rows] >= cut * lam_min[group]])
         if cand.size:
-            out[k] = _group_leverage_exact(X, group, groups, threshold, only=cand)
+            out[k] = _group_leverage_exact(X, labels.all(k), groups, threshold, only=cand)
     return out
 
 

@@ -100,6 +100,14 @@ def test_seed_none_draws_and_records():
     assert check_seed(np.uint64(2**64 - 1)) == 2**64 - 1
 
 
+def test_hash_word_blocks_are_four_consecutive_words():
+    from gpusketch import _random
+
+    words = _random.hash_words(0, 4 * 70_000, 99, 6)
+    q = np.random.default_rng(1).choice(70_000, 40_000, replace=False)  # more than one cache block
+    np.testing.assert_array_equal(_random.hash_word_blocks(q, 99, 6), words.reshape(-1, 4)[q])
+
+
 def test_hash_words_at_equals_contiguous_words():
     from gpusketch import _random
 

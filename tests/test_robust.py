@@ -334,9 +334,9 @@ def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, 
     A[[100, 7000, 13000]] *= 15  # leverage about 0.2-0.5: the bound must not lose them
     stride = n // (_kernels._SCREEN_ROWS * d * alpha)
     assert stride >= 2
-    if case == "column_outside_subset":  # nonzero in one row off the strided subset: no bound, exact route
+    if case == "column_outside_subset":  # nonzero in one row off the subset: no bound, exact route
         A = np.c_[A, np.zeros(n)]
-        A[1, -1] = 1.0  # that row's leverage is 1 in its group
+        A[5, -1] = 1.0  # row 5 is in run 1 of four rows, off the subset (runs 0, stride, ...); leverage 1
     elif case == "zero_column":  # dropped from the bound
         A = np.c_[A, np.zeros(n)]
     labels = rng.integers(0, alpha, (3, n)).astype(np.int32)
@@ -355,9 +355,61 @@ def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, 
         np.testing.assert_allclose(out[k], np.where(out[k] > 0, ref, 0.0), atol=1e-9)
         np.testing.assert_array_equal(out[k], _group_leverage(A, labels[k], alpha, np, threshold=0.2))
     if case == "column_outside_subset":
-        assert out[:, 1] == pytest.approx(1.0)
+        assert out[:, 5] == pytest.approx(1.0)
         assert all(only is None for only in calls)  # every group scored exactly
     else:
         assert {17, 2500, 4999} <= set(np.flatnonzero((out >= 0.2).any(axis=0)))
         # The planted rows' groups are candidates; the bound clears at least one group per labeling.
         assert calls and all(only is not None for only in calls) and sum(map(len, calls)) < len(calls) * alpha
+
+
+def test_hash_labels_read_where_asked_equal_hash_values():
+    """Heavy coordinates' labels hashed only where read are hash_values' buckets (nnz = 1)."""
+    from gpusketch import _kernels
+    from gpusketch._random import STREAM_UNIFORM
+
+    n, groups, seeds = 10_003, 37, [5, 2**63 + 11]
+    labels = _kernels._HashLabels(n, groups, seeds, STREAM_UNIFORM)
+    rows = np.sort(np.random.default_rng(0).choice(n, 500, replace=False))
+    q = np.arange(0, -(-n // 4), 7)
+    for k, seed in enumerate(seeds):
+        ref = _kernels.call("hash_values", np, 0, n, groups, 1, seed, STREAM_UNIFORM)[0][:, 0]
+        np.testing.assert_array_equal(labels.all(k), ref)
+        np.testing.assert_array_equal(labels.at(k, rows), ref[rows])
+        runs = _kernels._run_rows(q)
+        runs = runs[runs < n]  # the last run is cut at n
+        np.testing.assert_array_equal(labels.at_runs(k, q, runs.size), ref[runs])
+        given = _kernels._GivenLabels(ref[None])
+        np.testing.assert_array_equal(given.at_runs(0, q, runs.size), ref[runs])
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+@pytest.mark.parametrize("n", [20_000, 3_000])  # subset screening, exact route
+def test_hashed_group_leverage_equals_given_labels(xp, rng, n, heavy, monkeypatch):
+    """The twin that hashes its labels scores like group_leverage on hash_values' labels; on the
+    CPU's screened route it hashes every label only for labelings with candidate groups."""
+    from gpusketch import _kernels
+    from gpusketch._random import STREAM_UNIFORM
+    from gpusketch.robust.tukey import _group_leverage
+
+    d, groups, seeds = 16, 5, [3, 4, 5]  # d = 16: Gaussian rows clear the bound with a wide margin
+    A = rng.standard_normal((n, d))
+    if heavy:
+        A[[17, n - 1]] *= 60
+    full = []
+    monkeypatch.setattr(_kernels._HashLabels, "all",
+                        lambda self, k, _all=_kernels._HashLabels.all: full.append(k) or _all(self, k))
+    out = to_numpy(_kernels.call("hashed_group_leverage", xp, xp.asarray(A), groups, seeds, STREAM_UNIFORM,
+                                 threshold=0.2))
+    assert out.shape == (3, n)
+    for k, seed in enumerate(seeds):
+        lab = _kernels.call("hash_values", np, 0, n, groups, 1, seed, STREAM_UNIFORM)[0][:, 0]
+        ref = _group_leverage_reference(A, lab, groups)
+        np.testing.assert_allclose(out[k][ref >= 0.2], ref[ref >= 0.2], atol=1e-9)
+        np.testing.assert_allclose(out[k], np.where(out[k] > 0, ref, 0.0), atol=1e-9)
+        given = to_numpy(_group_leverage(xp.asarray(A), xp.asarray(lab), groups, xp, threshold=0.2))
+        np.testing.assert_array_equal(out[k] >= 0.2, given >= 0.2)
+    if heavy:
+        assert {17, n - 1} <= set(np.flatnonzero((out >= 0.2).any(axis=0)))
+    if xp is np and n == 20_000:  # screened: full labels only where a group is a candidate
+        assert full == ([0, 1, 2] if heavy else [])

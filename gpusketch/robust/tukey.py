@@ -103,7 +103,7 @@ def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     twin (and the CPU, for groups under 512 rows) pads the groups into one
     stack and runs batched GEMMs and a batched ``eigh``.  For groups of more
     than 64 d rows the CPU first bounds every row through the Grams of a
-    strided subset of the rows (a subset's Gram is below the group's), and
+    subset of the rows, runs of four at a stride (a subset's Gram is below the group's), and
     only groups where that bound leaves a row at or above the threshold are
     gathered: the scores at or above it are the same, at a fraction of the
     passes over A.
@@ -185,14 +185,20 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
             def compact(lab):
                 return lab if alpha <= n else xp.unique(lab, return_inverse=True)[1].reshape(-1)
 
-            if p == 2:
+            if p == 2 and alpha <= n:
                 # All groups of a repetition in one batched pass, and several repetitions per
-                # call (int32 labels, at most 256 MiB of them), which share its screening pass.
-                per = max(1, min(reps, (256 << 20) // (4 * n)))
+                # call (at most 1 GiB of scores), which share its screening pass; the CPU
+                # hashes the labels only where that pass reads them.
+                per = max(1, min(reps, (1 << 30) // (8 * n)))
                 for t0 in range(0, reps, per):
-                    group = xp.stack([compact(labels(t)).astype(xp.int32) for t in range(t0, min(reps, t0 + per))])
-                    u = to_host(_group_leverage(Ad, group, groups, xp, threshold=0.2))
+                    seeds = [derive_seed(seed, t) for t in range(t0, min(reps, t0 + per))]
+                    u = to_host(_kernels.call("hashed_group_leverage", xp, Ad, alpha, seeds, STREAM_UNIFORM,
+                                              threshold=0.2))
                     chosen[(u >= 0.2).any(axis=0)] = True
+            elif p == 2:
+                for t in range(reps):
+                    u = to_host(_group_leverage(Ad, compact(labels(t)), groups, xp, threshold=0.2))
+                    chosen[u >= 0.2] = True
             else:  # Lewis weights per group
                 for t in range(reps):
                     group = to_host(compact(labels(t)))

@@ -825,15 +825,17 @@ def _scaled_inverse_root(G, xp):
         eps, tiny = np.finfo(np.float64).eps, np.finfo(np.float64).tiny
         return xp.maximum(10 * d * eps * lam.max(axis=-1, keepdims=True), tiny)
 
-    if xp is np and G.ndim == 2:
-        # One CPU matrix: eigenvalues only (half an eigh's time for d ≈ 50) and, when
-        # none is cut, W = L⁻ᵀ from a Cholesky factor: ||(x∘s) L⁻ᵀ||² is the same score.
+    if xp is np:
+        # CPU: eigenvalues only (half an eigh's time for d ≈ 50) and, when none is cut,
+        # W = L⁻ᵀ from a Cholesky factor: ||(x∘s) L⁻ᵀ||² is the same score.
         lam = np.linalg.eigvalsh(Gs)
-        if lam[0] > cut(lam)[0]:
+        if np.all(lam[..., 0] > cut(lam)[..., 0]):
             try:
-                Linv, info = scipy.linalg.lapack.dtrtri(np.linalg.cholesky(Gs), lower=1)
-                if info == 0:
-                    return s, Linv.T, lam[0]
+                L = np.linalg.cholesky(Gs).reshape(-1, d, d)
+                inv = [scipy.linalg.lapack.dtrtri(f, lower=1) for f in L]
+                if all(info == 0 for _, info in inv):
+                    W = np.stack([f.T for f, _ in inv]).reshape(G.shape)
+                    return s, W, lam[..., 0]
             except np.linalg.LinAlgError:
                 pass
     lam, V = xp.linalg.eigh(Gs)
@@ -944,10 +946,11 @@ def _group_leverage_labelings(X, labels, groups, threshold):
 
 
 def _group_leverage_exact(X, group, groups, threshold, only=None):
-    # Large groups: per group, gather its rows, one Gram (syrk) and one small
-    # eigendecomposition; then, in cache-sized row blocks, the screening bound and
-    # the GEMM for the rows it cannot rule out.  One group needs no gather.  (Groups
-    # on threads measured slower: the Grams' BLAS threads already fill the cores.)
+    # Large groups: per group, gather its rows and one Gram (syrk); the small
+    # eigendecompositions of a chunk of groups in one batched call; then, in
+    # cache-sized row blocks, the screening bound and the GEMM for the rows it
+    # cannot rule out.  One group needs no gather.  (Groups on threads measured
+    # slower: the Grams' BLAS threads already fill the cores.)
     # Small groups: the padded batched route, whose loops run in C, not Python.
     # ``only``: the groups to score (the others are left 0); None for all.
     n = X.shape[0]
@@ -958,20 +961,28 @@ def _group_leverage_exact(X, group, groups, threshold, only=None):
     else:
         order, bounds = _group_order(group, groups, np)
     q = np.zeros(n)
-    for g in range(groups) if only is None else only:
-        a, b = int(bounds[g]), int(bounds[g + 1])
-        if a == b:
-            continue
-        B = np.asarray(X if order is None else X[order[a:b]], dtype=np.float64)
-        s, W, lam_min = _scaled_inverse_root(B.T @ B, np)
-        for c in range(0, b - a, _GROUP_BLOCK_ROWS):
-            Bc = B[c : c + _GROUP_BLOCK_ROWS]
-            at = np.arange(a + c, a + c + Bc.shape[0])
-            if threshold > 0:  # ||a∘s||² as one GEMV: 3.5x the scaled copy and einsum
-                keep = np.flatnonzero((Bc * Bc) @ (s * s) >= threshold * lam_min)
-                Bc, at = Bc[keep], at[keep]
-            Y = (Bc * s) @ W
-            q[at if order is None else order[at]] = np.einsum("ij,ij->i", Y, Y)
+    todo = np.array([g for g in (range(groups) if only is None else only) if bounds[g + 1] > bounds[g]], dtype=np.int64)
+    rows = (bounds[1:] - bounds[:-1])[todo]
+    budget = max(1, _GROUP_CHUNK_BYTES // (8 * X.shape[1]))  # gathered rows per chunk
+    i = 0
+    while i < todo.size:
+        # A chunk of groups (at least one): the inverse roots of its Grams in one batched call.
+        j = i + max(1, int(np.searchsorted(np.cumsum(rows[i:]), budget, side="right")))
+        chunk = todo[i:j]
+        Bs = [np.asarray(X if order is None else np.take(X, order[bounds[g] : bounds[g + 1]], axis=0),
+                         dtype=np.float64) for g in chunk]
+        S, Ws, lam_mins = _scaled_inverse_root(np.stack([B.T @ B for B in Bs]), np)
+        for g, B, s, W, lam_min in zip(chunk, Bs, S, Ws, lam_mins):
+            a = int(bounds[g])
+            for c in range(0, B.shape[0], _GROUP_BLOCK_ROWS):
+                Bc = B[c : c + _GROUP_BLOCK_ROWS]
+                at = np.arange(a + c, a + c + Bc.shape[0])
+                if threshold > 0:  # ||a∘s||² as one GEMV: 3.5x the scaled copy and einsum
+                    keep = np.flatnonzero((Bc * Bc) @ (s * s) >= threshold * lam_min)
+                    Bc, at = Bc[keep], at[keep]
+                Y = (Bc * s) @ W
+                q[at if order is None else order[at]] = np.einsum("ij,ij->i", Y, Y)
+        i = j
     return q
 
 

@@ -158,57 +158,60 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
             raise ValueError(f"method must be 'partition' or 'peeling', got {method!r}")
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p <= 2:
             raise ValueError(f"p must lie in [1, 2], got {p!r}")
-        seed = check_seed(seed)
-        n, d = A.shape
-        Ad = to_dense(A)
-        chosen = np.zeros(n, dtype=bool)
-        if method == "peeling":
-            for t in range(alpha):
-                rest = np.flatnonzero(~chosen)
-                if rest.size == 0:
-                    break
-                u = to_host(_scores(Ad[xp.asarray(rest)], p, derive_seed(seed, t)))
-                new = rest[u >= 1.0 / (2 * alpha)]
-                if new.size == 0:
-                    break
-                chosen[new] = True
-        else:
-            reps = int(math.ceil(2 * math.log(max(d * alpha, 2)))) + 2
+        return _heavy_coordinates(to_dense(A), alpha, method, p, check_seed(seed), xp)
 
-            def labels(t):
-                return _kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
 
-            # With α > n most groups are empty: number the non-empty ones 0, 1, ... (the
-            # same row sets, so the same scores) so that no pass costs O(α).
-            groups = min(alpha, n)
+def _heavy_coordinates(Ad, alpha, method, p, seed, xp):
+    """``heavy_coordinates`` on a dense, validated ``Ad`` (Tukey sampling calls it every round)."""
+    n, d = Ad.shape
+    chosen = np.zeros(n, dtype=bool)
+    if method == "peeling":
+        for t in range(alpha):
+            rest = np.flatnonzero(~chosen)
+            if rest.size == 0:
+                break
+            u = to_host(_scores(Ad[xp.asarray(rest)], p, derive_seed(seed, t)))
+            new = rest[u >= 1.0 / (2 * alpha)]
+            if new.size == 0:
+                break
+            chosen[new] = True
+    else:
+        reps = int(math.ceil(2 * math.log(max(d * alpha, 2)))) + 2
 
-            def compact(lab):
-                return lab if alpha <= n else xp.unique(lab, return_inverse=True)[1].reshape(-1)
+        def labels(t):
+            return _kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
 
-            if p == 2 and alpha <= n:
-                # All groups of a repetition in one batched pass, and several repetitions per
-                # call (at most 1 GiB of scores), which share its screening pass; the CPU
-                # hashes the labels only where that pass reads them.
-                per = max(1, min(reps, (1 << 30) // (8 * n)))
-                for t0 in range(0, reps, per):
-                    seeds = [derive_seed(seed, t) for t in range(t0, min(reps, t0 + per))]
-                    u = to_host(_kernels.call("hashed_group_leverage", xp, Ad, alpha, seeds, STREAM_UNIFORM,
-                                              threshold=0.2))
-                    chosen[(u >= 0.2).any(axis=0)] = True
-            elif p == 2:
-                for t in range(reps):
-                    u = to_host(_group_leverage(Ad, compact(labels(t)), groups, xp, threshold=0.2))
-                    chosen[u >= 0.2] = True
-            else:  # Lewis weights per group
-                for t in range(reps):
-                    group = to_host(compact(labels(t)))
-                    for j in range(groups):
-                        rows = np.flatnonzero(group == j)
-                        if rows.size == 0:
-                            continue
-                        u = to_host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
-                        chosen[rows[u >= 0.2]] = True
-        return xp.asarray(np.flatnonzero(chosen))
+        # With α > n most groups are empty: number the non-empty ones 0, 1, ... (the
+        # same row sets, so the same scores) so that no pass costs O(α).
+        groups = min(alpha, n)
+
+        def compact(lab):
+            return lab if alpha <= n else xp.unique(lab, return_inverse=True)[1].reshape(-1)
+
+        if p == 2 and alpha <= n:
+            # All groups of a repetition in one batched pass, and several repetitions per
+            # call (at most 1 GiB of scores), which share its screening pass; the CPU
+            # hashes the labels only where that pass reads them.
+            per = max(1, min(reps, (1 << 30) // (8 * n)))
+            for t0 in range(0, reps, per):
+                seeds = [derive_seed(seed, t) for t in range(t0, min(reps, t0 + per))]
+                u = to_host(_kernels.call("hashed_group_leverage", xp, Ad, alpha, seeds, STREAM_UNIFORM,
+                                          threshold=0.2))
+                chosen[(u >= 0.2).any(axis=0)] = True
+        elif p == 2:
+            for t in range(reps):
+                u = to_host(_group_leverage(Ad, compact(labels(t)), groups, xp, threshold=0.2))
+                chosen[u >= 0.2] = True
+        else:  # Lewis weights per group
+            for t in range(reps):
+                group = to_host(compact(labels(t)))
+                for j in range(groups):
+                    rows = np.flatnonzero(group == j)
+                    if rows.size == 0:
+                        continue
+                    u = to_host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
+                    chosen[rows[u >= 0.2]] = True
+    return xp.asarray(np.flatnonzero(chosen))
 
 
 def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None, branching=4.0, trials=1,
@@ -341,7 +344,8 @@ def _row_sampling(A, b, rows, alpha, p, seed, xp):
         groups = min(alpha, idx.size // (10 * Ab.shape[1]))
         is_heavy = xp.zeros(idx.size, dtype=bool)
         if groups >= 1:
-            is_heavy[heavy_coordinates(R, groups, p=p, seed=derive_seed(seed, 2 * rounds))] = True
+            with annotate("gpusketch.robust.heavy_coordinates"):  # R is [A b]'s rows: validated once
+                is_heavy[_heavy_coordinates(R, groups, "partition", p, derive_seed(seed, 2 * rounds), xp)] = True
         prob = xp.ones(idx.size, dtype=Ab.dtype)
         light = xp.flatnonzero(~is_heavy)
         if light.size > Ab.shape[1]:

@@ -427,9 +427,14 @@ def _hash_sketch_levels_gpu(A, out, col0, r, thresh, seed):
     return out
 
 
-# Largest m·d for which the CPU CSR route accumulates with np.bincount (one float64
-# m·d buffer per thread); beyond it, SciPy's SpGEMM S @ A.
+# The CPU CSR route accumulates with np.bincount (one float64 m·d buffer per thread,
+# zeroed, then added into out: ~3 passes over m·d) while m·d is at most this and at
+# most _SCATTER_RATIO times the scattered entries; beyond, it scatters into out with
+# np.add.at (one thread; a cache miss per entry when m·d is large).  Measured on 2
+# cores at m·d = 12 × entries (65536 × 1024 → 8192 at 1 %): the bincount and its
+# addition take 2.2x the time of add.at.
 _BINCOUNT_MAX_OUT = 1 << 24
+_SCATTER_RATIO = 4
 _CSR_BLOCK_ENTRIES = 1 << 22  # (stored entries) × (nonzeros per column of S) per block of rows
 
 
@@ -446,21 +451,14 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
     # Deterministic either way: fixed blocks, fixed per-thread partitions, summed in order.
     n, d = A.shape
     dtype = out.dtype
-    if m * d > _BINCOUNT_MAX_OUT:
-        def block(a, b):
-            S = _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
-            return (S @ A[a:b]).toarray()
-
-        _parallel_sum(block, _row_blocks(n, 1 << 20), _cpu_threads(A.nnz), out)
-        return out
-
     # Entry (i, j, v) of A lands in out[bucket_t(i), j] with sign_t(i)·v for each nonzero t
-    # of column i of S: one bincount over the flat keys bucket·d + j, a pass over A's
-    # stored entries (1.4-1.6x SciPy's SpGEMM with S prebuilt, hashing included, at 1 %
-    # density on 2^20 × 64; bench/results/operators-cpu-quick.md).
+    # of column i of S: flat keys bucket·d + j from one pass over A's stored entries,
+    # then a bincount (1.4-1.6x SciPy's SpGEMM with S prebuilt, hashing included, at
+    # 1 % density on 2^20 × 64 → 1024; bench/results/operators-cpu-quick.md) or, for a
+    # large m·d, a scatter straight into out.
     indptr = np.asarray(A.indptr, dtype=np.int64)
 
-    def block(a, b):
+    def keys_weights(a, b):
         buckets, signs = _hash_values_np(col0 + a, b - a, m, nnz, seed, stream)
         counts = np.diff(indptr[a : b + 1])
         lo, hi = int(indptr[a]), int(indptr[b])
@@ -468,9 +466,21 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
         vals = A.data[lo:hi].astype(np.float64) * scale
         keys = np.concatenate([np.repeat(buckets[:, t] * d, counts) + cols for t in range(nnz)])
         weights = np.concatenate([np.repeat(signs[:, t].astype(np.float64), counts) * vals for t in range(nnz)])
-        return np.bincount(keys, weights, minlength=m * d).reshape(m, d).astype(dtype, copy=False)
+        return keys, weights
 
     blocks = _csr_row_blocks(indptr, max(1, _CSR_BLOCK_ENTRIES // nnz))
+    if m * d > min(_BINCOUNT_MAX_OUT, _SCATTER_RATIO * A.nnz * nnz):
+        flat = out.reshape(-1) if out.flags.c_contiguous else np.zeros(m * d, dtype=dtype)
+        for a, b in blocks:  # in order: deterministic
+            keys, weights = keys_weights(a, b)
+            np.add.at(flat, keys, weights.astype(dtype, copy=False))  # one dtype: add.at's fast loop
+        if not out.flags.c_contiguous:
+            out += flat.reshape(m, d)
+        return out
+
+    def block(a, b):
+        return np.bincount(*keys_weights(a, b), minlength=m * d).reshape(m, d).astype(dtype, copy=False)
+
     _parallel_sum(block, blocks, _cpu_threads(A.nnz * nnz), out)
     return out
 

@@ -414,18 +414,22 @@ def test_gpu_deterministic_mode_is_bit_reproducible(rng, layout):
     np.testing.assert_allclose(first, S @ A, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("route", ["bincount", "spgemm"])
+@pytest.mark.parametrize("route", ["bincount", "scatter"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype):
-    """The CPU twin's CSR routes (bincount over flat keys in row blocks; SciPy SpGEMM for
-    large m·d) equal the dense product, with duplicate and unsorted entries, empty rows,
-    many row blocks, and a sliced operator (col0 > 0)."""
+    """The CPU twin's CSR routes (bincount over flat keys in row blocks; a scatter into
+    out for large m·d) equal the dense product, with duplicate and unsorted entries, empty
+    rows, many row blocks, and a sliced operator (col0 > 0)."""
     import scipy.sparse as sp
 
     from gpusketch import _kernels
 
     monkeypatch.setattr(_kernels, "_CSR_BLOCK_ENTRIES", 40)  # a few rows per block
-    if route == "spgemm":
+    calls = []
+    monkeypatch.setattr(_kernels.np, "bincount", lambda *a, _b=np.bincount, **k: calls.append(1) or _b(*a, **k))
+    if route == "bincount":
+        monkeypatch.setattr(_kernels, "_SCATTER_RATIO", 10**9)
+    else:
         monkeypatch.setattr(_kernels, "_BINCOUNT_MAX_OUT", 0)
     n, d = 300, 7
     counts = rng.integers(0, 5, n) * (np.arange(n) % 3 != 0)  # every third row empty
@@ -441,3 +445,9 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype):
         tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(Y, S.todense() @ dense, **tol)
     np.testing.assert_array_equal(A.data, before)
+    assert bool(calls) == (route == "bincount")
+    # The twin adds into the out it is given, also a non-contiguous one.
+    S = gs.CountSketch(19, n, seed=5)
+    out = np.ones((d, 19), dtype=dtype).T
+    _kernels.call("hash_sketch_csr", np, A, out, 0, 19, 1, 1.0, S.seed, _kernels._random.STREAM_COUNTSKETCH)
+    np.testing.assert_allclose(out, 1 + S.todense() @ dense, rtol=1e-5, atol=1e-5)

@@ -103,10 +103,10 @@ def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     twin (and the CPU, for groups under 512 rows) pads the groups into one
     stack and runs batched GEMMs and a batched ``eigh``.  For groups of more
     than 64 d rows the CPU first bounds every row through the Grams of a
-    subset of the rows, runs of four at a stride (a subset's Gram is below the group's), and
-    only groups where that bound leaves a row at or above the threshold are
-    gathered: the scores at or above it are the same, at a fraction of the
-    passes over A.
+    subset of the rows, runs of four at a stride (a subset's Gram is below
+    the group's), and only groups where that bound leaves a row at or above
+    the threshold are gathered: the scores at or above it are the same, at a
+    fraction of the passes over A.
     Squaring the condition number costs ``ε κ²`` relative accuracy, harmless
     for the 1/5 threshold the partition test applies and for sampling
     probabilities.

@@ -1046,7 +1046,8 @@ def _group_leverage_subset_screened(X, labels, groups, threshold, stride):
         rows = np.flatnonzero(r >= cut * lam_min.min())  # the rows some group's bound cannot rule out
         if rows.size == 0:
             continue
-        group = labels.at(k, rows)
+        # (at rows costs one Philox block per row, all of them one per four rows)
+        group = labels.at(k, rows) if 4 * rows.size < n else labels.all(k)[rows]
         cand = np.unique(group[r[rows] >= cut * lam_min[group]])
         if cand.size:
             out[k] = _group_leverage_exact(X, labels.all(k), groups, threshold, only=cand)

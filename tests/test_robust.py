@@ -319,7 +319,7 @@ def _group_leverage_reference(A, g, alpha):
     return ref
 
 
-@pytest.mark.parametrize("case", ["gaussian", "column_outside_subset", "zero_column"])
+@pytest.mark.parametrize("case", ["gaussian", "column_outside_subset", "zero_column", "column_in_one_subset_row"])
 def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, case, monkeypatch):
     """The CPU's subset screening (groups of > 64 d rows, k labelings at once) returns every
     score at or above the threshold exactly and the others as 0 or exact; groups the subset
@@ -339,6 +339,9 @@ def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, 
         A[5, -1] = 1.0  # row 5 is in run 1 of four rows, off the subset (runs 0, stride, ...); leverage 1
     elif case == "zero_column":  # dropped from the bound
         A = np.c_[A, np.zeros(n)]
+    elif case == "column_in_one_subset_row":  # row 0 is in the subset: the other groups' subset Grams are singular
+        A = np.c_[A, np.zeros(n)]
+        A[0, -1] = 1.0
     labels = rng.integers(0, alpha, (3, n)).astype(np.int32)
     calls = []
     exact = _kernels._group_leverage_exact
@@ -357,6 +360,9 @@ def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, 
     if case == "column_outside_subset":
         assert out[:, 5] == pytest.approx(1.0)
         assert all(only is None for only in calls)  # every group scored exactly
+    elif case == "column_in_one_subset_row":  # no bound for the groups without row 0: candidates
+        assert out[:, 0] == pytest.approx(1.0)
+        assert calls and all(only is not None and len(only) >= alpha - 1 for only in calls)
     else:
         assert {17, 2500, 4999} <= set(np.flatnonzero((out >= 0.2).any(axis=0)))
         # The planted rows' groups are candidates; the bound clears at least one group per labeling.

@@ -164,13 +164,16 @@ def _philox_blocks_gpu(counters, key):
     return out.reshape(np.shape(counters))
 
 
-def _bucket_sign(w, t, m, nnz):
-    """Bucket and sign of hash word w for nonzero t (row block ``[t m/nnz, (t+1) m/nnz)``)."""
+def _buckets(w, t, m, nnz):
+    """Bucket of hash word w for nonzero t: row block ``[t m/nnz, (t+1) m/nnz)``, upper 31 bits."""
     lo = t * m // nnz
     size = (t + 1) * m // nnz - lo
-    buckets = lo + (((w >> np.uint64(1)) * size.astype(np.uint64)) >> np.uint64(31)).astype(np.int64)
-    signs = (1 - 2 * (w & np.uint64(1)).astype(np.int8)).astype(np.int8)
-    return buckets, signs
+    return lo + (((w >> np.uint64(1)) * np.uint64(size)) >> np.uint64(31)).astype(np.int64)
+
+
+def _bucket_sign(w, t, m, nnz):
+    """Bucket and sign (the low bit) of hash word w for nonzero t."""
+    return _buckets(w, t, m, nnz), (1 - 2 * (w & np.uint64(1)).astype(np.int8)).astype(np.int8)
 
 
 def _hash_values_np(col0, n, m, nnz, seed, stream):
@@ -470,12 +473,11 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
 
     blocks = _csr_row_blocks(indptr, max(1, _CSR_BLOCK_ENTRIES // nnz))
     if m * d > min(_BINCOUNT_MAX_OUT, _SCATTER_RATIO * A.nnz * nnz):
-        flat = out.reshape(-1) if out.flags.c_contiguous else np.zeros(m * d, dtype=dtype)
+        assert out.flags.c_contiguous, "the scatter adds into out through a flat view"
+        flat = out.reshape(-1)
         for a, b in blocks:  # in order: deterministic
             keys, weights = keys_weights(a, b)
             np.add.at(flat, keys, weights.astype(dtype, copy=False))  # one dtype: add.at's fast loop
-        if not out.flags.c_contiguous:
-            out += flat.reshape(m, d)
         return out
 
     def block(a, b):
@@ -818,8 +820,8 @@ def _scaled_inverse_root(G, xp):
     Returns ``(s, W, lam_min)``: ``s = diag(G)^{-1/2}`` (0 for zero columns),
     ``W = V Λ^{−1/2}`` from the ``eigh`` of ``G_s = diag(s) G diag(s)`` over the
     eigenvalues above ``10 d ε λ_max`` (the Gram's own round-off; smaller ones
-    count as rank deficiency) — or, for one CPU matrix with no eigenvalue cut,
-    ``W = L⁻ᵀ`` with ``G_s = LLᵀ`` (the same ``W Wᵀ = G_s⁻¹``) — and the
+    count as rank deficiency) — or, on the CPU when no matrix of the batch has an
+    eigenvalue cut, ``W = L⁻ᵀ`` with ``G_s = LLᵀ`` (the same ``W Wᵀ = G_s⁻¹``) — and the
     smallest kept eigenvalue (``inf`` when none is kept).  Then
     ``ℓ(x) = ||(x ∘ s) W||²`` is the leverage score of x in the range
     (column scaling leaves it unchanged), and
@@ -897,7 +899,7 @@ def _run_rows(q):
 class _HashLabels:
     """Labelings ``hash_values(0, n, groups, 1, seed_k, stream)[0][:, 0]``, hashed only where read.
 
-    Row i's label is hash word i's bucket, ``((w_i >> 1) · groups) >> 31``.
+    Row i's label is hash word i's bucket (``_buckets`` with one nonzero).
     """
 
     def __init__(self, n, groups, seeds, stream):
@@ -906,18 +908,18 @@ class _HashLabels:
     def __len__(self):
         return len(self.seeds)
 
-    def _buckets(self, w):
-        return (((w >> np.uint64(1)) * np.uint64(self.groups)) >> np.uint64(31)).astype(np.intp)
+    def _labels(self, w):
+        return _buckets(w, 0, self.groups, 1)
 
     def all(self, k):
-        return self._buckets(_random.hash_words(0, self.n, self.seeds[k], self.stream))
+        return self._labels(_random.hash_words(0, self.n, self.seeds[k], self.stream))
 
     def at(self, k, rows):
-        return self._buckets(_random.hash_words_at(rows, self.seeds[k], self.stream))
+        return self._labels(_random.hash_words_at(rows, self.seeds[k], self.stream))
 
     def at_runs(self, k, q, count):
         # one Philox block per run of four rows
-        return self._buckets(_random.hash_word_blocks(q, self.seeds[k], self.stream)).reshape(-1)[:count]
+        return self._labels(_random.hash_word_blocks(q, self.seeds[k], self.stream)).reshape(-1)[:count]
 
 
 @_twin("group_leverage", "numpy")

@@ -91,7 +91,12 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         (``qr_lstsq``).
     sketch : str or SketchOperator
         ``"sparse_sign"`` (OSNAP, default), ``"countsketch"``, ``"gaussian"``,
-        ``"srht"``, or an operator of shape ``(m, n)``.
+        ``"srht"``, or an operator of shape ``(m, n)``.  CountSketch is the
+        cheapest to apply but embeds a subspace only from ``m ~ d²`` rows when
+        A has rows of high leverage: with d rows of leverage near 1, sketch
+        and solve at the default m measured cost gaps of 17-67 % against
+        2.6-2.8 % for the OSNAP (65536 × 128 and 16384 × 512, 5 seeds); on
+        Gaussian A both gave 2-3 %.
     m : int, optional
         Sketch size; default ``20d + 10`` (sketch), or from ``4d + 10`` up to
         ``12d + 10`` for tall A (precondition; see ``default_sketch_size``).

@@ -284,6 +284,12 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
 
     The reduced problem is solved by ``irls`` with the weights.
 
+    The reductions pay off for large n: at the paper's n = 10⁴, d = 20 one
+    sampling trial took 1.2-2.8x the time of ``"full"`` (CPU, 2 cores), while
+    at n = 10⁶, d = 50 the best of 3 sampling trials took 0.24x and the
+    oblivious sketch 0.02x the time of statsmodels' RLM on the full data
+    (``bench/results/robust-cpu.md``).
+
     Examples
     --------
     >>> import numpy as np

@@ -5,9 +5,9 @@ launched through ``cupy.RawModule`` and a NumPy/SciPy twin that computes the
 same thing from the same Philox hashes.  A sketch twin is handed ``out``, the
 zeroed result buffer, and returns the result: the CUDA kernels accumulate
 into ``out``; a CPU twin that sums partial products on threads returns that
-sum as its own array and leaves ``out`` unwritten (``_parallel_sum``).  :func:`call` is the one dispatch
-point between them: it picks the twin by the array module ``xp`` that the
-public entry point resolved.  Nothing here validates user input; the
+sum as its own array and leaves ``out`` unwritten (``_parallel_sum``).
+:func:`call` is the one dispatch point between them: it picks the twin by
+the array module ``xp`` that the public entry point resolved.  Nothing here validates user input; the
 operator layer has done that.
 
 CUDA modules are compiled lazily on first use (never at import), one module
@@ -287,8 +287,8 @@ def _parallel_sum(fn, ranges, threads, out):
     on narrower ones.
     SciPy's sparse products release the GIL, so threads give real speed-up.
     Each thread accumulates its own partial sum; partials are added at the
-    end, in thread order (the same sum, bit for bit, as adding them into a
-    zero buffer).  BLAS runs on one thread meanwhile (``all_blas_serial``).
+    end, in thread order (the same sum as adding them into a zero buffer,
+    except that an entry of −0.0 now stays −0.0).  BLAS runs on one thread meanwhile (``all_blas_serial``).
     """
 
     def run(part):

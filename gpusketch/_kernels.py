@@ -7,8 +7,8 @@ zeroed result buffer, and returns the result: the CUDA kernels accumulate
 into ``out``; a CPU twin that sums partial products on threads returns that
 sum as its own array and leaves ``out`` unwritten (``_parallel_sum``).
 :func:`call` is the one dispatch point between them: it picks the twin by
-the array module ``xp`` that the public entry point resolved.  Nothing here validates user input; the
-operator layer has done that.
+the array module ``xp`` that the public entry point resolved.  Nothing here
+validates user input; the operator layer has done that.
 
 CUDA modules are compiled lazily on first use (never at import), one module
 per ``.cu`` file with every template instantiation named up front

@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "philox4x32",
     "hash_words",
+    "hash_word_chunks",
     "hash_words_at",
     "hash_word_blocks",
     "normal_block",
@@ -136,22 +137,34 @@ def philox4x32(counter, key):
     return np.stack(out, axis=-1).astype(np.uint32).reshape(ctr.shape)
 
 
-def hash_words(g0: int, count: int, seed: int, stream: int) -> np.ndarray:
-    """Hash words ``g0 .. g0+count-1`` (uint64 array holding 32-bit values)."""
-    out = np.empty(count, dtype=np.uint64)
+def hash_word_chunks(g0: int, count: int, seed: int, stream: int, chunk: int = 4 * _BLOCK):
+    """Hash words ``g0 .. g0+count-1`` in consecutive chunks of at most ``chunk`` words.
+
+    Yields ``(a, b, words)``: ``words`` holds words ``g0+a .. g0+b-1`` (uint64
+    holding 32-bit values) in a fresh buffer small enough to stay in cache, so
+    a caller can finish its work on a chunk (bucket and sign arithmetic) before
+    the next one is hashed instead of streaming whole arrays through memory.
+    """
     k0, k1 = split_seed(seed)
-    for a in range(0, count, 4 * _BLOCK):
-        b = min(count, a + 4 * _BLOCK)
+    for a in range(0, count, chunk):
+        b = min(count, a + chunk)
         first, last = (g0 + a) >> 2, (g0 + b - 1) >> 2
         ctr = np.arange(first, last + 1, dtype=np.uint64)
         nc = ctr.size
-        c1 = ctr >> _S32
-        c0 = ctr & _MASK
-        c2 = np.full(nc, stream, dtype=np.uint64)
-        c3 = np.zeros(nc, dtype=np.uint64)
-        w = np.stack(_philox_rounds(c0, c1, c2, c3, k0, k1), axis=1).reshape(-1)
+        lanes = _philox_rounds(ctr & _MASK, ctr >> _S32, np.full(nc, stream, dtype=np.uint64),
+                               np.zeros(nc, dtype=np.uint64), k0, k1)
+        words = np.empty((nc, 4), dtype=np.uint64)
+        for lane in range(4):
+            words[:, lane] = lanes[lane]
         off = (g0 + a) - 4 * first
-        out[a:b] = w[off : off + (b - a)]
+        yield a, b, words.reshape(-1)[off : off + (b - a)]
+
+
+def hash_words(g0: int, count: int, seed: int, stream: int) -> np.ndarray:
+    """Hash words ``g0 .. g0+count-1`` (uint64 array holding 32-bit values)."""
+    out = np.empty(count, dtype=np.uint64)
+    for a, b, words in hash_word_chunks(g0, count, seed, stream):
+        out[a:b] = words
     return out
 
 

@@ -114,3 +114,17 @@ def test_hash_words_at_equals_contiguous_words():
     words = _random.hash_words(5, 200_000, 123, 7)
     g = np.random.default_rng(0).integers(5, 200_005, 70_000).astype(np.uint64)
     np.testing.assert_array_equal(_random.hash_words_at(g, 123, 7), words[(g - np.uint64(5)).astype(np.int64)])
+
+
+@pytest.mark.parametrize("col0,n,m,nnz", [(0, 1, 5, 1), (3, 9_000, 7, 3), (2**33 + 1, 5_000, 2**30, 2), (7, 4_001, 1024, 8)])
+def test_hash_values_chunked_equal_whole_array_formula(monkeypatch, col0, n, m, nnz):
+    # Small cache blocks force many chunks, unaligned to Philox blocks and to columns.
+    monkeypatch.setattr(_random, "_BLOCK", 250)
+    seed, stream = 0xABCDEF0123, _random.STREAM_SPARSESIGN
+    w = _random.hash_words(col0 * nnz, n * nnz, seed, stream).reshape(n, nnz).astype(np.int64)
+    t = np.arange(nnz)
+    lo, size = t * m // nnz, (t + 1) * m // nnz - t * m // nnz
+    buckets, signs = _kernels.call("hash_values", np, col0, n, m, nnz, seed, stream)
+    assert buckets.dtype == np.int64 and signs.dtype == np.int8 and buckets.shape == signs.shape == (n, nnz)
+    np.testing.assert_array_equal(buckets, lo + (((w >> 1) * size) >> 31))
+    np.testing.assert_array_equal(signs, 1 - 2 * (w & 1))

@@ -4,8 +4,9 @@ Each operation has two implementations with one signature: a CUDA kernel
 launched through ``cupy.RawModule`` and a NumPy/SciPy twin that computes the
 same thing from the same Philox hashes.  A sketch twin is handed ``out``, the
 zeroed result buffer, and returns the result: the CUDA kernels accumulate
-into ``out``; a CPU twin that sums partial products on threads returns that
-sum as its own array and leaves ``out`` unwritten (``_parallel_sum``).
+into ``out``; a CPU twin may instead return a new array, e.g. the sum of
+partial products from its threads (``_parallel_sum``), leaving ``out``
+unwritten.
 :func:`call` is the one dispatch point between them: it picks the twin by
 the array module ``xp`` that the public entry point resolved.  Nothing here
 validates user input; the operator layer has done that.
@@ -341,20 +342,112 @@ def _parallel_sum(fn, ranges, threads, out):
     return total.reshape(out.shape).astype(out.dtype, copy=False)
 
 
+# A CountSketch of a C-order A whose result is at least this large is taken by
+# bucket ranges (``_sketch_bucket_ranges``).  Measured on the 2-core development
+# box (32 MB L3), fp64, bucket ranges against per-thread partial sums: 0.72-0.83x
+# the time at outputs of 16-64 MB (65536 x 1024 -> 2048 / 8192, 65536 x 256 ->
+# 16384), parity at 8 MB, 1.6-2x slower at 2-4 MB, where the partials stay in
+# cache and gathering A's rows at random costs more than it saves.  SparseSign
+# (nnz = 8) gained nothing at 64 MB: each row of A is gathered nnz times.
+_BUCKET_RANGES_MIN_OUT_BYTES = 1 << 24
+_BUCKET_RANGES_ROW_ENTRIES = 1 << 20  # rows of A per block x nnz: bounds the hashes' memory
+# Column-major A is sketched column by column (``_sketch_by_columns``) when it has
+# at least this many rows (each column is one sparse mat-vec call, ~10 us of overhead)
+# and rows of at least this many bytes: every column re-reads the block's hashes, and
+# below 128-byte rows that costs more than the copy it saves (2^20 x 8 fp64 and
+# 2^20 x 16 fp32 took 1.3-1.8x the copying route's time, 2^20 x 16 fp64 the same).
+_COLUMN_ROUTE_MIN_ROWS = 1 << 13
+_COLUMN_ROUTE_MIN_ROW_BYTES = 128
+_COLUMN_ROUTE_ROWS = 1 << 18
+
+
 @_twin("hash_sketch_dense", "numpy")
 def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
-    # Deterministic either way: fixed blocks, fixed per-thread partitions, summed in order.
+    # Deterministic on every route: fixed blocks, fixed thread partitions, summed in order.
     A2 = A.reshape(A.shape[0], -1)
     o2 = out.reshape(m, -1)
-    dtype = o2.dtype
+    n, dtype = A2.shape[0], o2.dtype
+    threads = _cpu_threads(A2.size)
+
+    def hashes(a, b):
+        return _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
+
+    if (A2.flags.f_contiguous and not A2.flags.c_contiguous and n >= _COLUMN_ROUTE_MIN_ROWS
+            and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES):
+        return _sketch_by_columns(hashes, A2, o2, threads).reshape(out.shape)
+    if nnz == 1 and o2.nbytes >= _BUCKET_RANGES_MIN_OUT_BYTES:
+        rows = max(1, _BUCKET_RANGES_ROW_ENTRIES // nnz)
+        return _sketch_bucket_ranges(hashes, A2, o2, rows, threads).reshape(out.shape)
 
     def block(a, b):
-        S = _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
-        return np.asarray(S @ A2[a:b])
+        return np.asarray(hashes(a, b) @ A2[a:b])
 
-    n = A2.shape[0]
-    threads = _cpu_threads(n * A2.shape[1])
     return _parallel_sum(block, _dense_row_blocks(n, threads), threads, o2).reshape(out.shape)
+
+
+def _even_row_blocks(n, rows):
+    """At most ``rows`` rows per block, blocks of near-equal size (no short tail block)."""
+    count = -(-n // rows)
+    return [(i * n // count, (i + 1) * n // count) for i in range(count)]
+
+
+def _sketch_by_columns(hashes, A2, out, threads):
+    """``S @ A2`` for a column-major ``A2``, one column at a time: ``(S @ A2)[:, c] = S @ A2[:, c]``.
+
+    SciPy's sparse-times-dense product wants a row-major operand and copies a
+    column-major one first, at 1-2 GB/s (NumPy's transposing copy is not cache
+    blocked), which made F-order A and right sketches ``A @ S.T`` 3-5x slower
+    than C-order A.  A column of an F-order A is contiguous, so each thread
+    takes whole columns (no partial sums) and runs SciPy's sparse matrix-vector
+    product on them, one block of ``_COLUMN_ROUTE_ROWS`` rows at a time so
+    the block's hashes stay in cache.  The result is built transposed (d x m, row-major)
+    and returned as its column-major transpose.  Measured (2-core box,
+    CountSketch, 3-4 runs): 65536 x 1024 -> 8192 fp64 0.22x the time of the
+    copying route, 2^20 x 64 -> 1024 fp64 0.35x, 2^20 x 64 -> 64 fp32 0.5x,
+    2^20 x 16 -> 256 fp64 0.85x.
+    """
+    n, d = A2.shape
+    outT = np.zeros((d, out.shape[0]), dtype=out.dtype)
+    cols = [range(t, d, threads) for t in range(min(threads, d))]
+    with all_blas_serial, ThreadPoolExecutor(len(cols)) as ex:
+        for a, b in _even_row_blocks(n, _COLUMN_ROUTE_ROWS):
+            S = hashes(a, b)
+
+            def run(part):
+                for c in part:
+                    outT[c] += S @ A2[a:b, c]
+
+            list(ex.map(run, cols))
+    return outT.T
+
+
+def _sketch_bucket_ranges(hashes, A2, out, rows, threads):
+    """``S @ A2`` into ``out`` with each thread owning a range of buckets (rows of ``out``).
+
+    For a large sketch, per-thread partial sums cost a zeroed ``out``-sized
+    buffer per thread, a final sum, and read-modify-writes of ``out`` rows at
+    random addresses that miss the cache.  Here ``S`` goes to CSR order and
+    thread t computes rows ``[t m / T, (t+1) m / T)`` of the result: it writes
+    them once, in order, and reads only the rows of A that hash into its range.
+    A is taken in blocks of ``rows`` rows to bound the hashes' memory; blocks
+    after the first are added in.
+    """
+    n, m = A2.shape[0], out.shape[0]
+    ranges = [(t * m // threads, (t + 1) * m // threads) for t in range(threads)]
+    ranges = [(r0, r1) for r0, r1 in ranges if r1 > r0]
+    with all_blas_serial, ThreadPoolExecutor(len(ranges)) as ex:
+        for i, (a, b) in enumerate(_even_row_blocks(n, rows)):
+            S = hashes(a, b).tocsr()
+
+            def run(r):
+                y = S[r[0] : r[1]] @ A2[a:b]
+                if i == 0:
+                    out[r[0] : r[1]] = y
+                else:
+                    out[r[0] : r[1]] += y
+
+            list(ex.map(run, ranges))
+    return out
 
 
 # Rows of at least this many bytes take the bucket-sorted path: one block per bucket

@@ -446,3 +446,39 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype):
         np.testing.assert_allclose(Y, S.todense() @ dense, **tol)
     np.testing.assert_array_equal(A.data, before)
     assert bool(calls) == (route == "bincount")
+
+
+@pytest.mark.parametrize("route", ["columns", "bucket_ranges"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_dense_routes_match_todense(rng, monkeypatch, route, dtype):
+    """The CPU twin's dense routes besides per-thread partial sums: column by column for
+    F-order A (and so for right sketches), and bucket ranges for a large CountSketch.
+    Three threads, several uneven row blocks, a sliced operator (col0 > 0)."""
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: 3)
+    monkeypatch.setattr(_kernels, "_COLUMN_ROUTE_MIN_ROWS", 1)
+    monkeypatch.setattr(_kernels, "_COLUMN_ROUTE_MIN_ROW_BYTES", 0)
+    monkeypatch.setattr(_kernels, "_COLUMN_ROUTE_ROWS", 70)
+    monkeypatch.setattr(_kernels, "_BUCKET_RANGES_ROW_ENTRIES", 70)
+    if route == "bucket_ranges":
+        monkeypatch.setattr(_kernels, "_BUCKET_RANGES_MIN_OUT_BYTES", 0)
+    taken = []
+    for name in ("_sketch_by_columns", "_sketch_bucket_ranges", "_parallel_sum"):
+        monkeypatch.setattr(_kernels, name, lambda *a, _f=getattr(_kernels, name), _n=name: taken.append(_n) or _f(*a))
+    n = 301
+    A = rng.standard_normal((n, 5)).astype(dtype)
+    A = np.asfortranarray(A) if route == "columns" else A
+    before = A.copy()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    kinds = [gs.CountSketch(23, 2 * n, seed=3)[:, n:]]
+    kinds += [gs.SparseSign(23, n, nnz=4, seed=4)] if route == "columns" else []  # CountSketch only
+    for S in kinds:
+        Y = S @ A
+        assert Y.dtype == dtype and Y.shape == (23, 5)
+        np.testing.assert_allclose(Y, S.todense() @ A.astype(np.float64), **tol)
+        np.testing.assert_array_equal(Y, S @ A)  # deterministic
+        R = A.T @ S.T  # right sketch: (S @ (A.T).T).T, the same layout of A
+        np.testing.assert_allclose(R, A.T.astype(np.float64) @ S.todense().T, **tol)
+    np.testing.assert_array_equal(A, before)
+    assert set(taken) == {"_sketch_by_columns" if route == "columns" else "_sketch_bucket_ranges"}

@@ -128,3 +128,21 @@ def test_hash_values_chunked_equal_whole_array_formula(monkeypatch, col0, n, m, 
     assert buckets.dtype == np.int64 and signs.dtype == np.int8 and buckets.shape == signs.shape == (n, nnz)
     np.testing.assert_array_equal(buckets, lo + (((w >> 1) * size) >> 31))
     np.testing.assert_array_equal(signs, 1 - 2 * (w & 1))
+
+
+def test_normal_block_entries_follow_the_counter_layout():
+    """Entry (i, j) is Box-Muller of Philox block (j mod 2^32, j >> 32, stream, i >> 2),
+    lanes 0-1 for i mod 4 in {0, 1} and lanes 2-3 for {2, 3}, cosine for even i."""
+    m, j0, c, seed, stream = 23, 2**32 - 3, 9, 0x1234567890, _random.STREAM_GAUSSIAN
+    z = _random.normal_block(m, j0, c, seed, stream)
+    assert z.shape == (m, c) and z.dtype == np.float64
+    key = _random.split_seed(seed)
+    for i in range(m):
+        for jc in range(c):
+            j = j0 + jc
+            w = _random.philox4x32([j & 0xFFFFFFFF, j >> 32, stream, i >> 2], key)
+            pair = (i & 3) >> 1
+            u1 = (float(w[2 * pair]) + 1.0) * 2.0**-32
+            u2 = float(w[2 * pair + 1]) * 2.0**-32
+            r, t = np.sqrt(-2.0 * np.log(u1)), 2.0 * np.pi * u2
+            assert z[i, jc] == pytest.approx(r * (np.cos(t) if i % 2 == 0 else np.sin(t)), rel=1e-13, abs=1e-13)

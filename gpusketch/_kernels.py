@@ -353,9 +353,11 @@ _BUCKET_RANGES_MIN_OUT_BYTES = 1 << 24
 _BUCKET_RANGES_ROW_ENTRIES = 1 << 20  # rows of A per block x nnz: bounds the hashes' memory
 # Column-major A is sketched column by column (``_sketch_by_columns``) when it has
 # at least this many rows (each column is one sparse mat-vec call, ~10 us of overhead)
-# and rows of at least this many bytes: every column re-reads the block's hashes, and
-# below 128-byte rows that costs more than the copy it saves (2^20 x 8 fp64 and
-# 2^20 x 16 fp32 took 1.3-1.8x the copying route's time, 2^20 x 16 fp64 the same).
+# and rows of at least this many bytes per nonzero of a column of S: every column
+# re-reads the block's hashes, and below that it costs more than the copy it saves
+# (CountSketch: 2^20 x 8 fp64 and 2^20 x 16 fp32 took 1.3-1.8x the copying route's
+# time, 2^20 x 16 fp64 the same; SparseSign nnz = 8: 2^20 x 64 fp64 took 1.35x,
+# 65536 x 1024 fp64 0.53-0.71x).  Blocks hold _COLUMN_ROUTE_ROWS / nnz rows.
 _COLUMN_ROUTE_MIN_ROWS = 1 << 13
 _COLUMN_ROUTE_MIN_ROW_BYTES = 128
 _COLUMN_ROUTE_ROWS = 1 << 18
@@ -373,8 +375,8 @@ def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, determinis
         return _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
 
     if (A2.flags.f_contiguous and not A2.flags.c_contiguous and n >= _COLUMN_ROUTE_MIN_ROWS
-            and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES):
-        return _sketch_by_columns(hashes, A2, o2, threads).reshape(out.shape)
+            and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES * nnz):
+        return _sketch_by_columns(hashes, A2, o2, max(1, _COLUMN_ROUTE_ROWS // nnz), threads).reshape(out.shape)
     if nnz == 1 and o2.nbytes >= _BUCKET_RANGES_MIN_OUT_BYTES:
         rows = max(1, _BUCKET_RANGES_ROW_ENTRIES // nnz)
         return _sketch_bucket_ranges(hashes, A2, o2, rows, threads).reshape(out.shape)
@@ -391,7 +393,7 @@ def _even_row_blocks(n, rows):
     return [(i * n // count, (i + 1) * n // count) for i in range(count)]
 
 
-def _sketch_by_columns(hashes, A2, out, threads):
+def _sketch_by_columns(hashes, A2, out, rows, threads):
     """``S @ A2`` for a column-major ``A2``, one column at a time: ``(S @ A2)[:, c] = S @ A2[:, c]``.
 
     SciPy's sparse-times-dense product wants a row-major operand and copies a
@@ -399,7 +401,7 @@ def _sketch_by_columns(hashes, A2, out, threads):
     blocked), which made F-order A and right sketches ``A @ S.T`` 3-5x slower
     than C-order A.  A column of an F-order A is contiguous, so each thread
     takes whole columns (no partial sums) and runs SciPy's sparse matrix-vector
-    product on them, one block of ``_COLUMN_ROUTE_ROWS`` rows at a time so
+    product on them, one block of ``rows`` rows at a time so
     the block's hashes stay in cache.  The result is built transposed (d x m, row-major)
     and returned as its column-major transpose.  Measured (2-core box,
     CountSketch, 3-4 runs): 65536 x 1024 -> 8192 fp64 0.22x the time of the
@@ -410,7 +412,7 @@ def _sketch_by_columns(hashes, A2, out, threads):
     outT = np.zeros((d, out.shape[0]), dtype=out.dtype)
     cols = [range(t, d, threads) for t in range(min(threads, d))]
     with all_blas_serial, ThreadPoolExecutor(len(cols)) as ex:
-        for a, b in _even_row_blocks(n, _COLUMN_ROUTE_ROWS):
+        for a, b in _even_row_blocks(n, rows):
             S = hashes(a, b)
 
             def run(part):

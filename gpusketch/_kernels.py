@@ -185,7 +185,7 @@ def _hash_values_np(col0, n, m, nnz, seed, stream):
 
     Each chunk's bucket and sign arithmetic runs in place while its words are
     still in cache; whole-array passes made the arithmetic cost as much as
-    Philox itself (hashing 2^20 CountSketch columns took 0.65-0.8x the time
+    Philox itself (hashing 2^20 CountSketch columns took 0.66-0.86x the time
     this way, measured on the 2-core development box).
     """
     buckets = np.empty((n, nnz), dtype=np.int64)
@@ -350,7 +350,7 @@ def _parallel_sum(fn, ranges, threads, out):
 # cache and gathering A's rows at random costs more than it saves.  SparseSign
 # (nnz = 8) gained nothing at 64 MB: each row of A is gathered nnz times.
 _BUCKET_RANGES_MIN_OUT_BYTES = 1 << 24
-_BUCKET_RANGES_ROW_ENTRIES = 1 << 20  # rows of A per block x nnz: bounds the hashes' memory
+_BUCKET_RANGES_ROWS = 1 << 20  # rows of A per block: bounds the hashes' memory
 # Column-major A is sketched column by column (``_sketch_by_columns``) when it has
 # at least this many rows (each column is one sparse mat-vec call, ~10 us of overhead)
 # and rows of at least this many bytes per nonzero of a column of S: every column
@@ -378,8 +378,7 @@ def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, determinis
             and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES * nnz):
         return _sketch_by_columns(hashes, A2, o2, max(1, _COLUMN_ROUTE_ROWS // nnz), threads).reshape(out.shape)
     if nnz == 1 and o2.nbytes >= _BUCKET_RANGES_MIN_OUT_BYTES:
-        rows = max(1, _BUCKET_RANGES_ROW_ENTRIES // nnz)
-        return _sketch_bucket_ranges(hashes, A2, o2, rows, threads).reshape(out.shape)
+        return _sketch_bucket_ranges(hashes, A2, o2, _BUCKET_RANGES_ROWS, threads).reshape(out.shape)
 
     def block(a, b):
         return np.asarray(hashes(a, b) @ A2[a:b])
@@ -401,12 +400,12 @@ def _sketch_by_columns(hashes, A2, out, rows, threads):
     blocked), which made F-order A and right sketches ``A @ S.T`` 3-5x slower
     than C-order A.  A column of an F-order A is contiguous, so each thread
     takes whole columns (no partial sums) and runs SciPy's sparse matrix-vector
-    product on them, one block of ``rows`` rows at a time so
-    the block's hashes stay in cache.  The result is built transposed (d x m, row-major)
-    and returned as its column-major transpose.  Measured (2-core box,
-    CountSketch, 3-4 runs): 65536 x 1024 -> 8192 fp64 0.22x the time of the
-    copying route, 2^20 x 64 -> 1024 fp64 0.35x, 2^20 x 64 -> 64 fp32 0.5x,
-    2^20 x 16 -> 256 fp64 0.85x.
+    product on them, one block of ``rows`` rows at a time so the block's hashes
+    stay in cache.  The result is built transposed (d x m, row-major) and
+    returned as its column-major transpose.  Measured (2-core box, CountSketch,
+    alternating runs): 65536 x 1024 -> 8192 fp64 0.14-0.26x the time of the
+    copying route, 2^20 x 64 -> 1024 fp64 0.34-0.35x, 2^20 x 64 -> 64 fp32
+    0.44-0.59x; at 128-byte rows (2^20 x 16 -> 256 fp64) about even.
     """
     n, d = A2.shape
     outT = np.zeros((d, out.shape[0]), dtype=out.dtype)

@@ -460,7 +460,7 @@ def test_cpu_dense_routes_match_todense(rng, monkeypatch, route, dtype):
     monkeypatch.setattr(_kernels, "_COLUMN_ROUTE_MIN_ROWS", 1)
     monkeypatch.setattr(_kernels, "_COLUMN_ROUTE_MIN_ROW_BYTES", 0)
     monkeypatch.setattr(_kernels, "_COLUMN_ROUTE_ROWS", 70)
-    monkeypatch.setattr(_kernels, "_BUCKET_RANGES_ROW_ENTRIES", 70)
+    monkeypatch.setattr(_kernels, "_BUCKET_RANGES_ROWS", 70)
     if route == "bucket_ranges":
         monkeypatch.setattr(_kernels, "_BUCKET_RANGES_MIN_OUT_BYTES", 0)
     taken = []

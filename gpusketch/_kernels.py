@@ -317,7 +317,8 @@ def _parallel_sum(fn, ranges, threads, out):
     SciPy's sparse products release the GIL, so threads give real speed-up.
     Each thread accumulates its own partial sum; partials are added at the
     end, in thread order (the same sum as adding them into a zero buffer,
-    except that an entry of −0.0 now stays −0.0).  BLAS runs on one thread meanwhile (``all_blas_serial``).
+    except that an entry of −0.0 now stays −0.0).  BLAS runs on one thread
+    meanwhile (``all_blas_serial``).
     """
 
     def run(part):
@@ -344,9 +345,9 @@ def _parallel_sum(fn, ranges, threads, out):
 
 # A CountSketch of a C-order A whose result is at least this large is taken by
 # bucket ranges (``_sketch_bucket_ranges``).  Measured on the 2-core development
-# box (32 MB L3), fp64, bucket ranges against per-thread partial sums: 0.72-0.83x
+# box (32 MB L3), bucket ranges against per-thread partial sums, medians of 5: 0.73-0.81x
 # the time at outputs of 16-64 MB (65536 x 1024 -> 2048 / 8192, 65536 x 256 ->
-# 16384), parity at 8 MB, 1.6-2x slower at 2-4 MB, where the partials stay in
+# 16384), parity at 8 MB, 1.7-2.1x slower at 2-4 MB, where the partials stay in
 # cache and gathering A's rows at random costs more than it saves.  SparseSign
 # (nnz = 8) gained nothing at 64 MB: each row of A is gathered nnz times.
 _BUCKET_RANGES_MIN_OUT_BYTES = 1 << 24
@@ -397,8 +398,8 @@ def _sketch_by_columns(hashes, A2, out, rows, threads):
 
     SciPy's sparse-times-dense product wants a row-major operand and copies a
     column-major one first, at 1-2 GB/s (NumPy's transposing copy is not cache
-    blocked), which made F-order A and right sketches ``A @ S.T`` 3-5x slower
-    than C-order A.  A column of an F-order A is contiguous, so each thread
+    blocked), which made F-order A and right sketches ``A @ S.T`` 2-8x slower
+    than C-order A (``bench/results/operators-cpu-quick.md`` at a8d842b).  A column of an F-order A is contiguous, so each thread
     takes whole columns (no partial sums) and runs SciPy's sparse matrix-vector
     product on them, one block of ``rows`` rows at a time so the block's hashes
     stay in cache.  The result is built transposed (d x m, row-major) and

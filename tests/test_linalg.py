@@ -1,5 +1,6 @@
 """lstsq, leverage scores, randomized SVD, rank and independent rows against exact answers."""
 
+import warnings
 
 import numpy as np
 import pytest
@@ -28,6 +29,22 @@ def test_precondition_matches_exact(xp, kappa, gap):
     assert np.linalg.norm(A @ (to_numpy(res.x) - x_ref)) <= 1e-6 * np.linalg.norm(b)
     assert res.info["iterations"] < 100 and res.info["method"] == "precondition"
     assert type(res.x) is type(xp.asarray(b))
+
+
+@pytest.mark.parametrize("method", ["precondition", "sketch", "direct"])
+def test_lstsq_float32_stays_float32_without_warnings(xp, method):
+    # float32 in, float32 out, x within float32 accuracy of the float64 solution,
+    # and no RuntimeWarning (SciPy's LSMR overflows a float32 cast of 1e100).
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((2000, 20))
+    b = A @ rng.standard_normal(20) + 0.1 * rng.standard_normal(2000)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = gs.lstsq(xp.asarray(A, dtype=np.float32), xp.asarray(b, dtype=np.float32), method=method, seed=8)
+    assert res.x.dtype == np.float32
+    rel = np.linalg.norm(to_numpy(res.x) - x_ref) / np.linalg.norm(x_ref)
+    assert rel < (0.05 if method == "sketch" else 1e-5)
 
 
 @pytest.mark.parametrize("kappa,route", [(1e2, "cholesky_qr2"), (1e6, "cholesky_qr2"), (1e10, "householder")])

@@ -34,6 +34,24 @@ def test_weights_match_derivatives(loss):
     np.testing.assert_allclose(loss.weight(x), (loss(x + h) - loss(x - h)) / (2 * h) / x, rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", [TukeyLoss(2.0), TukeyLoss(2.0, p=1), TukeyLoss(2.0, p=1.5),
+                                  ClippedLpLoss(2.0, p=1), HuberLoss(2.0)])
+def test_losses_near_zero_in_both_precisions(loss, dtype):
+    # Exact fits give finite weights, capped at |a| = 1e-8·τ for p < 2, with no
+    # floating-point warning in float32; small values keep their relative accuracy.
+    a = np.array([0.0, 1e-30, 1e-9, 1e-5, 1e-3, 0.5], dtype=dtype)
+    with np.errstate(divide="raise", over="raise", invalid="raise"):  # underflow to 0 is fine
+        w, v = loss.weight(a), loss(a)
+    assert w.dtype == v.dtype == dtype
+    assert np.all(np.isfinite(w)) and np.all(w > 0)
+    np.testing.assert_allclose(w[:3], loss.weight(np.full(3, 2e-8, dtype=dtype)), rtol=1e-5)
+    # near 0 the biweight is a²/2 (1 − a²/(2τ²) + …), so TukeyLoss(p) ≈ (3a²)^{p/2}/6
+    exact = {TukeyLoss: lambda x: (3 * x * x) ** (loss.p / 2) / 6,
+             ClippedLpLoss: lambda x: x ** loss.p, HuberLoss: lambda x: x * x / 4}[type(loss)]
+    np.testing.assert_allclose(v[3:5], exact(a[3:5].astype(np.float64)), rtol=1e-4)
+
+
 def test_clipped_lp_values():
     M = ClippedLpLoss(2.0, p=1)
     np.testing.assert_allclose(M(np.array([-1.0, 0.5, 7.0])), [1.0, 0.5, 2.0])

@@ -237,7 +237,11 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
     for j in range(k or 1):
         rhs = b if k is None else b[:, j]
         start = y0 if k is None else y0[:, j]
-        out = sparse_la.lsmr(op, rhs, atol=tol, btol=tol, maxiter=maxiter, x0=start)
+        with warnings.catch_warnings():
+            # SciPy's LSMR starts its condition estimate at 1e100, which
+            # overflows when cast to float32; it only touches that estimate.
+            warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+            out = sparse_la.lsmr(op, rhs, atol=tol, btol=tol, maxiter=maxiter, x0=start)
         cols.append(pre.apply(out[0]))
         iters.append(int(out[2]))
     x = cols[0] if k is None else xp.stack(cols, axis=1)

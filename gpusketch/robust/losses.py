@@ -36,6 +36,8 @@ class TukeyLoss(_Loss):
 
     With ``p != 2`` the loss is ``M(a)^{p/2}`` up to the constant ``6^{p/2−1}``
     (so ``p = 2`` is the biweight itself): ``Θ(|a|^p)`` near 0, constant beyond τ.
+Its IRLS weight ``(p/2)(6M)^{p/2−1}ψ(a)/a`` grows like ``|a|^{p−2}`` near 0
+and is capped at ``|a| = δ = 1e-8·τ``, as for ``ClippedLpLoss``.
 
     Parameters
     ----------
@@ -70,7 +72,9 @@ class TukeyLoss(_Loss):
 
     def _biweight(self, a, xp):
         u = xp.minimum((a / self.tau) ** 2, 1.0)
-        return (self.tau**2 / 6) * (1 - (1 - u) ** 3), u
+        # 1 − (1 − u)³ expanded: the difference form cancels to 0 for
+        # |a| < 3e-4·τ in float32 (< 1e-8·τ in float64).
+        return (self.tau**2 / 6) * (u * (3 - 3 * u + u * u)), u
 
     def value(self, a):
         xp = array_namespace(a)
@@ -84,7 +88,9 @@ class TukeyLoss(_Loss):
         if self.p == 2:
             return w2
         # d/da (6ρ)^{p/2}/6 = (p/2) (6ρ)^{p/2-1} ψ(a); near 0, (6ρ) ~ 3a².
-        six_rho = xp.maximum(6 * rho, 1e-300)
+        # |a| is floored at δ = 1e-8·τ as in ClippedLpLoss, so exact fits get
+        # a finite weight in float32 as well as float64.
+        six_rho = xp.maximum(6 * rho, 3e-16 * self.tau**2)
         return (self.p / 2) * six_rho ** (self.p / 2 - 1) * w2
 
 
@@ -148,4 +154,4 @@ class HuberLoss(_Loss):
     def weight(self, a):
         xp = array_namespace(a)
         r = xp.abs(a)
-        return xp.where(r <= self.tau, 1.0 / self.tau, 1.0 / xp.maximum(r, 1e-300))
+        return xp.where(r <= self.tau, 1.0 / self.tau, 1.0 / xp.maximum(r, self.tau))

@@ -128,6 +128,11 @@ SOLVER_CASES = [
     (lambda: gs.lewis_weights(np.zeros((0, 4)), 1), ValueError, "A is empty"),
     (lambda: gs.robust.heavy_coordinates(np.zeros((0, 4)), 3), ValueError, "A is empty"),
     (lambda: gs.robust.tukey_regression(np.zeros((60, 0)), _b, 1.0), ValueError, "A is empty"),
+    # square A: the default sketch size (at most n) cannot exceed d; with m it can
+    (lambda: gs.lstsq(_A[:4], _b[:4]), ValueError, "needs n > d.*pass m > d"),
+    (lambda: gs.lstsq(_A[:4], _b[:4], method="sketch"), ValueError, "needs n > d"),
+    # A = 0 has no leverage distribution to sample from
+    (lambda: gs.leverage_sample(np.zeros((60, 4)), 10, seed=1), ValueError, "is zero"),
     # scalar parameters: finite, positive, numbers
     (lambda: gs.lstsq(_A, _b, tol=float("inf")), ValueError, "tol"),
     (lambda: gs.lstsq(_A, _b, tol="1e-8"), ValueError, "tol"),
@@ -144,6 +149,18 @@ SOLVER_CASES = [
 def test_solver_bad_input_raises_named_error(fn, exc, word):
     with pytest.raises(exc, match=word):
         fn()
+
+
+def test_square_lstsq_with_an_explicit_sketch_size():
+    A = np.random.default_rng(3).standard_normal((6, 6))
+    x = gs.lstsq(A, _b[:6], m=40, seed=1).x
+    np.testing.assert_allclose(A @ x, _b[:6], atol=1e-10)
+
+
+def test_zero_matrix_has_zero_leverage_and_lewis_weights(xp):
+    Z = xp.zeros((60, 4))
+    for w in (gs.leverage_scores(Z, seed=1), gs.lewis_weights(Z, 1, seed=1), gs.lewis_weights(Z, 1.5, seed=1)):
+        assert w.shape == (60,) and float(abs(w).max()) == 0.0
 
 
 def test_rank_of_an_empty_matrix_is_zero():

@@ -90,6 +90,8 @@ def leverage_scores(A, *, exact=False, seed=None):
             return _row_norms2(Q)
         seed = check_seed(seed)
         pre = _preconditioner(A, xp, seed)
+        if pre.rank == 0:  # A = 0 (its sketch is 0 only then, with probability 1)
+            return xp.zeros(n, dtype=A.dtype)
         G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, A.dtype)
         return _row_norms2(to_dense(A @ pre.apply(G)))
 
@@ -144,6 +146,8 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
         seed = check_seed(seed)
         pre = _preconditioner(A, xp, seed)
         r = pre.rank
+        if r == 0:
+            raise ValueError(f"A of shape {A.shape} is zero: it has no leverage scores to sample by")
         s4 = 4 * s  # Lemma 7.3's s
         c = 8
         # ||G1 A R⁻¹ G2||_F² estimates ||A R⁻¹||_F² (within 2x w.h.p.); G1 is a Gaussian sketch.

@@ -57,6 +57,11 @@ def sketch_for(sketch, m, n, d, method, seed, nnz=None):
 
     Raises ``ValueError`` unless ``d < m`` (m an integer); ``seed`` is drawn when None.
     """
+    if m is None and n <= d:
+        raise ValueError(
+            f"the default sketch size is at most n, which needs n > d; got n={n}, d={d} "
+            "(pass m > d, or use method='direct')"
+        )
     m = default_sketch_size(d, n, method, nnz) if m is None else m
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not d < m:
         raise ValueError(f"m must be an integer with d < m, got m={m!r} for d={d}")
@@ -123,7 +128,7 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     ------
     ValueError
         Mismatched shapes, NaN/Inf, unknown method, ``n < d`` for sketch
-        methods, ``m <= d``, ``tol <= 0``.
+        methods (or ``n = d`` without an m), ``m <= d``, ``tol <= 0``.
     TypeError
         Unsupported dtypes, or NumPy and CuPy inputs mixed.
 

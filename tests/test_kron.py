@@ -352,3 +352,34 @@ def test_inverse_cdf_twin_is_searchsorted(xp, rng):
     long /= long[-1]
     np.testing.assert_array_equal(to_numpy(_kernels.call("inverse_cdf", xp, xp.asarray(long), xp.asarray(u[:100]))),
                                   np.searchsorted(long, u[:100], side="right"))
+
+
+@pytest.mark.parametrize("p", [1, 1.5, 2])
+def test_a_wide_factor_is_solved(xp, rng, p):
+    """A_1 of shape 3 × 5 makes A (600 × 10) rank deficient though tall: the factor
+    bases and Lewis weights come from range(A_1); cost within 5 % of the full solve."""
+    fs = [xp.asarray(rng.standard_normal(s)) for s in [(3, 5), (200, 2)]]
+    A = _full(fs)
+    b = A @ rng.standard_normal(10) + rng.laplace(size=600)
+    if p == 2:
+        opt = np.linalg.norm(A @ np.linalg.lstsq(A, b, rcond=None)[0] - b)
+        res = kron.lstsq(fs, xp.asarray(b), seed=3)
+    else:
+        opt = np.sum(np.abs(A @ solve_lp_small(A, b, p) - b) ** p) ** (1 / p)
+        res = kron.lp_regression(fs, xp.asarray(b), p=p, seed=3)
+    assert opt * (1 - 1e-9) <= res.cost <= 1.05 * opt
+
+
+@pytest.mark.parametrize("call", ["sampling", "sketch", "exact", "lp1", "lp15"])
+def test_a_zero_factor_gives_x_zero(rng, call):
+    fs = [np.zeros((30, 2)), rng.standard_normal((20, 3))]
+    b = rng.standard_normal(600)
+    with np.errstate(all="raise"):
+        if call.startswith("lp"):
+            res = kron.lp_regression(fs, b, p=1 if call == "lp1" else 1.5, seed=1)
+        else:
+            res = kron.lstsq(fs, np.c_[b, 2 * b], method=call, seed=1)
+    assert np.all(res.x == 0)
+    p = {"lp1": 1, "lp15": 1.5}.get(call, 2)
+    expect = np.sum(np.abs(b) ** p) ** (1 / p)
+    np.testing.assert_allclose(res.cost, expect if p != 2 else [expect, 2 * expect], rtol=1e-12)

@@ -23,6 +23,7 @@ from .._backend import (
 )
 from .._nvtx import annotate
 from .._random import derive_seed
+from ..linalg._numerics import svd_rank
 from ..linalg._precondition import SketchPreconditioner
 from ..linalg.results import LstsqResult
 from ..operators import CountSketch, Kronecker, SparseSign
@@ -101,6 +102,15 @@ def _setup(factors, b, seed):
     array_namespace(b.data if is_sparse(b) else b, K.factors[0])  # one device for b and the factors
     tgt = _Target(b, K.shape[0], xp)
     return K, tgt, xp, check_seed(seed)
+
+
+def _zero_design(K):
+    """True when a factor is all zero, so A = 0 and x = 0 is the (minimum-norm) optimum."""
+    return any(not bool(K.xp.any(F)) for F in K.factors)
+
+
+def _zeros_like_solution(K, tgt):
+    return K.xp.zeros((K.shape[1],) + tuple(tgt.shape[1:]), dtype=K.dtype)
 
 
 def _check_m(m, D, N, default, xp):
@@ -303,7 +313,9 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
         else:
             m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))), xp)
             info["m"] = m
-            if method == "sampling":
+            if method == "sampling" and _zero_design(K):  # no leverage to sample by
+                x, info["rows"] = _zeros_like_solution(K, tgt), 0
+            elif method == "sampling":
                 bases = [_factor_basis(F, derive_seed(seed, t)) for t, F in enumerate(K.factors)]
                 probs = [(B * B).sum(axis=1) for B, _ in bases]
                 idx, prob = product_sample(probs, m, derive_seed(seed, 50), xp)
@@ -408,8 +420,17 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))), xp)
         info = {"p": p, "m": m, "residuals": residuals, "seed": seed, "timings": {}}
         t0 = time.perf_counter()
+        if _zero_design(K):  # no Lewis weights to sample by
+            x = _zeros_like_solution(K, tgt)
+            info["rows_stage1"] = info["rows_stage2"] = 0
+            info["timings"]["solve_s"] = time.perf_counter() - t0
+            return RobustResult(x, _cost(K, x, tgt, p) if cost else None, info)
         probs = []
         for t, F in enumerate(K.factors):
+            if F.shape[0] < F.shape[1]:
+                # Lewis weights depend on range(F) only; a wide factor's range has a short basis.
+                U, s, _ = xp.linalg.svd(F, full_matrices=False)
+                F = U[:, : svd_rank(s, F.shape)]
             w = lewis_weights(F, p, exact=F.shape[0] <= 8 * (4 * F.shape[1] + 10), seed=derive_seed(seed, t))
             probs.append(w / w.sum())
         # Stage 1 only needs a constant-factor x', so it samples fewer rows.

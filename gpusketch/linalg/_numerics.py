@@ -28,7 +28,9 @@ def rank_cut(vmax, shape, dtype):
 
 
 def qr_rank_deficient(R, shape):
-    """True when a diagonal entry of R is at or below the cut."""
+    """True when a diagonal entry of R is at or below the cut, or the factored matrix is wide."""
+    if shape[0] < shape[1]:  # rank <= n < d, though R's n diagonal entries may all be large
+        return True
     diag = abs(R.diagonal())
     if diag.size == 0:
         return True

@@ -57,6 +57,7 @@ APPLY_CASES = [
     (lambda: CS @ sp.csr_matrix(np.ones((10, 2), dtype=complex)), TypeError, "complex"),
     (lambda: CS @ {"a": 1}, TypeError, "A"),
     (lambda: CS @ CS, TypeError, "compose"),
+    (lambda: CS @ CS.T, TypeError, r"CountSketch @ CountSketch\.T"),
     (lambda: np.ones((3, 9)) @ CS.T, ValueError, "columns"),
     (lambda: CS[:, 5:5], ValueError, "empty"),
     (lambda: CS[:, ::2], ValueError, "step"),

@@ -89,7 +89,7 @@ class SketchOperator:
     def __matmul__(self, A):
         if isinstance(A, SketchOperator):
             raise TypeError(
-                f"cannot compose {type(self).__name__} @ {type(A).__name__}: apply them in turn, S1 @ (S2 @ A)"
+                f"cannot compose {_kind(self)} @ {_kind(A)}: apply them in turn, S1 @ (S2 @ A)"
             )
         if isinstance(A, numbers.Number):
             raise TypeError(f"{type(self).__name__} @ scalar is not defined; A must be a 1-D or 2-D array")
@@ -163,6 +163,11 @@ class SketchOperator:
 
     def rmatmat(self, Y):
         return self.T @ Y
+
+
+def _kind(op):
+    """``"CountSketch"``, or ``"CountSketch.T"`` for its adjoint: the operator as users wrote it."""
+    return f"{_kind(op._op)}.T" if isinstance(op, _Adjoint) else type(op).__name__
 
 
 class _Adjoint(SketchOperator):

@@ -29,11 +29,11 @@ def _open(source):
         if not path.endswith(".npy"):
             raise ValueError(f"source path must be a .npy file, got {path!r}")
         return np.load(path, mmap_mode="r")
-    if hasattr(source, "shape") and hasattr(source, "__getitem__") and len(getattr(source, "shape", ())) == 2:
-        return source  # NumPy array or memmap, h5py / zarr dataset
+    if hasattr(source, "shape") and hasattr(source, "__getitem__") and len(getattr(source, "shape", ())) in (1, 2):
+        return source  # NumPy array or memmap, h5py / zarr dataset (a vector when 1-D)
     if hasattr(source, "__iter__"):
         return None
-    raise TypeError(f"source must be a .npy path, a 2-D array-like dataset or an iterable of row blocks, "
+    raise TypeError(f"source must be a .npy path, a 1-D or 2-D array-like dataset or an iterable of row blocks, "
                     f"got {type(source).__name__}")
 
 
@@ -56,8 +56,8 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
         Shape ``(m, n)``; n must equal the rows of the source.
     source : str or path, array-like, or iterable
         A ``.npy`` file (memory-mapped), a NumPy array or memmap, an HDF5 or
-        Zarr dataset (anything 2-D with ``.shape`` and row slicing), or an
-        iterable of 2-D row blocks in order.
+        Zarr dataset (anything 1-D or 2-D with ``.shape`` and row slicing), or
+        an iterable of 2-D row blocks in order.
     chunk_rows : int, optional
         Rows per chunk; default about 64 MiB of input per chunk.
     device : {"auto", "cpu", "gpu"}
@@ -71,7 +71,7 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
 
     Returns
     -------
-    array of shape (m, d): NumPy on the CPU, CuPy on the GPU
+    array of shape (m, d), or (m,) for a 1-D source: NumPy on the CPU, CuPy on the GPU
 
     Examples
     --------
@@ -95,11 +95,15 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
             chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
         data = _open(source)
         m, n = S.shape
+        vector = data is not None and len(data.shape) == 1
         if data is not None:
             if data.shape[0] != n:
                 raise ValueError(f"source has {data.shape[0]} rows but S has {n} columns")
-            rows = chunk_rows or max(1, _CHUNK_BYTES // max(1, data.shape[1] * np.dtype(data.dtype).itemsize))
+            width = 1 if vector else data.shape[1]
+            rows = chunk_rows or max(1, _CHUNK_BYTES // max(1, width * np.dtype(data.dtype).itemsize))
             blocks = (data[a : min(n, a + rows)] for a in range(0, n, rows))
+            if vector:  # sketched as one column, returned as a vector
+                blocks = (np.asarray(v).reshape(-1, 1) for v in blocks)
         else:
             blocks = iter(source)
         bar = _progress(n, progress)
@@ -108,7 +112,7 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
         finally:
             if bar is not None:
                 bar.close()
-        return out
+        return out[:, 0] if vector else out
 
 
 def _check_block(block, a, n):

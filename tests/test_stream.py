@@ -33,6 +33,19 @@ def test_memmap_and_iterable(npy):
     np.testing.assert_allclose(stream.sketch(S, blocks, device="cpu", progress=False), S @ A, atol=1e-10)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")])])
+def test_a_vector_source_gives_a_vector(npy, tmp_path, device):
+    v = npy[0][:, 2].copy()
+    path = tmp_path / "v.npy"
+    np.save(path, v)
+    S = gs.SparseSign(40, v.size, nnz=4, seed=6)
+    for source in (path, v, np.load(path, mmap_mode="r")):
+        y = stream.sketch(S, source, chunk_rows=700, device=device, progress=False)
+        assert y.shape == (40,)
+        np.testing.assert_allclose(to_numpy(y), S @ v, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
 @pytest.mark.gpu
 def test_gpu_double_buffered_stream(npy):

@@ -10,7 +10,7 @@ package for scripts run from ``bench/``.)  X has ``2^log2n`` rows by ``--d``
 columns in row chunks of ``--chunk-rows``; blocks are NumPy on the CPU and
 CuPy on the GPU (the threads scheduler; on a GPU cluster each worker would
 hold its own blocks).  Rows: ``gsd.sketch`` (CountSketch and SparseSign,
-m = 4d + 10) and ``gsd.lstsq`` (sketch, precondition) with their times,
+m = 4d + 10) and ``gsd.lstsq`` (sketch, precondition, direct: Dask's TSQR) with their times,
 GB/s over X and the agreement with the in-memory call on the same array.
 Writes ``bench/results/distributed-<device>.{json,md}``.
 """
@@ -76,7 +76,7 @@ def main(argv=None):
             rows.append({"task": f"sketch {name}", "seconds": t, "in_memory_s": t_mem, "GB/s": A.nbytes / t / 1e9,
                          "agreement": err})
             print(rows[-1], flush=True)
-        for method in ("sketch", "precondition"):
+        for method in ("sketch", "precondition", "direct"):
             res, t = _timed(lambda: gsd.lstsq(X, y, method=method, seed=2), xp, repeat=1)
             ref, t_mem = _timed(lambda: gs.lstsq(A, b, method=method, seed=2), xp, repeat=1)
             rows.append({"task": f"lstsq {method}", "seconds": t, "in_memory_s": t_mem, "GB/s": A.nbytes / t / 1e9,

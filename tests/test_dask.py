@@ -70,6 +70,34 @@ def test_lstsq(rng, scheduler_name, method):
         assert opt <= res.cost <= (1 + 3 * 12 / res.info["m"]) * opt
 
 
+@pytest.mark.parametrize("method", ["precondition", "sketch", "direct"])
+def test_lstsq_several_columns_and_column_chunks(rng, method):
+    """y of shape (n, 2) gives x of shape (d, 2), column by column the answer for each y[:, j];
+    X chunked along columns too (TSQR needs whole rows: "direct" rechunks)."""
+    A = rng.standard_normal((1500, 9))
+    B = A @ rng.standard_normal((9, 2)) + rng.standard_normal((1500, 2))
+    X, Y = da.from_array(A, chunks=(400, 4)), da.from_array(B, chunks=(300, 1))
+    with dask.config.set(scheduler="threads"):
+        res = gsd.lstsq(X, Y, method=method, seed=4)
+        cols = [gsd.lstsq(X, Y[:, j], method=method, seed=4) for j in range(2)]
+    assert res.x.shape == (9, 2) and res.cost.shape == (2,)
+    for j in range(2):
+        np.testing.assert_allclose(res.x[:, j], cols[j].x, rtol=1e-10, atol=1e-12)
+        assert res.cost[j] == pytest.approx(cols[j].cost, rel=1e-12)
+    if method != "sketch":
+        np.testing.assert_allclose(res.x, np.linalg.lstsq(A, B, rcond=None)[0], rtol=1e-9, atol=1e-11)
+
+
+def test_lstsq_direct_rank_deficient_is_minimum_norm(rng):
+    A = rng.standard_normal((800, 6))
+    A[:, 5] = A[:, 1] - A[:, 2]  # rank 5
+    b = rng.standard_normal(800)
+    with pytest.warns(gs.RankDeficientWarning, match="rank deficient"):
+        res = gsd.lstsq(da.from_array(A, chunks=(300, 6)), da.from_array(b, chunks=300), method="direct")
+    assert res.info["rank_deficient"]
+    np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9, atol=1e-12)
+
+
 def test_leverage_scores_and_randomized_svd(rng):
     A = rng.standard_normal((3000, 10)) * np.geomspace(1, 1e-3, 10)
     X = da.from_array(A, chunks=(400, 5))
@@ -96,7 +124,7 @@ def test_bad_input(rng):
     with pytest.raises(ValueError, match="X has 100 rows but S has 90"):
         gsd.sketch(gs.CountSketch(10, 90, seed=1), A)
     with pytest.raises(ValueError, match="method"):
-        gsd.lstsq(A, da.ones(100, chunks=50), method="direct")
+        gsd.lstsq(A, da.ones(100, chunks=50), method="qr")
     with pytest.raises(ValueError, match="y has 99 rows"):
         gsd.lstsq(A, da.ones(99, chunks=50))
     with pytest.raises(ValueError, match="k must be at most"):
@@ -114,6 +142,10 @@ def test_bad_input(rng):
         gsd.lstsq(Xn, da.ones(100, chunks=50), seed=1)
     with pytest.raises(ValueError, match="y contains NaN or Inf"):
         gsd.lstsq(A, da.from_array(np.where(np.arange(100) == 3, np.inf, 1.0), chunks=50), seed=1)
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.lstsq(Xn, da.ones(100, chunks=50), method="direct")
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        gsd.lstsq(A, da.from_array(np.where(np.arange(100) == 77, np.nan, 1.0), chunks=50), method="direct")
     with pytest.raises(ValueError, match="X contains NaN or Inf"):
         gsd.leverage_scores(Xn, seed=1)
     with pytest.raises(ValueError, match="X contains NaN or Inf"):
@@ -133,5 +165,8 @@ def test_cupy_chunks(rng):
         assert isinstance(out, cupy.ndarray)
         np.testing.assert_allclose(to_numpy(out), S @ A, rtol=1e-10, atol=1e-10)
         b = A @ np.ones(6) + rng.standard_normal(3000)
-        res = gsd.lstsq(X, da.from_array(cupy.asarray(b), chunks=500, asarray=False), tol=1e-13, seed=1)
-        np.testing.assert_allclose(to_numpy(res.x), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)
+        y = da.from_array(cupy.asarray(b), chunks=500, asarray=False)
+        for method in ("precondition", "direct"):
+            res = gsd.lstsq(X, y, method=method, tol=1e-13, seed=1)
+            assert isinstance(res.x, cupy.ndarray)
+            np.testing.assert_allclose(to_numpy(res.x), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)

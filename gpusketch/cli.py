@@ -252,8 +252,8 @@ def cmd_sketch(args):
     from . import stream
 
     A = _load_npy(args.input, mmap_mode="r")
-    if A.ndim != 2:
-        raise ValueError(f"{args.input} holds a {A.ndim}-D array; a 2-D matrix is needed")
+    if A.ndim not in (1, 2):
+        raise ValueError(f"{args.input} holds a {A.ndim}-D array; a vector or a 2-D matrix is needed")
     S = make_sketch(args.kind, args.m, A.shape[0], seed=args.seed)
     xp = _xp(args.device)
     Y = stream.sketch(S, A, chunk_rows=args.chunk_rows, device="gpu" if xp is not np else "cpu",
@@ -338,10 +338,10 @@ def build_parser():
     pd.set_defaults(func=cmd_demo)
     kinds = ("countsketch", "sparse_sign", "gaussian", "srht", "fast_embedding")
     ps = sub.add_parser("sketch", help="sketch the rows of a .npy matrix, reading it in chunks")
-    ps.add_argument("input", help="INPUT.npy, an n x d matrix")
+    ps.add_argument("input", help="INPUT.npy, an n x d matrix or a vector of length n")
     ps.add_argument("-m", type=int, required=True, help="sketch size (rows of the output)")
     ps.add_argument("--kind", choices=kinds, default="countsketch")
-    ps.add_argument("-o", "--output", required=True, help="OUT.npy for the m x d sketch")
+    ps.add_argument("-o", "--output", required=True, help="OUT.npy for the m x d sketch (length m for a vector)")
     ps.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     ps.add_argument("--seed", type=int, default=None)
     ps.add_argument("--chunk-rows", type=int, default=None)

@@ -92,6 +92,10 @@ def test_sketch_and_lstsq_commands(tmp_path):
     assert r.returncode == 0, r.stderr
     SA = np.load(tmp_path / "SA.npy")
     np.testing.assert_allclose(SA, gs.operators.make_sketch("sparse_sign", 64, 3000, seed=7) @ A, atol=1e-10)
+    r = run("sketch", str(tmp_path / "b.npy"), "-m", "64", "--seed", "7", "--chunk-rows", "700", "--quiet",
+            "--device", "cpu", "-o", str(tmp_path / "Sb.npy"))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "Sb.npy"), gs.CountSketch(64, 3000, seed=7) @ b, atol=1e-10)
     r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b.npy"), "--seed", "1", "--device", "cpu",
             "-o", str(tmp_path / "x.npy"))
     assert r.returncode == 0, r.stderr
@@ -102,8 +106,9 @@ def test_command_errors(tmp_path):
     r = run("sketch", str(tmp_path / "missing.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"))
     assert r.returncode == 2 and "not found" in r.stderr
     np.save(tmp_path / "v.npy", np.ones(10))
-    r = run("sketch", str(tmp_path / "v.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"), "--device", "cpu")
-    assert r.returncode == 1 and "2-D" in r.stderr
+    np.save(tmp_path / "t.npy", np.ones((10, 2, 2)))
+    r = run("sketch", str(tmp_path / "t.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"), "--device", "cpu")
+    assert r.returncode == 1 and "3-D array; a vector or a 2-D matrix" in r.stderr
     (tmp_path / "junk.npy").write_text("not an array")
     r = run("lstsq", str(tmp_path / "junk.npy"), str(tmp_path / "v.npy"), "-o", str(tmp_path / "x.npy"))
     assert r.returncode == 1 and "junk.npy is not a .npy array file (no .npy header)" in r.stderr

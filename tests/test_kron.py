@@ -88,6 +88,11 @@ def test_kronecker_matrix_bad_input(rng):
         kron.low_rank([np.ones((3, 2)), np.ones((4, 2))], 5)
     with pytest.raises(ValueError, match="needs n >= 2 rows"):
         kron.rank_regression(np.ones((1, 2)), np.ones(1))
+    with pytest.raises(ValueError, match=r"needs n >= d \+ 2 rows .* use method='exact'"):
+        kron.rank_regression(rng.standard_normal((5, 4)), np.ones(5))
+    assert kron.rank_regression(rng.standard_normal((5, 4)), np.ones(5), method="exact").x.shape == (4,)
+    for empty in ([], np.array([], dtype=np.int64)):  # no rows asked, none given
+        assert K.rows(empty).shape == (0, 4) and K.rows(empty).dtype == K.dtype
 
 
 def test_inputs_not_modified(rng):

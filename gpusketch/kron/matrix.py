@@ -178,6 +178,8 @@ class KroneckerMatrix:
         idx = xp.asarray(idx)
         if idx.ndim != 1:
             raise ValueError(f"idx must be 1-D, got shape {tuple(idx.shape)}")
+        if idx.size == 0:  # [] arrives as float64
+            return xp.empty((0, self.shape[1]), dtype=self.dtype)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"idx must hold integers, got dtype {idx.dtype}")
         N, D = self.shape

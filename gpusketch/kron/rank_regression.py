@@ -46,7 +46,7 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
         Sampled pairs (``"sampling"``); default ``min(n², ⌈40 d ln(d+2)⌉ + 200)``.
     method : {"sampling", "exact"}
         ``"exact"``: the LP over all ``n(n−1)/2`` unordered pairs (HiGHS),
-        the baseline for small n.
+        the baseline for small n.  ``"sampling"`` needs ``n >= d + 2``.
     seed : int, optional
 
     Returns
@@ -101,6 +101,9 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             x = xp.asarray(solve_lp_small(Ah[i] - Ah[j], bh[i] - bh[j], 1.0))
             info["pairs"] = int(i.size)
         else:
+            if n < d + 2:
+                raise ValueError(f"method={method!r} needs n >= d + 2 rows (it samples by the Lewis weights of "
+                                 f"[A 1 b]), got A of shape {A.shape}; use method='exact'")
             default = min(n * n, math.ceil(40 * d * math.log(d + 2)) + 200)
             m = default if m is None else m
             if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:

@@ -437,3 +437,25 @@ def test_hashed_group_leverage_equals_given_labels(xp, rng, n, heavy, monkeypatc
         assert {17, n - 1} <= set(np.flatnonzero((out >= 0.2).any(axis=0)))
     if xp is np and n == 20_000:  # screened: full labels only where a group is a candidate
         assert full == ([0, 1, 2] if heavy else [])
+
+
+def test_l1_solvers_keep_float32(rng):
+    """HiGHS works in float64; x comes back in the inputs' dtype, with the float64 answer's cost."""
+    from gpusketch import kron
+
+    A = rng.standard_normal((300, 4))
+    b = A @ rng.standard_normal(4) + rng.laplace(size=300)
+    F = [rng.standard_normal((20, 2)), rng.standard_normal((15, 2))]
+    bk = rng.laplace(size=300)
+    calls = [
+        lambda A, b, F, bk: gs.lp_regression(A, b, 1, seed=1),
+        lambda A, b, F, bk: kron.lp_regression(F, bk, 1, seed=1),
+        lambda A, b, F, bk: kron.rank_regression(A[:60], b[:60], seed=1),
+        lambda A, b, F, bk: kron.rank_regression(A[:60], b[:60], method="exact"),
+    ]
+    f32 = lambda X: X.astype(np.float32)  # noqa: E731
+    for call in calls:
+        lo = call(f32(A), f32(b), [f32(G) for G in F], f32(bk))
+        hi = call(A, b, F, bk)
+        assert lo.x.dtype == np.float32 and hi.x.dtype == np.float64
+        assert lo.cost == pytest.approx(hi.cost, rel=1e-4)

@@ -127,4 +127,5 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             rhs = to_host((b[i] - b[j]) * w)
             x = xp.asarray(solve_lp_small(R, rhs, 1.0))
             info.update(m=m, pairs=int(pair.size))
+        x = x.astype(xp.result_type(A.dtype, b.dtype), copy=False)  # the weights made R float64
         return RobustResult(x, all_pairs_cost(A @ x - b), info)

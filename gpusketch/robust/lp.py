@@ -41,7 +41,8 @@ def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
         res = scipy.optimize.linprog(-b, A_eq=A.T, b_eq=np.zeros(d), bounds=(-1.0, 1.0), method="highs-ipm")
         if res.status != 0:
             raise RuntimeError(f"HiGHS failed on the reduced ℓ1 problem: {res.message}")
-        return -np.asarray(res.eqlin.marginals)
+        # HiGHS works in float64; x comes back in the problem's dtype, as from the other branches.
+        return (-np.asarray(res.eqlin.marginals)).astype(np.result_type(A.dtype, b.dtype), copy=False)
     x = np.linalg.lstsq(A, b, rcond=None)[0]
     f = np.sum(np.abs(A @ x - b) ** p)
     for _ in range(maxiter):

@@ -136,7 +136,9 @@ def as_operand(A, name="A", *, ndim=(1, 2)):
     """Validate a matrix operand and return ``(A, xp)``.
 
     Dense inputs (NumPy/CuPy) must have ``ndim`` in ``ndim``; SciPy/cupyx
-    sparse inputs are returned in CSR format.  Boolean and integer arrays are
+    sparse inputs are returned in CSR format.  Array-likes (pandas, xarray,
+    ``np.matrix``) become plain NumPy arrays; Dask arrays are refused (they
+    have ``gpusketch.dask``).  Boolean and integer arrays are
     upcast to float64 (a new array: the caller's is never modified), float32
     and float64 are kept, float16/complex/object/str raise ``TypeError``.
     Strides are left alone: the kernels read C-order, Fortran-order and
@@ -154,10 +156,16 @@ def as_operand(A, name="A", *, ndim=(1, 2)):
     if xp is np:
         if isinstance(A, (list, tuple)):
             A = np.asarray(A)
-        if not isinstance(A, np.ndarray):
-            raise TypeError(
-                f"{name} must be a NumPy/CuPy array or a SciPy/cupyx sparse matrix, got {type(A).__name__}"
-            )
+        elif not isinstance(A, np.ndarray):
+            if type(A).__module__.split(".")[0] == "dask":  # np.asarray would compute it all, silently
+                raise TypeError(f"{name} is a Dask array; gpusketch.dask sketches and solves it chunk by chunk")
+            if not hasattr(A, "__array__"):
+                raise TypeError(
+                    f"{name} must be a NumPy/CuPy array or a SciPy/cupyx sparse matrix, got {type(A).__name__}"
+                )
+            A = np.asarray(A)  # pandas, xarray and other array-likes, as SciPy takes them
+        elif type(A) is not np.ndarray:
+            A = np.asarray(A)  # np.matrix, memmap: a plain view (matrix's * and 2-D rows break the algebra)
     if A.ndim not in ndim:
         raise ValueError(f"{name} must be {' or '.join(f'{k}-D' for k in ndim)}, got shape {tuple(A.shape)}")
     dt = _check_dtype(A.dtype, name)

@@ -176,3 +176,24 @@ def test_sampled_kronecker_regression_too_large_names_the_size():
         gs.kron.lstsq(F, np.ones(60), m=10**12, seed=1)
     with pytest.raises(MemoryError, match="sampling m="):
         gs.kron.lp_regression(F, np.ones(60), m=10**12, seed=1)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_array_likes_become_plain_arrays():
+    """np.matrix (whose rows stay 2-D) and pandas objects work as SciPy takes them;
+    a Dask array is pointed to gpusketch.dask rather than computed whole."""
+    A = np.random.default_rng(4).standard_normal((300, 4))
+    b = np.random.default_rng(5).standard_normal(300)
+    x = np.linalg.lstsq(A, b, rcond=None)[0]
+    likes = [(np.asmatrix(A), b)]
+    pd = pytest.importorskip("pandas")
+    likes.append((pd.DataFrame(A), pd.Series(b)))
+    for A2, b2 in likes:
+        np.testing.assert_allclose(gs.lstsq(A2, b2, seed=1).x, x, rtol=1e-9)
+        np.testing.assert_allclose(gs.robust.tukey_regression(A2, b2, 10.0, method="full", seed=2).x,
+                                   gs.robust.tukey_regression(A, b, 10.0, method="full", seed=2).x)
+        assert type(gs.CountSketch(20, 300, seed=1) @ A2) is np.ndarray
+        assert gs.leverage_scores(A2, exact=True).shape == (300,)
+    da = pytest.importorskip("dask.array")
+    with pytest.raises(TypeError, match="gpusketch.dask"):
+        gs.lstsq(da.from_array(A), b)

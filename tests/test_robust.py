@@ -459,3 +459,28 @@ def test_l1_solvers_keep_float32(rng):
         hi = call(A, b, F, bk)
         assert lo.x.dtype == np.float32 and hi.x.dtype == np.float64
         assert lo.cost == pytest.approx(hi.cost, rel=1e-4)
+
+
+@pytest.mark.parametrize("c", [1e-150, 1e-8, 1e8, 1e150])
+def test_l1_and_minimax_solvers_are_scale_equivariant(rng, c):
+    """Scaling A and b by c leaves x unchanged (and A·diag(D) gives x/D). HiGHS's and SLSQP's
+    tolerances are absolute: unscaled (2000 × 6), the ℓ1 LP returned x off by 4e-3 at c = 1e-8, a model
+    error at 1e150, and the fair ℓ2 dual stopped at its start at c = 1e8 (a 1.2 % gap)."""
+    from gpusketch import fair, kron
+
+    A = rng.standard_normal((1000, 6))
+    b = A @ np.ones(6) + rng.standard_normal(1000)
+    b[:50] = 50.0
+    D = 10.0 ** np.arange(-4.0, 2.0)
+    calls = [
+        lambda A, b: gs.lp_regression(A, b, 1, seed=1).x,
+        lambda A, b: solve_lp_small(A[:300], b[:300], 1),
+        lambda A, b: fair.regression([A, A[:300]], [b, b[:300]]).x,
+        lambda A, b: fair.regression([A, A[:300]], [b, b[:300]], norm=1).x,
+        lambda A, b: kron.rank_regression(A[:200], b[:200], seed=1).x,
+    ]
+    for call in calls:
+        x = call(A, b)
+        np.testing.assert_allclose(call(c * A, c * b), x, rtol=1e-8, atol=1e-10)
+        if c == 1e8:  # column scales from 1e-4 to 10
+            np.testing.assert_allclose(call(A * D, b) * D, x, rtol=1e-6, atol=1e-8)

@@ -7,7 +7,7 @@ import numpy as np
 
 from .._backend import array_namespace, as_operand, check_finite, check_positive_real, to_host
 from .._nvtx import annotate
-from ..robust.lp import solve_lp_small
+from ..robust.lp import l1_scaling, solve_lp_small
 from ._groups import as_groups
 from .results import FairRegressionResult
 
@@ -40,6 +40,12 @@ def _l2_minimax(G, c, beta, tol, maxiter):
     import scipy.optimize
 
     ell, d = len(G), G[0].shape[0]
+    # SLSQP's tolerances are absolute: work on f_i / s with s = max_i f_i(0) = max_i ||b_i||²,
+    # the same minimiser and λ (at 1e8-scaled data it otherwise stopped at its start, λ = 1/ℓ).
+    s = max(beta)
+    if s == 0.0:  # every b_i = 0: x = 0 attains max_i f_i = 0
+        return np.zeros(d), {"solver": "b = 0", "lambda": [1.0 / ell] * ell, "relative_gap": 0.0}
+    G, c, beta = [Gi / s for Gi in G], [ci / s for ci in c], [bi / s for bi in beta]
 
     def x_of(lam):
         M = sum(li * Gi for li, Gi in zip(lam, G))
@@ -89,6 +95,7 @@ def _l1_minimax(A, b, sizes):
 
     n, d = A.shape
     ell = len(sizes)
+    A, b, unscale = l1_scaling(A, b)  # equivariant: the minimax over groups scales with b
     I = sp.identity(n, format="csr")
     zeros = sp.csr_matrix((n, 1))
     owner = np.repeat(np.arange(ell), sizes)
@@ -105,7 +112,7 @@ def _l1_minimax(A, b, sizes):
                                  method="highs")
     if res.status != 0:
         raise RuntimeError(f"HiGHS failed on the fair ℓ1 LP: {res.message}")
-    return res.x[:d], {"solver": "HiGHS LP (Definition A.6, epigraph)"}
+    return unscale(res.x[:d]), {"solver": "HiGHS LP (Definition A.6, epigraph)"}
 
 
 def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):

@@ -108,7 +108,11 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             m = default if m is None else m
             if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:
                 raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
+            # Lewis weights depend on range(M) only; unit max-norm columns keep the ones
+            # column from swamping (or being swamped by) A and b at extreme scales.
             M = xp.concatenate([A, xp.ones((n, 1), dtype=A.dtype), b[:, None].astype(A.dtype)], axis=1)
+            scale = xp.abs(M).max(axis=0)
+            M = M / xp.where(scale > 0, scale, 1.0)
             s = lewis_weights(M, 1, exact=n <= 8 * (4 * (d + 2) + 10), seed=derive_seed(seed, 0))
             s = s / s.sum()
             m = int(m)

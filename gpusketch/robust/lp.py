@@ -17,6 +17,20 @@ from .results import RobustResult
 __all__ = ["lp_regression", "solve_lp_small"]
 
 
+def l1_scaling(A, b):
+    """``(AD, b/s, unscale)`` for an ℓ1 LP: columns and b of unit max-norm, ``x = s·D·x̃``.
+
+    HiGHS's tolerances are absolute (1e-7).  Unscaled, an A with entries near
+    1e-8 satisfies ``Aᵀy = 0`` for any y (a wrong answer), and 1e150 is a
+    model error.  ℓ1 regression is equivariant under this scaling:
+    ``||Ax − b|| = s ||(AD)(D⁻¹x/s) − b/s||``.
+    """
+    col = np.abs(A).max(axis=0).astype(np.float64)
+    D = 1.0 / np.where(col > 0, col, 1.0)
+    s = float(np.abs(b).max()) or 1.0
+    return A * D, b / s, lambda x: x * D * s
+
+
 def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
     """Exact ``argmin_x ||Ax − b||_p`` for a small host problem.
 
@@ -38,11 +52,12 @@ def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
         # at n = 4000, d = 225), and x is minus the equality duals.  Its interior
         # point method (with crossover) beats dual simplex here by 2x: each
         # iteration factors a d × d matrix.
-        res = scipy.optimize.linprog(-b, A_eq=A.T, b_eq=np.zeros(d), bounds=(-1.0, 1.0), method="highs-ipm")
+        As, bs, unscale = l1_scaling(A, b)
+        res = scipy.optimize.linprog(-bs, A_eq=As.T, b_eq=np.zeros(d), bounds=(-1.0, 1.0), method="highs-ipm")
         if res.status != 0:
             raise RuntimeError(f"HiGHS failed on the reduced ℓ1 problem: {res.message}")
         # HiGHS works in float64; x comes back in the problem's dtype, as from the other branches.
-        return (-np.asarray(res.eqlin.marginals)).astype(np.result_type(A.dtype, b.dtype), copy=False)
+        return unscale(-np.asarray(res.eqlin.marginals)).astype(np.result_type(A.dtype, b.dtype), copy=False)
     x = np.linalg.lstsq(A, b, rcond=None)[0]
     f = np.sum(np.abs(A @ x - b) ** p)
     for _ in range(maxiter):

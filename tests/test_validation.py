@@ -197,3 +197,34 @@ def test_array_likes_become_plain_arrays():
     da = pytest.importorskip("dask.array")
     with pytest.raises(TypeError, match="gpusketch.dask"):
         gs.lstsq(da.from_array(A), b)
+
+
+_RNG = np.random.default_rng(12)
+_AR = _RNG.standard_normal((600, 5))
+_BR = _AR @ np.ones(5) + _RNG.standard_normal(600)
+_BR[:30] = 40.0
+_FR = [_RNG.standard_normal((30, 3)), _RNG.standard_normal((20, 2))]
+_BK = _RNG.standard_normal(600)
+REPLAY = {
+    "lstsq": (lambda s: gs.lstsq(_AR, _BR, method="sketch", seed=s), "x"),
+    "lp_regression": (lambda s: gs.lp_regression(_AR, _BR, 1, seed=s), "x"),
+    "low_rank": (lambda s: gs.low_rank(_AR, 2, seed=s), "V"),
+    "tukey sampling": (lambda s: gs.robust.tukey_regression(_AR, _BR, 3.0, seed=s), "x"),
+    "tukey oblivious": (lambda s: gs.robust.tukey_regression(_AR, _BR, 3.0, method="oblivious", seed=s), "x"),
+    "irls": (lambda s: gs.robust.irls(_AR, _BR, gs.robust.TukeyLoss(3.0), seed=s), "x"),
+    "fair low_rank": (lambda s: gs.fair.low_rank([_AR, _AR[:100]], 2, seed=s), "V"),
+    "fair column_subset": (lambda s: gs.fair.column_subset([_AR, _AR[:100]], 2, seed=s), "columns"),
+    "kron lstsq": (lambda s: gs.kron.lstsq(_FR, _BK, seed=s), "x"),
+    "kron lp_regression": (lambda s: gs.kron.lp_regression(_FR, _BK, 1, seed=s), "x"),
+    "kron low_rank": (lambda s: gs.kron.low_rank(_FR, 2, seed=s), "V"),
+    "kron rank_regression": (lambda s: gs.kron.rank_regression(_AR[:100], _BR[:100], seed=s), "x"),
+}
+
+
+@pytest.mark.parametrize("name", list(REPLAY))
+def test_seed_none_is_recorded_in_info_and_replays(name):
+    """DESIGN: seed=None draws a seed and records it, so any run can be replayed."""
+    call, field = REPLAY[name]
+    first = call(None)
+    again = call(first.info["seed"])
+    np.testing.assert_array_equal(getattr(first, field), getattr(again, field))

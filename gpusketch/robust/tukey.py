@@ -246,7 +246,8 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
     -------
     TukeyResult
         ``.x``, ``.cost`` (full data), ``.rows`` and ``.weights`` of the reduced
-        problem, ``.info``.
+        problem, ``.info`` (with the ``seed`` that replays the run, drawn when
+        None was given).
 
     Notes
     -----
@@ -329,7 +330,8 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
             red = irls(SA, Sb, loss, weights=w, seed=derive_seed(s, 99))
             cost = loss.total(to_dense(A @ red.x) - b)
             if best is None or cost < best[1]:
-                best = (red.x, cost, kept, w, {"method": method, "trial": t, "reduced_rows": int(Sb.shape[0]), **info})
+                best = (red.x, cost, kept, w, {"method": method, "seed": seed, "trial": t,
+                                               "reduced_rows": int(Sb.shape[0]), **info})
         x, cost, kept, w, info = best
         return TukeyResult(x, cost, kept, w, info)
 

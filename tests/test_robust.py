@@ -143,6 +143,20 @@ def test_exact_lewis_weights_reach_the_fixed_point(xp, p):
     assert abs(w.sum() - 10) < 1e-8
 
 
+def test_exact_lewis_weights_settle_in_float32(monkeypatch):
+    """float32 cannot reach float64's 1e-13: the stopping rule scales with ε, so the
+    exact route stops in tens of steps, not at its cap of 1000."""
+    from gpusketch.robust import lewis
+
+    steps = []
+    monkeypatch.setattr(lewis, "leverage_scores",
+                        lambda *a, _f=lewis.leverage_scores, **k: steps.append(1) or _f(*a, **k))
+    A = np.random.default_rng(17).standard_normal((2000, 8))
+    w32 = gs.lewis_weights(A.astype(np.float32), 1, exact=True)
+    assert w32.dtype == np.float32 and len(steps) < 50
+    np.testing.assert_allclose(w32, gs.lewis_weights(A, 1, exact=True), rtol=1e-4)
+
+
 def test_lewis_weights_sparse_input():
     rng = np.random.default_rng(8)
     A = rng.standard_normal((600, 5)) * (rng.random((600, 5)) < 0.6)

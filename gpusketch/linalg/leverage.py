@@ -52,7 +52,7 @@ def _product_row_norms2(A, M, xp):
 
     A whole ``A M`` (n × t, t = O(log n) JL columns: 119 at n = 10⁶) and its
     square made two passes over about a GB; in ~2 MiB row blocks with
-    ``einsum`` it took 0.44-0.78x the time (CPU, n = 2·10⁵-10⁶, d = 5-500).
+    ``einsum`` it took 0.38-0.78x the time (CPU, n = 2·10⁵-10⁶, d = 5-500).
     On a GPU the whole product is one cuBLAS call.
     """
     if xp is not np:

@@ -149,6 +149,21 @@ def test_immutable_and_deterministic(kind):
     np.testing.assert_array_equal(S.todense(), make(kind).todense())
 
 
+@pytest.mark.parametrize("kind", OPS)
+def test_repr_rebuilds_the_operator_and_its_slices(kind):
+    # A slice used to print as a fresh operator of its own width, which is a
+    # different operator (its hashes start at column 0; an SRHT's transform
+    # length is the parent's); it now prints as the slice of its parent.
+    S = make(kind)
+    part = S[:, 38:211][:, 5:100]
+    assert repr(part) == f"{S!r}[:, 38:211][:, 5:100]"
+    assert repr(S[:, 0:N]) == repr(S)
+    assert repr(S.T[:, 1:3]) == f"{S!r}.T[:, 1:3]"
+    if kind != "sampling":  # Sampling's repr leaves out its index and scale arrays
+        np.testing.assert_array_equal(eval(repr(S), vars(gs)).todense(), S.todense())
+        np.testing.assert_array_equal(eval(repr(part), vars(gs)).todense(), part.todense())
+
+
 def test_different_seeds_differ():
     for cls in (gs.CountSketch, gs.SparseSign, gs.Gaussian, gs.SRHT):
         assert not np.array_equal(cls(16, 64, seed=1).todense(), cls(16, 64, seed=2).todense())

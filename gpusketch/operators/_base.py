@@ -83,6 +83,13 @@ class SketchOperator:
         return _Adjoint(self)
 
     def __repr__(self):
+        # A column slice prints as the operator it was cut from: the slice's own
+        # constructor arguments would describe a different operator (its hashes
+        # start at column a; an SRHT's transform length is the parent's).
+        origin = self.__dict__.get("_slice_of")
+        return origin if origin is not None else self._describe()
+
+    def _describe(self):
         return f"{type(self).__name__}(m={self._m}, n={self._n}, seed={self._seed})"
 
     # -- application --------------------------------------------------------
@@ -143,7 +150,9 @@ class SketchOperator:
             raise ValueError(f"column slice [{key[1].start}:{key[1].stop}] of {self._n} columns is empty")
         if (a, b) == (0, self._n):
             return self
-        return self._slice(a, b)
+        new = self._slice(a, b)
+        object.__setattr__(new, "_slice_of", f"{self!r}[:, {a}:{b}]")
+        return new
 
     def todense(self, xp=np):
         """The operator as an explicit m x n float64 array on ``xp`` (NumPy by default)."""
@@ -186,7 +195,7 @@ class _Adjoint(SketchOperator):
     def T(self):
         return self._op if self._rows is None else _Adjoint(self)
 
-    def __repr__(self):
+    def _describe(self):
         return f"{self._op!r}.T" + ("" if self._rows is None else f"[:, {self._rows[0]}:{self._rows[1]}]")
 
     def _padded(self, Y, xp):

@@ -61,7 +61,7 @@ class Composed(SketchOperator):
         """The factors ``(S_q, ..., S_1)``."""
         return self._ops
 
-    def __repr__(self):
+    def _describe(self):
         return "Composed([" + ", ".join(repr(op) for op in self._ops) + f"], scale={self._scale})"
 
     def _finish(self, Y, rest, xp):
@@ -83,7 +83,7 @@ class Composed(SketchOperator):
 
     def _slice(self, a, b):
         new = object.__new__(type(self))
-        Composed.__init__(new, self._ops[:-1] + (self._ops[-1]._slice(a, b),), scale=self._scale)
+        Composed.__init__(new, self._ops[:-1] + (self._ops[-1][:, a:b],), scale=self._scale)
         for k, v in self.__dict__.items():  # the seed and subclass parameters carry over
             if k not in ("_m", "_n", "_ops"):
                 object.__setattr__(new, k, v)

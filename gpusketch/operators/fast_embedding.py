@@ -95,5 +95,5 @@ class FastEmbedding(Composed):
         # One user seed determines every stage; report it rather than the stage seeds.
         self._set(_seed=seed, _k=k)
 
-    def __repr__(self):
+    def _describe(self):
         return f"FastEmbedding(m={self._m}, n={self._n}, k={self._k}, seed={self._seed})"

@@ -40,7 +40,7 @@ class _HashingSketch(SketchOperator):
         """Whether ``S @ A`` is bit-reproducible run to run on the GPU (atomic-free path)."""
         return self._deterministic
 
-    def __repr__(self):
+    def _describe(self):
         extra = ", deterministic=True" if self._deterministic else ""
         nnz = f", nnz={self._nnz}" if type(self) is SparseSign else ""
         return f"{type(self).__name__}(m={self._m}, n={self._n}{nnz}, seed={self._seed}{extra})"

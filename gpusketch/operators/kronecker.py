@@ -98,7 +98,7 @@ class Kronecker(SketchOperator):
     def factors(self):
         return self._factors
 
-    def __repr__(self):
+    def _describe(self):
         return "Kronecker([" + ", ".join(repr(F) for F in self._factors) + "])"
 
     def _full(self):

@@ -83,7 +83,7 @@ class MultiLevelCountSketch(SketchOperator):
         self._set(_r=r, _levels=levels, _beta=float(branching), _col0=0,
                   _thresh=np.power(float(branching), -np.arange(levels, dtype=np.float64)))
 
-    def __repr__(self):
+    def _describe(self):
         return (f"MultiLevelCountSketch(r={self._r}, n={self._n}, levels={self._levels}, "
                 f"branching={self._beta}, seed={self._seed})")
 

@@ -89,7 +89,7 @@ class Sampling(SketchOperator):
         """Row scales (read-only)."""
         return self._scale
 
-    def __repr__(self):
+    def _describe(self):
         return f"Sampling(m={self._m}, n={self._n})"
 
     def _valid(self, xp):

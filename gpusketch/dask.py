@@ -387,6 +387,7 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
         k = check_positive_int(k, "k")
         if k > min(n, d):
             raise ValueError(f"k must be at most min(n, d) = {min(n, d)}, got {k}")
+        oversample = check_positive_int(oversample, "oversample", minimum=0)
         power_iters = check_positive_int(power_iters, "power_iters", minimum=0)
         seed = check_seed(seed)
         l = min(k + oversample, n, d)

@@ -98,6 +98,27 @@ def test_lstsq_direct_rank_deficient_is_minimum_norm(rng):
     np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9, atol=1e-12)
 
 
+def test_lstsq_precondition_edge_cases(rng):
+    """Rank-deficient X (minimum norm, with a warning), y = 0 (x = 0 in no iterations), maxiter honoured."""
+    A = rng.standard_normal((800, 6))
+    A[:, 5] = A[:, 1] - A[:, 2]  # rank 5
+    b = rng.standard_normal(800)
+    X = da.from_array(A, chunks=(300, 6))
+    with dask.config.set(scheduler="threads"):
+        with pytest.warns(gs.RankDeficientWarning, match=r"sketch rank 5"):
+            res = gsd.lstsq(X, da.from_array(b, chunks=300), tol=1e-13, seed=1)
+        assert res.info["rank_deficient"]
+        np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9, atol=1e-12)
+        with pytest.warns(gs.RankDeficientWarning):
+            zero = gsd.lstsq(X, da.zeros(800, chunks=300), seed=1)
+        assert zero.info["iterations"] == 0 and zero.cost == 0.0
+        np.testing.assert_array_equal(zero.x, np.zeros(6))
+        B = rng.standard_normal((800, 6)) * np.geomspace(1, 1e6, 6)
+        capped = gsd.lstsq(da.from_array(B, chunks=300), da.from_array(b, chunks=300), maxiter=1, seed=1)
+    assert capped.info["iterations"] == 1
+    assert capped.cost >= np.linalg.norm(B @ np.linalg.lstsq(B, b, rcond=None)[0] - b)
+
+
 def test_leverage_scores_and_randomized_svd(rng):
     A = rng.standard_normal((3000, 10)) * np.geomspace(1, 1e-3, 10)
     X = da.from_array(A, chunks=(400, 5))
@@ -129,6 +150,26 @@ def test_bad_input(rng):
         gsd.lstsq(A, da.ones(99, chunks=50))
     with pytest.raises(ValueError, match="k must be at most"):
         gsd.randomized_svd(A, 4)
+    with pytest.raises(ValueError, match="oversample must be >= 0"):  # it gave 1 singular value for k = 2
+        gsd.randomized_svd(A, 2, oversample=-1)
+    with pytest.raises(TypeError, match="oversample must be an integer"):
+        gsd.randomized_svd(A, 2, oversample=2.5)
+    with pytest.raises(TypeError, match="S must be a sketch operator"):
+        gsd.sketch(np.eye(100), A)
+    with pytest.raises(TypeError, match="S must be a sketch operator"):
+        gsd.sketch_columns(A, np.eye(3))
+    with pytest.raises(ValueError, match="X has 3 columns but S has 5"):
+        gsd.sketch_columns(A, gs.CountSketch(2, 5, seed=1))
+    with pytest.raises(ValueError, match=r"X must be 1-D or 2-D, got shape \(100, 3, 1\)"):
+        gsd.sketch(gs.CountSketch(10, 100, seed=1), A[:, :, None])
+    with pytest.raises(TypeError, match="X has unsupported dtype"):
+        gsd.sketch(gs.CountSketch(10, 100, seed=1), da.from_array(np.array(["a"] * 100), chunks=50))
+    with pytest.raises(ValueError, match=r"unknown chunk sizes; call X.compute_chunk_sizes\(\)"):
+        gsd.lstsq(A[A[:, 0] > 0], da.ones(100, chunks=50))
+    with pytest.raises(ValueError, match="needs n >= d"):
+        gsd.lstsq(A[:2], da.ones(2, chunks=2))
+    with pytest.raises(ValueError, match="leverage scores need n >= d"):
+        gsd.leverage_scores(A[:2])
     empty = da.zeros((100, 0), chunks=50)
     with pytest.raises(ValueError, match=r"X is empty \(shape \(100, 0\)\)"):
         gsd.lstsq(empty, da.ones(100, chunks=50))

@@ -177,6 +177,17 @@ def test_leverage_sample_is_subspace_embedding(xp):
     assert 0.6 < s.min() ** 2 and s.max() ** 2 < 1.4
 
 
+@pytest.mark.parametrize("d", [1, 3])
+def test_leverage_sample_count_is_about_s_for_narrow_a(d):
+    # F estimates ||AR⁻¹||_F² with >= 128 degrees of freedom whatever the rank; with
+    # 8r (8 for d = 1) the kept count spread 0.40-4.52 s (5-95 %).  Poisson(50) alone
+    # spreads 0.66-1.34 s over 40 draws at 2.5 sd; the bounds leave room for F's error.
+    A = np.random.default_rng(40).standard_normal((5000, d))
+    kept = np.array([gs.leverage_sample(A, 50, seed=t).shape[0] for t in range(40)]) / 50
+    assert 0.4 < kept.min() and kept.max() < 2.0
+    assert 0.85 < np.median(kept) < 1.15
+
+
 def test_leverage_sample_composed_with_osnap(xp):
     # Theorem 7.4: sample, then an OSNAP down to O(d log d / eps^2) rows.
     rng = np.random.default_rng(26)
@@ -267,6 +278,18 @@ def test_low_rank_within_one_plus_eps(xp, right, eps):
     # A random k-dimensional subspace is far worse: the check can fail.
     Q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((2000, k)))
     assert np.linalg.norm(A - Q @ (Q.T @ A)) > 2 * opt
+
+
+def test_low_rank_rank_one_every_seed():
+    # k = 1 used to sample 6 rows for X at eps = 0.5: some seeds kept none
+    # (ValueError), others returned X with a cost ratio up to 1.6.
+    A, sv = decaying(2000, 500, 0.9, 30)
+    opt = np.sqrt((sv[1:] ** 2).sum())
+    ratios = []
+    for seed in range(30):
+        res = gs.low_rank(A, 1, eps=0.5, seed=seed)
+        ratios.append(np.linalg.norm(A - res.V @ res.X) / opt)
+    assert max(ratios) <= 1.5
 
 
 def test_low_rank_sparse_and_wide(xp):

@@ -112,6 +112,10 @@ def test_irls_weights_equal_row_duplication():
     res_w = irls(A, b, TukeyLoss(2.0), weights=w, seed=5)
     res_d = irls(np.vstack([A, A[:50]]), np.concatenate([b, b[:50]]), TukeyLoss(2.0), seed=5)
     assert abs(res_w.cost - res_d.cost) <= 1e-6 * res_d.cost
+    # Weights below 1 are weights too: scaling them all scales the objective, not the minimiser.
+    res_s = irls(A, b, TukeyLoss(2.0), weights=0.3 * w, seed=5)
+    assert abs(res_s.cost - 0.3 * res_w.cost) <= 1e-6 * res_w.cost
+    np.testing.assert_allclose(res_s.x, res_w.x, rtol=1e-6, atol=1e-9)
 
 
 def test_lewis_weights(xp):
@@ -174,6 +178,9 @@ def test_lp_regression_near_full_solution(xp, p):
     # default m ~ 20 (d+1) ln(d+2) rows: measured within 2 % of the full optimum
     assert full <= res.cost * (1 + 1e-9) and res.cost <= 1.05 * full
     assert res.info["rows"] < 1000
+    if p == 1:  # the default p
+        np.testing.assert_array_equal(to_numpy(gs.lp_regression(xp.asarray(A), xp.asarray(b), seed=10).x),
+                                      to_numpy(res.x))
 
 
 def test_lp_regression_tiny_sample_is_worse():

@@ -157,3 +157,21 @@ def test_inputs_not_modified(rng):
         np.testing.assert_array_equal(A, A0)
     for b, b0 in zip(targets, copies[1]):
         np.testing.assert_array_equal(b, b0)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.05])
+def test_smoothed_max_gradient_matches_finite_differences(rng, tau):
+    # The descent's hand-written gradient: with a wrong one L-BFGS still ends
+    # somewhere, and the best of the starts hides it from the cost tests.
+    from gpusketch.fair.low_rank import _smoothed_max
+
+    rho, r = 7, 3
+    C = [B.T @ B for B in (rng.standard_normal((20, rho)) for _ in range(3))]
+    n2 = np.array([np.trace(c) for c in C])
+    w = rng.standard_normal(rho * r)
+    f0, grad = _smoothed_max(w, tau, C, n2, (rho, r))
+    h = 1e-6
+    fd = np.array([(_smoothed_max(w + h * e, tau, C, n2, (rho, r))[0]
+                    - _smoothed_max(w - h * e, tau, C, n2, (rho, r))[0]) / (2 * h) for e in np.eye(w.size)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+    assert f0 >= max(n2 - [np.trace(np.linalg.pinv(w.reshape(rho, r)) @ c @ w.reshape(rho, r)) for c in C])

@@ -109,38 +109,40 @@ def dvoretzky_size(n, p, eps):
 # ---------------------------------------------------------------------------
 
 
+def _smoothed_max(w, tau, C, n2, shape):
+    """``τ log Σ_i exp((n2_i − tr(P_W C_i))/τ)`` and its gradient in W (flattened, ``shape = (ρ, r)``).
+
+    The gradient of ``tr(P_W C)`` in W is ``2 (I − P_W) C W (WᵀW)⁻¹``, weighted
+    by the softmax ``π`` of the smoothed terms.
+    """
+    rho, r = shape
+    W = w.reshape(rho, r)
+    Gi = np.linalg.inv(W.T @ W)
+    cap = np.array([np.trace(Gi @ W.T @ Ci @ W) for Ci in C])
+    z = (n2 - cap) / tau
+    zmax = z.max()
+    e = np.exp(z - zmax)
+    pi = e / e.sum()
+    P = W @ Gi @ W.T
+    grad = np.zeros_like(W)
+    for p_i, Ci in zip(pi, C):
+        grad -= p_i * 2 * (np.eye(rho) - P) @ Ci @ W @ Gi
+    return tau * (zmax + math.log(e.sum())), grad.ravel()
+
+
 def _smooth_max_descent(C, n2, W0, taus):
     """Minimise ``max_i (n2_i − tr(P_W C_i))`` over r-dim subspaces ``P_W`` of R^ρ, from W0.
 
-    The max is smoothed as ``τ log Σ exp(·/τ)`` (τ decreasing); the gradient
-    of ``tr(P_W C)`` in W is ``2 (I − P_W) C W (WᵀW)⁻¹``.  L-BFGS (SciPy).
+    The max is smoothed as ``τ log Σ exp(·/τ)`` (τ decreasing; ``_smoothed_max``).
+    L-BFGS (SciPy).
     """
     import scipy.optimize
 
-    rho, r = W0.shape
-
-    def captured(W):
-        Gi = np.linalg.inv(W.T @ W)
-        return Gi, np.array([np.trace(Gi @ W.T @ Ci @ W) for Ci in C])
-
-    def f(w, tau):
-        W = w.reshape(rho, r)
-        Gi, cap = captured(W)
-        z = (n2 - cap) / tau
-        zmax = z.max()
-        e = np.exp(z - zmax)
-        pi = e / e.sum()
-        P = W @ Gi @ W.T
-        grad = np.zeros_like(W)
-        for p_i, Ci in zip(pi, C):
-            grad -= p_i * 2 * (np.eye(rho) - P) @ Ci @ W @ Gi
-        return tau * (zmax + math.log(e.sum())), grad.ravel()
-
     W = W0
     for tau in taus:
-        res = scipy.optimize.minimize(f, W.ravel(), args=(tau,), jac=True, method="L-BFGS-B",
-                                      options={"maxiter": 300})
-        W = np.linalg.qr(res.x.reshape(rho, r))[0]
+        res = scipy.optimize.minimize(_smoothed_max, W.ravel(), args=(tau, C, n2, W0.shape), jac=True,
+                                      method="L-BFGS-B", options={"maxiter": 300})
+        W = np.linalg.qr(res.x.reshape(W0.shape))[0]
     return W
 
 

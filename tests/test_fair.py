@@ -175,3 +175,23 @@ def test_smoothed_max_gradient_matches_finite_differences(rng, tau):
                     - _smoothed_max(w - h * e, tau, C, n2, (rho, r))[0]) / (2 * h) for e in np.eye(w.size)])
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
     assert f0 >= max(n2 - [np.trace(np.linalg.pinv(w.reshape(rho, r)) @ c @ w.reshape(rho, r)) for c in C])
+
+
+def test_lewis_row_sample_inclusion_frequencies(rng):
+    # Algorithm 3's T: row i kept with probability q_i = min(1, s w_i / Σw) (w the ℓp
+    # Lewis weights) and scaled by q_i^(-1/p).  Over 300 seeds each row's count is
+    # Binomial(300, q_i); |z| < 4.5 over 120 rows fails by chance with p < 1e-3.
+    import gpusketch as gs
+    from gpusketch.fair.low_rank import _lewis_sample
+
+    M = rng.standard_normal((120, 5)) * np.exp(rng.standard_normal((120, 1)))
+    p, s, seeds = 1.5, 30, 300
+    w = gs.lewis_weights(M, p, exact=True)
+    q = np.minimum(1.0, s * w / w.sum())
+    counts = np.zeros(120)
+    for seed in range(seeds):
+        keep, scale = _lewis_sample(M, p, s, seed, np)
+        np.testing.assert_allclose(scale, q[keep] ** (-1.0 / p), rtol=1e-12)
+        counts[keep] += 1
+    z = (counts - seeds * q) / np.sqrt(seeds * q * (1 - q) + 1e-12)
+    assert np.abs(z).max() < 4.5

@@ -231,6 +231,14 @@ def test_randomized_svd_without_power_iterations_is_worse():
     assert e[1] < e[0]
 
 
+def test_randomized_svd_full_rank_k_is_the_svd(xp):
+    # k = min(n, d) is allowed: the range finder then spans all of range(A).
+    A = np.random.default_rng(41).standard_normal((60, 8))
+    U, s, Vt = (to_numpy(v) for v in gs.randomized_svd(xp.asarray(A), 8, seed=2))
+    np.testing.assert_allclose(s, np.linalg.svd(A, compute_uv=False), rtol=1e-12)
+    np.testing.assert_allclose((U * s) @ Vt, A, atol=1e-12)
+
+
 def test_rank_cases(xp):
     rng = np.random.default_rng(21)
     low = rng.standard_normal((600, 9)) @ rng.standard_normal((9, 80))

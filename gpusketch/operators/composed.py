@@ -85,7 +85,7 @@ class Composed(SketchOperator):
         new = object.__new__(type(self))
         Composed.__init__(new, self._ops[:-1] + (self._ops[-1][:, a:b],), scale=self._scale)
         for k, v in self.__dict__.items():  # the seed and subclass parameters carry over
-            if k not in ("_m", "_n", "_ops"):
+            if k not in ("_m", "_n", "_ops", "_slice_of"):
                 object.__setattr__(new, k, v)
         return new
 

@@ -195,3 +195,20 @@ def test_lewis_row_sample_inclusion_frequencies(rng):
         counts[keep] += 1
     z = (counts - seeds * q) / np.sqrt(seeds * q * (1 - q) + 1e-12)
     assert np.abs(z).max() < 4.5
+
+
+def test_dvoretzky_size_follows_theorem_2_11():
+    """The three regimes of Theorem 2.11 (C = 1) for p > 2, n/ε² for p <= 2."""
+    from gpusketch.fair import dvoretzky_size
+
+    assert dvoretzky_size(30, 1.0, 0.5) == 120 and dvoretzky_size(30, 2.0, 0.1) == 3000
+    n, p = 30, 4.0
+    small = p ** (p / 2) * n ** (-(p - 2) / (2 * (p - 1)))  # ε at or below: p^p n / ε²
+    assert small == pytest.approx(16 * 30 ** (-1 / 3))
+    assert dvoretzky_size(n, p, 0.2) == math.ceil(p**p * n / 0.2**2)  # small ≈ 5.2: every ε < 1 is below it
+    n = 10**9  # small ≈ 0.016: the middle regime between it and 1/p = 0.25
+    assert dvoretzky_size(n, p, 0.2) == math.ceil((n * p) ** (p / 2) / 0.2)
+    assert dvoretzky_size(n, p, 0.5) == math.ceil(n ** (p / 2) / (p * 0.5) ** (p / 2) * math.log(2) ** (p / 2))
+    assert dvoretzky_size(n, p, 0.01) == math.ceil(p**p * n / 0.01**2)
+    with pytest.raises(ValueError, match="eps"):
+        dvoretzky_size(n, p, 1.0)

@@ -339,7 +339,8 @@ def build_parser():
     kinds = ("countsketch", "sparse_sign", "gaussian", "srht", "fast_embedding")
     ps = sub.add_parser("sketch", help="sketch the rows of a .npy matrix, reading it in chunks")
     ps.add_argument("input", help="INPUT.npy, an n x d matrix or a vector of length n")
-    ps.add_argument("-m", type=int, required=True, help="sketch size (rows of the output)")
+    ps.add_argument("-m", type=int, required=True,
+                    help="sketch size (rows of the output; an srht has at most n rounded up to a power of two)")
     ps.add_argument("--kind", choices=kinds, default="countsketch")
     ps.add_argument("-o", "--output", required=True, help="OUT.npy for the m x d sketch (length m for a vector)")
     ps.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")

@@ -97,6 +97,8 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
         m, n = S.shape
         vector = data is not None and len(data.shape) == 1
         if data is not None:
+            if np.dtype(data.dtype).kind not in "biuf":  # before any block is read, naming the source
+                raise TypeError(f"source has unsupported dtype {data.dtype}; expected a real numeric array")
             if data.shape[0] != n:
                 raise ValueError(f"source has {data.shape[0]} rows but S has {n} columns")
             width = 1 if vector else data.shape[1]

@@ -70,3 +70,14 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(S, path, device="tpu", progress=False)
     with pytest.raises(ValueError, match="chunk_rows"):
         stream.sketch(S, path, chunk_rows=0, progress=False)
+    strings = tmp_path / "strings.npy"
+    np.save(strings, np.array(["a"] * A.shape[0]))
+    with pytest.raises(TypeError, match="source has unsupported dtype <U1"):  # it named a "block"
+        stream.sketch(S, strings, device="cpu", progress=False)
+
+
+def test_make_sketch_caps_srht_rows_at_the_padded_length():
+    from gpusketch.operators import make_sketch
+
+    assert make_sketch("srht", 5000, 1000, seed=1).shape == (1024, 1000)
+    assert make_sketch("countsketch", 5000, 1000, seed=1).shape == (5000, 1000)

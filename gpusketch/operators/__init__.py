@@ -43,7 +43,10 @@ def make_sketch(kind, m, n, *, seed=None):
     or ``"fast_embedding"``.
 
     A ``SketchOperator`` passed as ``kind`` is returned after checking its shape
-    is ``(m, n)`` (``m=None`` accepts any number of rows).
+    is ``(m, n)`` (``m=None`` accepts any number of rows).  An ``"srht"`` has at
+    most N rows, N the power of two that n is padded to (its rows are distinct
+    rows of the N × N Hadamard matrix): a larger m is capped at N, and the
+    operator's shape says so.
     """
     if isinstance(kind, SketchOperator):
         if kind.shape[1] != n or (m is not None and kind.shape[0] != m):

@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -383,8 +384,14 @@ def main(argv=None):
         path = getattr(args, name)
         if not os.path.isfile(path):
             parser.error(f"{name}: file not found: {path}")
+    def show(message, category, filename, lineno, file=None, line=None):
+        # A warning is part of the command's output, not a pointer into gpusketch's source.
+        print(f"gpusketch {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return args.func(args)
     except (ValueError, TypeError, OSError, MemoryError) as exc:
         print(f"gpusketch {args.command}: error: {exc}", file=sys.stderr)
         return 1

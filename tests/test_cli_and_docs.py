@@ -131,3 +131,16 @@ def test_bench_quick_writes_tables(tmp_path):
     assert "| l2 | 90000 | 8100 |" in table
     bad = run("bench", "--only", "nope")
     assert bad.returncode == 2 and "unknown suite" in bad.stderr
+
+
+def test_warnings_print_as_command_output(tmp_path, capsys):
+    """A warning reads as the command's own line, not as a pointer into gpusketch's source."""
+    from gpusketch.cli import main
+
+    np.save(tmp_path / "A.npy", np.ones((3, 5)))
+    np.save(tmp_path / "b.npy", np.ones(3))
+    assert main(["lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b.npy"), "--method", "direct",
+                 "--device", "cpu", "-o", str(tmp_path / "x.npy")]) == 0
+    err = capsys.readouterr().err
+    assert "gpusketch lstsq: warning: A of shape (3, 5) is numerically rank deficient" in err
+    assert "res = lstsq(" not in err

@@ -73,6 +73,25 @@ def test_sketch_and_solve_cost_ratio(xp, kind):
     assert res.info["m"] == 510
 
 
+@pytest.mark.parametrize("method", ["sketch", "precondition"])
+def test_lstsq_takes_m_from_a_sketch_operator(method):
+    # An operator passed as ``sketch`` was checked against the default m (210 for d = 10)
+    # and refused; its own rows are the sketch size.
+    rng = np.random.default_rng(42)
+    A, b = rng.standard_normal((5000, 10)), rng.standard_normal(5000)
+    S = gs.CountSketch(300, 5000, seed=1)
+    res = gs.lstsq(A, b, method=method, sketch=S)
+    assert res.info["m"] == 300 and res.info["seed"] == 1
+    ref = gs.lstsq(A, b, method=method, sketch="countsketch", m=300, seed=1)
+    np.testing.assert_array_equal(res.x, ref.x)
+    lev = gs.leverage_sample(A, 300, seed=2)  # a Sampling: its row count is random
+    assert gs.lstsq(A, b, method=method, sketch=lev).info["m"] == lev.shape[0]
+    with pytest.raises(ValueError, match="sketch has 8 rows; a sketched solve needs more than d = 10"):
+        gs.lstsq(A, b, method=method, sketch=gs.CountSketch(8, 5000, seed=1))
+    with pytest.raises(ValueError, match=r"sketch has shape \(300, 5000\), expected \(200, 5000\)"):
+        gs.lstsq(A, b, method=method, sketch=S, m=200)
+
+
 def test_sketch_and_solve_can_fail_with_tiny_sketch():
     rng = np.random.default_rng(4)
     A = rng.standard_normal((4000, 25))

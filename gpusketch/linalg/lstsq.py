@@ -18,7 +18,7 @@ from .._backend import (
     to_dense,
 )
 from .._nvtx import annotate
-from ..operators import make_sketch
+from ..operators import SketchOperator, make_sketch
 from ._numerics import qr_lstsq
 from ._precondition import SketchPreconditioner
 from .results import LstsqResult
@@ -55,8 +55,13 @@ def default_sketch_size(d, n, method, nnz=None):
 def sketch_for(sketch, m, n, d, method, seed, nnz=None):
     """The validated sketch operator of a sketching solver: ``(m, n)`` rows by ``default_sketch_size``.
 
+    A ``SketchOperator`` passed as ``sketch`` brings its own m when ``m`` is None.
     Raises ``ValueError`` unless ``d < m`` (m an integer); ``seed`` is drawn when None.
     """
+    if m is None and isinstance(sketch, SketchOperator):
+        m = sketch.shape[0]
+        if not d < m:
+            raise ValueError(f"sketch has {m} rows; a sketched solve needs more than d = {d}")
     if m is None and n <= d:
         raise ValueError(
             f"the default sketch size is at most n, which needs n > d; got n={n}, d={d} "
@@ -103,7 +108,8 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         2.6-2.8 % for the OSNAP (65536 × 128 and 16384 × 512, 5 seeds); on
         Gaussian A both gave 2-3 %.
     m : int, optional
-        Sketch size; default ``20d + 10`` (sketch), or from ``4d + 10`` up to
+        Sketch size; default the operator's rows when ``sketch`` is an
+        operator, else ``20d + 10`` (sketch), or from ``4d + 10`` up to
         ``12d + 10`` for tall A (precondition; see ``default_sketch_size``).
     tol : float
         LSMR tolerance (``atol = btol = tol``) for ``"precondition"``.  The

@@ -81,6 +81,9 @@ def test_right_sketch_and_rmatmul(xp, rng, kind):
     np.testing.assert_allclose(to_numpy(xp.asarray(B) @ S.T), B @ D.T, rtol=1e-10, atol=1e-10)
     C = rng.standard_normal((4, S.shape[0]))
     np.testing.assert_allclose(to_numpy(xp.asarray(C) @ S), C @ D, rtol=1e-10, atol=1e-10)
+    # Vectors on the left, as NumPy's matmul takes them: x @ S.T = S x, y @ S = Sᵀ y.
+    np.testing.assert_allclose(to_numpy(xp.asarray(B[0]) @ S.T), D @ B[0], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(to_numpy(xp.asarray(C[0]) @ S), C[0] @ D, rtol=1e-10, atol=1e-10)
     Bs = sparse_module(xp).csr_matrix(xp.asarray(B * (rng.random(B.shape) < 0.3)))
     np.testing.assert_allclose(to_numpy(Bs @ S.T), to_numpy(Bs.toarray()) @ D.T, rtol=1e-10, atol=1e-10)
 

@@ -388,3 +388,30 @@ def test_a_zero_factor_gives_x_zero(xp, rng, call):
     p = {"lp1": 1, "lp15": 1.5}.get(call, 2)
     expect = np.sum(np.abs(b) ** p) ** (1 / p)
     np.testing.assert_allclose(to_numpy(res.cost), expect if p != 2 else [expect, 2 * expect], rtol=1e-12)
+
+
+@pytest.mark.parametrize("on_support", [False, True])
+def test_stage2_mixture_weights_match_the_draws(on_support):
+    """kron.lp_regression's stage 2 draws from ρ = ½π + ½σ and weights by 1/ρ: ρ must be the
+    mixture actually sampled.  Over 20 × 1000 draws each row's count is Binomial(20000, ρ_i);
+    |z| < 5 fails by chance with p < 1e-4.  (A mutant weighting by π + ½σ, and one drawing
+    from π alone, passed every cost test: ℓ1 solutions shrug off such weights.)"""
+    from gpusketch.kron.regression import _mixture_sample
+
+    rng = np.random.default_rng(7)
+    dims = (3, 4)
+    probs = [rng.random(3) + 0.1, rng.random(4) + 0.1]
+    probs = [p / p.sum() for p in probs]
+    pi = np.kron(probs[0], probs[1])
+    support = np.array([1, 5, 7, 11]) if on_support else None
+    mass = rng.random(4) + 0.2 if on_support else rng.random(12) ** 3
+    sigma = np.zeros(12)
+    sigma[support if on_support else slice(None)] = mass / mass.sum()
+    rho_true = 0.5 * pi + 0.5 * sigma
+    counts = np.zeros(12)
+    for seed in range(20):
+        idx, rho = _mixture_sample(probs, dims, support, mass, 1000, seed, np)
+        np.testing.assert_allclose(rho, rho_true[idx], rtol=1e-12)
+        counts += np.bincount(idx, minlength=12)
+    z = (counts - 20000 * rho_true) / np.sqrt(20000 * rho_true * (1 - rho_true))
+    assert np.abs(z).max() < 5

@@ -438,27 +438,39 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         idx, pi = product_sample(probs, m1, derive_seed(seed, 50), xp)
         x1, rows1 = _solve_sample(K, tgt, idx, pi, m1, p)
         info["rows_stage1"] = rows1
-        # Stage 2: ρ = ½π + ½σ, sampled as a mixture; ρ_i is evaluated exactly at each draw.
-        half = _kernels.uniforms(m, derive_seed(seed, 60), xp) < 0.5
-        n_pi = int(half.sum())
-        idx_pi, _ = product_sample(probs, n_pi, derive_seed(seed, 70), xp)
+        # Stage 2: ρ = ½π + ½σ, σ ∝ |r_i|^p (or |b_i|^p for "bound"), sampled as a mixture.
         if residuals == "exact":
-            r = xp.abs(to_dense(K @ x1) - tgt.full()) ** p
-            support, mass = xp.arange(N, dtype=xp.int64), r
+            support, mass = None, xp.abs(to_dense(K @ x1) - tgt.full()) ** p
         else:
             support, mass = tgt.lp_mass(p)
-        total = float(mass.sum())
-        if total == 0.0:  # perfect fit (or b = 0 for "bound"): stage 2 samples from π alone
-            idx2, rho = product_sample(probs, m, derive_seed(seed, 80), xp)
-        else:
-            pick = categorical(mass, m - n_pi, derive_seed(seed, 80), xp)
-            idx2 = xp.concatenate([idx_pi, support[pick]])
-            sigma = mass[idx2] if residuals == "exact" else _lookup(support, mass, idx2, xp)
-            rho = 0.5 * _product_prob(probs, idx2, K.row_dims, xp) + 0.5 * sigma / total
+        idx2, rho = _mixture_sample(probs, K.row_dims, support, mass, m, seed, xp)
         x, rows2 = _solve_sample(K, tgt, idx2, rho, m, p)
         info["rows_stage2"] = rows2
         info["timings"]["solve_s"] = time.perf_counter() - t0
         return RobustResult(x, _cost(K, x, tgt, p) if cost else None, info)
+
+
+def _mixture_sample(probs, dims, support, mass, m, seed, xp):
+    """Stage 2's m i.i.d. draws from ``ρ = ½π + ½σ`` and ``ρ`` at each draw: ``(idx, rho)``.
+
+    π is the product distribution ``probs`` over the rows (``dims`` their
+    sizes) and ``σ = mass / Σ mass`` lives on the sorted row indices
+    ``support`` (all rows, in order, when ``support`` is None).  Each draw
+    takes π or σ by a fair coin; ρ is evaluated exactly at every draw, so the
+    importance weights ``1/(m ρ_i)`` are those of the mixture actually
+    sampled.  With ``Σ mass = 0`` (a perfect fit, or b = 0 for "bound") the
+    draws come from π alone.
+    """
+    half = _kernels.uniforms(m, derive_seed(seed, 60), xp) < 0.5
+    n_pi = int(half.sum())
+    idx_pi, _ = product_sample(probs, n_pi, derive_seed(seed, 70), xp)
+    total = float(mass.sum())
+    if total == 0.0:
+        return product_sample(probs, m, derive_seed(seed, 80), xp)
+    pick = categorical(mass, m - n_pi, derive_seed(seed, 80), xp)
+    idx = xp.concatenate([idx_pi, pick if support is None else support[pick]])
+    sigma = mass[idx] if support is None else _lookup(support, mass, idx, xp)
+    return idx, 0.5 * _product_prob(probs, idx, dims, xp) + 0.5 * sigma / total
 
 
 def _product_prob(probs, idx, dims, xp):

@@ -298,6 +298,9 @@ def test_low_rank_against_svd_of_the_product(xp, rng, q):
     explicit = np.linalg.norm(A - A @ V.T @ V)
     assert res.cost == pytest.approx(explicit, rel=1e-8)
     assert opt * (1 - 1e-9) <= res.cost <= 1.10 * opt
+    # One int m is m rows for every factor (capped at its n_t).
+    one = kron.low_rank(fs, k, m=25, seed=2)
+    np.testing.assert_array_equal(to_numpy(one.V), V)
 
 
 # -- CPU/GPU agreement -----------------------------------------------------------

@@ -63,6 +63,29 @@ def _sketched_right_factor(A, V, k, eps, seed, xp, info):
     return None
 
 
+def _constant_factor_subspace(A, k, seed, xp):
+    """Steps 1-2 of ``low_rank``: an orthonormal U (n × 2k) with ``||A − UUᵀA||_F = O(1) · opt_k``.
+
+    Returns ``(U, t, ms, omega)``: t the CountSketch columns, ms the OSNAP rows
+    and omega the chosen columns of ``SAT``.
+    """
+    n, d = A.shape
+    # 1. Projection-cost-preserving column sketch and a row embedding of it.
+    t = min(d, 4 * k * k)
+    AT = A if t == d else to_dense(A @ CountSketch(t, d, seed=derive_seed(seed, 0)).T)
+    ms = min(n, 4 * t + 10)
+    SAT = to_dense(SparseSign(ms, n, nnz=min(8, ms), seed=derive_seed(seed, 1)) @ AT)
+    # 2. 2k columns of SAT of largest leverage in its top-k right singular space
+    #    (only k singular vectors are needed: a randomized SVD once SAT is much wider than k).
+    if t > 4 * (k + 10):
+        _, _, Vt = randomized_svd(SAT, k, power_iters=2, seed=derive_seed(seed, 5))
+    else:
+        _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
+    lev = (Vt[:k] ** 2).sum(axis=0)
+    omega = xp.argsort(-lev)[: min(t, 2 * k)]
+    return _orth(to_dense(AT)[:, omega], xp), t, ms, omega
+
+
 def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
     """Rank-k approximation ``A ≈ V X`` with ``||A − VX||_F² <= (1+O(ε)) ||A − [A]_k||_F²``.
 
@@ -141,20 +164,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         seed = check_seed(seed)
         info = {"seed": seed, "timings": {}}
         t0 = time.perf_counter()
-        # 1. Projection-cost-preserving column sketch and a row embedding of it.
-        t = min(d, 4 * k * k)
-        AT = A if t == d else to_dense(A @ CountSketch(t, d, seed=derive_seed(seed, 0)).T)
-        ms = min(n, 4 * t + 10)
-        SAT = to_dense(SparseSign(ms, n, nnz=min(8, ms), seed=derive_seed(seed, 1)) @ AT)
-        # 2. 2k columns of SAT of largest leverage in its top-k right singular space
-        #    (only k singular vectors are needed: a randomized SVD once SAT is much wider than k).
-        if t > 4 * (k + 10):
-            _, _, Vt = randomized_svd(SAT, k, power_iters=2, seed=derive_seed(seed, 5))
-        else:
-            _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
-        lev = (Vt[:k] ** 2).sum(axis=0)
-        omega = xp.argsort(-lev)[: min(t, 2 * k)]
-        U = _orth(to_dense(AT)[:, omega], xp)
+        U, t, ms, omega = _constant_factor_subspace(A, k, seed, xp)
         # 3. Residual sampling of columns (Lemma 7.15).
         UtA = to_dense(A.T @ U).T  # (c, d): one pass over A
         resid = xp.maximum(_col_sq_norms(A, xp) - (UtA * UtA).sum(axis=0), 0.0)

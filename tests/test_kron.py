@@ -93,6 +93,14 @@ def test_kronecker_matrix_bad_input(rng):
     assert kron.rank_regression(rng.standard_normal((5, 4)), np.ones(5), method="exact").x.shape == (4,)
     for empty in ([], np.array([], dtype=np.int64)):  # no rows asked, none given
         assert K.rows(empty).shape == (0, 4) and K.rows(empty).dtype == K.dtype
+    import scipy.sparse as sp
+
+    two = [np.ones((3, 2)) + np.eye(3, 2), np.ones((4, 2)) + np.eye(4, 2)]
+    with pytest.raises(ValueError, match=r"sparse b must have shape \(12, 1\) or \(1, 12\), got \(12, 2\)"):
+        kron.lstsq(two, sp.csc_matrix(np.ones((12, 2))))
+    column = kron.lstsq(two, sp.csc_matrix(np.arange(12.0)[:, None]), method="exact")
+    row = kron.lstsq(two, sp.csr_matrix(np.arange(12.0)[None, :]), method="exact")
+    np.testing.assert_allclose(row.x, column.x, rtol=1e-12)
 
 
 def test_inputs_not_modified(rng):

@@ -302,6 +302,11 @@ def test_low_rank_within_one_plus_eps(xp, right, eps):
     opt = np.sqrt((sv[k:] ** 2).sum())
     err = np.linalg.norm(A - V @ X)
     assert err <= (1 + eps) * opt
+    if right == "exact":  # the optimal X for V, and no row sample
+        np.testing.assert_allclose(X, V.T @ A, rtol=1e-10, atol=1e-12)
+        assert "right_rows" not in res.info
+    else:
+        assert 0 < res.info["right_rows"] < 2000
     # A random k-dimensional subspace is far worse: the check can fail.
     Q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((2000, k)))
     assert np.linalg.norm(A - Q @ (Q.T @ A)) > 2 * opt

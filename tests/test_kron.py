@@ -453,3 +453,31 @@ def test_sampled_lp_solve_minimises_the_weighted_objective(rng):
     ref = scipy.optimize.minimize(f, np.linalg.lstsq(A, b, rcond=None)[0], jac=True, method="BFGS",
                                   options={"gtol": 1e-12, "maxiter": 5000})
     assert f(x)[0] <= ref.fun * (1 + 1e-9)
+
+
+def test_bound_residuals_never_touch_all_rows(rng, monkeypatch):
+    """residuals="bound" with a sparse b is sublinear in ∏ n_t: neither A x nor the dense b is
+    formed (with cost=False); residuals="exact" forms A x' once.  (Swapping the two modes
+    passed every cost test: both are valid importance samplers.)"""
+    import scipy.sparse as sp
+
+    from gpusketch.kron.matrix import KroneckerMatrix
+    from gpusketch.kron.regression import _Target
+
+    fs = _factors(rng, SHAPES["q2"])
+    b = np.zeros(1200)
+    b[rng.choice(1200, 40, replace=False)] = rng.standard_normal(40)
+    calls = []
+
+    def spy(name, original):
+        def wrapped(self, *args):
+            calls.append(name)
+            return original(self, *args)
+        return wrapped
+
+    monkeypatch.setattr(KroneckerMatrix, "__matmul__", spy("A @ x", KroneckerMatrix.__matmul__))
+    monkeypatch.setattr(_Target, "full", spy("dense b", _Target.full))
+    kron.lp_regression(fs, sp.csc_matrix(b[:, None]), p=1, m=300, residuals="bound", cost=False, seed=1)
+    assert calls == []
+    kron.lp_regression(fs, sp.csc_matrix(b[:, None]), p=1, m=300, residuals="exact", cost=False, seed=1)
+    assert calls == ["A @ x", "dense b"]

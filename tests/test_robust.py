@@ -183,6 +183,13 @@ def test_lp_regression_near_full_solution(xp, p):
                                       to_numpy(res.x))
 
 
+def test_lp_regression_sample_size_must_exceed_d():
+    A = np.random.default_rng(3).standard_normal((50, 4))
+    with pytest.raises(ValueError, match="m must be an integer > d = 4, got 4"):
+        gs.lp_regression(A, np.ones(50), m=4)
+    assert gs.lp_regression(A, np.ones(50), m=5, seed=1).x.shape == (4,)
+
+
 def test_lp_regression_tiny_sample_is_worse():
     rng = np.random.default_rng(9)
     A = rng.standard_normal((6000, 6))
@@ -226,6 +233,27 @@ def test_heavy_coordinates_recover_planted_rows(xp, method):
     I = set(to_numpy(heavy_coordinates(xp.asarray(A), 4, method=method, seed=12)).tolist())
     assert set(planted) <= I
     assert len(I) < 200  # far fewer than n: the light rows are left out
+
+
+def test_heavy_coordinates_peeling_is_figure_2():
+    """method="peeling" with p = 2 is Figure 2 exactly: α rounds, each adding the rows whose
+    leverage among the rows not yet chosen is at least 1/(2α).  (Swapping the two methods
+    passed the planted-rows test, which both satisfy.)"""
+    rng = np.random.default_rng(13)
+    A = rng.standard_normal((300, 3))
+    A[:12] *= np.geomspace(3, 60, 12)[:, None]  # a ladder of heavy rows, found over several rounds
+    alpha = 5
+    chosen = np.zeros(300, dtype=bool)
+    for _ in range(alpha):
+        rest = np.flatnonzero(~chosen)
+        Q = np.linalg.qr(A[rest])[0]
+        new = rest[(Q**2).sum(axis=1) >= 1 / (2 * alpha)]
+        if new.size == 0:
+            break
+        chosen[new] = True
+    expected = np.flatnonzero(chosen).tolist()
+    assert 3 < len(expected) < 300
+    assert heavy_coordinates(A, alpha, method="peeling", seed=1).tolist() == expected
 
 
 @pytest.mark.parametrize("p", [2, 1.5])

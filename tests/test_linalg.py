@@ -86,8 +86,8 @@ def test_lstsq_takes_m_from_a_sketch_operator(method):
     np.testing.assert_array_equal(res.x, ref.x)
     lev = gs.leverage_sample(A, 300, seed=2)  # a Sampling: its row count is random
     assert gs.lstsq(A, b, method=method, sketch=lev).info["m"] == lev.shape[0]
-    with pytest.raises(ValueError, match="sketch has 8 rows; a sketched solve needs more than d = 10"):
-        gs.lstsq(A, b, method=method, sketch=gs.CountSketch(8, 5000, seed=1))
+    with pytest.raises(ValueError, match="sketch has 10 rows; a sketched solve needs more than d = 10"):
+        gs.lstsq(A, b, method=method, sketch=gs.CountSketch(10, 5000, seed=1))
     with pytest.raises(ValueError, match=r"sketch has shape \(300, 5000\), expected \(200, 5000\)"):
         gs.lstsq(A, b, method=method, sketch=S, m=200)
 

@@ -384,6 +384,7 @@ def main(argv=None):
         path = getattr(args, name)
         if not os.path.isfile(path):
             parser.error(f"{name}: file not found: {path}")
+
     def show(message, category, filename, lineno, file=None, line=None):
         # A warning is part of the command's output, not a pointer into gpusketch's source.
         print(f"gpusketch {args.command}: warning: {message}", file=sys.stderr)

@@ -66,8 +66,8 @@ def _sketched_right_factor(A, V, k, eps, seed, xp, info):
 def _constant_factor_subspace(A, k, seed, xp):
     """Steps 1-2 of ``low_rank``: an orthonormal U (n × 2k) with ``||A − UUᵀA||_F = O(1) · opt_k``.
 
-    Returns ``(U, t, ms, omega)``: t the CountSketch columns, ms the OSNAP rows
-    and omega the chosen columns of ``SAT``.
+    Returns ``(U, t, ms, c)``: t the CountSketch columns, ms the OSNAP rows
+    and c the number of columns of ``SAT`` chosen.
     """
     n, d = A.shape
     # 1. Projection-cost-preserving column sketch and a row embedding of it.
@@ -83,7 +83,7 @@ def _constant_factor_subspace(A, k, seed, xp):
         _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
     lev = (Vt[:k] ** 2).sum(axis=0)
     omega = xp.argsort(-lev)[: min(t, 2 * k)]
-    return _orth(to_dense(AT)[:, omega], xp), t, ms, omega
+    return _orth(to_dense(AT)[:, omega], xp), t, ms, int(omega.size)
 
 
 def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
@@ -164,7 +164,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         seed = check_seed(seed)
         info = {"seed": seed, "timings": {}}
         t0 = time.perf_counter()
-        U, t, ms, omega = _constant_factor_subspace(A, k, seed, xp)
+        U, t, ms, chosen = _constant_factor_subspace(A, k, seed, xp)
         # 3. Residual sampling of columns (Lemma 7.15).
         UtA = to_dense(A.T @ U).T  # (c, d): one pass over A
         resid = xp.maximum(_col_sq_norms(A, xp) - (UtA * UtA).sum(axis=0), 0.0)
@@ -189,7 +189,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         left = QM @ dense_la.solve_triangular(RC, Uk)
         V = _orth(left, xp)
         info["timings"]["left_s"] = time.perf_counter() - t0
-        info.update({"t": t, "sketch_rows": ms, "omega": int(omega.size), "residual_columns": int(cols.size),
+        info.update({"t": t, "sketch_rows": ms, "omega": chosen, "residual_columns": int(cols.size),
                      "affine_rows": m1})
         t0 = time.perf_counter()
         X = _sketched_right_factor(A, V, k, eps, seed, xp, info) if right == "sketch" else None

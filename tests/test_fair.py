@@ -212,3 +212,13 @@ def test_dvoretzky_size_follows_theorem_2_11():
     assert dvoretzky_size(n, p, 0.01) == math.ceil(p**p * n / 0.01**2)
     with pytest.raises(ValueError, match="eps"):
         dvoretzky_size(n, p, 1.0)
+
+
+def test_float32_groups_stay_float32_and_mixed_groups_promote(rng):
+    groups = [A.astype(np.float32) for A in _random_groups(rng, np)]
+    targets = [rng.standard_normal(A.shape[0]).astype(np.float32) for A in groups]
+    assert fair.low_rank(groups, 2, seed=1, trials=1).V.dtype == np.float32
+    assert all(M.dtype == np.float32 for M in fair.column_subset(groups, 2, seed=1, trials=1).M)
+    assert fair.regression(groups, targets).x.dtype == np.float32
+    mixed = groups[:-1] + [groups[-1].astype(np.float64)]
+    assert fair.low_rank(mixed, 2, seed=1, trials=1).V.dtype == np.float64

@@ -208,6 +208,7 @@ def test_dvoretzky_size_follows_theorem_2_11():
     assert dvoretzky_size(n, p, 0.2) == math.ceil(p**p * n / 0.2**2)  # small ≈ 5.2: every ε < 1 is below it
     n = 10**9  # small ≈ 0.016: the middle regime between it and 1/p = 0.25
     assert dvoretzky_size(n, p, 0.2) == math.ceil((n * p) ** (p / 2) / 0.2)
+    assert dvoretzky_size(n, p, 0.25) == math.ceil((n * p) ** (p / 2) / 0.25)  # ε = 1/p closes the middle regime
     assert dvoretzky_size(n, p, 0.5) == math.ceil(n ** (p / 2) / (p * 0.5) ** (p / 2) * math.log(2) ** (p / 2))
     assert dvoretzky_size(n, p, 0.01) == math.ceil(p**p * n / 0.01**2)
     with pytest.raises(ValueError, match="eps"):

@@ -120,6 +120,20 @@ def test_algorithm5_within_ell_of_algorithm6(xp, rng, norm):
     assert exact.cost <= pooled.cost * (1 + 1e-9)
     assert pooled.cost <= len(groups) * exact.cost
     assert pooled.info["algorithm"] == 5 and exact.info["algorithm"] == 6
+    # Algorithm 5 is the ordinary regression of the pooled rows (a norm-1 LP solving
+    # least squares, or the reverse, passed the bounds above).
+    A = np.vstack([to_numpy(G) for G in groups])
+    b = np.concatenate([to_numpy(t) for t in targets])
+    x = to_numpy(pooled.x)
+    if norm == 2:
+        np.testing.assert_allclose(x, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-10, atol=1e-12)
+    else:
+        import scipy.optimize
+        n, d = A.shape
+        lp = scipy.optimize.linprog(np.r_[np.zeros(d), np.ones(n)],
+                                    A_ub=np.block([[A, -np.eye(n)], [-A, -np.eye(n)]]), b_ub=np.r_[b, -b],
+                                    bounds=[(None, None)] * d + [(0, None)] * n, method="highs")
+        assert np.abs(A @ x - b).sum() <= lp.fun * (1 + 1e-9)
 
 
 def test_bad_input():

@@ -65,6 +65,9 @@ def test_kronecker_matrix_bad_input(rng):
         kron.KroneckerMatrix([np.ones((3, 2)), np.ones(4)])
     with pytest.raises(TypeError, match="list or tuple"):
         kron.KroneckerMatrix(np.ones((3, 2)))
+    F = np.ones((100_000, 10))
+    with pytest.raises(MemoryError, match=r"todense\(\) of a 10000000000 x 100 KroneckerMatrix needs 7450\.58 GiB"):
+        kron.KroneckerMatrix([F, F]).todense()  # refused before np.kron tries 8e12 bytes
     K = kron.KroneckerMatrix([np.ones((3, 2)), np.ones((4, 2))])
     with pytest.raises(ValueError, match="idx must lie in"):
         K.rows([12])

@@ -64,6 +64,8 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(gs.CountSketch(8, 10, seed=1), path, device="cpu", progress=False)
     with pytest.raises(ValueError, match="rows"):
         stream.sketch(S, iter([A[:100]]), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=f"more than {A.shape[0]} rows"):  # one block too many
+        stream.sketch(S, iter([A, A[:5]]), device="cpu", progress=False)
     with pytest.raises(TypeError, match="sketch operator"):
         stream.sketch(np.eye(3), path, progress=False)
     with pytest.raises(ValueError, match="device"):

@@ -92,8 +92,9 @@ def test_lstsq_direct_rank_deficient_is_minimum_norm(rng):
     A = rng.standard_normal((800, 6))
     A[:, 5] = A[:, 1] - A[:, 2]  # rank 5
     b = rng.standard_normal(800)
-    with pytest.warns(gs.RankDeficientWarning, match="rank deficient"):
+    with pytest.warns(gs.RankDeficientWarning, match="rank deficient") as rec:
         res = gsd.lstsq(da.from_array(A, chunks=(300, 6)), da.from_array(b, chunks=300), method="direct")
+    assert rec[0].filename == __file__
     assert res.info["rank_deficient"]
     np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9, atol=1e-12)
 
@@ -105,8 +106,9 @@ def test_lstsq_precondition_edge_cases(rng):
     b = rng.standard_normal(800)
     X = da.from_array(A, chunks=(300, 6))
     with dask.config.set(scheduler="threads"):
-        with pytest.warns(gs.RankDeficientWarning, match=r"sketch rank 5"):
+        with pytest.warns(gs.RankDeficientWarning, match=r"sketch rank 5") as rec:
             res = gsd.lstsq(X, da.from_array(b, chunks=300), tol=1e-13, seed=1)
+        assert rec[0].filename == __file__
         assert res.info["rank_deficient"]
         np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9, atol=1e-12)
         with pytest.warns(gs.RankDeficientWarning):
@@ -136,6 +138,13 @@ def test_leverage_scores_and_randomized_svd(rng):
     np.testing.assert_allclose(s, s_ref, rtol=1e-6)
     U = U.compute()
     np.testing.assert_allclose(U.T @ U, np.eye(4), atol=1e-10)
+    # A wider X, so that the k + oversample = 14 probe columns do not span all 40 and the
+    # power iterations have work to do: a gap of 700 between s_4 and s_5 leaves ~(1/700)^5.
+    s_true = np.r_[10.0, 9.0, 8.0, 7.0, np.full(36, 0.01)]
+    W = np.linalg.qr(rng.standard_normal((3000, 40)))[0] * s_true @ np.linalg.qr(rng.standard_normal((40, 40)))[0]
+    U, s, Vt = gsd.randomized_svd(da.from_array(W, chunks=(500, 40)), 4, seed=3)
+    np.testing.assert_allclose(s, s_true[:4], rtol=1e-10)
+    np.testing.assert_allclose((U.compute() * s) @ Vt, np.linalg.svd(W)[0][:, :4] * s_true[:4] @ np.linalg.svd(W)[2][:4], atol=1e-9)
 
 
 def test_bad_input(rng):

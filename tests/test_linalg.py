@@ -121,10 +121,23 @@ def test_rank_deficient_warns_and_returns_min_norm(xp):
     b = rng.standard_normal(400)
     x_ref = np.linalg.lstsq(A, b, rcond=None)[0]  # minimum norm
     for method in ("direct", "precondition"):
-        with pytest.warns(gs.RankDeficientWarning):
+        with pytest.warns(gs.RankDeficientWarning) as rec:
             res = gs.lstsq(xp.asarray(A), xp.asarray(b), method=method, seed=10)
+        assert rec[0].filename == __file__  # the warning points at the caller's line
         np.testing.assert_allclose(to_numpy(res.x), x_ref, rtol=1e-7, atol=1e-9)
         assert res.info["rank_deficient"]
+
+
+@pytest.mark.parametrize("method", ["sketch", "precondition", "direct"])
+def test_timings_are_durations_within_the_call(method):
+    import time
+    rng = np.random.default_rng(12)
+    A, b = rng.standard_normal((2000, 8)), rng.standard_normal(2000)
+    t0 = time.perf_counter()
+    res = gs.lstsq(A, b, method=method, seed=1)
+    wall = time.perf_counter() - t0
+    t = res.info["timings"]
+    assert t and all(0 <= v for v in t.values()) and sum(t.values()) <= wall
 
 
 def test_seed_recorded_and_replayable():

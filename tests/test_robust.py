@@ -103,6 +103,12 @@ def test_irls_recovers_truth_and_stops_cleanly():
     # all weights zero: every residual beyond tau from the start, x0 given
     res = irls(A, A @ x + 1e6, TukeyLoss(1.0), x0=np.zeros(5), seed=2)
     assert res.info["runs"][0]["reason"].startswith("all IRLS weights are zero")
+    # the cap: one step per start, and the runs say so
+    res = irls(A, b, TukeyLoss(2.0), maxiter=1, restarts=1, seed=2)
+    assert [(r["iterations"], r["reason"]) for r in res.info["runs"]] == [(1, "maxiter reached")] * 3
+    # ... and each allowed step is taken: from x0 = 0 the cost falls at steps 1 and 2
+    costs = [irls(A, b, TukeyLoss(2.0), x0=np.zeros(5), maxiter=k).cost for k in (1, 2)]
+    assert TukeyLoss(2.0).total(-b) > costs[0] > costs[1]
 
 
 def test_irls_weights_equal_row_duplication():

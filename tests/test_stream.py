@@ -60,7 +60,7 @@ def test_stream_bad_input(npy, tmp_path):
     S = gs.CountSketch(8, A.shape[0], seed=1)
     with pytest.raises(FileNotFoundError, match="not found"):
         stream.sketch(S, tmp_path / "missing.npy", progress=False)
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match=f"source has {A.shape[0]} rows but S has 10 columns"):
         stream.sketch(gs.CountSketch(8, 10, seed=1), path, device="cpu", progress=False)
     with pytest.raises(ValueError, match="rows"):
         stream.sketch(S, iter([A[:100]]), device="cpu", progress=False)

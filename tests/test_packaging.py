@@ -77,3 +77,57 @@ def test_cuda_sources_compile_without_warnings(tmp_path, source):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "warning" not in (r.stdout + r.stderr).lower(), r.stdout + r.stderr
+
+
+def _design_signatures():
+    """DESIGN.md's public names: (callable, positional parameters, keyword-only defaults)."""
+    import gpusketch as gs
+    from gpusketch import fair, kron, robust
+
+    return [
+        (gs.CountSketch, ["m", "n"], {"seed": None}),
+        (gs.SparseSign, ["m", "n"], {"nnz": 8, "seed": None}),
+        (gs.Gaussian, ["m", "n"], {"seed": None}),
+        (gs.SRHT, ["m", "n"], {"seed": None}),
+        (gs.Sampling, ["indices", "n"], {"scale": None}),
+        (gs.FastEmbedding, ["m", "n"], {"seed": None}),
+        (gs.lstsq, ["A", "b"], {"method": "precondition", "m": None, "tol": 1e-10, "seed": None}),
+        (gs.leverage_scores, ["A"], {"exact": False, "seed": None}),
+        (gs.lewis_weights, ["A", "p"], {"seed": None}),
+        (gs.lp_regression, ["A", "b", "p"], {"m": None, "seed": None}),
+        (gs.rank, ["A"], {"seed": None}),
+        (gs.independent_rows, ["A"], {"seed": None}),
+        (gs.low_rank, ["A", "k"], {"eps": 0.1, "seed": None}),
+        (gs.randomized_svd, ["A", "k"], {"oversample": 10, "power_iters": 2, "seed": None}),
+        (kron.lstsq, ["factors", "b"], {"m": None, "seed": None}),
+        (kron.lp_regression, ["factors", "b", "p"], {"m": None, "seed": None}),
+        (kron.rank_regression, ["A", "b"], {"m": None, "seed": None}),
+        (kron.low_rank, ["factors", "k"], {"m": None, "seed": None}),
+        (robust.TukeyLoss, ["tau", "p"], {}),
+        (robust.tukey_regression, ["A", "b", "tau"], {"method": "sampling", "rows": None, "seed": None}),
+        (robust.heavy_coordinates, ["A", "alpha"], {"seed": None}),
+        (robust.irls, ["A", "b", "loss"], {"weights": None, "x0": None}),
+        (fair.cost, ["groups", "V"], {}),
+        (fair.low_rank, ["groups", "k"], {"rank": None, "seed": None}),
+        (fair.column_subset, ["groups", "k"], {"seed": None}),
+        (fair.regression, ["groups", "targets"], {"norm": 2, "exact": True}),
+    ]
+
+
+def test_public_signatures_match_the_design():
+    """The names, parameter order and defaults DESIGN.md promises (renaming one needs a written reason)."""
+    import inspect
+
+    for fn, positional, keywords in _design_signatures():
+        params = inspect.signature(fn).parameters
+        where = getattr(fn, "__qualname__", fn)
+        head = [p.name for p in params.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
+        assert head[: len(positional)] == positional, (where, head)
+        for name, default in keywords.items():
+            p = params[name]
+            assert p.kind == p.KEYWORD_ONLY and p.default == default, (where, name, p)
+    import gpusketch as gs
+    from gpusketch import kron, robust
+
+    for fn, p in [(robust.TukeyLoss, 2), (gs.lp_regression, 1), (kron.lp_regression, 1)]:
+        assert inspect.signature(fn).parameters["p"].default == p, fn

@@ -116,9 +116,12 @@ def test_lstsq_precondition_edge_cases(rng):
         assert zero.info["iterations"] == 0 and zero.cost == 0.0
         np.testing.assert_array_equal(zero.x, np.zeros(6))
         B = rng.standard_normal((800, 6)) * np.geomspace(1, 1e6, 6)
-        capped = gsd.lstsq(da.from_array(B, chunks=300), da.from_array(b, chunks=300), maxiter=1, seed=1)
+        XB, yb = da.from_array(B, chunks=300), da.from_array(b, chunks=300)
+        capped = gsd.lstsq(XB, yb, maxiter=1, seed=1)
+        start = gsd.lstsq(XB, yb, method="sketch", m=capped.info["m"], seed=1)  # the warm start
     assert capped.info["iterations"] == 1
     assert capped.cost >= np.linalg.norm(B @ np.linalg.lstsq(B, b, rcond=None)[0] - b)
+    assert capped.cost < start.cost * (1 - 1e-6)  # the one step was taken
 
 
 def test_leverage_scores_and_randomized_svd(rng):

@@ -131,3 +131,19 @@ def test_public_signatures_match_the_design():
 
     for fn, p in [(robust.TukeyLoss, 2), (gs.lp_regression, 1), (kron.lp_regression, 1)]:
         assert inspect.signature(fn).parameters["p"].default == p, fn
+
+
+def test_dask_functions_share_the_in_memory_defaults():
+    import inspect
+
+    pytest.importorskip("dask")
+    import gpusketch as gs
+    import gpusketch.dask as gsd
+
+    for name in ("lstsq", "leverage_scores", "randomized_svd"):
+        ours = inspect.signature(getattr(gsd, name)).parameters
+        mem = inspect.signature(getattr(gs, name)).parameters
+        shared = [k for k, p in mem.items() if p.kind == p.KEYWORD_ONLY and k in ours]
+        assert len(shared) >= 2, name
+        for k in shared:
+            assert ours[k].default == mem[k].default, (name, k)

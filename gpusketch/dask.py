@@ -22,7 +22,7 @@ from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._numerics import qr_rank_deficient, svd_rank
 from .linalg._precondition import SketchPreconditioner
-from .linalg.leverage import _gaussian, embedding_osnap, jl_columns
+from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_columns
 from .linalg.lstsq import RankDeficientWarning, sketch_for
 from .linalg.results import LstsqResult
 from .operators import Gaussian, SketchOperator
@@ -353,14 +353,15 @@ def leverage_scores(X, *, exact=False, seed=None):
     sketched route of ``gpusketch.leverage_scores`` with the same OSNAP and
     Gaussian for the same seed (so the same estimates): ``SX = QR``, then
     ``||x_i R⁻¹ G||²`` with ``O(log n)`` Gaussian columns; one pass for the
-    sketch, one for the scores.
+    sketch, one for the scores.  Exact, as in memory, when ``4d + 10 >= n``
+    (no sketch would have fewer rows than X).
     """
     with annotate("gpusketch.dask.leverage_scores"):
         da = _check_dask(X, "X", ndim=(2,), nonempty=True)
         n, d = X.shape
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got X of shape {X.shape}")
-        if exact:
+        if exact or embedding_rows(d) >= n:  # as in memory: no sketch has fewer rows than X
             Q, _ = da.linalg.qr(X.rechunk({1: -1}))
             return (Q * Q).sum(axis=1)
         seed = check_seed(seed)

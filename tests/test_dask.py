@@ -136,6 +136,9 @@ def test_leverage_scores_and_randomized_svd(rng):
     # Constant-factor estimates: OSNAP with 4d + 10 = 50 rows for d = 10 distorts squared norms by up to
     # (1 ± sqrt(d/m))^-2 ~ [0.48, 3.3], times the 73-column JL factor (max of 3000 chi2_73/73 ~ 1.75).
     assert 0.2 < ratio.min() and ratio.max() < 6.0
+    small = rng.standard_normal((30, 5))  # 4d + 10 = 30 >= n: exact, as in memory
+    np.testing.assert_allclose(gsd.leverage_scores(da.from_array(small, chunks=(10, 5)), seed=1).compute(),
+                               gs.leverage_scores(small, exact=True), rtol=1e-10)
     U, s, Vt = gsd.randomized_svd(X, 4, seed=2)
     s_ref = np.linalg.svd(A, compute_uv=False)[:4]
     np.testing.assert_allclose(s, s_ref, rtol=1e-6)

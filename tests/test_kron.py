@@ -303,6 +303,7 @@ def test_low_rank_against_svd_of_the_product(xp, rng, q):
     opt = math.sqrt(np.sum(s[k:] ** 2))
     exact = kron.low_rank(fs, k, method="exact")
     assert exact.cost == pytest.approx(opt, rel=1e-8)
+    np.testing.assert_allclose(exact.info["singular_values"], s[:k], rtol=1e-10)  # the top k, descending
     res = kron.low_rank(fs, k, m=[min(F.shape[0], 25) for F in fs], seed=2)
     V = to_numpy(res.V)
     np.testing.assert_allclose(V @ V.T, np.eye(k), atol=1e-10)
@@ -312,6 +313,9 @@ def test_low_rank_against_svd_of_the_product(xp, rng, q):
     # One int m is m rows for every factor (capped at its n_t).
     one = kron.low_rank(fs, k, m=25, seed=2)
     np.testing.assert_array_equal(to_numpy(one.V), V)
+    # A factor with no more than m_t rows is used whole: with all of them, the answer is exact.
+    whole = kron.low_rank(fs, k, m=max(F.shape[0] for F in fs), seed=2)
+    assert whole.cost == pytest.approx(opt, rel=1e-8)
 
 
 # -- CPU/GPU agreement -----------------------------------------------------------

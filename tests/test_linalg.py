@@ -191,6 +191,28 @@ def test_leverage_scores_exact_and_approximate(xp):
     assert abs(approx.sum() / 30 - 1) < 0.5
 
 
+@pytest.mark.parametrize("n", [8, 20, 42])
+def test_small_n_needs_no_sketch(xp, n):
+    """Where the default sketch would have n rows or more (4d + 10 for the scores, about
+    20d for sketch-and-solve), A is used whole: exact scores and exact least squares.
+    A square OSNAP of an 8 x 8 A had given scores off by factors up to e^5."""
+    rng = np.random.default_rng(n)
+    A = rng.standard_normal((n, 8)) * np.exp(rng.standard_normal((n, 1)))
+    b = rng.standard_normal(n)
+    Ad, bd = xp.asarray(A), xp.asarray(b)
+    exact = to_numpy(gs.leverage_scores(Ad, exact=True))
+    np.testing.assert_allclose(to_numpy(gs.leverage_scores(Ad, seed=1)), exact, rtol=1e-10)
+    if n == 8:
+        return  # n = d: sketched solvers refuse the default m (tested elsewhere)
+    x = np.linalg.lstsq(A, b, rcond=None)[0]
+    for method in ("sketch", "precondition"):
+        res = gs.lstsq(Ad, bd, method=method, seed=1)
+        assert res.info["sketch"] == "Sampling" and res.info["m"] == n
+        np.testing.assert_allclose(to_numpy(res.x), x, rtol=1e-9, atol=1e-12)
+    # an m the caller chose is the caller's sketch, even at m = n
+    assert gs.lstsq(Ad, bd, method="sketch", m=n, seed=1).info["sketch"] == "SparseSign"
+
+
 def test_leverage_scores_rank_deficient_sum_to_rank():
     rng = np.random.default_rng(14)
     A = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 9))
@@ -291,6 +313,8 @@ def test_independent_rows(xp):
     assert len(rows) == 7 and len(set(rows.tolist())) == 7
     assert np.linalg.matrix_rank(A[rows]) == 7
     assert gs.independent_rows(np.zeros((10, 4))).size == 0
+    R1 = np.outer(np.r_[0.0, 2.0, 0.0, -1.0], np.arange(1.0, 6.0))  # rank 1, rows 0 and 2 zero
+    assert to_numpy(gs.independent_rows(xp.asarray(R1), seed=1)).tolist() in ([1], [3])
 
 
 def decaying(n, d, decay, seed):

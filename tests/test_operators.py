@@ -509,3 +509,17 @@ def test_cpu_dense_routes_match_todense(rng, monkeypatch, route, dtype):
         np.testing.assert_allclose(R, A.T.astype(np.float64) @ S.todense().T, **tol)
     np.testing.assert_array_equal(A, before)
     assert set(taken) == {"_sketch_by_columns" if route == "columns" else "_sketch_bucket_ranges"}
+
+
+def test_row_reduction_is_the_identity_once_m_reaches_n(rng):
+    from gpusketch.operators import row_reduction
+
+    A = rng.standard_normal((12, 3))
+    for m in (12, 40):
+        S = row_reduction("sparse_sign", m, 12, seed=1)
+        assert isinstance(S, gs.Sampling) and S.shape == (12, 12)
+        np.testing.assert_array_equal(S @ A, A)
+    S = row_reduction("countsketch", 11, 12, seed=1)
+    assert isinstance(S, gs.CountSketch) and S.shape == (11, 12) and S.seed == 1
+    with pytest.raises(ValueError, match="sketch must be one of"):
+        row_reduction("fft", 40, 12)  # refused at any size

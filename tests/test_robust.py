@@ -137,6 +137,9 @@ def test_lewis_weights(xp):
     np.testing.assert_allclose(w1, np.sqrt(q), rtol=1e-6)
     approx = to_numpy(gs.lewis_weights(xp.asarray(A), 1, seed=7))
     assert 0.25 < (approx / w1).min() and (approx / w1).max() < 4
+    # A square, invertible A (n = d, the smallest allowed): every row is needed, all weights are 1.
+    for exact in (True, False):
+        np.testing.assert_allclose(to_numpy(gs.lewis_weights(xp.asarray(A[:8]), 1, exact=exact, seed=7)), 1.0, rtol=1e-8)
 
 
 @pytest.mark.parametrize("p", [0.5, 1, 3.5])

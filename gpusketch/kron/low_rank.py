@@ -10,7 +10,7 @@ from .._backend import check_positive_int, check_seed, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg.results import RowSpaceResult
-from ..operators import SparseSign
+from ..operators import row_reduction
 from .matrix import as_kronecker
 
 __all__ = ["low_rank"]
@@ -59,7 +59,8 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
     Notes
     -----
     Diao et al.: sparse sketches ``S_t`` (here OSNAP/SparseSign with up to
-    8 nonzeros per column) preserve the cost of projections onto small
+    8 nonzeros per column; the identity for a factor of at most ``m_t`` rows,
+    see ``row_reduction``) preserve the cost of projections onto small
     subspaces, and ``(S_1 ⊗ ... ⊗ S_q)(A_1 ⊗ ... ⊗ A_q) = S_1A_1 ⊗ ... ⊗ S_qA_q``,
     so a good rank-k approximation of that small product is a good one of
     A.  The product's SVD is the Kronecker product of the factor SVDs
@@ -103,7 +104,7 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
             ms = [min(F.shape[0], check_positive_int(mt, "m")) for mt, F in zip(ms, K.factors)]
         vecs, svals = [], []
         for t, (F, mt) in enumerate(zip(K.factors, ms)):
-            B = F if method == "exact" else SparseSign(mt, F.shape[0], nnz=min(8, mt), seed=derive_seed(seed, t)) @ F
+            B = F if method == "exact" else row_reduction("sparse_sign", mt, F.shape[0], seed=derive_seed(seed, t)) @ F
             _, s, Vt = xp.linalg.svd(B, full_matrices=False)
             vecs.append(Vt)
             svals.append(to_host(s))

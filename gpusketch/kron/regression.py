@@ -26,7 +26,7 @@ from .._random import derive_seed
 from ..linalg._numerics import svd_rank
 from ..linalg._precondition import SketchPreconditioner
 from ..linalg.results import LstsqResult
-from ..operators import CountSketch, Kronecker, SparseSign
+from ..operators import Kronecker, SparseSign, row_reduction
 from ..robust.lewis import lewis_weights
 from ..robust.lp import solve_lp_small
 from ..robust.results import RobustResult
@@ -252,7 +252,8 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
     method : {"sampling", "sketch", "exact"}
         ``"sampling"``: Diao et al.'s algorithm (below).  ``"sketch"``: a
         Kronecker product of CountSketches, ``(S_1A_1 ⊗ ... ⊗ S_qA_q) x ≈ Sb``,
-        with ``Sb`` by the one-pass kernel (reads b once), solved exactly
+        with ``Sb`` by the one-pass kernel (reads b once; a factor of at most
+        ``⌈m^{1/q}⌉`` rows is kept whole, ``row_reduction``), solved exactly
         through the sketched factors' pseudo-inverses.  ``"exact"``:
         ``x = (A_1⁺ ⊗ ... ⊗ A_q⁺) b`` through factor pseudo-inverses (SVD), the
         brute-force baseline that still never forms A.
@@ -326,8 +327,8 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
             else:
                 q = len(K.factors)
                 ms = [min(F.shape[0], math.ceil(m ** (1 / q))) for F in K.factors]
-                S = Kronecker([CountSketch(mt, F.shape[0], seed=derive_seed(seed, t)) for t, (mt, F) in
-                               enumerate(zip(ms, K.factors))])
+                S = Kronecker([row_reduction("countsketch", mt, F.shape[0], seed=derive_seed(seed, t))
+                               for t, (mt, F) in enumerate(zip(ms, K.factors))])
                 SK = S @ K  # (S_1 A_1) ⊗ ... ⊗ (S_q A_q), still a Kronecker product
                 bs = S @ tgt.full()
                 info["m"] = S.shape[0]

@@ -10,17 +10,22 @@ from .. import _kernels
 from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
-from ..operators import Composed, Gaussian, Sampling, SparseSign
+from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
 from ._numerics import orthonormalize, qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
 
 
+def embedding_rows(d):
+    """Rows of the OSNAP behind R: ``4d + 10`` (a constant-distortion embedding)."""
+    return 4 * d + 10
+
+
 def embedding_osnap(n, d, seed):
-    """The OSNAP with ``min(n, 4d + 10)`` rows (a constant-distortion embedding) behind R."""
-    m = min(n, 4 * d + 10)
-    return SparseSign(m, n, nnz=min(8, m), seed=derive_seed(seed, 0))
+    """The OSNAP with ``4d + 10`` rows behind R; the identity when that is not fewer than n
+    (``row_reduction``)."""
+    return row_reduction("sparse_sign", embedding_rows(d), n, seed=derive_seed(seed, 0))
 
 
 def _preconditioner(A, xp, seed):
@@ -95,7 +100,11 @@ def leverage_scores(A, *, exact=False, seed=None):
     the estimates may exceed ℓ_i (at 10⁶ × 20 they summed to 24.7, not 20).
     The JL step adds a ``1 ± O(1/√t)`` factor.  The
     paper's FastEmbedding (fewer rows) is replaced by the OSNAP: same
-    guarantee, and the OSNAP is the faster kernel on a GPU.
+    guarantee, and the OSNAP is the faster kernel on a GPU.  When
+    ``4d + 10 >= n`` the sketch would have no fewer rows than A, and a
+    square OSNAP of an A with n close to d is badly conditioned on its range
+    (8 × 8 Gaussian A: estimates off by factors up to e^5); the scores are
+    then exact, from the QR that the sketch's would have cost.
 
     Examples
     --------
@@ -109,7 +118,7 @@ def leverage_scores(A, *, exact=False, seed=None):
         n, d = A.shape
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got A of shape {A.shape}")
-        if exact:
+        if exact or embedding_rows(d) >= n:
             Ad = A.toarray() if is_sparse(A) else A
             Q, R = orthonormalize(Ad, xp)
             if qr_rank_deficient(R, A.shape):

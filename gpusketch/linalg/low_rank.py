@@ -9,7 +9,7 @@ from .. import _kernels
 from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
-from ..operators import CountSketch, SparseSign
+from ..operators import CountSketch, row_reduction
 from ._numerics import orthonormalize, svd_rank, top_left_singular
 from .leverage import sampled_rows
 from .results import LowRankResult
@@ -74,7 +74,7 @@ def _constant_factor_subspace(A, k, seed, xp):
     t = min(d, 4 * k * k)
     AT = A if t == d else to_dense(A @ CountSketch(t, d, seed=derive_seed(seed, 0)).T)
     ms = min(n, 4 * t + 10)
-    SAT = to_dense(SparseSign(ms, n, nnz=min(8, ms), seed=derive_seed(seed, 1)) @ AT)
+    SAT = to_dense(row_reduction("sparse_sign", ms, n, seed=derive_seed(seed, 1)) @ AT)
     # 2. 2k columns of SAT of largest leverage in its top-k right singular space
     #    (only k singular vectors are needed: a randomized SVD once SAT is much wider than k).
     if t > 4 * (k + 10):
@@ -181,7 +181,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         c = QM.shape[1]
         # 4. Affine embedding: min_{rank-k X} ||T1 QM X - T1 A||_F, solved on the sketch.
         m1 = min(n, 4 * c + 10)
-        T1 = SparseSign(m1, n, nnz=min(8, m1), seed=derive_seed(seed, 3))
+        T1 = row_reduction("sparse_sign", m1, n, seed=derive_seed(seed, 3))
         T1A = to_dense(T1 @ A)
         QC, RC = orthonormalize(to_dense(T1 @ QM), xp)
         Uk = top_left_singular(QC.T @ T1A, k, xp)

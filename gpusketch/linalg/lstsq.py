@@ -18,7 +18,7 @@ from .._backend import (
     to_dense,
 )
 from .._nvtx import annotate
-from ..operators import SketchOperator, make_sketch
+from ..operators import SketchOperator, make_sketch, row_reduction
 from ._numerics import qr_lstsq
 from ._precondition import SketchPreconditioner
 from .results import LstsqResult
@@ -56,6 +56,9 @@ def sketch_for(sketch, m, n, d, method, seed, nnz=None):
     """The validated sketch operator of a sketching solver: ``(m, n)`` rows by ``default_sketch_size``.
 
     A ``SketchOperator`` passed as ``sketch`` brings its own m when ``m`` is None.
+    A named sketch of the default size is the identity when that size reaches
+    n (``row_reduction``): at n = 20, d = 8 a square OSNAP's sketch-and-solve
+    cost ratios reached 1.56 (20 seeds), and the identity's answer is exact.
     Raises ``ValueError`` unless ``d < m`` (m an integer); ``seed`` is drawn when None.
     """
     if m is None and isinstance(sketch, SketchOperator):
@@ -67,6 +70,8 @@ def sketch_for(sketch, m, n, d, method, seed, nnz=None):
             f"the default sketch size is at most n, which needs n > d; got n={n}, d={d} "
             "(pass m > d, or use method='direct')"
         )
+    if m is None and isinstance(sketch, str):  # the default size: the identity once it reaches n
+        return row_reduction(sketch, default_sketch_size(d, n, method, nnz), n, seed=check_seed(seed))
     m = default_sketch_size(d, n, method, nnz) if m is None else m
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not d < m:
         raise ValueError(f"m must be an integer with d < m, got m={m!r} for d={d}")
@@ -111,6 +116,9 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         Sketch size; default the operator's rows when ``sketch`` is an
         operator, else ``20d + 10`` (sketch), or from ``4d + 10`` up to
         ``12d + 10`` for tall A (precondition; see ``default_sketch_size``).
+        Where that default reaches n, no sketch can have fewer rows than A:
+        S is then the identity (``info["sketch"]`` is ``"Sampling"``, of all
+        n rows), and both methods return the exact least-squares solution.
     tol : float
         LSMR tolerance (``atol = btol = tol``) for ``"precondition"``.  The
         default 1e-10 brings x to the direct solve's accuracy.  When only the

@@ -139,6 +139,8 @@ def test_leverage_scores_and_randomized_svd(rng):
     small = rng.standard_normal((30, 5))  # 4d + 10 = 30 >= n: exact, as in memory
     np.testing.assert_allclose(gsd.leverage_scores(da.from_array(small, chunks=(10, 5)), seed=1).compute(),
                                gs.leverage_scores(small, exact=True), rtol=1e-10)
+    square = da.from_array(small[:5], chunks=(5, 5))  # n = d, the smallest allowed: every score is 1
+    np.testing.assert_allclose(gsd.leverage_scores(square, seed=1).compute(), 1.0, rtol=1e-10)
     U, s, Vt = gsd.randomized_svd(X, 4, seed=2)
     s_ref = np.linalg.svd(A, compute_uv=False)[:4]
     np.testing.assert_allclose(s, s_ref, rtol=1e-6)

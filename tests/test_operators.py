@@ -523,3 +523,8 @@ def test_row_reduction_is_the_identity_once_m_reaches_n(rng):
     assert isinstance(S, gs.CountSketch) and S.shape == (11, 12) and S.seed == 1
     with pytest.raises(ValueError, match="sketch must be one of"):
         row_reduction("fft", 40, 12)  # refused at any size
+
+
+def test_sparse_sign_with_nnz_equal_to_m_fills_every_row():
+    D = gs.SparseSign(4, 10, nnz=4, seed=3).todense()  # the largest nnz allowed
+    np.testing.assert_allclose(np.abs(D), 0.5)

@@ -122,6 +122,13 @@ def test_irls_weights_equal_row_duplication():
     res_s = irls(A, b, TukeyLoss(2.0), weights=0.3 * w, seed=5)
     assert abs(res_s.cost - 0.3 * res_w.cost) <= 1e-6 * res_w.cost
     np.testing.assert_allclose(res_s.x, res_w.x, rtol=1e-6, atol=1e-9)
+    # A zero weight drops its row (from one start, the iterations are the same).
+    keep = np.ones(300, dtype=bool)
+    keep[::7] = False
+    x0 = np.zeros(A.shape[1])
+    res_z = irls(A, b, TukeyLoss(2.0), weights=keep.astype(float), x0=x0)
+    res_k = irls(A[keep], b[keep], TukeyLoss(2.0), x0=x0)
+    np.testing.assert_allclose(res_z.x, res_k.x, rtol=1e-9, atol=1e-12)
 
 
 def test_lewis_weights(xp):

@@ -116,6 +116,9 @@ def test_sketch_too_large_for_memory_names_the_size(xp):
     S = gs.CountSketch(10**11, 10, seed=1)
     with pytest.raises(MemoryError, match=r"sketch output \(100000000000, 100\) needs 74505\.81 GiB but only"):
         S @ xp.ones((10, 100))
+    # and the adjoint's output: n x d = 1e11 x 100 as well
+    with pytest.raises(MemoryError, match=r"adjoint output \(100000000000 rows\) needs 74505\.81 GiB"):
+        gs.SparseSign(10, 10**11, nnz=2, seed=1).T @ xp.ones((10, 100))
 
 
 _A = np.random.default_rng(1).standard_normal((60, 4))

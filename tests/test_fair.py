@@ -97,6 +97,12 @@ def test_regression_l2_exact_against_independent_solver(xp, rng):
     assert res.cost == pytest.approx(math.sqrt(ref.fun), rel=1e-6)
     assert res.info["relative_gap"] <= 1e-9
     assert max(res.group_costs) == res.cost
+    # The gap is the one its dual weights certify: g(λ) = min_x Σ λ_i ||A_i x − b_i||² <= cost².
+    lam = np.asarray(res.info["lambda"])
+    G = sum(l * A.T @ A for l, A in zip(lam, gs_))
+    c = sum(l * A.T @ b for l, A, b in zip(lam, gs_, ts))
+    g = sum(l * b @ b for l, b in zip(lam, ts)) - c @ np.linalg.solve(G, c)
+    assert res.info["relative_gap"] == pytest.approx(max(0.0, 1 - g / res.cost**2), abs=1e-12)
 
 
 def test_regression_l1_exact_against_lp_over_groups(rng):

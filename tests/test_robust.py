@@ -149,6 +149,15 @@ def test_lewis_weights(xp):
         np.testing.assert_allclose(to_numpy(gs.lewis_weights(xp.asarray(A[:8]), 1, exact=exact, seed=7)), 1.0, rtol=1e-8)
 
 
+def test_lewis_default_step_counts():
+    """The sketched iteration runs the k steps with |1 − p/2|^k ln n <= 0.05: 9 for p = 1 at
+    10⁶ rows (the figure the docstring gives), 5 for p = 1.5; one step at p = 2."""
+    from gpusketch.robust.lewis import _default_iters
+
+    assert [_default_iters(p, 10**6, False) for p in (1, 1.5, 3, 2)] == [9, 5, 9, 1]
+    assert _default_iters(1, 10, False) == 6 and _default_iters(1, 10**6, True) == 1000
+
+
 @pytest.mark.parametrize("p", [0.5, 1, 3.5])
 def test_exact_lewis_weights_reach_the_fixed_point(xp, p):
     """The exact route iterates to convergence: w_i = (a_iᵀ(AᵀW^{1−2/p}A)⁻¹a_i)^{p/2} to 1e-10

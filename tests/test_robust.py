@@ -96,7 +96,9 @@ def test_irls_recovers_truth_and_stops_cleanly():
     A, b, x = outlier_problem(frac=0.1, seed=3)
     res = irls(A, b, TukeyLoss(2.0), seed=2)
     np.testing.assert_allclose(res.x, x, atol=0.1)
-    assert {r["reason"] for r in res.info["runs"]} <= {"converged", "objective stopped decreasing", "perfect fit"}
+    # every start meets the relative-decrease test, in 7-14 steps of the 100 allowed
+    assert {r["reason"] for r in res.info["runs"]} == {"converged"}
+    assert max(r["iterations"] for r in res.info["runs"]) < 30
     # perfect fit: exact data
     res = irls(A, A @ x, TukeyLoss(1.0), seed=2)
     assert res.cost < 1e-20

@@ -91,9 +91,10 @@ def test_kronecker_matrix_bad_input(rng):
         kron.low_rank([np.ones((3, 2)), np.ones((4, 2))], 5)
     with pytest.raises(ValueError, match="needs n >= 2 rows"):
         kron.rank_regression(np.ones((1, 2)), np.ones(1))
+    A5 = rng.standard_normal((5, 4))
     with pytest.raises(ValueError, match=r"needs n >= d \+ 2 rows .* use method='exact'"):
-        kron.rank_regression(rng.standard_normal((5, 4)), np.ones(5))
-    assert kron.rank_regression(rng.standard_normal((5, 4)), np.ones(5), method="exact").x.shape == (4,)
+        kron.rank_regression(A5, np.ones(5), m=6)  # fewer than the 10 pairs: it would sample
+    assert kron.rank_regression(A5, np.ones(5), method="exact").x.shape == (4,)
     for empty in ([], np.array([], dtype=np.int64)):  # no rows asked, none given
         assert K.rows(empty).shape == (0, 4) and K.rows(empty).dtype == K.dtype
     import scipy.sparse as sp
@@ -488,3 +489,21 @@ def test_bound_residuals_never_touch_all_rows(rng, monkeypatch):
     assert calls == []
     kron.lp_regression(fs, sp.csc_matrix(b[:, None]), p=1, m=300, residuals="exact", cost=False, seed=1)
     assert calls == ["A @ x", "dense b"]
+
+
+def test_samples_as_large_as_the_problem_solve_it_exactly(xp, rng):
+    """m >= N rows (N = 20 here, the default m caps there) or m >= n(n-1)/2 pairs: the exact
+    answer.  m i.i.d. draws of N rows leave about a third out; they had given ℓ2 cost ratios
+    up to 99 and ℓ1 up to 516 on this shape, and rank regression 1.77 at n = 7."""
+    fs, b, A, bh = _problem(rng, [(4, 3), (5, 3)], xp, noise="laplace")
+    exact = kron.lstsq(fs, b, method="exact")
+    for m in (None, 20, 500):
+        res = kron.lstsq(fs, b, m=m, seed=1)
+        assert res.info["rows"] == 20
+        np.testing.assert_allclose(to_numpy(res.x), to_numpy(exact.x), rtol=1e-10, atol=1e-12)
+        lp = kron.lp_regression(fs, b, 1, m=m, seed=1)
+        assert lp.info["rows_stage2"] == 20 and lp.cost == pytest.approx(_l1_opt(A, bh), rel=1e-9)
+    A7, b7 = rng.standard_normal((7, 5)), rng.standard_normal(7)
+    ref = kron.rank_regression(xp.asarray(A7), xp.asarray(b7), method="exact")
+    res = kron.rank_regression(xp.asarray(A7), xp.asarray(b7), seed=1)  # default m = 49 >= 21 pairs
+    assert res.info["pairs"] == 21 and res.cost == pytest.approx(ref.cost, rel=1e-9)

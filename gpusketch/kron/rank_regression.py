@@ -44,9 +44,13 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
     b : (n,) array
     m : int, optional
         Sampled pairs (``"sampling"``); default ``min(n², ⌈40 d ln(d+2)⌉ + 200)``.
+        From ``m >= n(n−1)/2``, the number of distinct pairs, the exact LP
+        is solved instead (sampling at the default m there measured cost
+        ratios up to 1.77 at n = 7 and 1.014 at n = 30, d = 5, 15 seeds).
     method : {"sampling", "exact"}
         ``"exact"``: the LP over all ``n(n−1)/2`` unordered pairs (HiGHS),
-        the baseline for small n.  ``"sampling"`` needs ``n >= d + 2``.
+        the baseline for small n.  ``"sampling"`` needs ``n >= d + 2`` where
+        it samples.
     seed : int, optional
 
     Returns
@@ -94,7 +98,13 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             raise ValueError(f"all-pairs regression needs n >= 2 rows, got {n}")
         seed = check_seed(seed)
         info = {"method": method, "seed": seed}
-        if method == "exact":
+        if method != "exact":
+            default = min(n * n, math.ceil(40 * d * math.log(d + 2)) + 200)
+            m = default if m is None else m
+            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:
+                raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
+            info["m"] = int(m)
+        if method == "exact" or m >= n * (n - 1) // 2:  # a sample as large as the pairs: all of them
             check_memory(n * (n - 1) // 2 * (d + 1) * 8 * 4, f"the exact all-pairs LP ({n * (n - 1) // 2} pairs)", np)
             Ah, bh = to_host(A), to_host(b)
             i, j = np.triu_indices(n, k=1)
@@ -104,10 +114,6 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             if n < d + 2:
                 raise ValueError(f"method={method!r} needs n >= d + 2 rows (it samples by the Lewis weights of "
                                  f"[A 1 b]), got A of shape {A.shape}; use method='exact'")
-            default = min(n * n, math.ceil(40 * d * math.log(d + 2)) + 200)
-            m = default if m is None else m
-            if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:
-                raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
             # Lewis weights depend on range(M) only; unit max-norm columns keep the ones
             # column from swamping (or being swamped by) A and b at extreme scales.
             M = xp.concatenate([A, xp.ones((n, 1), dtype=A.dtype), b[:, None].astype(A.dtype)], axis=1)
@@ -130,6 +136,6 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             R = to_host((A[i] - A[j]) * w[:, None])
             rhs = to_host((b[i] - b[j]) * w)
             x = xp.asarray(solve_lp_small(R, rhs, 1.0))
-            info.update(m=m, pairs=int(pair.size))
+            info["pairs"] = int(pair.size)
         x = x.astype(xp.result_type(A.dtype, b.dtype), copy=False)  # the weights made R float64
         return RobustResult(x, all_pairs_cost(A @ x - b), info)

@@ -248,7 +248,9 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
     m : int, optional
         Sample size (``"sampling"``, default ``min(N, ⌈10 D ln D⌉)``,
         ``D = ∏ d_t``) or sketch rows (``"sketch"``, the same default; each
-        factor gets ``⌈m^{1/q}⌉`` rows).
+        factor gets ``⌈m^{1/q}⌉`` rows).  Sampling with ``m >= N`` solves
+        exactly instead: m i.i.d. draws would leave about a third of the rows
+        out (cost ratios up to 99 for N = 20, D = 9, 15 seeds).
     method : {"sampling", "sketch", "exact"}
         ``"sampling"``: Diao et al.'s algorithm (below).  ``"sketch"``: a
         Kronecker product of CountSketches, ``(S_1A_1 ⊗ ... ⊗ S_qA_q) x ≈ Sb``,
@@ -308,12 +310,15 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
         N, D = K.shape
         info = {"method": method, "seed": seed, "timings": {}}
         t0 = time.perf_counter()
-        if method == "exact":
-            pinvs = [xp.linalg.pinv(F) for F in K.factors]
-            x = KroneckerMatrix(pinvs) @ tgt.full()
-        else:
+        if method != "exact":
             m = _check_m(m, D, N, min(N, math.ceil(10 * D * math.log(max(D, 2)))), xp)
             info["m"] = m
+        if method == "exact" or (method == "sampling" and m >= N):  # N draws would miss a third of the rows
+            pinvs = [xp.linalg.pinv(F) for F in K.factors]
+            x = KroneckerMatrix(pinvs) @ tgt.full()
+            if method == "sampling":
+                info["rows"] = N
+        else:
             if method == "sampling" and _zero_design(K):  # no leverage to sample by
                 x, info["rows"] = _zeros_like_solution(K, tgt), 0
             elif method == "sampling":
@@ -348,7 +353,10 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
     b : array of shape (∏ n_t,), or a sparse (∏ n_t, 1) vector
     p : float in [1, 2)
     m : int, optional
-        Rows sampled in each stage; default ``min(N, ⌈10 D ln D⌉)``.
+        Rows sampled in each stage; default ``min(N, ⌈10 D ln D⌉)``.  From
+        ``m >= N`` on, the ℓp problem is solved on all N rows (stage 2's m
+        draws would leave about a third of them out: cost ratios up to 516
+        for N = 20, D = 9, 15 seeds).
     residuals : {"exact", "bound"}
         How stage 2 samples by residual size (below).
     seed : int, optional
@@ -424,6 +432,11 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         if _zero_design(K):  # no Lewis weights to sample by
             x = _zeros_like_solution(K, tgt)
             info["rows_stage1"] = info["rows_stage2"] = 0
+            info["timings"]["solve_s"] = time.perf_counter() - t0
+            return RobustResult(x, _cost(K, x, tgt, p) if cost else None, info)
+        if m >= N:  # m draws would leave about a third of the rows out: solve on all of them
+            x = xp.asarray(solve_lp_small(to_host(K.rows(xp.arange(N))), to_host(tgt.full()), p))
+            info["rows_stage1"], info["rows_stage2"] = 0, N
             info["timings"]["solve_s"] = time.perf_counter() - t0
             return RobustResult(x, _cost(K, x, tgt, p) if cost else None, info)
         probs = []

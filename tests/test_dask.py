@@ -99,6 +99,16 @@ def test_lstsq_direct_rank_deficient_is_minimum_norm(rng):
     np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9, atol=1e-12)
 
 
+def test_lstsq_small_n_uses_the_identity(rng):
+    """Where the default sketch size reaches n, S is the identity, as in memory: the exact answer."""
+    A, b = rng.standard_normal((40, 8)), rng.standard_normal(40)
+    x = np.linalg.lstsq(A, b, rcond=None)[0]
+    for method in ("sketch", "precondition"):
+        res = gsd.lstsq(da.from_array(A, chunks=(15, 8)), da.from_array(b, chunks=15), method=method, seed=1)
+        assert res.info["sketch"] == "Sampling" and res.info["m"] == 40
+        np.testing.assert_allclose(res.x, x, rtol=1e-10, atol=1e-12)
+
+
 def test_lstsq_precondition_edge_cases(rng):
     """Rank-deficient X (minimum norm, with a warning), y = 0 (x = 0 in no iterations), maxiter honoured."""
     A = rng.standard_normal((800, 6))

@@ -52,7 +52,7 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
     -------
     RowSpaceResult
         ``.V`` (k × ∏ d_t, orthonormal rows, numpy.kron column order),
-        ``.cost = ||A − A VᵀV||_F`` computed exactly from the factors, and
+        ``.cost = ||A − A VᵀV||_F`` computed from the factors (see Notes), and
         ``.info`` (``m`` per factor, ``multi_index`` of the factor singular
         vectors in each row of V, ``singular_values`` of the sketch).
 
@@ -69,7 +69,10 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
     The best rank-k row space of the sketch is therefore spanned by the k
     largest products, found among ``k^q`` candidates; the rows of V are
     Kronecker products of factor vectors (orthonormal by construction).
-    The cost uses ``||A − AVᵀV||_F² = ∏||A_t||_F² − Σ_j ∏_t ||A_t v_{t,j_t}||²``.
+    The cost uses ``||A − AVᵀV||_F² = ∏||A_t||_F² − Σ_j ∏_t ||A_t v_{t,j_t}||²``,
+    a difference that cancels: a cost below about ``√ε ||A||_F`` (ε the
+    dtype's machine epsilon) is round-off; at ``k = ∏ min(n_t, d_t)`` (an
+    exact fit) a 6 × 2 ⊗ 5 × 3 product measured 4.8e-7.
     Work: ``O(Σ_t nnz(A_t) + Σ_t m_t d_t² + k ∏ d_t)``.
 
     Examples

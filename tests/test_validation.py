@@ -231,3 +231,35 @@ def test_seed_none_is_recorded_in_info_and_replays(name):
     first = call(None)
     again = call(first.info["seed"])
     np.testing.assert_array_equal(getattr(first, field), getattr(again, field))
+
+
+def _timed_calls():
+    from gpusketch import fair, kron
+
+    rng = np.random.default_rng(12)
+    A, b = rng.standard_normal((2000, 8)), rng.standard_normal(2000)
+    F = [rng.standard_normal((60, 3)), rng.standard_normal((50, 2))]
+    bk = rng.standard_normal(3000)
+    groups = [rng.standard_normal((80, 10)), rng.standard_normal((60, 10))]
+    return {
+        "lstsq-sketch": lambda: gs.lstsq(A, b, method="sketch", seed=1),
+        "lstsq-precondition": lambda: gs.lstsq(A, b, seed=1),
+        "lstsq-direct": lambda: gs.lstsq(A, b, method="direct"),
+        "low_rank": lambda: gs.low_rank(A, 2, eps=0.5, seed=1),
+        "kron.lstsq": lambda: kron.lstsq(F, bk, m=200, seed=1),
+        "kron.lp_regression": lambda: kron.lp_regression(F, bk, 1, m=200, seed=1),
+        "fair.low_rank": lambda: fair.low_rank(groups, 2, seed=1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_timed_calls()))
+def test_reported_timings_are_durations_within_the_call(name):
+    """info["timings"] holds phase durations: each >= 0 and together no more than the call took."""
+    import time
+
+    call = _timed_calls()[name]
+    t0 = time.perf_counter()
+    res = call()
+    wall = time.perf_counter() - t0
+    t = res.info["timings"]
+    assert t and all(v >= 0 for v in t.values()) and sum(t.values()) <= wall, t

@@ -91,6 +91,8 @@ def test_kronecker_matrix_bad_input(rng):
         kron.low_rank([np.ones((3, 2)), np.ones((4, 2))], 5)
     with pytest.raises(ValueError, match="needs n >= 2 rows"):
         kron.rank_regression(np.ones((1, 2)), np.ones(1))
+    two = kron.rank_regression(np.array([[1.0], [2.0]]), np.array([0.0, 3.0]))  # n = 2: one pair
+    assert two.x[0] == pytest.approx(3.0) and two.cost == pytest.approx(0.0, abs=1e-12)
     A5 = rng.standard_normal((5, 4))
     with pytest.raises(ValueError, match=r"needs n >= d \+ 2 rows .* use method='exact'"):
         kron.rank_regression(A5, np.ones(5), m=6)  # fewer than the 10 pairs: it would sample
@@ -517,3 +519,19 @@ def test_samples_as_large_as_the_problem_solve_it_exactly(xp, rng):
     ref = kron.rank_regression(xp.asarray(A7), xp.asarray(b7), method="exact")
     res = kron.rank_regression(xp.asarray(A7), xp.asarray(b7), seed=1)  # default m = 49 >= 21 pairs
     assert res.info["pairs"] == 21 and res.cost == pytest.approx(ref.cost, rel=1e-9)
+
+
+def test_lstsq_sampling_follows_the_factor_leverage(rng):
+    """Coherent factors (a few rows of leverage near 1): sampling by the product of factor
+    leverage scores stays within 1.02 of the exact solve at m = 800 (measured max 1.008 over
+    6 seeds); uniform sampling of the same size measured up to 1.23 and passed the older tests."""
+    for s in range(3):
+        g = np.random.default_rng(s)
+        F1 = g.standard_normal((300, 3))
+        F1[:3] *= 30.0
+        F2 = g.standard_normal((200, 3))
+        F2[:2] *= 30.0
+        K = kron.KroneckerMatrix([F1, F2])
+        b = K @ g.standard_normal(9) + g.standard_normal(K.shape[0])
+        exact = kron.lstsq([F1, F2], b, method="exact").cost
+        assert kron.lstsq([F1, F2], b, m=800, seed=s).cost <= 1.02 * exact

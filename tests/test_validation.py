@@ -248,6 +248,7 @@ def _timed_calls():
         "low_rank": lambda: gs.low_rank(A, 2, eps=0.5, seed=1),
         "kron.lstsq": lambda: kron.lstsq(F, bk, m=200, seed=1),
         "kron.lp_regression": lambda: kron.lp_regression(F, bk, 1, m=200, seed=1),
+        "kron.lp_regression-zero": lambda: kron.lp_regression([F[0], 0 * F[1]], bk, 1, m=200, seed=1),
         "fair.low_rank": lambda: fair.low_rank(groups, 2, seed=1),
     }
 

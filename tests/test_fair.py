@@ -243,3 +243,18 @@ def test_float32_groups_stay_float32_and_mixed_groups_promote(rng):
     assert fair.regression(groups, targets).x.dtype == np.float32
     mixed = groups[:-1] + [groups[-1].astype(np.float64)]
     assert fair.low_rank(mixed, 2, seed=1, trials=1).V.dtype == np.float64
+
+
+def test_column_subset_takes_the_column_that_carries_the_subspace():
+    """Columns are drawn by their leverage in the fair subspace Ṽ: when one column holds nearly
+    all of every group's mass, it is drawn for every seed (uniform draws of 3 of 10 columns
+    would miss it 70 % of the time)."""
+    rng = np.random.default_rng(5)
+    groups = []
+    for n in (40, 30):
+        A = 0.01 * rng.standard_normal((n, 10))
+        A[:, 7] += 5.0 * rng.standard_normal(n)
+        groups.append(A)
+    for seed in range(5):
+        cs = fair.column_subset(groups, 1, seed=seed)
+        assert len(cs.columns) == 3 and 7 in to_numpy(cs.columns).tolist()

@@ -417,11 +417,20 @@ def column_subset(groups, k, *, columns=None, p=None, trials=5, seed=None):
     Notes
     -----
     Algorithm 4: Ṽ (bicriteria, from Algorithm 3), leverage scores of the
-    columns of Ṽ (rows of Ṽᵀ), k' distinct columns drawn ∝ leverage
-    (without replacement, Efraimidis–Spirakis keys on Philox uniforms).  The
-    paper's mixing matrix is ``S⁺Ṽ⁺Ṽ`` for every group; here each group
-    gets its least-squares mixing ``M_i = (A_i C)⁺ A_i``, which is never
-    worse for the group and so never worse for the max.
+    columns, k' distinct columns drawn ∝ leverage (without replacement,
+    Efraimidis–Spirakis keys on Philox uniforms).  The paper's mixing
+    matrix is ``S⁺Ṽ⁺Ṽ`` for every group; here each group gets its
+    least-squares mixing ``M_i = (A_i C)⁺ A_i``, which is never worse for
+    the group and so never worse for the max.
+
+    Deviation: the leverage scores are those of the fair rank-k row space V
+    that ``low_rank`` extracts from Ṽ, not of Ṽ itself.  The paper draws
+    ``O(r log r)`` columns by Ṽ's leverage, r = rank(Ṽ); we draw
+    ``k' = O(k log k)``, the count that leverage sampling of a rank-k V
+    supports.  Ṽ's leverage carries no information once r reaches d (its
+    rows then span every column equally): with d = 10, k = 1 and all the
+    mass in one column, Ṽ's scores were uniform and 1 of 20 seeds missed
+    that column in all five trials, at 180 times the cost.
 
     Examples
     --------
@@ -443,8 +452,8 @@ def column_subset(groups, k, *, columns=None, p=None, trials=5, seed=None):
         for trial in range(trials):
             tseed = derive_seed(seed, trial)
             Vb, _ = _bicriteria(groups, k, p, (30, 30), "full", None, 10**9, tseed, xp)
-            Q = _orth_rows(Vb, xp)
-            lev = (Q * Q).sum(axis=0)  # leverage scores of the columns of Ṽ
+            V = _extract(groups, Vb, k, xp)  # the fair rank-k row space in Ṽ's (Notes)
+            lev = (V * V).sum(axis=0)  # leverage scores of its columns (they sum to k)
             cols = _weighted_choice(lev + 1e-12 * float(lev.max()), kc, derive_seed(tseed, 20), xp)
             Ms, c2 = [], []
             for A in groups:

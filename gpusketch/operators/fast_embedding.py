@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .._backend import check_positive_int, check_seed
 from .._random import derive_seed
 from .composed import Composed
 from .hashing import SparseSign
+from .sampling import Sampling
 from .srht import SRHT
 
 __all__ = ["FastEmbedding"]
+
+
+def _osnap(m, n, nnz, seed):
+    """An OSNAP stage from n to m rows; the identity when m reaches n (a square OSNAP only
+    distorts: FastEmbedding(40, 200) on 5-dim subspaces measured distortions to 1.77)."""
+    return Sampling(np.arange(n), n) if m >= n else SparseSign(m, n, nnz=nnz, seed=seed)
 
 
 class FastEmbedding(Composed):
@@ -19,9 +28,9 @@ class FastEmbedding(Composed):
     For a d-dimensional subspace (``k = d``):
 
     1. ``S₁``: OSNAP (SparseSign, 8 nonzeros) from n to
-       ``m₁ = ⌈8 k^{1+γ} log₂(k+1)⌉`` rows (at most n);
+       ``m₁ = ⌈8 k^{1+γ} log₂(k+1)⌉`` rows; the identity when ``m₁ >= n``;
     2. ``S₂``: OSNAP (SparseSign, ``⌈log₂(k+1)⌉`` nonzeros) to
-       ``m₂ = ⌈8 k log₂(k+1)⌉`` rows (at most m₁);
+       ``m₂ = ⌈8 k log₂(k+1)⌉`` rows; the identity when ``m₂ >= m₁``;
     3. ``F``: a flattening map on ``R^{m₂}``: random signs and the orthonormal
        Walsh–Hadamard transform of order ``r = 2^⌈log₂ m₂⌉`` (an SRHT that keeps
        all r rows), so every unit vector of the subspace has Θ(r) coordinates
@@ -88,8 +97,8 @@ class FastEmbedding(Composed):
         stages = (
             SparseSign(r, m, nnz=s, seed=derive_seed(seed, 3)).T,
             SRHT(r, m2, seed=derive_seed(seed, 2)),
-            SparseSign(m2, m1, nnz=min(m2, math.ceil(lg)), seed=derive_seed(seed, 1)),
-            SparseSign(m1, n, nnz=min(8, m1), seed=derive_seed(seed, 0)),
+            _osnap(m2, m1, min(m2, math.ceil(lg)), derive_seed(seed, 1)),
+            _osnap(m1, n, min(8, m1), derive_seed(seed, 0)),
         )
         super().__init__(stages, scale=math.sqrt(r / m))
         # One user seed determines every stage; report it rather than the stage seeds.

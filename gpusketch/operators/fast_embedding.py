@@ -18,7 +18,9 @@ __all__ = ["FastEmbedding"]
 
 def _osnap(m, n, nnz, seed):
     """An OSNAP stage from n to m rows; the identity when m reaches n (a square OSNAP only
-    distorts: FastEmbedding(40, 200) on 5-dim subspaces measured distortions to 1.77)."""
+    distorts: FastEmbedding(40, 200) on 5-dim subspaces measured distortions to 1.77).
+    ``row_reduction``'s rule for one kind: that helper lives in the package ``__init__``,
+    which imports this module."""
     return Sampling(np.arange(n), n) if m >= n else SparseSign(m, n, nnz=nnz, seed=seed)
 
 

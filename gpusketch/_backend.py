@@ -119,7 +119,9 @@ def cupy_available() -> bool:
         return False
 
 
-def _check_dtype(dtype, name):
+def check_dtype(dtype, name):
+    """The dtype an input of ``dtype`` is computed in: float64 for bool and
+    integers, itself for float32/float64; ``TypeError`` naming ``name`` else."""
     dtype = np.dtype(dtype)
     if dtype.kind in "biu":
         return np.dtype(np.float64)
@@ -148,7 +150,7 @@ def as_operand(A, name="A", *, ndim=(1, 2)):
     if is_sparse(A):
         if A.ndim != 2:
             raise ValueError(f"{name} must be a 2-D sparse matrix, got ndim={A.ndim}")
-        dt = _check_dtype(A.dtype, name)
+        dt = check_dtype(A.dtype, name)
         A = A.tocsr()
         if A.dtype != dt:
             A = A.astype(dt)
@@ -168,7 +170,7 @@ def as_operand(A, name="A", *, ndim=(1, 2)):
             A = np.asarray(A)  # np.matrix, memmap: a plain view (matrix's * and 2-D rows break the algebra)
     if A.ndim not in ndim:
         raise ValueError(f"{name} must be {' or '.join(f'{k}-D' for k in ndim)}, got shape {tuple(A.shape)}")
-    dt = _check_dtype(A.dtype, name)
+    dt = check_dtype(A.dtype, name)
     if A.dtype != dt:
         A = A.astype(dt)
     return A, xp

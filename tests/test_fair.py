@@ -157,6 +157,16 @@ def test_bad_input():
         fair.cost(np.ones((3, 4)), np.ones((1, 4)))
     with pytest.raises(ValueError, match="V must be 2-D"):
         fair.cost([np.ones((3, 4))], np.ones((1, 3)))
+    with pytest.raises(ValueError, match="V must be 2-D"):
+        fair.cost([np.ones((3, 4))], np.ones(4))
+    with pytest.raises(ValueError, match="V contains NaN"):
+        fair.cost([np.ones((3, 4))], np.full((1, 4), np.nan))
+    with pytest.raises(TypeError, match="V has complex dtype"):
+        fair.cost([np.ones((3, 4))], np.ones((1, 4), complex))
+    import scipy.sparse as sp
+
+    A = np.arange(12.0).reshape(3, 4)  # a sparse V is a row space like any other
+    assert fair.cost([A], sp.csr_matrix(np.eye(4)[:2])) == pytest.approx(fair.cost([A], np.eye(4)[:2]), rel=1e-15)
     with pytest.raises(ValueError, match="targets must be a list of 2"):
         fair.regression([np.ones((3, 2)), np.ones((2, 2))], [np.ones(3)])
     with pytest.raises(ValueError, match=r"targets\[1\] has 3 entries"):

@@ -102,11 +102,21 @@ def test_kronecker_matrix_bad_input(rng):
     import scipy.sparse as sp
 
     two = [np.ones((3, 2)) + np.eye(3, 2), np.ones((4, 2)) + np.eye(4, 2)]
-    with pytest.raises(ValueError, match=r"sparse b must have shape \(12, 1\) or \(1, 12\), got \(12, 2\)"):
+    with pytest.raises(ValueError, match=r"sparse b must have shape \(12,\), \(12, 1\) or \(1, 12\), got \(12, 2\)"):
         kron.lstsq(two, sp.csc_matrix(np.ones((12, 2))))
     column = kron.lstsq(two, sp.csc_matrix(np.arange(12.0)[:, None]), method="exact")
     row = kron.lstsq(two, sp.csr_matrix(np.arange(12.0)[None, :]), method="exact")
     np.testing.assert_allclose(row.x, column.x, rtol=1e-12)
+    flat = kron.lstsq(two, sp.csr_array(np.arange(12.0)), method="exact")  # SciPy's 1-D sparse array
+    np.testing.assert_allclose(flat.x, column.x, rtol=1e-12)
+    ints = sp.coo_matrix((np.array([1, 2, 3]), (np.array([4, 4, 9]), np.zeros(3, int))), shape=(12, 1))
+    summed = kron.lstsq(two, ints, method="exact")  # int values upcast; the repeated index 4 adds up
+    want = np.zeros(12)
+    want[4], want[9] = 3.0, 3.0
+    np.testing.assert_allclose(summed.x, kron.lstsq(two, want, method="exact").x, rtol=1e-12)
+    assert summed.x.dtype == np.float64 and ints.nnz == 3  # the caller's COO keeps its duplicates
+    with pytest.raises(TypeError, match="b has complex dtype"):  # (SciPy has no float16 sparse matrices)
+        kron.lstsq(two, sp.csr_matrix(np.ones((12, 1), complex)))
 
 
 def test_inputs_not_modified(rng):

@@ -9,7 +9,15 @@ import time
 import numpy as np
 
 from .. import _kernels
-from .._backend import check_positive_int, check_seed, to_host
+from .._backend import (
+    array_namespace,
+    as_operand,
+    check_finite,
+    check_positive_int,
+    check_seed,
+    to_dense,
+    to_host,
+)
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg._numerics import svd_rank
@@ -35,8 +43,8 @@ def cost(groups, V):
     Parameters
     ----------
     groups : list of (n_i, d) arrays
-    V : (r, d) array
-        Any matrix; only its row space matters (``V⁺V`` is the orthogonal
+    V : (r, d) array or sparse matrix
+        Any finite matrix on the groups' device; only its row space matters (``V⁺V`` is the orthogonal
         projection onto it).
 
     Returns
@@ -53,9 +61,12 @@ def cost(groups, V):
     """
     with annotate("gpusketch.fair.cost"):
         groups, xp = as_groups(groups)
-        V = xp.asarray(V)
-        if V.ndim != 2 or V.shape[1] != groups[0].shape[1]:
+        V, _ = as_operand(V, "V", ndim=(2,))
+        array_namespace(V, groups[0])  # V on the groups' device
+        V = to_dense(V)
+        if V.shape[1] != groups[0].shape[1]:
             raise ValueError(f"V must be 2-D with d = {groups[0].shape[1]} columns, got shape {tuple(V.shape)}")
+        check_finite(V, "V")
         return math.sqrt(max(group_costs2(groups, _orth_rows(V.astype(groups[0].dtype), xp), xp)))
 
 

@@ -12,6 +12,7 @@ from .. import _kernels
 from .._backend import (
     array_namespace,
     as_operand,
+    check_dtype,
     check_finite,
     check_memory,
     check_seed,
@@ -50,24 +51,29 @@ def _lookup(keys, values, query, xp):
 class _Target:
     """The right-hand side b: a dense vector or matrix, or a sparse vector.
 
-    Sparse b (SciPy/cupyx, shape ``(N, 1)`` or ``(1, N)``) is kept as sorted
-    nonzero indices and values, so that the sampling solvers read it in
-    ``O(nnz(b))`` and look up sampled entries by binary search.
+    Sparse b (SciPy/cupyx, shape ``(N, 1)`` or ``(1, N)``, or a 1-D SciPy
+    sparse array of shape ``(N,)``) is kept as sorted nonzero indices and
+    values, so that the sampling solvers read it in ``O(nnz(b))`` and look up
+    sampled entries by binary search.  Integer and boolean values are upcast
+    to float64, as for dense b.
     """
 
     def __init__(self, b, N, xp):
         self.xp = xp
         if is_sparse(b):
-            if 1 not in b.shape or max(b.shape) != N:
-                raise ValueError(f"sparse b must have shape ({N}, 1) or (1, {N}), got {tuple(b.shape)}")
+            if b.shape not in ((N,), (N, 1), (1, N)):
+                raise ValueError(f"sparse b must have shape ({N},), ({N}, 1) or (1, {N}), got {tuple(b.shape)}")
+            dtype = check_dtype(b.dtype, "b")
             check_finite(b, "b")
-            coo = (b if b.shape[1] == 1 else b.T).tocoo()
-            order = xp.argsort(coo.row)
-            self.nz_idx = coo.row[order].astype(xp.int64)
-            self.nz_val = coo.data[order]
+            coo = b.tocoo(copy=True)
+            coo.sum_duplicates()  # a COO b may repeat an index; its values add
+            idx = coo.coords[0] if b.ndim == 1 else (coo.row if b.shape[1] == 1 else coo.col)
+            order = xp.argsort(idx)
+            self.nz_idx = idx[order].astype(xp.int64)
+            self.nz_val = coo.data[order].astype(dtype, copy=False)
             self.dense = None
             self.shape = (N,)
-            self.dtype = coo.data.dtype
+            self.dtype = dtype
             return
         b, _ = as_operand(b, "b", ndim=(1, 2))
         if b.shape[0] != N:

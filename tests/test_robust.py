@@ -239,6 +239,7 @@ ROBUST_BAD = [
     (lambda: irls(np.eye(10, 2), np.ones(10), "tukey"), TypeError, "loss"),
     (lambda: irls(np.eye(10, 2), np.ones(10), TukeyLoss(1.0), weights=-np.ones(10)), ValueError, "nonnegative"),
     (lambda: irls(np.eye(10, 2), np.ones(10), TukeyLoss(1.0), x0=np.ones(3)), ValueError, "x0"),
+    (lambda: irls(np.eye(10, 2), np.ones(10), TukeyLoss(1.0), x0=np.array([0.0, np.nan])), ValueError, "x0 contains NaN"),
     (lambda: irls(np.eye(10, 2), np.ones(10), TukeyLoss(1.0), tol=0), ValueError, "tol"),
 ]
 

@@ -122,6 +122,7 @@ def irls(A, b, loss, *, weights=None, x0=None, maxiter=100, tol=1e-10, restarts=
             x0, _ = as_operand(x0, "x0", ndim=(1,))
             if x0.shape[0] != d:
                 raise ValueError(f"x0 has {x0.shape[0]} entries but A has {d} columns")
+            check_finite(x0, "x0")
             starts = [("x0", x0)]
         else:
             x_ls = _wls(A, b, w, xp)

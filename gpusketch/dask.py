@@ -15,9 +15,15 @@ import math
 import operator
 import warnings
 
-import numpy as np
-
-from ._backend import array_namespace, check_positive_int, check_positive_real, check_seed, linalg_modules
+from ._backend import (
+    array_namespace,
+    check_dtype,
+    check_positive_int,
+    check_positive_real,
+    check_seed,
+    is_sparse,
+    linalg_modules,
+)
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._numerics import qr_rank_deficient, svd_rank
@@ -38,7 +44,14 @@ def _da():
     return da
 
 
-def _check_dask(X, name, ndim=(1, 2), nonempty=False):
+def _check_dask(X, name, ndim=(1, 2), nonempty=False, dense=False):
+    """Validate a Dask array and return ``(X, da)``, X upcast as ``as_operand`` would.
+
+    Bool and integer X become a lazy float64 view of it (``astype``; nothing
+    is computed); float16 and complex raise ``TypeError``.  ``dense=True``
+    (the solvers) refuses SciPy/cupyx sparse blocks: the solvers use Dask's
+    own ``@``, which takes dense blocks only.
+    """
     da = _da()
     if not isinstance(X, da.Array):
         raise TypeError(f"{name} must be a dask.array.Array, got {type(X).__name__}")
@@ -48,9 +61,21 @@ def _check_dask(X, name, ndim=(1, 2), nonempty=False):
         raise ValueError(f"{name} is empty (shape {X.shape})")
     if any(math.isnan(c) for chunks in X.chunks for c in chunks):
         raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
-    if X.dtype.kind not in "fiub":
-        raise TypeError(f"{name} has unsupported dtype {X.dtype}")
-    return da
+    if dense and is_sparse(X._meta):
+        raise TypeError(
+            f"{name} has sparse blocks ({type(X._meta).__name__}); this solver needs dense blocks "
+            f"(Dask's matmul takes no sparse chunks): pass {name}.map_blocks(lambda b: b.toarray()), "
+            "or sketch it with gpusketch.dask.sketch, which reads sparse blocks"
+        )
+    dtype = check_dtype(X.dtype, name)
+    return (X if X.dtype == dtype else X.astype(dtype)), da
+
+
+def _dense_meta(X, dtype):
+    """An empty dense array like X's blocks (NumPy or CuPy), for results that are dense whatever X is."""
+    meta = X._meta
+    xp = array_namespace(meta.data if is_sparse(meta) else meta)
+    return xp.empty((0,) * X.ndim, dtype=dtype)
 
 
 def _check_sketch_finite(Y, name, found_in="its sketch"):
@@ -113,7 +138,7 @@ def sketch(S, X):
     with annotate("gpusketch.dask.sketch"):
         if not isinstance(S, SketchOperator):
             raise TypeError(f"S must be a sketch operator, got {type(S).__name__}")
-        da = _check_dask(X, "X")
+        X, da = _check_dask(X, "X")
         from dask import delayed
 
         if X.shape[0] != S.shape[1]:
@@ -121,11 +146,11 @@ def sketch(S, X):
         m = S.shape[0]
         row_off = _offsets(X.chunks[0])
         blocks = X.to_delayed()
-        dtype = np.result_type(X.dtype, np.float32) if X.dtype.kind == "f" else np.dtype(np.float64)
-        meta = X._meta
+        dtype = X.dtype
+        meta = _dense_meta(X, dtype)
         if X.ndim == 1:
             parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i]) for i in range(len(blocks))]
-            return da.from_delayed(_tree_sum(parts), shape=(m,), dtype=dtype, meta=meta.reshape(0))
+            return da.from_delayed(_tree_sum(parts), shape=(m,), dtype=dtype, meta=meta)
         strips = []
         for j, width in enumerate(X.chunks[1]):
             parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i, j])
@@ -146,18 +171,19 @@ def sketch_columns(X, S):
     with annotate("gpusketch.dask.sketch_columns"):
         if not isinstance(S, SketchOperator):
             raise TypeError(f"S must be a sketch operator, got {type(S).__name__}")
-        da = _check_dask(X, "X", ndim=(2,))
+        X, da = _check_dask(X, "X", ndim=(2,))
         from dask import delayed
 
         if X.shape[1] != S.shape[1]:
             raise ValueError(f"X has {X.shape[1]} columns but S has {S.shape[1]}")
         col_off = _offsets(X.chunks[1])
         blocks = X.to_delayed()
-        dtype = np.result_type(X.dtype, np.float32) if X.dtype.kind == "f" else np.dtype(np.float64)
+        dtype = X.dtype
+        meta = _dense_meta(X, dtype)
         rows = []
         for i, height in enumerate(X.chunks[0]):
             parts = [delayed(_right_block)(S, col_off[j], col_off[j + 1], blocks[i, j]) for j in range(blocks.shape[1])]
-            rows.append(da.from_delayed(_tree_sum(parts), shape=(height, S.shape[0]), dtype=dtype, meta=X._meta))
+            rows.append(da.from_delayed(_tree_sum(parts), shape=(height, S.shape[0]), dtype=dtype, meta=meta))
         return da.concatenate(rows, axis=0)
 
 
@@ -209,8 +235,8 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     normal-equation residual ``||(XP)ᵀr|| / (||XP|| ||r||) <= tol``.
     """
     with annotate("gpusketch.dask.lstsq"):
-        da = _check_dask(X, "X", ndim=(2,), nonempty=True)
-        _check_dask(y, "y", ndim=(1, 2))
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
+        y, _ = _check_dask(y, "y", ndim=(1, 2), dense=True)
         n, d = X.shape
         if y.shape[0] != n:
             raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
@@ -357,7 +383,7 @@ def leverage_scores(X, *, exact=False, seed=None):
     (no sketch would have fewer rows than X).
     """
     with annotate("gpusketch.dask.leverage_scores"):
-        da = _check_dask(X, "X", ndim=(2,), nonempty=True)
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
         n, d = X.shape
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got X of shape {X.shape}")
@@ -383,7 +409,7 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
     version.
     """
     with annotate("gpusketch.dask.randomized_svd"):
-        da = _check_dask(X, "X", ndim=(2,), nonempty=True)
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
         n, d = X.shape
         k = check_positive_int(k, "k")
         if k > min(n, d):

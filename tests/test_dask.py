@@ -165,6 +165,33 @@ def test_leverage_scores_and_randomized_svd(rng):
     np.testing.assert_allclose((U.compute() * s) @ Vt, np.linalg.svd(W)[0][:, :4] * s_true[:4] @ np.linalg.svd(W)[2][:4], atol=1e-9)
 
 
+def test_integer_and_sparse_blocks(rng):
+    # Integer X is computed in float64, as in memory: it cast the Gaussians of
+    # leverage_scores and randomized_svd to integers (mostly 0), so leverage
+    # estimates differed from those of the same X in float64.
+    A = np.rint(rng.standard_normal((600, 30)) * 4).astype(np.int64)
+    X = da.from_array(A, chunks=(150, 30))
+    np.testing.assert_array_equal(gsd.leverage_scores(X, seed=1).compute(),
+                                  gsd.leverage_scores(X.astype(float), seed=1).compute())
+    np.testing.assert_allclose(gsd.leverage_scores(X, seed=1).compute(), gs.leverage_scores(A, seed=1), rtol=1e-9)
+    U, s, Vt = gsd.randomized_svd(X, 3, oversample=2, power_iters=0, seed=2)  # 5 of 30 columns: Ω matters
+    _, s_ref, _ = gsd.randomized_svd(X.astype(float), 3, oversample=2, power_iters=0, seed=2)
+    np.testing.assert_array_equal(s, s_ref)
+    assert s.dtype == Vt.dtype == U.dtype == np.float64
+    y = da.from_array(A @ np.ones(30) + 1, chunks=150)
+    assert gsd.lstsq(X, y, seed=3).x.dtype == np.float64
+    # The sketches read sparse blocks and give dense results, with dense metadata for what follows.
+    import scipy.sparse as sp
+
+    B = rng.standard_normal((600, 40))
+    Xs = da.from_array(B, chunks=(200, 15)).map_blocks(sp.csr_matrix)
+    S = gs.SparseSign(50, 600, seed=4)
+    left, right = gsd.sketch(S, Xs), gsd.sketch_columns(Xs, gs.CountSketch(8, 40, seed=5))
+    assert type(left._meta) is np.ndarray and type(right._meta) is np.ndarray
+    np.testing.assert_allclose((left + 0).compute(), S @ B, atol=1e-12)
+    np.testing.assert_allclose(right.sum(axis=0).compute(), (B @ gs.CountSketch(8, 40, seed=5).T).sum(axis=0), atol=1e-10)
+
+
 def test_bad_input(rng):
     A = da.from_array(rng.standard_normal((100, 3)), chunks=50)
     with pytest.raises(TypeError, match="dask.array.Array"):
@@ -191,6 +218,17 @@ def test_bad_input(rng):
         gsd.sketch(gs.CountSketch(10, 100, seed=1), A[:, :, None])
     with pytest.raises(TypeError, match="X has unsupported dtype"):
         gsd.sketch(gs.CountSketch(10, 100, seed=1), da.from_array(np.array(["a"] * 100), chunks=50))
+    with pytest.raises(TypeError, match="X has dtype float16, which is not supported"):
+        gsd.randomized_svd(A.astype(np.float16), 2)  # refused at entry, like an in-memory float16 A
+    with pytest.raises(TypeError, match="y has complex dtype"):
+        gsd.lstsq(A, da.ones(100, chunks=50).astype(complex))
+    import scipy.sparse as sp
+
+    sparse_blocks = A.map_blocks(sp.csr_matrix)  # Dask's own @ (the solvers') takes no sparse chunks
+    for solve in (lambda: gsd.lstsq(sparse_blocks, da.ones(100, chunks=50)), lambda: gsd.leverage_scores(sparse_blocks),
+                  lambda: gsd.randomized_svd(sparse_blocks, 2)):
+        with pytest.raises(TypeError, match=r"X has sparse blocks \(csr_matrix\); this solver needs dense blocks"):
+            solve()
     with pytest.raises(ValueError, match=r"unknown chunk sizes; call X.compute_chunk_sizes\(\)"):
         gsd.lstsq(A[A[:, 0] > 0], da.ones(100, chunks=50))
     with pytest.raises(ValueError, match="needs n >= d"):

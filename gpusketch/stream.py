@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ._backend import as_operand, check_positive_int, cupy_available
+from ._backend import as_operand, check_dtype, check_positive_int, cupy_available, is_scipy_sparse
 from ._nvtx import annotate
 from .operators import SketchOperator
 
@@ -54,10 +54,11 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
     ----------
     S : SketchOperator
         Shape ``(m, n)``; n must equal the rows of the source.
-    source : str or path, array-like, or iterable
+    source : str or path, array-like, sparse matrix, or iterable
         A ``.npy`` file (memory-mapped), a NumPy array or memmap, an HDF5 or
-        Zarr dataset (anything 1-D or 2-D with ``.shape`` and row slicing), or
-        an iterable of 2-D row blocks in order.
+        Zarr dataset (anything 1-D or 2-D with ``.shape`` and row slicing), a
+        SciPy sparse matrix (read in CSR row chunks), or an iterable of 2-D
+        row blocks in order (dense or SciPy sparse, all of one width).
     chunk_rows : int, optional
         Rows per chunk; default about 64 MiB of input per chunk.
     device : {"auto", "cpu", "gpu"}
@@ -97,8 +98,7 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
         m, n = S.shape
         vector = data is not None and len(data.shape) == 1
         if data is not None:
-            if np.dtype(data.dtype).kind not in "biuf":  # before any block is read, naming the source
-                raise TypeError(f"source has unsupported dtype {data.dtype}; expected a real numeric array")
+            check_dtype(data.dtype, "source")  # before any block is read, naming the source
             if data.shape[0] != n:
                 raise ValueError(f"source has {data.shape[0]} rows but S has {n} columns")
             width = 1 if vector else data.shape[1]
@@ -106,6 +106,8 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
             blocks = (data[a : min(n, a + rows)] for a in range(0, n, rows))
             if vector:  # sketched as one column, returned as a vector
                 blocks = (np.asarray(v).reshape(-1, 1) for v in blocks)
+            elif is_scipy_sparse(data):
+                blocks = (data[a : min(n, a + rows)].tocsr() for a in range(0, n, rows))
         else:
             blocks = iter(source)
         bar = _progress(n, progress)
@@ -117,18 +119,35 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
         return out[:, 0] if vector else out
 
 
-def _check_block(block, a, n):
-    block, _ = as_operand(np.asarray(block), "block", ndim=(2,))
-    if a + block.shape[0] > n:
-        raise ValueError(f"source has more than {n} rows, the columns of S")
-    return block
+class _Blocks:
+    """Checks each row block in turn: 2-D, a supported dtype, one width, no rows beyond S's columns."""
+
+    def __init__(self, n):
+        self.n, self.width, self.count = n, None, 0
+
+    def check(self, block, a):
+        name = f"block {self.count} of source"
+        if not is_scipy_sparse(block):
+            block = np.asarray(block)
+            if block.ndim != 2:
+                raise ValueError(f"{name} must be 2-D (rows x columns), got shape {block.shape}")
+        block, _ = as_operand(block, name, ndim=(2,))
+        if self.width is None:
+            self.width = block.shape[1]
+        elif block.shape[1] != self.width:  # out + y would broadcast a width-1 block silently
+            raise ValueError(f"{name} has {block.shape[1]} columns but block 0 has {self.width}")
+        if a + block.shape[0] > self.n:
+            raise ValueError(f"source has more than {self.n} rows, the columns of S")
+        self.count += 1
+        return block
 
 
 def _run_cpu(S, blocks, bar):
     n = S.shape[1]
+    checker = _Blocks(n)
     out, a = None, 0
     for block in blocks:
-        block = _check_block(block, a, n)
+        block = checker.check(block, a)
         y = S[:, a : a + block.shape[0]] @ block
         out = y if out is None else out + y
         a += block.shape[0]
@@ -147,10 +166,18 @@ def _run_gpu(S, blocks, bar):
     compute = cupy.cuda.get_current_stream()
     out, a = None, 0
     pending = None  # (device buffer, rows, event) of the chunk being copied
+    checker = _Blocks(n)
+    rows_read = 0
     for block in blocks:
-        block = np.ascontiguousarray(_check_block(block, a, n))
+        block = checker.check(block, rows_read)
+        rows_read += block.shape[0]
         with copy_stream:
-            dev = cupy.asarray(block)
+            if is_scipy_sparse(block):
+                import cupyx.scipy.sparse as cusparse
+
+                dev = cusparse.csr_matrix(block)
+            else:
+                dev = cupy.asarray(np.ascontiguousarray(block))
             ready = copy_stream.record()
         if pending is not None:
             out, a = _sketch_chunk(S, pending, out, a, compute, bar)

@@ -46,6 +46,19 @@ def test_a_vector_source_gives_a_vector(npy, tmp_path, device):
         np.testing.assert_allclose(to_numpy(y), S @ v, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")])])
+def test_sparse_source_and_sparse_blocks(npy, device):
+    import scipy.sparse as sp
+
+    A = np.where(np.abs(npy[0]) > 1.5, npy[0], 0.0)
+    S = gs.SparseSign(40, A.shape[0], nnz=4, seed=7)
+    for source in (sp.csr_matrix(A), sp.csc_array(A), (sp.coo_matrix(A[a : a + 999]) for a in range(0, A.shape[0], 999))):
+        Y = stream.sketch(S, source, chunk_rows=700, device=device, progress=False)
+        assert Y.shape == (40, 6)
+        np.testing.assert_allclose(to_numpy(Y), S @ A, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
 @pytest.mark.gpu
 def test_gpu_double_buffered_stream(npy):
@@ -53,6 +66,8 @@ def test_gpu_double_buffered_stream(npy):
     S = gs.CountSketch(64, A.shape[0], seed=5)
     Y = stream.sketch(S, path, chunk_rows=500, device="gpu", progress=False)
     np.testing.assert_allclose(to_numpy(Y), S @ A, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match=f"more than {A.shape[0]} rows"):  # checked as each block is read
+        stream.sketch(S, iter([A, A[:5]]), device="gpu", progress=False)
 
 
 def test_stream_bad_input(npy, tmp_path):
@@ -72,6 +87,12 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(S, path, device="tpu", progress=False)
     with pytest.raises(ValueError, match="chunk_rows"):
         stream.sketch(S, path, chunk_rows=0, progress=False)
+    with pytest.raises(ValueError, match="block 1 of source has 6 columns but block 0 has 1"):  # it broadcast
+        stream.sketch(S, iter([A[:100, :1], A[100:]]), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"block 0 of source must be 2-D \(rows x columns\), got shape \(6,\)"):
+        stream.sketch(S, A.tolist(), device="cpu", progress=False)  # a list of rows is not a list of blocks
+    with pytest.raises(TypeError, match="source has dtype float16"):
+        stream.sketch(S, A.astype(np.float16), device="cpu", progress=False)
     strings = tmp_path / "strings.npy"
     np.save(strings, np.array(["a"] * A.shape[0]))
     with pytest.raises(TypeError, match="source has unsupported dtype <U1"):  # it named a "block"

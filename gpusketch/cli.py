@@ -384,6 +384,9 @@ def main(argv=None):
         path = getattr(args, name)
         if not os.path.isfile(path):
             parser.error(f"{name}: file not found: {path}")
+    output = getattr(args, "output", None)
+    if output is not None and not os.path.isdir(os.path.dirname(output) or "."):  # before the work, not after it
+        parser.error(f"--output: folder not found: {os.path.dirname(output)}")
 
     def show(message, category, filename, lineno, file=None, line=None):
         # A warning is part of the command's output, not a pointer into gpusketch's source.

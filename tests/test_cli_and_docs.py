@@ -144,3 +144,6 @@ def test_warnings_print_as_command_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gpusketch lstsq: warning: A of shape (3, 5) is numerically rank deficient" in err
     assert "res = lstsq(" not in err
+    missing = tmp_path / "no_such_folder" / "x.npy"  # refused before the solve, not after it
+    r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "-o", str(missing), "--device", "cpu")
+    assert r.returncode == 2 and f"--output: folder not found: {missing.parent}" in r.stderr

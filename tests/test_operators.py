@@ -283,6 +283,28 @@ def test_cpu_srht_cache_blocks_match_dense(rng, monkeypatch):
     np.testing.assert_allclose(S.T @ Y, D.T @ Y, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", OPS)
+def test_cpu_twins_in_many_row_blocks_match_dense(kind, rng, monkeypatch):
+    # The CPU twins cut A into row blocks of _CPU_BLOCK rows (one or two at the tests'
+    # sizes) and the Gaussian into column blocks of a few MiB; with blocks of 32 rows
+    # and 7 columns every offset (col0 + a) is exercised, against the explicit matrix.
+    import scipy.sparse as sp
+
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_CPU_BLOCK", 32)
+    monkeypatch.setattr(_kernels, "_gaussian_cols", lambda m, itemsize, block_bytes: 7)
+    S = make(kind)
+    D = S.todense()
+    A = rng.standard_normal((N, 5))
+    np.testing.assert_allclose(S @ A, D @ A, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(S @ np.asfortranarray(A), D @ A, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(S @ sp.csr_matrix(A), D @ A, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(A.T @ S.T, A.T @ D.T, rtol=1e-12, atol=1e-12)
+    Y = rng.standard_normal((S.shape[0], 3))
+    np.testing.assert_allclose(S.T @ Y, D.T @ Y, rtol=1e-12, atol=1e-12)
+
+
 def test_outputs_stay_on_input_device(xp, rng):
     S = gs.SparseSign(8, 20, nnz=2, seed=1)
     Y = S @ xp.asarray(rng.standard_normal((20, 2)))

@@ -385,19 +385,26 @@ def test_solve_lp_small_l1_dual_matches_primal_lp(rng):
     assert np.abs(A @ x - b).sum() == pytest.approx(primal.fun, rel=1e-9)
 
 
-@pytest.mark.parametrize("route", ["padded", "per_group"])
+@pytest.mark.parametrize("route", ["padded", "per_group", "padded_chunked", "per_group_chunked"])
 @pytest.mark.parametrize("alpha", [7, 200])
 def test_group_leverage_matches_exact_per_group(xp, rng, alpha, route, monkeypatch):
-    """Both routes (padded batched, the GPU's and small groups'; per group on the CPU) equal an SVD per group."""
+    """Both routes (padded batched, the GPU's and small groups'; per group on the CPU) equal an SVD per group.
+
+    ``_chunked``: a chunk budget of 1 byte, so every group is a chunk of its own (at
+    the tests' sizes all groups fit in one 256 MiB chunk, and group offsets g0 > 0
+    are never reached otherwise).
+    """
     from gpusketch import _kernels
     from gpusketch.robust.tukey import _group_leverage
 
-    if route == "per_group":
+    if route.startswith("per_group"):
         if xp is not np:
             pytest.skip("the per-group route is the CPU's")
         monkeypatch.setattr(_kernels, "_GROUP_SMALL_ROWS", 0)
     else:
         monkeypatch.setattr(_kernels, "_GROUP_SMALL_ROWS", 10**9)
+    if route.endswith("_chunked"):
+        monkeypatch.setattr(_kernels, "_GROUP_CHUNK_BYTES", 1)
 
     A = rng.standard_normal((500, 6))
     A[3] *= 100

@@ -47,6 +47,13 @@ def test_hash_words_match_philox_lanes():
         assert w[g - 5] == block[g & 3]
 
 
+def test_streams_are_distinct():
+    # Each use of the hash draws from its own Philox stream: two uses sharing one would give
+    # correlated draws (a Sampling's uniforms equal to a multi-level sketch's buckets).
+    streams = {k: v for k, v in vars(_random).items() if k.startswith("STREAM_")}
+    assert len(streams) >= 8 and len(set(streams.values())) == len(streams), streams
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("nnz,m", [(1, 1000), (8, 64), (3, 7)])

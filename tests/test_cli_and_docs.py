@@ -122,6 +122,9 @@ def test_command_errors(tmp_path):
     np.save(tmp_path / "b9.npy", np.ones(9))
     r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b9.npy"), "-o", str(tmp_path / "x.npy"), "--device", "cpu")
     assert r.returncode == 1 and "rows" in r.stderr
+    missing = tmp_path / "no_such_folder" / "x.npy"  # refused before the solve, not after it
+    r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "-o", str(missing), "--device", "cpu")
+    assert r.returncode == 2 and f"--output: folder not found: {missing.parent}" in r.stderr
 
 
 def test_bench_quick_writes_tables(tmp_path):
@@ -144,6 +147,3 @@ def test_warnings_print_as_command_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gpusketch lstsq: warning: A of shape (3, 5) is numerically rank deficient" in err
     assert "res = lstsq(" not in err
-    missing = tmp_path / "no_such_folder" / "x.npy"  # refused before the solve, not after it
-    r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "-o", str(missing), "--device", "cpu")
-    assert r.returncode == 2 and f"--output: folder not found: {missing.parent}" in r.stderr

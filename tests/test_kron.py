@@ -45,6 +45,11 @@ def test_kronecker_matrix_products_and_rows_exact(xp, rng, q):
     np.testing.assert_array_equal(to_numpy(K.rows(xp.asarray(idx))), A[idx])
     np.testing.assert_array_equal(to_numpy(K.todense()), A)
     assert K.fro_norm2() == pytest.approx(np.sum(A**2), rel=1e-12)
+    import pickle
+
+    K2 = pickle.loads(pickle.dumps(K))  # to Dask or multiprocessing workers: it held its array module
+    assert K2.xp is K.xp and K2.dtype == K.dtype
+    np.testing.assert_array_equal(to_numpy(K2.todense()), A)
 
 
 def test_kronecker_sketch_of_kronecker_matrix(xp, rng):

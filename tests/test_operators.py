@@ -284,6 +284,19 @@ def test_cpu_srht_cache_blocks_match_dense(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", OPS)
+def test_operators_pickle_and_copy(kind):
+    # Dask (distributed) ships operators to its workers by pickle: the same seed, the same S.
+    import copy
+    import pickle
+
+    S = make(kind)
+    for T in (S, S[:, 10:200], S.T):
+        for U in (pickle.loads(pickle.dumps(T)), copy.deepcopy(T)):
+            assert type(U) is type(T) and repr(U) == repr(T)
+            np.testing.assert_array_equal(U.todense(), T.todense())
+
+
+@pytest.mark.parametrize("kind", OPS)
 def test_cpu_twins_in_many_row_blocks_match_dense(kind, rng, monkeypatch):
     # The CPU twins cut A into row blocks of _CPU_BLOCK rows (one or two at the tests'
     # sizes) and the Gaussian into column blocks of a few MiB; with blocks of 32 rows

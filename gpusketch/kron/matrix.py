@@ -124,6 +124,11 @@ class KroneckerMatrix:
         """``A_1ᵀ ⊗ ... ⊗ A_qᵀ``."""
         return KroneckerMatrix([F.T for F in self._factors])
 
+    def __reduce__(self):
+        # Pickled as its factors (the array module is found again on loading), so that
+        # a KroneckerMatrix travels to Dask or multiprocessing workers like the operators.
+        return (KroneckerMatrix, (list(self._factors),))
+
     def __repr__(self):
         dims = " ⊗ ".join(f"{F.shape[0]}x{F.shape[1]}" for F in self._factors)
         return f"KroneckerMatrix({dims}, dtype={self.dtype})"

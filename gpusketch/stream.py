@@ -104,8 +104,8 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
             width = 1 if vector else data.shape[1]
             rows = chunk_rows or max(1, _CHUNK_BYTES // max(1, width * np.dtype(data.dtype).itemsize))
             blocks = (data[a : min(n, a + rows)] for a in range(0, n, rows))
-            if vector:  # sketched as one column, returned as a vector
-                blocks = (np.asarray(v).reshape(-1, 1) for v in blocks)
+            if vector:  # sketched as one column, returned as a vector (a 1-D sparse array's chunks densified)
+                blocks = (np.asarray(v.toarray() if is_scipy_sparse(v) else v).reshape(-1, 1) for v in blocks)
             elif is_scipy_sparse(data):
                 blocks = (data[a : min(n, a + rows)].tocsr() for a in range(0, n, rows))
         else:

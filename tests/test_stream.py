@@ -57,6 +57,9 @@ def test_sparse_source_and_sparse_blocks(npy, device):
         Y = stream.sketch(S, source, chunk_rows=700, device=device, progress=False)
         assert Y.shape == (40, 6)
         np.testing.assert_allclose(to_numpy(Y), S @ A, rtol=1e-10, atol=1e-10)
+    y = stream.sketch(S, sp.csr_array(A[:, 1]), chunk_rows=700, device=device, progress=False)  # 1-D sparse
+    assert y.shape == (40,)
+    np.testing.assert_allclose(to_numpy(y), S @ A[:, 1], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")

@@ -162,7 +162,7 @@ def _sym_pairs(d, xp):
     """Upper-triangle pairs ``(a <= b)`` of a d × d symmetric matrix, and the d × d map from
     ``(a, b)`` to the index of the pair ``(min, max)`` among them, on ``xp``."""
     up = np.triu_indices(d)
-    pair = np.empty((d, d), dtype=np.int64)
+    pair = np.zeros((d, d), dtype=np.int64)  # zeros: an unset entry shows in tests (empty reuses memory)
     pair[up] = np.arange(up[0].size)
     pair[up[1], up[0]] = pair[up]
     return (xp.asarray(up[0]), xp.asarray(up[1])), xp.asarray(pair)

@@ -68,7 +68,9 @@ def test_gpu_double_buffered_stream(npy):
     A, path = npy
     S = gs.CountSketch(64, A.shape[0], seed=5)
     Y = stream.sketch(S, path, chunk_rows=500, device="gpu", progress=False)
+    assert type(Y).__module__.split(".")[0] == "cupy"  # sketched on the device, not on the host
     np.testing.assert_allclose(to_numpy(Y), S @ A, rtol=1e-10, atol=1e-10)
+    assert type(stream.sketch(S, path, chunk_rows=500, progress=False)).__module__.split(".")[0] == "cupy"  # auto
     with pytest.raises(ValueError, match=f"more than {A.shape[0]} rows"):  # checked as each block is read
         stream.sketch(S, iter([A, A[:5]]), device="gpu", progress=False)
 
@@ -88,6 +90,10 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(np.eye(3), path, progress=False)
     with pytest.raises(ValueError, match="device"):
         stream.sketch(S, path, device="tpu", progress=False)
+    if not HAS_GPU:
+        with pytest.raises(ValueError, match="device='gpu' but no CUDA device is available"):
+            stream.sketch(S, path, device="gpu", progress=False)
+        assert type(stream.sketch(S, path, progress=False)) is np.ndarray  # auto: the CPU
     with pytest.raises(ValueError, match="chunk_rows"):
         stream.sketch(S, path, chunk_rows=0, progress=False)
     with pytest.raises(ValueError, match="block 1 of source has 6 columns but block 0 has 1"):  # it broadcast

@@ -31,6 +31,9 @@ def test_memmap_and_iterable(npy):
     np.testing.assert_allclose(stream.sketch(S, mm, chunk_rows=999, device="cpu", progress=False), S @ A, atol=1e-10)
     blocks = (A[a : a + 1234] for a in range(0, A.shape[0], 1234))
     np.testing.assert_allclose(stream.sketch(S, blocks, device="cpu", progress=False), S @ A, atol=1e-10)
+    n = A.shape[0]  # blocks shorter than A is wide, up to the last row
+    ragged = [A[: n - 3], A[n - 3 : n - 2], A[n - 2 :]]
+    np.testing.assert_allclose(stream.sketch(S, ragged, device="cpu", progress=False), S @ A, atol=1e-10)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[

@@ -108,6 +108,8 @@ def test_irls_recovers_truth_and_stops_cleanly():
     # the cap: one step per start, and the runs say so
     res = irls(A, b, TukeyLoss(2.0), maxiter=1, restarts=1, seed=2)
     assert [(r["iterations"], r["reason"]) for r in res.info["runs"]] == [(1, "maxiter reached")] * 3
+    res = irls(A, b, TukeyLoss(2.0), restarts=0, seed=2)  # least squares and Huber starts only
+    assert [r["start"] for r in res.info["runs"]] == ["least squares", "huber"]
     # ... and each allowed step is taken: from x0 = 0 the cost falls at steps 1 and 2
     costs = [irls(A, b, TukeyLoss(2.0), x0=np.zeros(5), maxiter=k).cost for k in (1, 2)]
     assert TukeyLoss(2.0).total(-b) > costs[0] > costs[1]
@@ -310,6 +312,9 @@ def test_lewis_scores_of_groups_with_fewer_rows_than_columns():
     np.testing.assert_allclose(_scores(M, 1.5, 0), gs.lewis_weights(U, 1.5, exact=True), rtol=1e-10)
     np.testing.assert_array_equal(_scores(M[:3], 1.5, 0), np.ones(3))
     np.testing.assert_array_equal(_scores(np.zeros((2, 5)), 1.0, 0), np.zeros(2))
+    u = np.array([1.0, -2.0, 0.5])  # rank 1: one column's ℓp Lewis weights are |u_i|^p / Σ |u_j|^p
+    np.testing.assert_allclose(_scores(np.outer(u, rng.standard_normal(5)), 1.5, 0), np.abs(u) ** 1.5 / np.sum(np.abs(u) ** 1.5),
+                               rtol=1e-8)
     I = heavy_coordinates(rng.standard_normal((60, 6)), 20, p=1.5, seed=6)  # groups of ~3 rows
     assert to_numpy(I).size == 60
 

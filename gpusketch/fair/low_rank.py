@@ -44,8 +44,8 @@ def cost(groups, V):
     ----------
     groups : list of (n_i, d) arrays
     V : (r, d) array or sparse matrix
-        Any finite matrix on the groups' device; only its row space matters (``V⁺V`` is the orthogonal
-        projection onto it).
+        Any finite matrix on the groups' device; only its row space matters
+        (``V⁺V`` is the orthogonal projection onto it).
 
     Returns
     -------

@@ -137,6 +137,23 @@ def test_regression_l2_exact_when_the_fit_is_good(noise):
         assert cost <= res.cost * (1 + 1e-5)
 
 
+def test_regression_l2_polish_gradient_and_forced_polish(rng):
+    # The primal polish runs only when the dual leaves a gap above tol, which the tests'
+    # problems never do; its accept-if-better rule would hide a wrong gradient.
+    from gpusketch.fair.regression import _residual2
+
+    U, r, x = rng.standard_normal((6, 4)), rng.standard_normal(6), rng.standard_normal(4)
+    f, g = _residual2(U, r, x)
+    h = 1e-6
+    fd = [(_residual2(U, r, x + h * e)[0] - _residual2(U, r, x - h * e)[0]) / (2 * h) for e in np.eye(4)]
+    assert f == pytest.approx(np.sum((U @ x - r) ** 2), rel=1e-14)
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+    groups, targets = _fair_problem(rng, np)
+    best = fair.regression(groups, targets)
+    forced = fair.regression(groups, targets, tol=1e-300)  # the polish path runs end to end
+    assert forced.info["relative_gap"] <= 1e-9 and forced.cost == pytest.approx(best.cost, rel=1e-9)
+
+
 def test_regression_l1_exact_against_lp_over_groups(rng):
     """The epigraph LP matches brute force over a fine grid of x for d = 1."""
     groups = [rng.standard_normal((20, 1)), rng.standard_normal((15, 1)) + 1]
@@ -148,6 +165,7 @@ def test_regression_l1_exact_against_lp_over_groups(rng):
     # minimum exceeds the true one by less than 2e-3.
     slope = max(np.abs(A).sum() for A in groups)
     assert vals.min() - 5e-5 * slope <= res.cost <= vals.min() + 1e-12
+    assert res.info["algorithm"] == 6  # Algorithm 6 (exact), as for ℓ2
 
 
 @pytest.mark.parametrize("norm", [1, 2])

@@ -344,6 +344,13 @@ def test_low_rank_against_svd_of_the_product(xp, rng, q):
     # A factor with no more than m_t rows is used whole: with all of them, the answer is exact.
     whole = kron.low_rank(fs, k, m=max(F.shape[0] for F in fs), seed=2)
     assert whole.cost == pytest.approx(opt, rel=1e-8)
+    # Factors taller than the default sketch (10k + 40 = 70 rows): "exact" still reads them whole.
+    tall = [xp.asarray(rng.standard_normal((n_t, d_t)) * np.geomspace(1, 0.05, d_t)) for n_t, d_t in ((150, 3), (90, 4))]
+    s_tall = np.linalg.svd(_full(tall), compute_uv=False)
+    exact = kron.low_rank(tall, k, method="exact")
+    assert exact.cost == pytest.approx(math.sqrt(np.sum(s_tall[k:] ** 2)), rel=1e-8)
+    sketched = kron.low_rank(tall, k, seed=3)
+    assert sketched.info["m"] == [70, 70] and exact.info["m"] is None
 
 
 # -- CPU/GPU agreement -----------------------------------------------------------

@@ -41,6 +41,12 @@ def _r_factors(groups, bs, xp):
     return out
 
 
+def _residual2(U, r, x):
+    """``||U x − r||²`` and its gradient ``2 Uᵀ(U x − r)``."""
+    e = U @ x - r
+    return float(e @ e), 2.0 * (U.T @ e)
+
+
 def _l2_minimax(R, tol, maxiter):
     """``min_x max_i f_i(x)``, ``f_i(x) = ||U_i x − r_i||²`` with ``[U_i r_i] = R_i``, through the dual.
 
@@ -66,7 +72,7 @@ def _l2_minimax(R, tol, maxiter):
                                np.concatenate([wi * ri for wi, ri in zip(w, r)]), rcond=None)[0]
 
     def f_all(x):
-        return np.array([float(np.sum((Ui @ x - ri) ** 2)) for Ui, ri in zip(U, r)])
+        return np.array([_residual2(Ui, ri, x)[0] for Ui, ri in zip(U, r)])
 
     # SLSQP's tolerances are absolute: work on f_i / s with s = max_i f_i at the pooled fit,
     # within a factor ℓ of the optimum (Σ_i f_i(x*) <= ℓ OPT), whatever the scale of the data
@@ -95,8 +101,8 @@ def _l2_minimax(R, tol, maxiter):
     if upper - lower > tol * max(upper, 1e-300):
         z0 = np.concatenate([x, [upper]])
         cons = [{"type": "ineq",
-                 "fun": lambda z, i=i: z[d] - float(np.sum((U[i] @ z[:d] - r[i]) ** 2)),
-                 "jac": lambda z, i=i: np.concatenate([-2 * U[i].T @ (U[i] @ z[:d] - r[i]), [1.0]])}
+                 "fun": lambda z, i=i: z[d] - _residual2(U[i], r[i], z[:d])[0],
+                 "jac": lambda z, i=i: np.concatenate([-_residual2(U[i], r[i], z[:d])[1], [1.0]])}
                 for i in range(ell)]
         pr = scipy.optimize.minimize(lambda z: (z[d], np.eye(d + 1)[d]), z0, jac=True, method="SLSQP",
                                      constraints=cons, options={"ftol": 1e-15, "maxiter": maxiter})

@@ -94,6 +94,8 @@ def test_kronecker_matrix_bad_input(rng):
         kron.lp_regression([np.ones((3, 2)), np.ones((4, 2))], np.ones(12), p=2)
     with pytest.raises(ValueError, match="k must be at most"):
         kron.low_rank([np.ones((3, 2)), np.ones((4, 2))], 5)
+    full = kron.low_rank([np.eye(3, 2) + 1, np.eye(4, 2) + 1], 4)  # k = ∏ min(n_t, d_t): the whole row space
+    assert full.V.shape == (4, 4) and full.cost == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="needs n >= 2 rows"):
         kron.rank_regression(np.ones((1, 2)), np.ones(1))
     two = kron.rank_regression(np.array([[1.0], [2.0]]), np.array([0.0, 3.0]))  # n = 2: one pair

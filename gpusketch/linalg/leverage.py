@@ -193,10 +193,15 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
         idx, f = sampled_rows(A, s, gamma, seed, xp)
         if idx.size == 0:
             raise ValueError(f"no rows were sampled: s={s} is too small for A of shape {A.shape}")
-        S = Sampling(idx, n, scale=1.0 / xp.sqrt(f))
+        S = sample_operator(idx, f, n, xp)
         if osnap is None:
             return S
         return Composed([SparseSign(osnap, S.shape[0], nnz=min(8, osnap), seed=derive_seed(seed, 8)), S])
+
+
+def sample_operator(idx, f, n, xp):
+    """The sample as an operator: rows ``idx`` scaled by ``1/√f_i``, so that ``E[SᵀS] = I``."""
+    return Sampling(idx, n, scale=1.0 / xp.sqrt(f))
 
 
 def sampled_rows(A, s, gamma, seed, xp):

@@ -11,7 +11,7 @@ from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, row_reduction
 from ._numerics import orthonormalize, svd_rank, top_left_singular
-from .leverage import sampled_rows
+from .leverage import sample_operator, sampled_rows
 from .results import LowRankResult
 from .svd import randomized_svd
 
@@ -54,11 +54,11 @@ def _sketched_right_factor(A, V, k, eps, seed, xp, info):
     for attempt in range(4):
         idx, f = sampled_rows(V, s, 0.5, derive_seed(seed, 4 if attempt == 0 else 5 + attempt), xp)
         if idx.size >= k:
-            scale = (1.0 / xp.sqrt(f)).astype(V.dtype)[:, None]
-            SV = V[idx] * scale
+            S = sample_operator(idx, f, V.shape[0], xp)  # leverage_sample's operator
+            SV = S @ V
             if svd_rank(xp.linalg.svd(SV, compute_uv=False), SV.shape) == k:
                 info["right_rows"] = int(idx.size)
-                return xp.linalg.lstsq(SV, to_dense(A[idx]) * scale, rcond=None)[0]
+                return xp.linalg.lstsq(SV, to_dense(S @ A), rcond=None)[0]
         s *= 2
     return None
 

@@ -137,6 +137,17 @@ def test_regression_l2_exact_when_the_fit_is_good(noise):
         assert cost <= res.cost * (1 + 1e-5)
 
 
+def test_regression_l2_exact_fit(rng):
+    # 2 + 3 rows for d = 5: some x fits every group exactly.  The residuals are round-off,
+    # which SLSQP cannot rank: it reported a duality gap of 0.29 on them.
+    G = [rng.standard_normal((2, 5)), rng.standard_normal((3, 5))]
+    T = [rng.standard_normal(2), rng.standard_normal(3)]
+    res = fair.regression(G, T)
+    assert res.cost < 1e-13 and res.info["solver"] == "exact fit" and res.info["relative_gap"] == 0.0
+    zero = fair.regression(G, [np.zeros(2), np.zeros(3)])  # b = 0: x = 0
+    assert zero.cost == 0.0 and np.array_equal(zero.x, np.zeros(5))
+
+
 def test_regression_l2_polish_gradient_and_forced_polish(rng):
     # The primal polish runs only when the dual leaves a gap above tol, which the tests'
     # problems never do; its accept-if-better rule would hide a wrong gradient.

@@ -76,11 +76,12 @@ def _l2_minimax(R, tol, maxiter):
 
     # SLSQP's tolerances are absolute: work on f_i / s with s = max_i f_i at the pooled fit,
     # within a factor ℓ of the optimum (Σ_i f_i(x*) <= ℓ OPT), whatever the scale of the data
-    # or the quality of the fit.  s = 0: the pooled fit is exact for every group.
+    # or the quality of the fit.  s at round-off (residuals below 64 ε ||b_i||, as when the
+    # groups hold no more than d rows in all): the pooled fit is exact for every group.
     lam0 = np.full(ell, 1.0 / ell)
     x_pool = x_of(lam0)
     s = float(f_all(x_pool).max())
-    if s == 0.0:
+    if s <= (64 * np.finfo(np.float64).eps) ** 2 * max(float(ri @ ri) for ri in r):
         return x_pool, {"solver": "exact fit", "lambda": lam0.tolist(), "relative_gap": 0.0}
     U, r = [Ui / np.sqrt(s) for Ui in U], [ri / np.sqrt(s) for ri in r]
 

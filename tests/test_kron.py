@@ -274,6 +274,10 @@ def test_lp_regression_bound_mode_with_sparse_b(rng):
     dense = kron.lp_regression(fs, b, p=1, m=800, residuals="bound", seed=2)
     np.testing.assert_allclose(res.x, dense.x, atol=1e-9)
     assert opt * (1 - 1e-9) <= res.cost <= 1.10 * opt
+    # p = 1.5: the sparse b's |b_i|^p mass must be the dense one's (at p = 1, |b_i|·p passed).
+    res = kron.lp_regression(fs, sp.csc_matrix(b[:, None]), p=1.5, m=800, residuals="bound", seed=2)
+    dense = kron.lp_regression(fs, b, p=1.5, m=800, residuals="bound", seed=2)
+    np.testing.assert_allclose(res.x, dense.x, atol=1e-9)
 
 
 def test_lp_regression_p15_against_irls(rng):

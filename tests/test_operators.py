@@ -200,6 +200,19 @@ def test_kronecker_matches_numpy_kron_order(rng):
     np.testing.assert_allclose(K @ np.kron(A1, A2), np.kron(S1 @ A1, S2 @ A2), atol=1e-12)
 
 
+def test_kronecker_eight_factors_one_pass(xp, rng):
+    # The one-pass kernel takes up to 8 hashing factors (its bucket and sign arrays are
+    # sized for 8): at exactly 8 it must still be the route, and exact.
+    fs = [gs.CountSketch(2, 3, seed=s) for s in range(7)] + [gs.SparseSign(3, 2, nnz=2, seed=7)]
+    K = gs.Kronecker(fs)
+    assert K._one_pass and not gs.Kronecker(fs + [gs.CountSketch(2, 2, seed=8)])._one_pass
+    dense = fs[0].todense()
+    for F in fs[1:]:
+        dense = np.kron(dense, F.todense())
+    b = rng.standard_normal((K.shape[1], 2))
+    np.testing.assert_allclose(to_numpy(K @ xp.asarray(b)), dense @ b, atol=1e-10)
+
+
 @pytest.mark.parametrize("nnz", [(1, 1, 1), (3, 1, 2), (4, 2, 1)])
 def test_kronecker_one_pass_equals_mode_products(xp, rng, nnz):
     def factor(m, n, z, seed):

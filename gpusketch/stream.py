@@ -160,6 +160,7 @@ def _run_cpu(S, blocks, bar):
 
 def _run_gpu(S, blocks, bar):
     import cupy
+    import cupyx.scipy.sparse as cusparse
 
     n = S.shape[1]
     copy_stream = cupy.cuda.Stream(non_blocking=True)
@@ -173,8 +174,6 @@ def _run_gpu(S, blocks, bar):
         rows_read += block.shape[0]
         with copy_stream:
             if is_scipy_sparse(block):
-                import cupyx.scipy.sparse as cusparse
-
                 dev = cusparse.csr_matrix(block)
             else:
                 dev = cupy.asarray(np.ascontiguousarray(block))

@@ -58,8 +58,8 @@ def _l2_minimax(R, tol, maxiter):
     stacked ``√λ_i [U_i r_i]`` and each ``f_i`` a residual norm, not the
     Gram form ``xᵀU_iᵀU_ix − 2 r_iᵀU_ix + ||r_i||²``: that form cancels
     ``||b_i||²`` against the fit and lost the optimum where the fit is good
-    (at residuals 1e-4 of ||b||, a reported gap of 0.45 and a cost 4e-4 above
-    the optimum in float64; in float32, 8e-4 above at residuals 1e-2).
+    (at residuals 1e-6 of ||b_i||, a reported gap of 0.45 and a cost 4e-4
+    above the optimum in float64; in float32, 8e-4 above at residuals 1e-2).
     """
     import scipy.optimize
 

@@ -166,9 +166,9 @@ def test_leverage_scores_and_randomized_svd(rng):
 
 
 def test_integer_and_sparse_blocks(rng):
-    # Integer X is computed in float64, as in memory: it cast the Gaussians of
-    # leverage_scores and randomized_svd to integers (mostly 0), so leverage
-    # estimates differed from those of the same X in float64.
+    # Integer X is computed in float64, as in memory: the Gaussians of leverage_scores
+    # and randomized_svd were cast to X's integer dtype, which rounds most of them to 0
+    # (the leverage scores of this X came out all 0).
     A = np.rint(rng.standard_normal((600, 30)) * 4).astype(np.int64)
     X = da.from_array(A, chunks=(150, 30))
     np.testing.assert_array_equal(gsd.leverage_scores(X, seed=1).compute(),

@@ -201,8 +201,8 @@ def test_kronecker_matches_numpy_kron_order(rng):
 
 
 def test_kronecker_eight_factors_one_pass(xp, rng):
-    # The one-pass kernel takes up to 8 hashing factors (its bucket and sign arrays are
-    # sized for 8): at exactly 8 it must still be the route, and exact.
+    # The one-pass kernel takes up to 8 hashing factors (its per-factor arrays have
+    # GS_KRON_MAX = 8 entries, kernels/kronecker.cu): at exactly 8 it must still be the route, and exact.
     fs = [gs.CountSketch(2, 3, seed=s) for s in range(7)] + [gs.SparseSign(3, 2, nnz=2, seed=7)]
     K = gs.Kronecker(fs)
     assert K._one_pass and not gs.Kronecker(fs + [gs.CountSketch(2, 2, seed=8)])._one_pass

@@ -311,7 +311,7 @@ def test_operators_pickle_and_copy(kind):
 
 @pytest.mark.parametrize("kind", OPS)
 def test_cpu_twins_in_many_row_blocks_match_dense(kind, rng, monkeypatch):
-    # The CPU twins cut A into row blocks of _CPU_BLOCK rows (one or two at the tests'
+    # The CPU twins cut A into row blocks of _CPU_BLOCK rows (a single block at the tests'
     # sizes) and the Gaussian into column blocks of a few MiB; with blocks of 32 rows
     # and 7 columns every offset (col0 + a) is exercised, against the explicit matrix.
     import scipy.sparse as sp

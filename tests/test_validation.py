@@ -231,6 +231,9 @@ def test_seed_none_is_recorded_in_info_and_replays(name):
     first = call(None)
     again = call(first.info["seed"])
     np.testing.assert_array_equal(getattr(first, field), getattr(again, field))
+    import json
+
+    json.dumps(first.info)  # plain data, as a log or a bench record stores it (kron.low_rank's held an array)
 
 
 def _timed_calls():

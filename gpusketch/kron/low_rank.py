@@ -120,5 +120,5 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
             captured = captured * xp.linalg.norm(F @ Vt.T, axis=0) ** 2
         cost = math.sqrt(max(0.0, K.fro_norm2() - float(captured.sum())))
         info = {"method": method, "m": ms if method == "sketch" else None, "seed": seed,
-                "multi_index": chosen, "singular_values": top}
+                "multi_index": chosen, "singular_values": top.tolist()}
         return RowSpaceResult(V, cost, info)

@@ -447,6 +447,10 @@ def test_a_zero_factor_gives_x_zero(xp, rng, call):
     p = {"lp1": 1, "lp15": 1.5}.get(call, 2)
     expect = np.sum(np.abs(b) ** p) ** (1 / p)
     np.testing.assert_allclose(to_numpy(res.cost), expect if p != 2 else [expect, 2 * expect], rtol=1e-12)
+    if call.startswith("lp"):  # nothing was sampled, and info says so
+        assert res.info["rows_stage1"] == res.info["rows_stage2"] == 0
+    elif call == "sampling":
+        assert res.info["rows"] == 0
 
 
 @pytest.mark.parametrize("on_support", [False, True])

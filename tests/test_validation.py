@@ -252,6 +252,7 @@ def _timed_calls():
         "kron.lstsq": lambda: kron.lstsq(F, bk, m=200, seed=1),
         "kron.lp_regression": lambda: kron.lp_regression(F, bk, 1, m=200, seed=1),
         "kron.lp_regression-zero": lambda: kron.lp_regression([F[0], 0 * F[1]], bk, 1, m=200, seed=1),
+        "kron.lp_regression-whole": lambda: kron.lp_regression(F, bk, 1, m=3000, seed=1),  # m >= N: one LP
         "fair.low_rank": lambda: fair.low_rank(groups, 2, seed=1),
     }
 

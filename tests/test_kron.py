@@ -546,7 +546,7 @@ def test_samples_as_large_as_the_problem_solve_it_exactly(xp, rng):
         assert res.info["rows"] == 20
         np.testing.assert_allclose(to_numpy(res.x), to_numpy(exact.x), rtol=1e-10, atol=1e-12)
         lp = kron.lp_regression(fs, b, 1, m=m, seed=1)
-        assert lp.info["rows_stage2"] == 20 and lp.cost == pytest.approx(_l1_opt(A, bh), rel=1e-9)
+        assert lp.info["rows_stage1"] == 0 and lp.info["rows_stage2"] == 20 and lp.cost == pytest.approx(_l1_opt(A, bh), rel=1e-9)
     A7, b7 = rng.standard_normal((7, 5)), rng.standard_normal(7)
     ref = kron.rank_regression(xp.asarray(A7), xp.asarray(b7), method="exact")
     res = kron.rank_regression(xp.asarray(A7), xp.asarray(b7), seed=1)  # default m = 49 >= 21 pairs

@@ -166,7 +166,25 @@ def _right_block(S, a, b, block):
 def sketch_columns(X, S):
     """``X @ S.T`` (a sketch of the columns) for a Dask array X of shape (n, d), S of shape (m, d).
 
-    Returns a lazy Dask array of shape (n, m) chunked like X's rows.
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), NumPy or CuPy (or sparse) blocks
+    S : SketchOperator of shape (m, d)
+
+    Returns
+    -------
+    dask.array.Array of shape (n, m)
+        Lazy, chunked like X's rows; block ``X[rows, a:b]`` contributes
+        ``block @ S[:, a:b].T``.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, gpusketch
+    >>> from gpusketch import dask as gsd
+    >>> A = np.random.default_rng(0).standard_normal((100, 40))
+    >>> S = gpusketch.CountSketch(8, 40, seed=1)
+    >>> bool(np.allclose(gsd.sketch_columns(da.from_array(A, chunks=(50, 15)), S).compute(), A @ S.T))
+    True
     """
     with annotate("gpusketch.dask.sketch_columns"):
         if not isinstance(S, SketchOperator):
@@ -233,6 +251,16 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     ``Pᵀ Xᵀ u``); with ``κ(XR⁻¹) = O(1)`` it converges in a few tens of
     iterations.  Warm start: the sketched solution.  Stopping rule: the
     normal-equation residual ``||(XP)ᵀr|| / (||XP|| ||r||) <= tol``.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((4000, 6)); b = A @ np.arange(6.0) + 0.01 * rng.standard_normal(4000)
+    >>> res = gsd.lstsq(da.from_array(A, chunks=(1000, 6)), da.from_array(b, chunks=1000), seed=1)
+    >>> bool(np.allclose(res.x, np.linalg.lstsq(A, b, rcond=None)[0], atol=1e-10))
+    True
     """
     with annotate("gpusketch.dask.lstsq"):
         X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
@@ -381,6 +409,26 @@ def leverage_scores(X, *, exact=False, seed=None):
     ``||x_i R⁻¹ G||²`` with ``O(log n)`` Gaussian columns; one pass for the
     sketch, one for the scores.  Exact, as in memory, when ``4d + 10 >= n``
     (no sketch would have fewer rows than X).
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), n >= d, dense NumPy or CuPy blocks
+    exact : bool
+    seed : int, optional
+
+    Returns
+    -------
+    dask.array.Array of shape (n,)
+        Lazy; ``.compute()`` gives ``gpusketch.leverage_scores(X.compute(), seed=seed)``
+        within round-off.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> A = np.random.default_rng(0).standard_normal((2000, 5))
+    >>> round(float(gsd.leverage_scores(da.from_array(A, chunks=(500, 5)), exact=True).sum().compute()), 6)
+    5.0
     """
     with annotate("gpusketch.dask.leverage_scores"):
         X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
@@ -407,6 +455,28 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
     The n × l range basis stays distributed (Dask's tall-skinny QR); each
     power iteration reads X twice (``XᵀQ`` and ``X Z``), as in the in-memory
     version.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), dense NumPy or CuPy blocks
+    k : int, 1 <= k <= min(n, d)
+    oversample, power_iters : int >= 0
+    seed : int, optional
+
+    Returns
+    -------
+    U : dask.array.Array of shape (n, k)
+    s : (k,) array, descending
+    Vt : (k, d) array
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> A = np.random.default_rng(0).standard_normal((1000, 6)) * [10, 5, 1, 0.1, 0.1, 0.1]
+    >>> U, s, Vt = gsd.randomized_svd(da.from_array(A, chunks=(250, 6)), 2, seed=1)
+    >>> bool(np.allclose(s, np.linalg.svd(A, compute_uv=False)[:2]))
+    True
     """
     with annotate("gpusketch.dask.randomized_svd"):
         X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)

@@ -73,10 +73,23 @@ def cost(groups, V):
 def baseline(groups, k):
     """The standard (non-fair) answer: top-k right singular vectors of the stacked groups.
 
+    Parameters
+    ----------
+    groups : list of (n_i, d) arrays
+    k : int, 1 <= k <= d
+
     Returns
     -------
     RowSpaceResult
         ``.V`` (k × d), ``.cost`` = its fair cost, ``.info["group_costs"]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpusketch import fair
+    >>> A1 = np.array([[2.0, 0, 0, 0], [0, 2, 0, 0]]); A2 = np.array([[0, 0, 1.99, 0], [0, 0, 0, 1.99]])
+    >>> round(fair.baseline([A1, A2], 2).cost, 4)   # group 1's directions; group 2 pays all
+    2.8143
     """
     with annotate("gpusketch.fair.baseline"):
         groups, xp = as_groups(groups)
@@ -102,6 +115,23 @@ def dvoretzky_size(n, p, eps):
     For ``1 <= p <= 2``: ``n / ε²``.  For p > 2, the three regimes of the
     theorem (constant C = 1): ``p^p n/ε²`` for small ε, ``(np)^{p/2}/ε`` in the
     middle, ``n^{p/2} log^{p/2}(1/ε) / (p ε)^{p/2}`` for ``1/p < ε < 1``.
+
+    Parameters
+    ----------
+    n : int
+        Dimension of the subspace.
+    p : float >= 1
+    eps : float in (0, 1)
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from gpusketch.fair import dvoretzky_size
+    >>> dvoretzky_size(10, 2, 0.5)
+    40
     """
     if not 0 < eps < 1:
         raise ValueError(f"eps must lie in (0, 1), got {eps}")

@@ -24,6 +24,22 @@ def all_pairs_cost(r):
     """``||r̄||_1 = Σ_{i,j} |r_i − r_j|`` over all n² ordered pairs, in ``O(n log n)``.
 
     With r sorted, ``Σ_{i<j} (r_(j) − r_(i)) = Σ_k r_(k) (2k − n + 1)`` (0-based k).
+
+    Parameters
+    ----------
+    r : (n,) array
+        Residuals ``A x − b`` (NumPy or CuPy).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpusketch.kron import all_pairs_cost
+    >>> all_pairs_cost(np.array([0.0, 1.0, 3.0]))   # 2 · (1 + 3 + 2)
+    12.0
     """
     with annotate("gpusketch.kron.all_pairs_cost"):
         xp = array_namespace(r)

@@ -180,6 +180,15 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
     and the sample count followed it: for d = 1 the 5-95 % range of
     ``kept/s`` was 0.40-4.52 (s = 50, 150 seeds), and at s = 6, 1.3 % of
     seeds kept no row at all.
+
+    Examples
+    --------
+    >>> import numpy as np, gpusketch as gs
+    >>> A = np.random.default_rng(0).standard_normal((20000, 5))
+    >>> S = gs.leverage_sample(A, 500, seed=1)
+    >>> sv = np.linalg.svd(S @ np.linalg.qr(A)[0], compute_uv=False)   # a subspace embedding
+    >>> bool(0.6 < sv.min() ** 2 and sv.max() ** 2 < 1.4)
+    True
     """
     with annotate("gpusketch.leverage_sample"):
         A, xp = as_matrix(A)

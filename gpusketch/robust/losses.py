@@ -101,6 +101,12 @@ class ClippedLpLoss(_Loss):
     (inside τ, 0 beyond) is capped at ``p·δ^{p−2}`` with ``δ = 1e-8·τ`` so that
     exact fits do not divide by zero.
 
+    Parameters
+    ----------
+    tau : float > 0
+        Where the loss saturates at ``τ^p``.
+    p : float in [1, 2]
+
     Examples
     --------
     >>> import numpy as np
@@ -131,6 +137,11 @@ class HuberLoss(_Loss):
 
     Not flat beyond τ, so it does not satisfy Assumption 1's condition 5;
     it is convex, which makes it a good start for Tukey IRLS.
+
+    Parameters
+    ----------
+    tau : float > 0
+        Where the loss turns from quadratic to linear.
 
     Examples
     --------

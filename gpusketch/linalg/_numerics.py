@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import linalg_modules
+from .._backend import linalg_modules, to_dense
 
 __all__ = [
     "rank_cut",
@@ -89,7 +89,6 @@ def cholesky_qr_factors(Y, xp):
     Callers that need only R and ``Qᵀv = Rinv₂ᵀ (Q₁ᵀ v)`` skip the ``n × l × l``
     GEMM that forms Q: a third of CholeskyQR2's work.
     """
-    la, _ = linalg_modules(xp)
     n, l = Y.shape
 
     def householder():
@@ -103,49 +102,127 @@ def cholesky_qr_factors(Y, xp):
         Q1, R, Rinv2 = cholesky_qr_factors(Y.astype(xp.float64), xp)
         return Q1.astype(Y.dtype), R.astype(Y.dtype), None if Rinv2 is None else Rinv2.astype(Y.dtype)
 
-    def factor(Z):  # (L⁻ᵀ = R⁻¹, L, Gram) of chol(ZᵀZ) = LLᵀ, or None
-        G = Z.T @ Z
-        try:
-            L = xp.linalg.cholesky(G)
-            if not bool(xp.isfinite(L).all()):
-                return None
-            # R⁻¹ as an l × l matrix: Z R⁻¹ is then one GEMM (1.5× a TRSM with n
-            # right-hand sides on the CPU); the orthogonality test guards its accuracy.
-            return _solve_lower_or_upper(L, xp.eye(l, dtype=L.dtype), True, xp).T, L, G
-        except np.linalg.LinAlgError:  # not PD, or a zero pivot (SciPy raises; CuPy leaves NaN/Inf)
-            return None
-
-    first = factor(Y)
+    first = _cholesky_inverse(Y.T @ Y, xp)
     if first is None:
         return householder()
     Q1 = Y @ first[0]
-    second = factor(Q1)
-    # ``not <=`` so that a NaN (CuPy's cholesky does not raise on a non-PD matrix by default) falls back too.
-    if second is None or not float(xp.abs(second[2] - xp.eye(l, dtype=Y.dtype)).max()) <= 0.1:
+    G2 = Q1.T @ Q1
+    second = _cholesky_inverse(G2, xp)
+    if second is None or not _orthonormal_enough(G2, xp):
         return householder()
-    Rinv2, L2 = second[0], second[1]
+    Rinv2, L2 = second
     return Q1, L2.T @ first[1].T, Rinv2
 
 
-def qr_lstsq(A, b, xp):
-    """Dense least squares ``min ||Ax − b||`` by QR: ``(x, rank_deficient, route)``.
+def _cholesky_inverse(G, xp):
+    """``(R⁻¹, L)`` for the Gram ``G = LLᵀ = RᵀR``, or None when the Cholesky fails.
 
-    ``x = R⁻¹(Qᵀb)`` from ``cholesky_qr_factors`` (route ``"cholesky_qr2"``,
-    or ``"householder"`` where its orthogonality test fails), Q never formed.
-    When A is wide or R is numerically rank deficient (``qr_rank_deficient``),
-    the minimum-norm solution from ``xp.linalg.lstsq`` (an SVD; route ``"svd"``).
-    b may have several columns.
+    R⁻¹ as an l × l matrix: ``Z R⁻¹`` is then one GEMM (1.5× a TRSM with n
+    right-hand sides on the CPU); CholeskyQR2's orthogonality test guards its accuracy.
+    """
+    try:
+        L = xp.linalg.cholesky(G)
+        if not bool(xp.isfinite(L).all()):
+            return None
+        return _solve_lower_or_upper(L, xp.eye(G.shape[0], dtype=L.dtype), True, xp).T, L
+    except np.linalg.LinAlgError:  # not PD, or a zero pivot (SciPy raises; CuPy leaves NaN/Inf)
+        return None
+
+
+def _orthonormal_enough(G, xp):
+    """CholeskyQR2's test on the first pass's ``Q₁ᵀQ₁``: ``||Q₁ᵀQ₁ − I||_max <= 0.1``.
+    ``not >`` would pass a NaN (CuPy's cholesky does not raise on a non-PD matrix by default)."""
+    return float(xp.abs(G - xp.eye(G.shape[0], dtype=G.dtype)).max()) <= 0.1
+
+
+#: CPU row blocks of ``qr_lstsq``'s streamed CholeskyQR2: a block of ``diag(s) A``
+#: and of ``Q₁`` stays in cache between its product and its Gram.
+_QR_BLOCK_BYTES = 1 << 20
+
+
+def _row_ranges(n, d, xp):
+    """Row blocks of ``max(_QR_BLOCK_BYTES / 8d, 8d)`` rows on the CPU (at least 8d
+    rows keep the blocks' GEMMs efficient for wide A); one block on the GPU (one
+    cuBLAS call per pass; the device route is unchanged)."""
+    if xp is not np:
+        return [(0, n)]
+    rows = max(_QR_BLOCK_BYTES // (8 * max(d, 1)), 8 * d, 1)
+    return [(a, min(n, a + rows)) for a in range(0, n, rows)]
+
+
+def _scaled(M, scale, dtype=None):
+    """``diag(scale) M`` as a dense array (M itself when dense, unscaled and of ``dtype``)."""
+    Y = to_dense(M)
+    if dtype is not None:
+        Y = Y.astype(dtype, copy=False)
+    if scale is None:
+        return Y
+    return Y * (scale[:, None] if Y.ndim == 2 else scale)
+
+
+def _streamed_cholesky_qr2(A, b, scale, xp):
+    """CholeskyQR2 of ``Y = diag(s) A`` for least squares: ``(R, Rinv₂, Q₁ᵀ diag(s) b)``, or
+    None where the first Cholesky fails or ``Q₁`` fails the orthogonality test.
+
+    Y and Q₁ are formed one row block at a time and never held whole (on the CPU):
+    a pass for ``YᵀY``, one for ``Q₁ᵀQ₁`` and ``Q₁ᵀ(s∘b)``.  The passes run in float64
+    (mixed precision for float32 A, as in ``cholesky_qr_factors``).
     """
     n, d = A.shape
+    ranges = _row_ranges(n, d, xp)
+    rhs = (d,) + tuple(b.shape[1:])
+
+    def rows(M, a, c):
+        return _scaled(M[a:c], None if scale is None else scale[a:c], xp.float64)
+
+    G = xp.zeros((d, d), dtype=xp.float64)
+    for a, c in ranges:
+        Y = rows(A, a, c)
+        G += Y.T @ Y
+    first = _cholesky_inverse(G, xp)
+    if first is None:
+        return None
+    G2, y = xp.zeros((d, d), dtype=xp.float64), xp.zeros(rhs, dtype=xp.float64)
+    for a, c in ranges:
+        Q1 = rows(A, a, c) @ first[0]
+        G2 += Q1.T @ Q1
+        y += Q1.T @ rows(b, a, c)
+    second = _cholesky_inverse(G2, xp)
+    if second is None or not _orthonormal_enough(G2, xp):
+        return None
+    Rinv2, L2 = second
+    return L2.T @ first[1].T, Rinv2, y
+
+
+def qr_lstsq(A, b, xp, scale=None):
+    """Dense least squares ``min ||diag(s)(Ax − b)||`` by QR: ``(x, rank_deficient, route)``.
+
+    ``x = R⁻¹(Qᵀ diag(s) b)`` from CholeskyQR2 (route ``"cholesky_qr2"``), with
+    ``diag(s) A`` and ``Q = Q₁R₂⁻¹`` formed a row block at a time
+    (``_streamed_cholesky_qr2``), so on the CPU no n × d array is made beside
+    A; A may be sparse (densified block by block).  Where CholeskyQR2 is
+    unsafe (its orthogonality test fails, or ``n < 2d``) a Householder QR of
+    the whole ``diag(s) A`` (route ``"householder"``).  When A is wide or R is
+    numerically rank deficient (``qr_rank_deficient``, at A's precision), the
+    minimum-norm solution from ``xp.linalg.lstsq`` (an SVD; route ``"svd"``).
+    b may have several columns; ``scale`` (the row scaling s, ``None`` for
+    none) serves weighted least squares (``irls``).  x has the dtype of
+    ``A``, b and s together.
+    """
+    n, d = A.shape
+    dtype = xp.result_type(A.dtype, b.dtype, *(() if scale is None else (scale.dtype,)))
+    la, _ = linalg_modules(xp)
     if n >= d:
-        Q1, R, Rinv2 = cholesky_qr_factors(A, xp)
-        if not qr_rank_deficient(R, A.shape):
-            y = Q1.T @ b
-            if Rinv2 is None:  # Householder: κ(A) may be large, keep the backward-stable TRSV
-                la, _ = linalg_modules(xp)
-                return la.solve_triangular(R, y), False, "householder"
-            return _solve_lower_or_upper(R, Rinv2.T @ y, False, xp), False, "cholesky_qr2"
-    return xp.linalg.lstsq(A, b, rcond=None)[0], True, "svd"
+        streamed = _streamed_cholesky_qr2(A, b, scale, xp) if n >= 2 * d and dtype.kind == "f" else None
+        if streamed is not None:
+            R, Rinv2, y = streamed
+            if not qr_rank_deficient(R.astype(A.dtype), A.shape):
+                return _solve_lower_or_upper(R, Rinv2.T @ y, False, xp).astype(dtype, copy=False), False, "cholesky_qr2"
+        else:  # Householder: κ(A) may be large, keep the backward-stable TRSV
+            Q, R = xp.linalg.qr(_scaled(A, scale))
+            if not qr_rank_deficient(R, A.shape):
+                return la.solve_triangular(R, Q.T @ _scaled(b, scale)), False, "householder"
+    return xp.linalg.lstsq(_scaled(A, scale), _scaled(b, scale), rcond=None)[0], True, "svd"
 
 
 def top_left_singular(Z, k, xp):

@@ -11,7 +11,7 @@ from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, to_
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
-from ._numerics import orthonormalize, qr_rank_deficient, svd_rank
+from ._numerics import cholesky_qr_factors, qr_rank_deficient, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
@@ -52,8 +52,9 @@ def _row_norms2(X):
 _PRODUCT_BLOCK_BYTES = 2 << 20
 
 
-def _product_row_norms2(A, M, xp):
-    """``||(A M)_i||²`` for every row i, without holding the n × t product on the CPU.
+def _product_row_norms2(A, M, xp, at=None):
+    """``||(A M)_i||²`` for every row i (or for rows ``at`` of A), without holding
+    the product, or the rows ``A[at]``, on the CPU.
 
     A whole ``A M`` (n × t, t = O(log n) JL columns: 119 at n = 10⁶) and its
     square made two passes over about a GB; in ~2 MiB row blocks with
@@ -61,12 +62,12 @@ def _product_row_norms2(A, M, xp):
     On a GPU the whole product is one cuBLAS call.
     """
     if xp is not np:
-        return _row_norms2(to_dense(A @ M))
-    n, t = A.shape[0], M.shape[1]
+        return _row_norms2(to_dense((A if at is None else A[at]) @ M))
+    n, t = (A.shape[0] if at is None else at.size), M.shape[1]
     out = np.empty(n, dtype=np.result_type(A.dtype, M.dtype))
     rows = max(256, _PRODUCT_BLOCK_BYTES // (8 * max(t, 1)))
     for a in range(0, n, rows):
-        X = to_dense(A[a : a + rows] @ M)
+        X = to_dense((A[a : a + rows] if at is None else A[at[a : a + rows]]) @ M)
         out[a : a + rows] = np.einsum("ij,ij->i", X, X)
     return out
 
@@ -78,9 +79,10 @@ def leverage_scores(A, *, exact=False, seed=None):
     ----------
     A : (n, d) array or sparse matrix, n >= d
     exact : bool
-        ``True``: from a thin QR of A (``orthonormalize``: Cholesky QR twice,
-        or Householder where that is unsafe; an SVD when A is rank deficient);
-        sparse A is densified.  ``False`` (default): Lemma 7.2 with a Johnson–Lindenstrauss
+        ``True``: from a thin QR of A (``cholesky_qr_factors``: Cholesky QR
+        twice, or Householder where that is unsafe; an SVD when A is rank
+        deficient), the row norms of ``Q = Q₁R₂⁻¹`` taken in row blocks so
+        that Q is not held beside Q₁; sparse A is densified.  ``False`` (default): Lemma 7.2 with a Johnson–Lindenstrauss
         estimate of the row norms.
     seed : int, optional
 
@@ -120,11 +122,11 @@ def leverage_scores(A, *, exact=False, seed=None):
             raise ValueError(f"leverage scores need n >= d, got A of shape {A.shape}")
         if exact or embedding_rows(d) >= n:
             Ad = A.toarray() if is_sparse(A) else A
-            Q, R = orthonormalize(Ad, xp)
+            Q1, R, Rinv2 = cholesky_qr_factors(Ad, xp)  # Q = Q1 Rinv2 is never held whole
             if qr_rank_deficient(R, A.shape):
                 U, s, _ = xp.linalg.svd(Ad, full_matrices=False)
-                Q = U[:, : svd_rank(s, A.shape)]
-            return _row_norms2(Q)
+                return _row_norms2(U[:, : svd_rank(s, A.shape)])
+            return _row_norms2(Q1) if Rinv2 is None else _product_row_norms2(Q1, Rinv2, xp)
         seed = check_seed(seed)
         pre = _preconditioner(A, xp, seed)
         if pre.rank == 0:  # A = 0 (its sketch is 0 only then, with probability 1)
@@ -231,8 +233,7 @@ def sampled_rows(A, s, gamma, seed, xp):
     q = xp.minimum(1.0, s4 * z)
     keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 5), xp) < q)
     G3 = _gaussian(jl_columns(n), r, derive_seed(seed, 6), xp, A.dtype)
-    rows = A[keep]
-    fine = _product_row_norms2(rows, pre.apply(G3), xp)
+    fine = _product_row_norms2(A, pre.apply(G3), xp, at=keep)
     # f <= q on Lemma 7.3's good event; the clamp keeps f/q a probability off it.
     f = xp.minimum(xp.minimum(1.0, (s4 / 4) * fine / frob), q[keep])
     accept = _kernels.uniforms(n, derive_seed(seed, 7), xp)[keep] < f / q[keep]

@@ -99,11 +99,11 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         sketched solution, then LSMR on ``AR⁻¹`` until the normal-equation
         residual ``||(AR⁻¹)ᵀr|| / (||AR⁻¹|| ||r||)`` is below ``tol``.
         ``"direct"``: ``x = R⁻¹Qᵀb`` from a QR of A: Cholesky QR twice
-        (``orthonormalize``'s factorisation: GEMM-shaped passes, as accurate
-        as Householder while its orthogonality test holds, about κ(A) < 10⁷),
-        else Householder (LAPACK / cuSOLVER), and the SVD's minimum-norm
-        solution for rank-deficient A; ``info["factorization"]`` says which
-        (``qr_lstsq``).
+        (GEMM-shaped passes over row blocks of A, Q never held whole; as
+        accurate as Householder while its orthogonality test holds, about
+        κ(A) < 10⁷), else Householder (LAPACK / cuSOLVER), and the SVD's
+        minimum-norm solution for rank-deficient A; ``info["factorization"]``
+        says which (``qr_lstsq``).
     sketch : str or SketchOperator
         ``"sparse_sign"`` (OSNAP, default), ``"countsketch"``, ``"gaussian"``,
         ``"srht"``, or an operator of shape ``(m, n)``.  CountSketch is the
@@ -216,7 +216,7 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
 def _direct(A, b, xp):
     info = {"method": "direct", "timings": {}}
     t0 = time.perf_counter()
-    x, deficient, info["factorization"] = qr_lstsq(A.toarray() if is_sparse(A) else A, b, xp)
+    x, deficient, info["factorization"] = qr_lstsq(A, b, xp)  # sparse A is densified a block at a time
     if deficient:
         warnings.warn(
             f"A of shape {A.shape} is numerically rank deficient; returning the minimum-norm solution",

@@ -17,16 +17,15 @@ from .._backend import (
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg._numerics import qr_lstsq
-from ..operators import Sampling
 from .results import RobustResult
 
 __all__ = ["irls"]
 
 
 def _wls(A, b, u, xp):
-    """``argmin_x Σ u_i (a_i x − b_i)²`` (minimum norm if singular), by ``qr_lstsq``."""
-    s = xp.sqrt(u)
-    return qr_lstsq(to_dense(A) * s[:, None], b * s, xp)[0]
+    """``argmin_x Σ u_i (a_i x − b_i)²`` (minimum norm if singular), by ``qr_lstsq``
+    (which scales A's rows by ``√u`` a block at a time: no weighted copy of A)."""
+    return qr_lstsq(A, b, xp, scale=xp.sqrt(u))[0]
 
 
 def _run(A, b, loss, w, x, xp, maxiter, tol):
@@ -133,8 +132,10 @@ def irls(A, b, loss, *, weights=None, x0=None, maxiter=100, tol=1e-10, restarts=
                 starts.append(("huber", x_h))
             for i in range(restarts):
                 rows = np.sort(np.random.default_rng(derive_seed(seed, i)).choice(n, size=min(n, max(d, n // 2)), replace=False))
-                S = Sampling(rows, n)
-                starts.append((f"half-sample {i}", _wls(S @ A, S @ b, S @ w, xp)))
+                # The other rows get weight 0 (the same fit as on the sampled rows alone, without copying them).
+                half = xp.zeros(n, dtype=w.dtype)
+                half[xp.asarray(rows)] = w[xp.asarray(rows)]
+                starts.append((f"half-sample {i}", _wls(A, b, half, xp)))
         best, runs = None, []
         for name, x in starts:
             x, f, it, reason = _run(A, b, loss, w, x, xp, maxiter, tol)

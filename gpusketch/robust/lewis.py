@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .._backend import as_matrix, check_positive_int, check_seed, is_sparse
+from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, is_sparse
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg import leverage_scores
@@ -15,10 +15,26 @@ from ..linalg import leverage_scores
 __all__ = ["lewis_weights"]
 
 
-def _scale_rows(A, s, xp):
-    if is_sparse(A):
-        return A.multiply(s[:, None]).tocsr()
-    return A * s[:, None]
+def _scaled_rows(A, s, b, xp):
+    """``diag(s) A``, or ``diag(s) [A b]`` for a dense A and a given b, as one new
+    matrix (``s=None``: unscaled; A itself when b is None too)."""
+    if b is None:
+        if s is None:
+            return A
+        return A.multiply(s[:, None]).tocsr() if is_sparse(A) else A * s[:, None]
+    n, d = A.shape
+    B = xp.empty((n, d + 1), dtype=xp.result_type(A.dtype, b.dtype))
+    B[:, :d] = A
+    B[:, d] = b
+    if s is not None:
+        B *= s[:, None]
+    return B
+
+
+def _scaled_leverage(A, s, b, exact, seed, xp):
+    """Leverage scores of ``diag(s) [A b]``.  The scaled matrix lives only inside
+    this call, so the fixed-point loop holds one copy of A at a time, not two."""
+    return leverage_scores(_scaled_rows(A, s, b, xp), exact=exact, seed=seed)
 
 
 def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
@@ -80,18 +96,27 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
             raise ValueError(f"Lewis weights need n >= d, got A of shape {A.shape}")
         until_converged = iters is None and exact and p != 2
         iters = _default_iters(p, n, exact) if iters is None else check_positive_int(iters, "iters")
-        seed = check_seed(seed)
-        w = xp.ones(n, dtype=A.dtype)
-        tiny = np.finfo(w.dtype).tiny
-        settled = 500 * np.finfo(w.dtype).eps  # 1.1e-13 in float64, 6e-5 in float32
-        for t in range(iters):
-            wc = xp.maximum(w, tiny)  # zero rows have weight 0; keep their powers finite
-            B = A if p == 2 else _scale_rows(A, wc ** (0.5 - 1 / p), xp)
-            tau = leverage_scores(B, exact=exact, seed=derive_seed(seed, t))
-            w = (tau * wc ** (2 / p - 1)) ** (p / 2)
-            if until_converged and float(xp.abs(w - wc).max()) <= settled * float(w.max()):
-                break
-        return w
+        return _fixed_point(A, None, p, exact, iters, until_converged, check_seed(seed), xp)
+
+
+def stacked_lewis_weights(A, b, p, *, seed):
+    """Sketched Lewis weights of ``[A b]`` for a validated dense A (n > d) and b,
+    without holding ``[A b]`` beside the scaled copy each step forms (``lp_regression``)."""
+    return _fixed_point(A, b, p, False, _default_iters(p, A.shape[0], False), False, seed, array_namespace(A))
+
+
+def _fixed_point(A, b, p, exact, iters, until_converged, seed, xp):
+    """The iteration of ``lewis_weights`` on ``[A b]`` (A alone when b is None)."""
+    w = xp.ones(A.shape[0], dtype=A.dtype if b is None else xp.result_type(A.dtype, b.dtype))
+    tiny = np.finfo(w.dtype).tiny
+    settled = 500 * np.finfo(w.dtype).eps  # 1.1e-13 in float64, 6e-5 in float32
+    for t in range(iters):
+        wc = xp.maximum(w, tiny)  # zero rows have weight 0; keep their powers finite
+        tau = _scaled_leverage(A, None if p == 2 else wc ** (0.5 - 1 / p), b, exact, derive_seed(seed, t), xp)
+        w = (tau * wc ** (2 / p - 1)) ** (p / 2)
+        if until_converged and float(xp.abs(w - wc).max()) <= settled * float(w.max()):
+            break
+    return w
 
 
 def _default_iters(p, n, exact):

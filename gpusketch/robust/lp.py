@@ -11,7 +11,7 @@ from .. import _kernels
 from .._backend import as_system, check_seed, is_sparse, sparse_module, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
-from .lewis import lewis_weights
+from .lewis import lewis_weights, stacked_lewis_weights
 from .results import RobustResult
 
 __all__ = ["lp_regression", "solve_lp_small"]
@@ -128,15 +128,14 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
         m = min(n, 20 * (d + 1) * math.ceil(math.log(d + 2))) if m is None else m
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:
             raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
-        if is_sparse(A):
-            sps = sparse_module(xp)
-            Ab = sps.hstack([A, sps.csr_matrix(b[:, None])]).tocsr()
-        else:
-            Ab = xp.concatenate([A, b[:, None]], axis=1)
         if m >= n:  # a sample as large as the problem: the problem itself
             keep, scale = xp.arange(n), xp.ones(n, dtype=A.dtype)
         else:
-            w = lewis_weights(Ab, p, seed=derive_seed(seed, 0))
+            if is_sparse(A):
+                sps = sparse_module(xp)
+                w = lewis_weights(sps.hstack([A, sps.csr_matrix(b[:, None])]).tocsr(), p, seed=derive_seed(seed, 0))
+            else:  # [A b] is formed only scaled, one step at a time
+                w = stacked_lewis_weights(A, b, p, seed=derive_seed(seed, 0))
             q = xp.minimum(1.0, m * w / float(w.sum()))
             keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 1), xp) < q)
             scale = q[keep] ** (-1.0 / p)

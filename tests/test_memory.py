@@ -1,0 +1,116 @@
+"""Host memory of the CPU routes: no solver holds copies of A it does not need.
+
+Peak allocations are read with ``tracemalloc`` (NumPy reports its buffers to
+it) around one call, as a multiple of ``A.nbytes``; A is made before tracing
+starts.  The bounds leave room for the routes' fixed workspaces (row blocks,
+sketches, hash arrays: 2-17 MB here, against 32 MB for A), and each one sits
+below what the route allocated before it streamed its row blocks (measured at
+65536 × 64: Lewis weights 2.1x, ``lp_regression`` 3.1x, exact leverage scores
+2.0x, ``leverage_sample`` 1.2x, ``lstsq(method="direct")`` 1.0x, IRLS 2.1x).
+The GPU routes keep their whole-array products (one cuBLAS call per pass).
+"""
+
+import gc
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+import gpusketch as gs
+from gpusketch import robust
+
+
+@pytest.fixture(scope="module")
+def system():
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((65536, 64))  # 32 MB
+    b = A @ rng.standard_normal(64) + rng.standard_normal(65536)
+    return A, b
+
+
+def peak_ratio(fn, A):
+    """Peak bytes allocated during ``fn()``, over ``A.nbytes``."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak / A.nbytes
+
+
+CASES = {
+    # one scaled copy of [A b] at a time (the fixed point held two; lp_regression also held [A b])
+    "lewis_weights": (lambda A, b: gs.lewis_weights(A, 1, seed=1), 1.7),
+    "lp_regression": (lambda A, b: gs.lp_regression(A, b, 1, m=400, seed=1), 1.7),
+    # Q = Q1 R2⁻¹ is reduced to row norms a block at a time
+    "leverage_scores_exact": (lambda A, b: gs.leverage_scores(A, exact=True), 1.4),
+    # stage 2 reads the kept rows a block at a time (here stage 1 keeps every row)
+    "leverage_sample": (lambda A, b: gs.leverage_sample(A, 300, seed=1), 0.6),
+    # CholeskyQR2 over row blocks: neither diag(s)A nor Q1 is held whole
+    "lstsq_direct": (lambda A, b: gs.lstsq(A, b, method="direct"), 0.4),
+    "irls": (lambda A, b: robust.irls(A, b, robust.HuberLoss(1.0), seed=1), 0.4),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_peak_host_memory_is_bounded(system, name):
+    A, b = system
+    fn, bound = CASES[name]
+    A0, b0 = A.copy(), b.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ratio = peak_ratio(lambda: fn(A, b), A)
+    assert ratio <= bound, f"{name} peaked at {ratio:.2f} x A.nbytes (bound {bound})"
+    np.testing.assert_array_equal(A, A0)
+    np.testing.assert_array_equal(b, b0)
+
+
+def test_streamed_qr_lstsq_matches_whole_array_solution(monkeypatch, rng):
+    """The row-blocked CholeskyQR2 (many blocks) agrees with LAPACK on a weighted, multi-rhs,
+    float32 and sparse problem, and keeps the input dtype."""
+    import scipy.sparse as sp
+
+    from gpusketch.linalg import _numerics
+
+    n, d = 5000, 12
+    A = rng.standard_normal((n, d)) * np.logspace(0, 4, d)
+    B = rng.standard_normal((n, 3))
+    s = rng.random(n) + 0.1
+    monkeypatch.setattr(_numerics, "_QR_BLOCK_BYTES", 8 * d * 384)  # 384-row blocks, the last one short
+    assert len(_numerics._row_ranges(n, d, np)) == 14
+    x, deficient, route = _numerics.qr_lstsq(A, B, np, scale=s)
+    ref = np.linalg.lstsq(A * s[:, None], B * s[:, None], rcond=None)[0]
+    assert (deficient, route) == (False, "cholesky_qr2")
+    np.testing.assert_allclose(x, ref, rtol=1e-10, atol=0)
+    x32, _, _ = _numerics.qr_lstsq(A.astype(np.float32), B[:, 0].astype(np.float32), np)
+    assert x32.dtype == np.float32
+    np.testing.assert_allclose(x32, np.linalg.lstsq(A, B[:, 0], rcond=None)[0], rtol=1e-4)
+    S = sp.random(n, d, density=0.3, random_state=1, format="csr")
+    xs, _, _ = _numerics.qr_lstsq(S, B[:, 0], np, scale=s)
+    np.testing.assert_allclose(xs, np.linalg.lstsq(S.toarray() * s[:, None], B[:, 0] * s, rcond=None)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [np.nan, 0.0])
+def test_streamed_qr_lstsq_survives_a_silent_cholesky_failure(monkeypatch, rng, bad):
+    """A Cholesky that returns garbage (as CuPy's does) sends qr_lstsq to Householder, not to a wrong x."""
+    from gpusketch.linalg import _numerics
+
+    monkeypatch.setattr(np.linalg, "cholesky", lambda G: np.full_like(G, bad))
+    A, b, s = rng.standard_normal((3000, 8)), rng.standard_normal(3000), rng.random(3000) + 0.5
+    x, deficient, route = _numerics.qr_lstsq(A, b, np, scale=s)
+    assert (deficient, route) == (False, "householder")
+    np.testing.assert_allclose(x, np.linalg.lstsq(A * s[:, None], b * s, rcond=None)[0], rtol=1e-12)
+
+
+def test_streamed_qr_lstsq_rank_decision_at_float32_precision(rng):
+    """A float32 A with dependent columns (to float32 round-off) is rank deficient, though its
+    float64 Gram is factored: the rank rule uses A's precision, as before the streaming."""
+    from gpusketch.linalg import _numerics
+
+    A = rng.standard_normal((4000, 6)).astype(np.float32)
+    A[:, 5] = A[:, 0] + A[:, 1]  # exact in float32 arithmetic up to one rounding
+    x, deficient, route = _numerics.qr_lstsq(A, rng.standard_normal(4000).astype(np.float32), np)
+    assert deficient and route == "svd"

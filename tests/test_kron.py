@@ -509,8 +509,9 @@ def test_sampled_lp_solve_minimises_the_weighted_objective(rng):
 
 def test_bound_residuals_never_touch_all_rows(rng, monkeypatch):
     """residuals="bound" with a sparse b is sublinear in ∏ n_t: neither A x nor the dense b is
-    formed (with cost=False); residuals="exact" forms A x' once.  (Swapping the two modes
-    passed every cost test: both are valid importance samplers.)"""
+    formed (with cost=False); residuals="exact" forms A x' and b once, a slab at a time (one
+    slab at this size).  (Swapping the two modes passed every cost test: both are valid
+    importance samplers.)"""
     import scipy.sparse as sp
 
     from gpusketch.kron.matrix import KroneckerMatrix
@@ -529,6 +530,7 @@ def test_bound_residuals_never_touch_all_rows(rng, monkeypatch):
 
     monkeypatch.setattr(KroneckerMatrix, "__matmul__", spy("A @ x", KroneckerMatrix.__matmul__))
     monkeypatch.setattr(_Target, "full", spy("dense b", _Target.full))
+    monkeypatch.setattr(_Target, "rows", spy("dense b", _Target.rows))
     kron.lp_regression(fs, sp.csc_matrix(b[:, None]), p=1, m=300, residuals="bound", cost=False, seed=1)
     assert calls == []
     kron.lp_regression(fs, sp.csc_matrix(b[:, None]), p=1, m=300, residuals="exact", cost=False, seed=1)
@@ -567,3 +569,34 @@ def test_lstsq_sampling_follows_the_factor_leverage(rng):
         b = K @ g.standard_normal(9) + g.standard_normal(K.shape[0])
         exact = kron.lstsq([F1, F2], b, method="exact").cost
         assert kron.lstsq([F1, F2], b, m=800, seed=s).cost <= 1.02 * exact
+
+
+@pytest.mark.parametrize("q", list(SHAPES))
+def test_residual_slabs_cover_every_row_once(rng, monkeypatch, q):
+    """The full-data cost and stage 2's residual mass are taken in slabs of the first factor's
+    rows (so Ax and the residual are never held whole): with slabs of a few rows, the
+    last one short, they equal the explicit residual for dense 1-D and 2-D b, a sparse b, p = 1
+    and p = 2."""
+    import scipy.sparse as sp
+
+    from gpusketch.kron import regression
+    from gpusketch.kron.matrix import KroneckerMatrix
+
+    fs = _factors(rng, SHAPES[q])
+    K, A = KroneckerMatrix(fs), _full(fs)
+    R = A.shape[0] // fs[0].shape[0]
+    monkeypatch.setattr(regression, "_SLAB_BYTES", 8 * R * 5)  # five rows of A_1 per slab
+    assert len(list(regression._residual_slabs(K, np.zeros(A.shape[1]), regression._Target(np.zeros(A.shape[0]), A.shape[0], np)))) > 2
+    x, X = rng.standard_normal(A.shape[1]), rng.standard_normal((A.shape[1], 2))
+    b = rng.standard_normal(A.shape[0])
+    b[rng.random(A.shape[0]) < 0.7] = 0.0
+    B = rng.standard_normal((A.shape[0], 2))
+    for bb in (b, sp.coo_array(b)):
+        tgt = regression._Target(bb, A.shape[0], np)
+        r = A @ x - b
+        assert regression._cost(K, x, tgt, 2) == pytest.approx(np.linalg.norm(r), rel=1e-13)
+        assert regression._cost(K, x, tgt, 1) == pytest.approx(np.abs(r).sum(), rel=1e-13)
+        np.testing.assert_allclose(regression._residual_mass(K, x, tgt, 1.5), np.abs(r) ** 1.5, rtol=1e-12,
+                                   atol=1e-12 * np.abs(r).max() ** 1.5)  # a residual of 1e-8 cancels
+    cost2 = regression._cost(K, X, regression._Target(B, A.shape[0], np), 2)
+    np.testing.assert_allclose(cost2, np.linalg.norm(A @ X - B, axis=0), rtol=1e-13)

@@ -13,7 +13,8 @@ def categorical(p, count, seed, xp):
     The same seed draws the same indices on NumPy and CuPy (up to ties at
     CDF boundaries within round-off).
     """
-    cdf = xp.cumsum(p / p.sum())
+    cdf = xp.cumsum(p)
+    cdf /= cdf[-1]  # in place: one array of p's size, not two (p is ∏ n_t long in stage 2)
     u = _kernels.uniforms(count, seed, xp)
     return xp.minimum(_kernels.call("inverse_cdf", xp, cdf, u), p.size - 1)
 

@@ -94,6 +94,15 @@ class _Target:
             return self.dense[idx]
         return _lookup(self.nz_idx, self.nz_val, idx, self.xp).astype(self.dtype)
 
+    def rows(self, a, b):
+        """Entries ``a:b`` of b, dense (a view for a dense b)."""
+        if self.dense is not None:
+            return self.dense[a:b]
+        out = self.xp.zeros((b - a,) + self.shape[1:], dtype=self.dtype)
+        lo, hi = (int(i) for i in self.xp.searchsorted(self.nz_idx, self.xp.asarray([a, b])))
+        out[self.nz_idx[lo:hi] - a] = self.nz_val[lo:hi]
+        return out
+
     def lp_mass(self, p):
         """Nonzero indices of b and ``|b_i|^p`` (O(nnz(b)))."""
         if self.dense is not None:
@@ -235,12 +244,46 @@ def _solve_sampled(bases, idx, w, bvals, xp):
     return y if y is not None else xp.linalg.lstsq(U, bs, rcond=None)[0]
 
 
-def _cost(K, x, tgt, p):
-    r = to_dense(K @ x) - tgt.full()
+#: CPU slabs of the full residual ``Ax − b`` (``_residual_slabs``), in bytes.
+_SLAB_BYTES = 2 << 20
+
+
+def _residual_slabs(K, x, tgt):
+    """``(a, r)`` with ``r = (Ax − b)[a : a + len(r)]``, over all N rows in slabs.
+
+    A slab is the rows of ``A_1[i:j] ⊗ A_2 ⊗ ... ⊗ A_q`` (consecutive in
+    numpy.kron order) against ``b[i·R : j·R]``, ``R = N / n_1``, of about
+    ``_SLAB_BYTES`` on the CPU, so neither ``Ax`` nor the residual is held
+    whole beside b; one slab on the GPU (one pass of batched GEMMs).
+    """
     xp = K.xp
+    F1, rest = K.factors[0], K.factors[1:]
+    R = K.shape[0] // F1.shape[0]
+    width = math.prod(x.shape[1:])
+    per = F1.shape[0] if xp is not np else max(1, _SLAB_BYTES // (8 * R * width))
+    for i in range(0, F1.shape[0], per):
+        j = min(F1.shape[0], i + per)
+        y = to_dense(KroneckerMatrix([F1[i:j], *rest]) @ x)
+        yield i * R, y - tgt.rows(i * R, j * R)
+
+
+def _cost(K, x, tgt, p):
+    """``||Ax − b||_p`` on all N rows (per column of b for p = 2), one slab at a time."""
+    xp = K.xp
+    total = 0.0
+    for _, r in _residual_slabs(K, x, tgt):
+        total = total + ((r * r).sum(axis=0) if p == 2 else (xp.abs(r) ** p).sum())
     if p == 2:
-        return xp.linalg.norm(r, axis=0) if r.ndim == 2 else float(xp.linalg.norm(r))
-    return float((xp.abs(r) ** p).sum() ** (1 / p))
+        return xp.sqrt(total) if x.ndim == 2 else float(total) ** 0.5
+    return float(total) ** (1 / p)
+
+
+def _residual_mass(K, x, tgt, p):
+    """``|Ax − b|^p`` for all N rows (stage 2's sampling mass), filled a slab at a time."""
+    mass = K.xp.empty(K.shape[0], dtype=np.result_type(K.dtype, tgt.dtype))
+    for a, r in _residual_slabs(K, x, tgt):
+        mass[a : a + r.shape[0]] = abs(r) ** p
+    return mass
 
 
 def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
@@ -460,7 +503,7 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         info["rows_stage1"] = rows1
         # Stage 2: ρ = ½π + ½σ, σ ∝ |r_i|^p (or |b_i|^p for "bound"), sampled as a mixture.
         if residuals == "exact":
-            support, mass = None, xp.abs(to_dense(K @ x1) - tgt.full()) ** p
+            support, mass = None, _residual_mass(K, x1, tgt, p)
         else:
             support, mass = tgt.lp_mass(p)
         idx2, rho = _mixture_sample(probs, K.row_dims, support, mass, m, seed, xp)

@@ -954,7 +954,15 @@ def _scatter_add_rows_gpu(Z, idx, V):
 # Leverage scores within groups (rows partitioned by a group label)
 # ---------------------------------------------------------------------------
 
+# Gathered or padded group rows per chunk: on the GPU, large batched GEMMs and eigh;
+# on the CPU 32 MiB (its chunk and the chunk's products were 3-5x A at 256 MiB on
+# 65536 x 256 with 257 groups, 1.7x at 32 MiB, in 0.9x the time).
 _GROUP_CHUNK_BYTES = 256 << 20
+_GROUP_CHUNK_BYTES_CPU = 32 << 20
+
+
+def _group_chunk_bytes(xp):
+    return _GROUP_CHUNK_BYTES if xp is not np else min(_GROUP_CHUNK_BYTES, _GROUP_CHUNK_BYTES_CPU)
 _GROUP_BLOCK_ROWS = 4096  # 4096 × d float64 rows stay in L2 for d <= 64
 # Mean group size below which the CPU takes the padded batched route (measured on
 # d = 21-51: faster at ~480 rows per group, slower from ~600).
@@ -1124,7 +1132,7 @@ def _group_leverage_exact(X, group, groups, threshold, only=None):
     q = np.zeros(n)
     todo = np.array([g for g in (range(groups) if only is None else only) if bounds[g + 1] > bounds[g]], dtype=np.int64)
     rows = (bounds[1:] - bounds[:-1])[todo]
-    budget = max(1, _GROUP_CHUNK_BYTES // (8 * X.shape[1]))  # gathered rows per chunk
+    budget = max(1, _group_chunk_bytes(np) // (8 * X.shape[1]))  # gathered rows per chunk
     i = 0
     while i < todo.size:
         # A chunk of groups (at least one): the inverse roots of its Grams in one batched call.
@@ -1183,7 +1191,10 @@ def _group_leverage_subset_screened(X, labels, groups, threshold, stride):
         B = np.asarray(X[a : a + _GROUP_BLOCK_ROWS], dtype=np.float64)
         r[a : a + B.shape[0]] = (B * B) @ s2
     live = colsq > 0  # all-zero columns add nothing to r or to any Gram
-    TS = np.ascontiguousarray(T[:, live])  # C order: the row gather TS[order] below is 3x slower on F order
+    # T is this function's own copy (a gather), scaled in place when every column is live:
+    # T and TS are up to half of X each.  C order: the row gather TS[order] below is 3x slower on F order.
+    TS = T if live.all() else np.ascontiguousarray(T[:, live])
+    del T
     TS *= np.sqrt(s2[live])
     eps = np.finfo(np.float64).eps
     cut = threshold * (1 - 1e-6)  # the margin covers the round-off of this and the exact route's eigenvalues
@@ -1225,7 +1236,7 @@ def _group_leverage_padded(X, group, groups, threshold, xp):
     sorted_group = group[order]
     pos = xp.arange(n) - xp.asarray(starts[:-1])[sorted_group]
     L = max(1, int((starts[1:] - starts[:-1]).max()))
-    per = max(1, _GROUP_CHUNK_BYTES // (8 * L * d))
+    per = max(1, _group_chunk_bytes(xp) // (8 * L * d))
     out = xp.empty(n, dtype=xp.float64)
     for g0 in range(0, groups, per):
         g1 = min(groups, g0 + per)

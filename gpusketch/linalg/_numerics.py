@@ -157,7 +157,11 @@ def _scaled(M, scale, dtype=None):
         Y = Y.astype(dtype, copy=False)
     if scale is None:
         return Y
-    return Y * (scale[:, None] if Y.ndim == 2 else scale)
+    s = scale[:, None] if Y.ndim == 2 else scale
+    if Y is not M and Y.base is None and np.result_type(Y.dtype, s.dtype) == Y.dtype:
+        Y *= s  # Y is a copy made here (densified or cast): scale it in place
+        return Y
+    return Y * s
 
 
 def _streamed_cholesky_qr2(A, b, scale, xp):
@@ -179,12 +183,13 @@ def _streamed_cholesky_qr2(A, b, scale, xp):
     for a, c in ranges:
         Y = rows(A, a, c)
         G += Y.T @ Y
+    whole = Y if len(ranges) == 1 else None  # one block (the GPU's): form diag(s)A once, as before
     first = _cholesky_inverse(G, xp)
     if first is None:
         return None
     G2, y = xp.zeros((d, d), dtype=xp.float64), xp.zeros(rhs, dtype=xp.float64)
     for a, c in ranges:
-        Q1 = rows(A, a, c) @ first[0]
+        Q1 = (rows(A, a, c) if whole is None else whole) @ first[0]
         G2 += Q1.T @ Q1
         y += Q1.T @ rows(b, a, c)
     second = _cholesky_inverse(G2, xp)

@@ -572,31 +572,32 @@ def test_lstsq_sampling_follows_the_factor_leverage(rng):
 
 
 @pytest.mark.parametrize("q", list(SHAPES))
-def test_residual_slabs_cover_every_row_once(rng, monkeypatch, q):
+def test_residual_slabs_cover_every_row_once(xp, rng, monkeypatch, q):
     """The full-data cost and stage 2's residual mass are taken in slabs of the first factor's
-    rows (so Ax and the residual are never held whole): with slabs of a few rows, the
-    last one short, they equal the explicit residual for dense 1-D and 2-D b, a sparse b, p = 1
+    rows (so Ax and the residual are never held whole): with slabs of five rows (CPU; the GPU
+    takes one), they equal the explicit residual for dense 1-D and 2-D b, a sparse b, p = 1
     and p = 2."""
     import scipy.sparse as sp
 
     from gpusketch.kron import regression
     from gpusketch.kron.matrix import KroneckerMatrix
 
-    fs = _factors(rng, SHAPES[q])
+    fs = _factors(rng, SHAPES[q], xp)
     K, A = KroneckerMatrix(fs), _full(fs)
     R = A.shape[0] // fs[0].shape[0]
-    monkeypatch.setattr(regression, "_SLAB_BYTES", 8 * R * 5)  # five rows of A_1 per slab
-    assert len(list(regression._residual_slabs(K, np.zeros(A.shape[1]), regression._Target(np.zeros(A.shape[0]), A.shape[0], np)))) > 2
+    monkeypatch.setattr(regression, "_SLAB_BYTES", 8 * R * 5)  # five rows of A_1 per slab (the CPU's)
+    slabs = list(regression._residual_slabs(K, xp.zeros(A.shape[1]), regression._Target(xp.zeros(A.shape[0]), A.shape[0], xp)))
+    assert len(slabs) == (-(-fs[0].shape[0] // 5) if xp is np else 1)
     x, X = rng.standard_normal(A.shape[1]), rng.standard_normal((A.shape[1], 2))
     b = rng.standard_normal(A.shape[0])
     b[rng.random(A.shape[0]) < 0.7] = 0.0
     B = rng.standard_normal((A.shape[0], 2))
-    for bb in (b, sp.coo_array(b)):
-        tgt = regression._Target(bb, A.shape[0], np)
+    for bb in (xp.asarray(b), sparse_module(xp).coo_matrix(sp.coo_matrix(b[:, None]))):
+        tgt = regression._Target(bb, A.shape[0], xp)
         r = A @ x - b
-        assert regression._cost(K, x, tgt, 2) == pytest.approx(np.linalg.norm(r), rel=1e-13)
-        assert regression._cost(K, x, tgt, 1) == pytest.approx(np.abs(r).sum(), rel=1e-13)
-        np.testing.assert_allclose(regression._residual_mass(K, x, tgt, 1.5), np.abs(r) ** 1.5, rtol=1e-12,
-                                   atol=1e-12 * np.abs(r).max() ** 1.5)  # a residual of 1e-8 cancels
-    cost2 = regression._cost(K, X, regression._Target(B, A.shape[0], np), 2)
+        assert regression._cost(K, xp.asarray(x), tgt, 2) == pytest.approx(np.linalg.norm(r), rel=1e-13)
+        assert regression._cost(K, xp.asarray(x), tgt, 1) == pytest.approx(np.abs(r).sum(), rel=1e-13)
+        np.testing.assert_allclose(to_numpy(regression._residual_mass(K, xp.asarray(x), tgt, 1.5)), np.abs(r) ** 1.5,
+                                   rtol=1e-12, atol=1e-12 * np.abs(r).max() ** 1.5)  # a residual of 1e-8 cancels
+    cost2 = to_numpy(regression._cost(K, xp.asarray(X), regression._Target(xp.asarray(B), A.shape[0], xp), 2))
     np.testing.assert_allclose(cost2, np.linalg.norm(A @ X - B, axis=0), rtol=1e-13)

@@ -16,8 +16,10 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import gpusketch as gs
+from conftest import sparse_module, to_numpy
 from gpusketch import robust
 
 
@@ -92,11 +94,9 @@ def test_peak_host_memory_is_bounded(system, name):
     np.testing.assert_array_equal(b, b0)
 
 
-def test_streamed_qr_lstsq_matches_whole_array_solution(monkeypatch, rng):
-    """The row-blocked CholeskyQR2 (many blocks) agrees with LAPACK on a weighted, multi-rhs,
-    float32 and sparse problem, and keeps the input dtype."""
-    import scipy.sparse as sp
-
+def test_streamed_qr_lstsq_matches_whole_array_solution(monkeypatch, rng, xp):
+    """The row-blocked CholeskyQR2 (many blocks on the CPU, one on the GPU) agrees with LAPACK on
+    a weighted, multi-rhs, float32 and sparse problem, and keeps the input dtype."""
     from gpusketch.linalg import _numerics
 
     n, d = 5000, 12
@@ -104,17 +104,18 @@ def test_streamed_qr_lstsq_matches_whole_array_solution(monkeypatch, rng):
     B = rng.standard_normal((n, 3))
     s = rng.random(n) + 0.1
     monkeypatch.setattr(_numerics, "_QR_BLOCK_BYTES", 8 * d * 384)  # 384-row blocks, the last one short
-    assert len(_numerics._row_ranges(n, d, np)) == 14
-    x, deficient, route = _numerics.qr_lstsq(A, B, np, scale=s)
+    assert len(_numerics._row_ranges(n, d, xp)) == (14 if xp is np else 1)
+    x, deficient, route = _numerics.qr_lstsq(xp.asarray(A), xp.asarray(B), xp, scale=xp.asarray(s))
     ref = np.linalg.lstsq(A * s[:, None], B * s[:, None], rcond=None)[0]
     assert (deficient, route) == (False, "cholesky_qr2")
-    np.testing.assert_allclose(x, ref, rtol=1e-10, atol=0)
-    x32, _, _ = _numerics.qr_lstsq(A.astype(np.float32), B[:, 0].astype(np.float32), np)
+    np.testing.assert_allclose(to_numpy(x), ref, rtol=1e-10, atol=0)
+    x32, _, _ = _numerics.qr_lstsq(xp.asarray(A, dtype=np.float32), xp.asarray(B[:, 0], dtype=np.float32), xp)
     assert x32.dtype == np.float32
-    np.testing.assert_allclose(x32, np.linalg.lstsq(A, B[:, 0], rcond=None)[0], rtol=1e-4)
-    S = sp.random(n, d, density=0.3, random_state=1, format="csr")
-    xs, _, _ = _numerics.qr_lstsq(S, B[:, 0], np, scale=s)
-    np.testing.assert_allclose(xs, np.linalg.lstsq(S.toarray() * s[:, None], B[:, 0] * s, rcond=None)[0], rtol=1e-10)
+    np.testing.assert_allclose(to_numpy(x32), np.linalg.lstsq(A, B[:, 0], rcond=None)[0], rtol=1e-4)
+    S = sparse_module(xp).csr_matrix(sp.random(n, d, density=0.3, random_state=1, format="csr"))
+    xs, _, _ = _numerics.qr_lstsq(S, xp.asarray(B[:, 0]), xp, scale=xp.asarray(s))
+    Sd = to_numpy(S.toarray())
+    np.testing.assert_allclose(to_numpy(xs), np.linalg.lstsq(Sd * s[:, None], B[:, 0] * s, rcond=None)[0], rtol=1e-10)
 
 
 @pytest.mark.parametrize("bad", [np.nan, 0.0])

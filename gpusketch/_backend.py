@@ -303,11 +303,25 @@ def to_dense(Y):
     return Y.toarray() if is_sparse(Y) else Y
 
 
+#: Host arrays are checked for NaN/Inf in blocks of this many bytes: ``isfinite`` of a
+#: whole A is a boolean array an eighth of A's float64 size.
+_FINITE_BLOCK_BYTES = 4 << 20
+
+
+def _all_finite(data, xp):
+    if xp is not np or data.ndim == 0 or data.nbytes <= _FINITE_BLOCK_BYTES:
+        return bool(xp.isfinite(data).all())
+    if data.ndim == 2 and data.flags.f_contiguous and not data.flags.c_contiguous:
+        data = data.T  # blocks of contiguous columns, not of strided rows
+    step = max(1, _FINITE_BLOCK_BYTES // max(1, data.itemsize * math.prod(data.shape[1:])))
+    return all(bool(np.isfinite(data[a : a + step]).all()) for a in range(0, data.shape[0], step))
+
+
 def check_finite(A, name):
     """Raise ``ValueError`` if the dense or sparse ``A`` holds NaN or Inf (solvers only)."""
     data = A.data if is_sparse(A) else A
     xp = array_namespace(data)
-    if data.size and not bool(xp.isfinite(data).all()):
+    if data.size and not _all_finite(data, xp):
         raise ValueError(f"{name} contains NaN or Inf")
 
 

@@ -268,3 +268,27 @@ def test_reported_timings_are_durations_within_the_call(name):
     wall = time.perf_counter() - t0
     t = res.info["timings"]
     assert t and all(v >= 0 for v in t.values()) and sum(t.values()) <= wall, t
+
+
+@pytest.mark.parametrize("order", ["C", "F", "strided", "1-D"])
+def test_check_finite_in_blocks_finds_every_entry(monkeypatch, order):
+    """Host arrays are checked a block at a time (no boolean copy of A): a NaN or Inf in any
+    block, the last one short, of a C, F, strided or 1-D array is found."""
+    from gpusketch import _backend
+
+    monkeypatch.setattr(_backend, "_FINITE_BLOCK_BYTES", 8 * 7 * 3)  # three rows of 7 (or 21 entries)
+    base = np.arange(100 * 14, dtype=np.float64).reshape(100, 14)
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in ((0, 0), (50, 3), (99, 6)):
+            A = base.copy()
+            if order == "1-D":
+                A = A[:, :7].ravel().copy()
+                A[at[0] * 7 + at[1]] = bad
+            else:
+                A[at[0], 2 * at[1] if order == "strided" else at[1]] = bad
+                A = {"C": A[:, :7], "F": np.asfortranarray(A[:, :7]), "strided": A[:, ::2]}[order]
+            assert not _backend._all_finite(A, np)
+            with pytest.raises(ValueError, match="A contains NaN or Inf"):
+                _backend.check_finite(A, "A")
+    clean = base[:, :7] if order != "1-D" else base.ravel()
+    assert _backend._all_finite(np.asfortranarray(clean) if order == "F" else clean, np)

@@ -341,32 +341,33 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
 
 def _row_sampling(A, b, rows, alpha, p, seed, xp):
     n = A.shape[0]
-    Ab = _stack(A, b, xp)
+    R = _stack(A, b, xp)  # [A b], then only its kept rows (one copy of the survivors at a time)
+    cols = R.shape[1]
     idx = xp.arange(n)
-    w = xp.ones(n, dtype=Ab.dtype)
+    w = xp.ones(n, dtype=R.dtype)
     rounds = 0
     while idx.size > rows:
         rounds += 1
-        R = Ab if idx.size == n else Ab[idx]
         # Figure 3 needs groups much larger than d (its Ω(1) threshold must exceed the
         # average leverage d/|Γ|); as the problem shrinks, use fewer groups.
         # Below 10(d+1) rows every row's leverage is Ω(1): no row can be told apart as
         # heavy, so the last rounds sample by leverage alone.
-        groups = min(alpha, idx.size // (10 * Ab.shape[1]))
+        groups = min(alpha, idx.size // (10 * cols))
         is_heavy = xp.zeros(idx.size, dtype=bool)
         if groups >= 1:
             with annotate("gpusketch.robust.heavy_coordinates"):  # R is [A b]'s rows: validated once
                 is_heavy[_heavy_coordinates(R, groups, "partition", p, derive_seed(seed, 2 * rounds), xp)] = True
-        prob = xp.ones(idx.size, dtype=Ab.dtype)
+        prob = xp.ones(idx.size, dtype=R.dtype)
         light = xp.flatnonzero(~is_heavy)
-        if light.size > Ab.shape[1]:
+        if light.size > cols:
             u = _scores(R if light.size == idx.size else R[light], p, derive_seed(seed, 2 * rounds + 1))
-            prob[light] = xp.minimum(1.0, 0.5 + u * (rows / (4 * Ab.shape[1])))
+            prob[light] = xp.minimum(1.0, 0.5 + u * (rows / (4 * cols)))
         keep = _kernels.uniforms(idx.size, derive_seed(seed, 10_000 + rounds), xp) < prob
         if int(keep.sum()) > 0.95 * idx.size:
             break  # no progress: the heavy set and high-leverage rows fill the problem
         w = w[keep] / prob[keep]
         idx = idx[keep]
+        R = R[keep]
     return to_dense(A[idx]), b[idx], w, idx, {"rounds": rounds}
 
 

@@ -10,7 +10,7 @@ from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, lin
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, row_reduction
-from ._numerics import orthonormalize, svd_rank, top_left_singular
+from ._numerics import cholesky_qr_factors, orthonormalize, svd_rank, top_left_singular
 from .leverage import sample_operator, sampled_rows
 from .results import LowRankResult
 from .svd import randomized_svd
@@ -177,16 +177,21 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         else:  # A lies in span(U) already
             cols = xp.zeros(0, dtype=xp.int64)
             M = U
-        QM = _orth(M, xp)
-        c = QM.shape[1]
+        # QM = Q1 R2⁻¹ (orthonormalize's factors): Q1 replaces M, and R2⁻¹ is folded into the
+        # small products below, so no third n × c array is held (M can take most of A's columns).
+        Q1, _, Rinv2 = cholesky_qr_factors(M, xp)
+        del M
+        c = Q1.shape[1]
         # 4. Affine embedding: min_{rank-k X} ||T1 QM X - T1 A||_F, solved on the sketch.
         m1 = min(n, 4 * c + 10)
         T1 = row_reduction("sparse_sign", m1, n, seed=derive_seed(seed, 3))
         T1A = to_dense(T1 @ A)
-        QC, RC = orthonormalize(to_dense(T1 @ QM), xp)
+        T1QM = to_dense(T1 @ Q1)
+        QC, RC = orthonormalize(T1QM if Rinv2 is None else T1QM @ Rinv2, xp)
         Uk = top_left_singular(QC.T @ T1A, k, xp)
         dense_la, _ = linalg_modules(xp)
-        left = QM @ dense_la.solve_triangular(RC, Uk)
+        coef = dense_la.solve_triangular(RC, Uk)
+        left = Q1 @ (coef if Rinv2 is None else Rinv2 @ coef)
         V = _orth(left, xp)
         info["timings"]["left_s"] = time.perf_counter() - t0
         info.update({"t": t, "sketch_rows": ms, "omega": chosen, "residual_columns": int(cols.size),

@@ -959,16 +959,16 @@ def _scatter_add_rows_gpu(Z, idx, V):
 # 65536 x 256 with 257 groups, 1.7x at 32 MiB, in 0.9x the time).
 _GROUP_CHUNK_BYTES = 256 << 20
 _GROUP_CHUNK_BYTES_CPU = 32 << 20
-
-
-def _group_chunk_bytes(xp):
-    return _GROUP_CHUNK_BYTES if xp is not np else min(_GROUP_CHUNK_BYTES, _GROUP_CHUNK_BYTES_CPU)
 _GROUP_BLOCK_ROWS = 4096  # 4096 × d float64 rows stay in L2 for d <= 64
 # Mean group size below which the CPU takes the padded batched route (measured on
 # d = 21-51: faster at ~480 rows per group, slower from ~600).
 _GROUP_SMALL_ROWS = 512
 # Rows per group and column in the CPU's screening subset (_group_leverage_subset_screened).
 _SCREEN_ROWS = 32
+
+
+def _group_chunk_bytes(xp):
+    return _GROUP_CHUNK_BYTES if xp is not np else min(_GROUP_CHUNK_BYTES, _GROUP_CHUNK_BYTES_CPU)
 
 
 def _scaled_inverse_root(G, xp):

@@ -132,9 +132,10 @@ def irls(A, b, loss, *, weights=None, x0=None, maxiter=100, tol=1e-10, restarts=
                 starts.append(("huber", x_h))
             for i in range(restarts):
                 rows = np.sort(np.random.default_rng(derive_seed(seed, i)).choice(n, size=min(n, max(d, n // 2)), replace=False))
+                rows = xp.asarray(rows)
                 # The other rows get weight 0 (the same fit as on the sampled rows alone, without copying them).
                 half = xp.zeros(n, dtype=w.dtype)
-                half[xp.asarray(rows)] = w[xp.asarray(rows)]
+                half[rows] = w[rows]
                 starts.append((f"half-sample {i}", _wls(A, b, half, xp)))
         best, runs = None, []
         for name, x in starts:

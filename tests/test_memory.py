@@ -47,8 +47,8 @@ CASES = {
     # one scaled copy of [A b] at a time (the fixed point held two; lp_regression also held [A b])
     "lewis_weights": (lambda A, b: gs.lewis_weights(A, 1, seed=1), 1.7),
     "lp_regression": (lambda A, b: gs.lp_regression(A, b, 1, m=400, seed=1), 1.7),
-    # Q = Q1 R2⁻¹ is reduced to row norms a block at a time
-    "leverage_scores_exact": (lambda A, b: gs.leverage_scores(A, exact=True), 1.4),
+    # CholeskyQR2 streamed over row blocks: neither Q1 nor Q is held whole
+    "leverage_scores_exact": (lambda A, b: gs.leverage_scores(A, exact=True), 0.4),
     # stage 2 reads the kept rows a block at a time (here stage 1 keeps every row)
     "leverage_sample": (lambda A, b: gs.leverage_sample(A, 300, seed=1), 0.6),
     # CholeskyQR2 over row blocks: neither diag(s)A nor Q1 is held whole
@@ -109,6 +109,18 @@ def test_streamed_qr_lstsq_matches_whole_array_solution(monkeypatch, rng, xp):
     ref = np.linalg.lstsq(A * s[:, None], B * s[:, None], rcond=None)[0]
     assert (deficient, route) == (False, "cholesky_qr2")
     np.testing.assert_allclose(to_numpy(x), ref, rtol=1e-10, atol=0)
+    # κ ≈ 1e6 in a rotated basis (column scaling alone is benign for a Cholesky): the second
+    # pass matters; cost excess ||diag(s)A(x − x_ref)||² / ||r||² against refined Householder
+    # (measured 1e-24; 1.8e-14 with R₂⁻¹ left out of the solve)
+    V, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    ill = (rng.standard_normal((n, d)) * np.logspace(0, -6, d)) @ V.T
+    xi, _, route = _numerics.qr_lstsq(xp.asarray(ill), xp.asarray(B[:, 0]), xp, scale=xp.asarray(s))
+    As, bs = ill * s[:, None], B[:, 0] * s
+    Q, R = np.linalg.qr(As)
+    xr = np.linalg.solve(R, Q.T @ bs)
+    xr = xr + np.linalg.solve(R, Q.T @ (bs - As @ xr))
+    assert route == "cholesky_qr2"
+    assert (np.linalg.norm(As @ (to_numpy(xi) - xr)) / np.linalg.norm(bs - As @ xr)) ** 2 <= 1e-20
     x32, _, _ = _numerics.qr_lstsq(xp.asarray(A, dtype=np.float32), xp.asarray(B[:, 0], dtype=np.float32), xp)
     assert x32.dtype == np.float32
     np.testing.assert_allclose(to_numpy(x32), np.linalg.lstsq(A, B[:, 0], rcond=None)[0], rtol=1e-4)
@@ -116,6 +128,36 @@ def test_streamed_qr_lstsq_matches_whole_array_solution(monkeypatch, rng, xp):
     xs, _, _ = _numerics.qr_lstsq(S, xp.asarray(B[:, 0]), xp, scale=xp.asarray(s))
     Sd = to_numpy(S.toarray())
     np.testing.assert_allclose(to_numpy(xs), np.linalg.lstsq(Sd * s[:, None], B[:, 0] * s, rcond=None)[0], rtol=1e-10)
+
+
+def test_streamed_exact_leverage_scores_match_householder(monkeypatch, rng, xp):
+    """Exact leverage scores over many row blocks (one Q block per GEMM with R₁⁻¹R₂⁻¹) equal the
+    row norms of a Householder Q, for dense float64/float32 and sparse A; a rank-deficient A
+    (the Cholesky fails) goes to the SVD and still sums to its rank."""
+    from gpusketch.linalg import _numerics
+
+    monkeypatch.setattr(_numerics, "_QR_BLOCK_BYTES", 8 * 10 * 300)  # 300-row blocks
+    # κ ≈ 1e6 in a rotated basis (column scaling alone does not hurt a Cholesky): the first
+    # pass's Q₁ is off orthogonality by ~4e-5 and its row norms by ~8e-6, so skipping R₂⁻¹ shows
+    V, _ = np.linalg.qr(rng.standard_normal((10, 10)))
+    ill = (rng.standard_normal((4000, 10)) * np.logspace(0, -6, 10)) @ V.T
+    ill[:5] *= 50  # rows of high leverage
+    Q, _ = np.linalg.qr(ill)
+    np.testing.assert_allclose(to_numpy(gs.leverage_scores(xp.asarray(ill), exact=True)), (Q * Q).sum(axis=1), rtol=1e-8)
+    A = rng.standard_normal((4000, 10)) * np.logspace(0, 3, 10)
+    A[:5] *= 50
+    Q, _ = np.linalg.qr(A)
+    ref = (Q * Q).sum(axis=1)
+    l32 = gs.leverage_scores(xp.asarray(A, dtype=np.float32), exact=True)
+    assert l32.dtype == np.float32
+    np.testing.assert_allclose(to_numpy(l32), ref, rtol=2e-3, atol=1e-6)
+    S = sp.random(4000, 10, density=0.4, random_state=3, format="csr")
+    Qs, _ = np.linalg.qr(S.toarray())
+    ls = gs.leverage_scores(sparse_module(xp).csr_matrix(S), exact=True)
+    np.testing.assert_allclose(to_numpy(ls), (Qs * Qs).sum(axis=1), rtol=1e-11, atol=1e-15)
+    D = A.copy()
+    D[:, 9] = D[:, 0] - D[:, 1]
+    assert float(gs.leverage_scores(xp.asarray(D), exact=True).sum()) == pytest.approx(9.0, rel=1e-10)
 
 
 @pytest.mark.parametrize("bad", [np.nan, 0.0])

@@ -11,7 +11,7 @@ from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, to_
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
-from ._numerics import cholesky_qr_factors, qr_rank_deficient, svd_rank
+from ._numerics import qr_rank_deficient, streamed_cholesky_qr2, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
@@ -72,6 +72,26 @@ def _product_row_norms2(A, M, xp, at=None):
     return out
 
 
+def _exact_scores(A, xp):
+    """Exact leverage scores: row norms of Q from CholeskyQR2 streamed over row blocks of A
+    (neither Q₁ nor Q held whole on the CPU; a sparse A densified a block at a time), or
+    from a Householder QR where CholeskyQR2 is unsafe, or an SVD for rank-deficient A."""
+    n, d = A.shape
+    streamed = streamed_cholesky_qr2(A, xp) if n >= 2 * d and A.dtype.kind == "f" else None
+    if streamed is not None and not qr_rank_deficient(streamed[0].astype(A.dtype), A.shape):
+        out = xp.empty(n, dtype=A.dtype)
+        for a, c, Q in streamed[3]():
+            out[a:c] = xp.einsum("ij,ij->i", Q, Q)
+        return out
+    Ad = A.toarray() if is_sparse(A) else A
+    if streamed is None:  # CholeskyQR2 failed or does not apply: Householder
+        Q, R = xp.linalg.qr(Ad)
+        if not qr_rank_deficient(R, A.shape):
+            return _row_norms2(Q)
+    U, s, _ = xp.linalg.svd(Ad, full_matrices=False)
+    return _row_norms2(U[:, : svd_rank(s, A.shape)])
+
+
 def leverage_scores(A, *, exact=False, seed=None):
     """Leverage scores ``ℓ_i = ||U_i||²`` of the rows of A (U an orthonormal basis of range(A)).
 
@@ -79,11 +99,12 @@ def leverage_scores(A, *, exact=False, seed=None):
     ----------
     A : (n, d) array or sparse matrix, n >= d
     exact : bool
-        ``True``: from a thin QR of A (``cholesky_qr_factors``: Cholesky QR
-        twice, or Householder where that is unsafe; an SVD when A is rank
-        deficient), the row norms of ``Q = Q₁R₂⁻¹`` taken in row blocks so
-        that Q is not held beside Q₁; sparse A is densified.  ``False`` (default): Lemma 7.2 with a Johnson–Lindenstrauss
-        estimate of the row norms.
+        ``True``: from a thin QR of A (Cholesky QR twice over row blocks of
+        A, ``streamed_cholesky_qr2``, so neither Q₁ nor Q is held whole; or
+        Householder where that is unsafe; an SVD when A is rank deficient);
+        sparse A is densified a block at a time (whole in the fallbacks).
+        ``False`` (default): Lemma 7.2 with a Johnson–Lindenstrauss estimate
+        of the row norms.
     seed : int, optional
 
     Returns
@@ -121,12 +142,7 @@ def leverage_scores(A, *, exact=False, seed=None):
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got A of shape {A.shape}")
         if exact or embedding_rows(d) >= n:
-            Ad = A.toarray() if is_sparse(A) else A
-            Q1, R, Rinv2 = cholesky_qr_factors(Ad, xp)  # Q = Q1 Rinv2 is never held whole
-            if qr_rank_deficient(R, A.shape):
-                U, s, _ = xp.linalg.svd(Ad, full_matrices=False)
-                return _row_norms2(U[:, : svd_rank(s, A.shape)])
-            return _row_norms2(Q1) if Rinv2 is None else _product_row_norms2(Q1, Rinv2, xp)
+            return _exact_scores(A, xp)
         seed = check_seed(seed)
         pre = _preconditioner(A, xp, seed)
         if pre.rank == 0:  # A = 0 (its sketch is 0 only then, with probability 1)

@@ -445,7 +445,10 @@ def test_orthonormalize_float32_keeps_its_dtype(xp, rng):
 
     n, l = 3000, 40
     U, _ = np.linalg.qr(rng.standard_normal((n, l)))
-    Y = (U * np.logspace(0, -5, l)).astype(np.float32)  # κ = 1e5: beyond float32 Cholesky QR
+    V, _ = np.linalg.qr(rng.standard_normal((l, l)))
+    # κ = 1e5 in a rotated basis: beyond float32 Cholesky QR (column scales alone would leave
+    # the Gram diagonal, which a float32 Cholesky factors accurately)
+    Y = ((U * np.logspace(0, -5, l)) @ V.T).astype(np.float32)
     Q, R = orthonormalize(xp.asarray(Y), xp)
     assert Q.dtype == R.dtype == np.float32
     Q, R = to_numpy(Q).astype(np.float64), to_numpy(R).astype(np.float64)

@@ -181,3 +181,24 @@ def test_streamed_qr_lstsq_rank_decision_at_float32_precision(rng):
     A[:, 5] = A[:, 0] + A[:, 1]  # exact in float32 arithmetic up to one rounding
     x, deficient, route = _numerics.qr_lstsq(A, rng.standard_normal(4000).astype(np.float32), np)
     assert deficient and route == "svd"
+
+
+def test_streamed_lewis_weights_match_the_scaled_copy(monkeypatch, system):
+    """From ``_STREAM_MIN_BYTES`` on, each Lewis step reads diag(s)[A b] a row block at a time
+    (``RowSlices``): the same weights as from the scaled copy (sketched: the same sketch, summed
+    over blocks; exact: the streamed CholeskyQR2), and no copy of A.  Lowered here to A's size."""
+    from gpusketch.linalg import leverage
+    from gpusketch.robust import lewis
+
+    A, b = system
+    A, b = A[:20000], b[:20000]
+    ref_sketched = lewis.stacked_lewis_weights(A, b, 1, seed=3)
+    ref = {p: gs.lewis_weights(A[:3000, :8], p, exact=True) for p in (1, 3)}
+    monkeypatch.setattr(lewis, "_STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(leverage, "_SLICE_BLOCK_BYTES", 8 * 65 * 3000)  # 3000-row sketch blocks
+    np.testing.assert_allclose(lewis.stacked_lewis_weights(A, b, 1, seed=3), ref_sketched, rtol=1e-9)
+    for p in (1, 3):
+        np.testing.assert_allclose(gs.lewis_weights(A[:3000, :8], p, exact=True), ref[p], rtol=1e-9)
+    big, bb = system
+    ratio = peak_ratio(lambda: gs.lp_regression(big, bb, 1, m=400, seed=1), big)
+    assert ratio <= 0.5, f"streamed lp_regression peaked at {ratio:.2f} x A.nbytes"

@@ -11,6 +11,7 @@ from .._backend import array_namespace, as_matrix, check_positive_int, check_see
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg import leverage_scores
+from ..linalg.leverage import RowSlices, streamed_leverage_scores
 
 __all__ = ["lewis_weights"]
 
@@ -31,9 +32,20 @@ def _scaled_rows(A, s, b, xp):
     return B
 
 
+#: Dense host A from this size on: the scaled matrix of each step is read a row block at a time
+#: (``streamed_leverage_scores``).  Below it, one scaled copy is formed: faster (the streamed
+#: steps took 1.05-1.25x the time at 65536 × 256 and 10⁶ × 20, 20000 × 10 exact), and small.
+_STREAM_MIN_BYTES = 256 << 20
+
+
 def _scaled_leverage(A, s, b, exact, seed, xp):
-    """Leverage scores of ``diag(s) [A b]``.  The scaled matrix lives only inside
-    this call, so the fixed-point loop holds one copy of A at a time, not two."""
+    """Leverage scores of ``diag(s) [A b]``.  For a dense host A of ``_STREAM_MIN_BYTES`` or
+    more the scaled matrix is never formed (``streamed_leverage_scores``: same sketch, same
+    scores to round-off); otherwise it lives only inside this call, so the fixed-point
+    loop holds one scaled copy at a time."""
+    if (xp is np and not is_sparse(A) and (s is not None or b is not None)
+            and A.nbytes >= _STREAM_MIN_BYTES):
+        return streamed_leverage_scores(RowSlices(A, s, b), exact=exact, seed=seed)
     return leverage_scores(_scaled_rows(A, s, b, xp), exact=exact, seed=seed)
 
 

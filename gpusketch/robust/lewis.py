@@ -87,6 +87,12 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
     iterate carries their constant-factor error; the weights are then
     approximate Lewis weights (good for sampling, Cohen & Peng §4).
 
+    Memory: each step takes the leverage scores of ``diag(s) A``.  Below
+    256 MiB (and for sparse or device arrays) that matrix is formed, one at a
+    time; for a larger dense host A it is read a row block at a time and
+    never formed (``streamed_leverage_scores``), so the iteration adds about
+    half of A in n-vectors and 64 MiB blocks, not a copy of A.
+
     References
     ----------
     Cohen, M. B. and Peng, R. "ℓp row sampling by Lewis weights", STOC 2015.

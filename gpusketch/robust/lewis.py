@@ -90,8 +90,9 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
     Memory: each step takes the leverage scores of ``diag(s) A``.  Below
     256 MiB (and for sparse or device arrays) that matrix is formed, one at a
     time; for a larger dense host A it is read a row block at a time and
-    never formed (``streamed_leverage_scores``), so the iteration adds about
-    half of A in n-vectors and 64 MiB blocks, not a copy of A.
+    never formed (``streamed_leverage_scores``): the iteration then adds a
+    few n-vectors and 64 MiB row blocks, not a copy of A (0.49x A in all at
+    2·10⁶ × 20).
 
     References
     ----------

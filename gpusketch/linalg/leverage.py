@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, to_dense
+from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
@@ -145,23 +145,31 @@ def leverage_scores(A, *, exact=False, seed=None):
         if exact or embedding_rows(d) >= n:
             return _exact_scores(A, xp)
         seed = check_seed(seed)
-        pre = _preconditioner(A, xp, seed)
-        if pre.rank == 0:  # A = 0 (its sketch is 0 only then, with probability 1)
-            return xp.zeros(n, dtype=A.dtype)
-        G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, A.dtype)
-        return _product_row_norms2(A, pre.apply(G), xp)
+        return _sketched_scores(_preconditioner(A, xp, seed), n, A.dtype, seed,
+                                lambda P: _product_row_norms2(A, P, xp), xp)
+
+
+def _sketched_scores(pre, n, dtype, seed, product_row_norms2, xp):
+    """Lemma 7.2's estimates ``||A_i R⁻¹G||²`` from the preconditioner of A's sketch and
+    a function giving ``||(A P)_i||²`` for every row."""
+    if pre.rank == 0:  # A = 0 (its sketch is 0 only then, with probability 1)
+        return xp.zeros(n, dtype=dtype)
+    G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, dtype)
+    return product_row_norms2(pre.apply(G))
 
 
 class RowSlices:
-    """``diag(s) [A b]`` for a dense host A (s and b optional), read a row slice at a time.
+    """``diag(s) [A b]`` for a dense A (s and b optional), read a row slice at a time.
 
-    ``M[a:c]`` forms rows a..c-1 only; ``shape`` and ``dtype`` are those of the
-    product.  Lewis weights take leverage scores of such a matrix at every
-    step (``streamed_leverage_scores``) without forming it whole.
+    ``M[a:c]`` forms rows a..c-1 only (``M[0:n]`` the whole matrix); ``shape``
+    and ``dtype`` are those of the product.  Lewis weights take leverage scores
+    of such a matrix at every step, on the host without forming it whole
+    (``streamed_leverage_scores``).
     """
 
     def __init__(self, A, s=None, b=None):
         self._A, self._s, self._b = A, s, b
+        self._xp = array_namespace(A)
         n, d = A.shape
         self.shape = (n, d + (b is not None))
         self.dtype = np.result_type(A.dtype, *(() if b is None else (b.dtype,)))
@@ -183,7 +191,7 @@ class RowSlices:
         if self._b is None:
             return A
         d = A.shape[1]
-        B = np.empty((A.shape[0], d + 1), dtype=self.dtype)
+        B = self._xp.empty((A.shape[0], d + 1), dtype=self.dtype)
         B[:, :d] = A
         B[:, d] = self._b[key]
         return B
@@ -226,11 +234,7 @@ def streamed_leverage_scores(M, *, exact, seed):
     for a in range(0, n, rows):
         part = to_dense(S[:, a : a + rows] @ M[a : a + rows])
         SM = part if SM is None else SM + part
-    pre = SketchPreconditioner(SM, np)
-    if pre.rank == 0:
-        return np.zeros(n, dtype=M.dtype)
-    G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), np, M.dtype)
-    return M.product_row_norms2(pre.apply(G))
+    return _sketched_scores(SketchPreconditioner(SM, np), n, M.dtype, seed, M.product_row_norms2, np)
 
 
 def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):

@@ -16,20 +16,12 @@ from ..linalg.leverage import RowSlices, streamed_leverage_scores
 __all__ = ["lewis_weights"]
 
 
-def _scaled_rows(A, s, b, xp):
-    """``diag(s) A``, or ``diag(s) [A b]`` for a dense A and a given b, as one new
-    matrix (``s=None``: unscaled; A itself when b is None too)."""
-    if b is None:
-        if s is None:
-            return A
-        return A.multiply(s[:, None]).tocsr() if is_sparse(A) else A * s[:, None]
-    n, d = A.shape
-    B = xp.empty((n, d + 1), dtype=xp.result_type(A.dtype, b.dtype))
-    B[:, :d] = A
-    B[:, d] = b
-    if s is not None:
-        B *= s[:, None]
-    return B
+def _scaled_rows(A, s, b):
+    """``diag(s) A``, or ``diag(s) [A b]`` for a dense A and a given b, as one matrix
+    (``s=None``: unscaled; A itself, or a view of it, when b is None too)."""
+    if is_sparse(A):  # b is None: lp_regression stacks a sparse b into A
+        return A if s is None else A.multiply(s[:, None]).tocsr()
+    return RowSlices(A, s, b)[0 : A.shape[0]]
 
 
 #: Dense host A from this size on: the scaled matrix of each step is read a row block at a time
@@ -46,7 +38,7 @@ def _scaled_leverage(A, s, b, exact, seed, xp):
     if (xp is np and not is_sparse(A) and (s is not None or b is not None)
             and A.nbytes >= _STREAM_MIN_BYTES):
         return streamed_leverage_scores(RowSlices(A, s, b), exact=exact, seed=seed)
-    return leverage_scores(_scaled_rows(A, s, b, xp), exact=exact, seed=seed)
+    return leverage_scores(_scaled_rows(A, s, b), exact=exact, seed=seed)
 
 
 def lewis_weights(A, p, *, exact=False, iters=None, seed=None):

@@ -202,3 +202,19 @@ def test_streamed_lewis_weights_match_the_scaled_copy(monkeypatch, system):
     big, bb = system
     ratio = peak_ratio(lambda: gs.lp_regression(big, bb, 1, m=400, seed=1), big)
     assert ratio <= 0.5, f"streamed lp_regression peaked at {ratio:.2f} x A.nbytes"
+
+
+def test_cli_lstsq_reads_A_memory_mapped(tmp_path, system, capsys):
+    """``gpusketch lstsq`` maps A.npy instead of loading it: with the streamed direct solve no
+    copy of A is made (np.load alone had been 1x A, the direct solve 2x in all)."""
+    from gpusketch import cli
+
+    A, b = system
+    np.save(tmp_path / "A.npy", A)
+    np.save(tmp_path / "b.npy", b)
+    argv = ["lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b.npy"), "--method", "direct", "--device", "cpu",
+            "-o", str(tmp_path / "x.npy")]
+    ratio = peak_ratio(lambda: cli.main(argv), A)
+    assert ratio <= 0.4, f"gpusketch lstsq peaked at {ratio:.2f} x A.nbytes"
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-9)
+    assert "lstsq direct" in capsys.readouterr().out

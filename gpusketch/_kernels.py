@@ -1133,18 +1133,31 @@ def _group_leverage_exact(X, group, groups, threshold, only=None):
     todo = np.array([g for g in (range(groups) if only is None else only) if bounds[g + 1] > bounds[g]], dtype=np.int64)
     rows = (bounds[1:] - bounds[:-1])[todo]
     budget = max(1, _group_chunk_bytes(np) // (8 * X.shape[1]))  # gathered rows per chunk
+
+    def gather(lo, hi):  # rows lo..hi-1 in group order, float64
+        return np.asarray(X[lo:hi] if order is None else np.take(X, order[lo:hi], axis=0), dtype=np.float64)
+
     i = 0
     while i < todo.size:
         # A chunk of groups (at least one): the inverse roots of its Grams in one batched call.
         j = i + max(1, int(np.searchsorted(np.cumsum(rows[i:]), budget, side="right")))
         chunk = todo[i:j]
-        Bs = [np.asarray(X if order is None else np.take(X, order[bounds[g] : bounds[g + 1]], axis=0),
-                         dtype=np.float64) for g in chunk]
-        S, Ws, lam_mins = _scaled_inverse_root(np.stack([B.T @ B for B in Bs]), np)
+        if j == i + 1 and rows[i] > budget and (order is not None or X.dtype != np.float64):
+            # One group over the budget whose gather would copy it (Tukey sampling's
+            # non-heavy rows): its Gram and scores read it a budget's rows at a time.
+            lo, hi = int(bounds[chunk[0]]), int(bounds[chunk[0] + 1])
+            Bs = [None]
+            G = sum(B.T @ B for B in (gather(c, min(c + budget, hi)) for c in range(lo, hi, budget)))
+            grams = [G]
+        else:
+            Bs = [gather(int(bounds[g]), int(bounds[g + 1])) for g in chunk]
+            grams = [B.T @ B for B in Bs]
+        S, Ws, lam_mins = _scaled_inverse_root(np.stack(grams), np)
         for g, B, s, W, lam_min in zip(chunk, Bs, S, Ws, lam_mins):
-            a = int(bounds[g])
-            for c in range(0, B.shape[0], _GROUP_BLOCK_ROWS):
-                Bc = B[c : c + _GROUP_BLOCK_ROWS]
+            a, end = int(bounds[g]), int(bounds[g + 1])
+            for c in range(0, end - a, _GROUP_BLOCK_ROWS):
+                c1 = c + _GROUP_BLOCK_ROWS
+                Bc = B[c:c1] if B is not None else gather(a + c, min(a + c1, end))
                 at = np.arange(a + c, a + c + Bc.shape[0])
                 if threshold > 0:  # ||a∘s||² as one GEMV: 3.5x the scaled copy and einsum
                     keep = np.flatnonzero((Bc * Bc) @ (s * s) >= threshold * lam_min)

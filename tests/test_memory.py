@@ -143,7 +143,8 @@ def test_streamed_exact_leverage_scores_match_householder(monkeypatch, rng, xp):
     ill = (rng.standard_normal((4000, 10)) * np.logspace(0, -6, 10)) @ V.T
     ill[:5] *= 50  # rows of high leverage
     Q, _ = np.linalg.qr(ill)
-    np.testing.assert_allclose(to_numpy(gs.leverage_scores(xp.asarray(ill), exact=True)), (Q * Q).sum(axis=1), rtol=1e-8)
+    scores = gs.leverage_scores(xp.asarray(ill), exact=True)
+    np.testing.assert_allclose(to_numpy(scores), (Q * Q).sum(axis=1), rtol=1e-8)
     A = rng.standard_normal((4000, 10)) * np.logspace(0, 3, 10)
     A[:5] *= 50
     Q, _ = np.linalg.qr(A)
@@ -218,3 +219,24 @@ def test_cli_lstsq_reads_A_memory_mapped(tmp_path, system, capsys):
     assert ratio <= 0.4, f"gpusketch lstsq peaked at {ratio:.2f} x A.nbytes"
     np.testing.assert_allclose(np.load(tmp_path / "x.npy"), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-9)
     assert "lstsq direct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tukey_light_scores_read_in_place(monkeypatch, rng, dtype):
+    """Tukey sampling scores its non-heavy rows as one group of a heavy / non-heavy labelling,
+    read from R in place (gathered a block at a time past the chunk budget, lowered here):
+    the same scores as the leverage of the gathered rows R[light], and for p < 2 the same route."""
+    from gpusketch import _kernels
+    from gpusketch.robust.tukey import _light_scores, _scores
+
+    R = rng.standard_normal((6000, 7)).astype(dtype)
+    R[:30] *= 40
+    is_heavy = np.zeros(6000, dtype=bool)
+    is_heavy[rng.choice(6000, 25, replace=False)] = True
+    is_heavy[:10] = True
+    light = np.flatnonzero(~is_heavy)
+    ref = _scores(R[light], 2, 1)
+    monkeypatch.setattr(_kernels, "_GROUP_CHUNK_BYTES_CPU", 8 * 7 * 500)  # 500 rows: the light group streams
+    np.testing.assert_allclose(_light_scores(R, is_heavy, light, 2, 1, np), ref, rtol=1e-10, atol=1e-14)
+    assert float(_light_scores(R, is_heavy, light, 2, 1, np).sum()) == pytest.approx(7.0, rel=1e-10)
+    np.testing.assert_allclose(_light_scores(R, is_heavy, light, 1.5, 1, np), _scores(R[light], 1.5, 1), rtol=1e-12)

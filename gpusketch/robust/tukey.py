@@ -360,7 +360,7 @@ def _row_sampling(A, b, rows, alpha, p, seed, xp):
         prob = xp.ones(idx.size, dtype=R.dtype)
         light = xp.flatnonzero(~is_heavy)
         if light.size > cols:
-            u = _scores(R if light.size == idx.size else R[light], p, derive_seed(seed, 2 * rounds + 1))
+            u = _light_scores(R, is_heavy, light, p, derive_seed(seed, 2 * rounds + 1), xp)
             prob[light] = xp.minimum(1.0, 0.5 + u * (rows / (4 * cols)))
         keep = _kernels.uniforms(idx.size, derive_seed(seed, 10_000 + rounds), xp) < prob
         if int(keep.sum()) > 0.95 * idx.size:
@@ -369,6 +369,19 @@ def _row_sampling(A, b, rows, alpha, p, seed, xp):
         idx = idx[keep]
         R = R[keep]
     return to_dense(A[idx]), b[idx], w, idx, {"rounds": rounds}
+
+
+def _light_scores(R, is_heavy, light, p, seed, xp):
+    """Leverage scores (ℓp Lewis weights for p < 2) of the non-heavy rows ``light`` of R
+    among themselves.  On the CPU with p = 2 they are the group leverage scores of the
+    labelling heavy / non-heavy, read from R in place: the non-heavy group, most of R,
+    is gathered a block at a time beyond 32 MiB (``_group_leverage``), not copied whole
+    as ``R[light]`` would be."""
+    if light.size == R.shape[0]:
+        return _scores(R, p, seed)
+    if p == 2 and xp is np:
+        return _group_leverage(R, is_heavy.astype(np.int64), 2, xp)[light]
+    return _scores(R[light], p, seed)
 
 
 def _oblivious(A, b, rows, beta, seed, xp):

@@ -159,7 +159,7 @@ def _scaled(M, scale, dtype=None):
     if scale is None:
         return Y
     s = scale[:, None] if Y.ndim == 2 else scale
-    if Y is not M and Y.base is None and np.result_type(Y.dtype, s.dtype) == Y.dtype:
+    if Y is not M and np.result_type(Y.dtype, s.dtype) == Y.dtype:
         Y *= s  # Y is a copy made here (densified or cast): scale it in place
         return Y
     return Y * s

@@ -26,7 +26,7 @@ def _scaled_rows(A, s, b):
 
 #: Dense host A from this size on: the scaled matrix of each step is read a row block at a time
 #: (``streamed_leverage_scores``).  Below it, one scaled copy is formed: faster (the streamed
-#: steps took 1.05-1.25x the time at 65536 × 256 and 10⁶ × 20, 20000 × 10 exact), and small.
+#: steps took 1.05-1.27x the time at 65536 × 256, 10⁶ × 20 and 20000 × 10 exact), and small.
 _STREAM_MIN_BYTES = 256 << 20
 
 

@@ -5,22 +5,31 @@ import pytest
 
 from gpusketch._backend import cupy_available
 
+import _fake_cupy
+
 HAS_GPU = cupy_available()
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
+# Where no GPU is, the GPU branches run on a NumPy-backed CuPy (tests/_fake_cupy.py).
+fakegpu = pytest.mark.skipif(HAS_GPU, reason="a real GPU runs the gpu cases")
 
 
 @pytest.fixture(
     params=[
         pytest.param("numpy", id="cpu"),
         pytest.param("cupy", id="gpu", marks=[pytest.mark.gpu, gpu]),
+        pytest.param("fake", id="fakegpu", marks=[fakegpu]),
     ]
 )
 def xp(request):
     if request.param == "numpy":
-        return np
-    import cupy
+        yield np
+    elif request.param == "fake":
+        with _fake_cupy.installed() as cupy:
+            yield cupy
+    else:
+        import cupy
 
-    return cupy
+        yield cupy
 
 
 def to_numpy(x):

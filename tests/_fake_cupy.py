@@ -1,0 +1,617 @@
+"""A NumPy-backed stand-in for CuPy, so that CI (no GPU) runs the GPU code paths.
+
+gpusketch branches between host and device in two kinds of places: the kernel
+registry (``_kernels.call``) and the algorithms' own ``xp is np`` choices (one
+block instead of row blocks, cuSOLVER routes, device-side sampling).  The
+second kind is ordinary Python that CI would otherwise never execute.  This
+module installs modules named ``cupy``, ``cupyx.scipy.linalg``,
+``cupyx.scipy.sparse`` and ``cupyx.scipy.sparse.linalg`` whose arrays are
+NumPy arrays in a wrapper that behaves like ``cupy.ndarray`` where it matters
+for those paths:
+
+- implicit conversion to NumPy raises ``TypeError`` (``np.asarray(x)``,
+  SciPy on a device array, ``float`` of a 1-element array does work as in
+  CuPy); only ``.get()`` and ``cupy.asnumpy`` copy to the host;
+- mixing a host array with a device array in an operation raises
+  ``TypeError``, as CuPy does;
+- reductions return 0-d device arrays, not NumPy scalars, and there is no
+  ``__index__`` (CuPy has none);
+- the kernel registry's ``"cupy"`` twins are replaced by the NumPy twins run
+  on the wrapped data, so a kernel call takes device arrays and returns them.
+
+What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
+streams and asynchrony, memory limits, or a CuPy function that exists in NumPy
+but not in CuPy (``bench``'s API audit covers that against a real CuPy).  It is
+a test of the dispatch and of the algorithms' device branches, not of a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import operator
+import sys
+import types
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+import scipy.sparse.linalg
+
+_IMPLICIT = "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
+# Functions that take host data on purpose (explicit transfers and constructors).
+_HOST_OK = {"asarray", "array", "asnumpy", "asfortranarray", "ascontiguousarray", "get_array_module", "dtype", "result_type", "can_cast", "promote_types", "iinfo", "finfo"}
+
+
+def _mixing(x):
+    return TypeError(f"Unsupported type {type(x)} (a host array in a device operation)")
+
+
+def _unwrap(x, host_ok=False):
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, _Sparse):
+        return x._m
+    if isinstance(x, list):
+        return [_unwrap(v, host_ok) for v in x]
+    if isinstance(x, tuple) and type(x) is tuple:
+        return tuple(_unwrap(v, host_ok) for v in x)
+    if isinstance(x, np.ndarray) and x.ndim > 0 and not host_ok:
+        raise _mixing(x)
+    if scipy.sparse.issparse(x) and not host_ok:
+        raise _mixing(x)
+    return x
+
+
+def _wrap(x, originals=None):
+    """Device wrappers for the host results of a call; a result that is one of the
+    call's own inputs comes back as that input's wrapper (``astype(copy=False)``,
+    ``ascontiguousarray`` and the like return their argument in CuPy too)."""
+    if originals and id(x) in originals and originals[id(x)][0] is x:
+        return originals[id(x)][1]
+    if isinstance(x, np.matrix):
+        return ndarray(np.asarray(x))
+    if isinstance(x, np.ndarray):
+        return ndarray(x)
+    if isinstance(x, np.generic) and not isinstance(x, (np.str_, np.bytes_)):
+        return ndarray(np.asarray(x))
+    if scipy.sparse.issparse(x):
+        return _sparse_wrap(x)
+    if isinstance(x, list):
+        return [_wrap(v, originals) for v in x]
+    if isinstance(x, tuple) and type(x) is tuple:
+        return tuple(_wrap(v, originals) for v in x)
+    if hasattr(x, "_fields") and isinstance(x, tuple):  # namedtuple results of linalg (QR, SVD, EighResult)
+        return type(x)(*(_wrap(v, originals) for v in x))
+    return x
+
+
+def _originals(*wrappers):
+    out = {}
+    for w in wrappers:
+        if isinstance(w, ndarray):
+            out[id(w._a)] = (w._a, w)
+        elif isinstance(w, _Sparse):
+            out[id(w._m)] = (w._m, w)
+        elif isinstance(w, (list, tuple)):
+            out.update(_originals(*w))
+    return out
+
+
+def _device_fn(fn, host_ok=False, owner=None):
+    """``fn`` on unwrapped data, its results wrapped; ``owner`` is the wrapper
+    whose bound method ``fn`` is (so a method returning its array returns it)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        originals = _originals(owner, *args, *kwargs.values())
+        args = [_unwrap(a, host_ok) for a in args]
+        kwargs = {k: _unwrap(v, host_ok) for k, v in kwargs.items()}
+        return _wrap(fn(*args, **kwargs), originals)
+
+    return run
+
+
+class _Device:
+    id = 0
+
+    def __init__(self, device=None):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __eq__(self, other):
+        return isinstance(other, _Device)
+
+    def __hash__(self):
+        return 0
+
+
+class ndarray:
+    """A host array dressed as a device array (see the module docstring)."""
+
+    __array_priority__ = 100
+
+    def __init__(self, a):
+        self._a = a
+
+    # --- what marks a CuPy array ---------------------------------------
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self._a.shape, "typestr": self._a.dtype.str, "data": (self._a.ctypes.data, False), "version": 3}
+
+    @property
+    def device(self):
+        return _Device()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(_IMPLICIT)
+
+    def get(self, stream=None, order="C", out=None):
+        return np.array(self._a, order=order)
+
+    # --- NumPy's protocols: CuPy answers np.f(x) with cupy.f(x) -------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = [_unwrap(x) for x in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(_unwrap(o) for o in kwargs["out"])
+        return _wrap(getattr(ufunc, method)(*inputs, **kwargs))
+
+    def __array_function__(self, func, types_, args, kwargs):
+        return _device_fn(func)(*args, **kwargs)
+
+    # --- attributes and methods ----------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: ndarray(self._a.T))
+    real = property(lambda self: ndarray(self._a.real))
+    base = property(lambda self: None if self._a.base is None else ndarray(self._a.base))
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(self._a, name)
+        return _device_fn(attr, owner=self) if callable(attr) else _wrap(attr)
+
+    def item(self):
+        return self._a.item()
+
+    def tolist(self):
+        return self._a.tolist()
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (ndarray(np.asarray(v)) if not isinstance(v, np.ndarray) else ndarray(v) for v in self._a)
+
+    def __repr__(self):
+        return "fake_cupy." + repr(self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __complex__(self):
+        return complex(self._a)
+
+    def __getitem__(self, key):
+        return _wrap(self._a[_unwrap(key, host_ok=True)])
+
+    def __setitem__(self, key, value):
+        self._a[_unwrap(key, host_ok=True)] = _unwrap(value, host_ok=True)
+
+    def __copy__(self):
+        return ndarray(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return ndarray(self._a.copy())
+
+    def __reduce__(self):  # CuPy arrays pickle (through the host)
+        return _restore, (self._a,)
+
+
+def _restore(a):
+    return ndarray(a)
+
+
+def _binary(op, reflected=False, inplace=False):
+    def method(self, other):
+        # CuPy defers to an operand of higher __array_priority__ (sketches, KroneckerMatrix, sparse).
+        if not isinstance(other, ndarray) and getattr(other, "__array_priority__", 0) > self.__array_priority__:
+            return NotImplemented
+        o = _unwrap(other)
+        if inplace:
+            self._a = op(self._a, o)
+            return self
+        return _wrap(op(o, self._a) if reflected else op(self._a, o))
+
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"):
+    _op = getattr(operator, _name if _name not in ("and", "or") else _name + "_")
+    setattr(ndarray, f"__{_name}__", _binary(_op))
+    setattr(ndarray, f"__r{_name}__", _binary(_op, reflected=True))
+    setattr(ndarray, f"__i{_name}__", _binary(getattr(operator, f"i{_name}" if _name not in ("and", "or") else f"i{_name}"), inplace=True))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name)))
+ndarray.__hash__ = None
+ndarray.__neg__ = lambda self: ndarray(-self._a)
+ndarray.__pos__ = lambda self: ndarray(+self._a)
+ndarray.__abs__ = lambda self: ndarray(abs(self._a))
+ndarray.__invert__ = lambda self: ndarray(~self._a)
+ndarray.__module__ = "cupy"
+
+
+# ---------------------------------------------------------------------------
+# Sparse matrices (cupyx.scipy.sparse)
+# ---------------------------------------------------------------------------
+
+
+class _Sparse:
+    _scipy = None
+    __array_priority__ = 101
+
+    def __init__(self, arg1, shape=None, dtype=None, copy=False):
+        if isinstance(arg1, _Sparse):
+            arg1 = arg1._m
+        elif isinstance(arg1, ndarray):
+            arg1 = arg1._a
+        elif isinstance(arg1, tuple):
+            arg1 = _unwrap(arg1)
+            if len(arg1) == 2 and isinstance(arg1[1], tuple):
+                arg1 = (arg1[0], tuple(arg1[1]))
+        elif isinstance(arg1, np.ndarray):
+            raise _mixing(arg1)
+        self._m = type(self)._scipy(arg1, shape=shape, dtype=dtype, copy=copy)
+
+    @classmethod
+    def _from(cls, m):
+        obj = cls.__new__(cls)
+        obj._m = m
+        return obj
+
+    shape = property(lambda self: self._m.shape)
+    dtype = property(lambda self: self._m.dtype)
+    ndim = property(lambda self: 2)
+    nnz = property(lambda self: self._m.nnz)
+    format = property(lambda self: self._m.format)
+    data = property(lambda self: ndarray(self._m.data))
+    indices = property(lambda self: ndarray(self._m.indices))
+    indptr = property(lambda self: ndarray(self._m.indptr))
+    row = property(lambda self: ndarray(self._m.row))
+    col = property(lambda self: ndarray(self._m.col))
+    T = property(lambda self: _sparse_wrap(self._m.T))
+
+    def get(self, stream=None):
+        return self._m.copy()
+
+    def toarray(self, order=None):
+        return ndarray(self._m.toarray(order=order))
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(_IMPLICIT)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(self._m, name)
+        return _device_fn(attr, owner=self) if callable(attr) else _wrap(attr)
+
+    def __getitem__(self, key):
+        return _wrap(self._m[_unwrap(key, host_ok=True)])
+
+    def __matmul__(self, other):
+        return _wrap(self._m @ _unwrap(other))
+
+    def __rmatmul__(self, other):
+        return _wrap(_unwrap(other) @ self._m)
+
+    def __mul__(self, other):
+        return _wrap(self._m * _unwrap(other))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        return _wrap(self._m / _unwrap(other))
+
+    def __add__(self, other):
+        return _wrap(self._m + _unwrap(other))
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return _wrap(self._m - _unwrap(other))
+
+    def __neg__(self):
+        return _wrap(-self._m)
+
+    def __repr__(self):
+        return "fake_cupyx." + repr(self._m)
+
+
+def _sparse_class(fmt):
+    cls = type(f"{fmt}_matrix", (_Sparse,), {"_scipy": getattr(scipy.sparse, f"{fmt}_matrix")})
+    cls.__module__ = f"cupyx.scipy.sparse._{fmt}"
+    return cls
+
+
+csr_matrix, csc_matrix, coo_matrix = (_sparse_class(f) for f in ("csr", "csc", "coo"))
+_SPARSE = {"csr": csr_matrix, "csc": csc_matrix, "coo": coo_matrix}
+
+
+def _sparse_wrap(m):
+    fmt = m.format if m.format in _SPARSE else "csr"
+    if m.format != fmt:
+        m = m.tocsr()
+    if not isinstance(m, scipy.sparse.spmatrix):  # sparse arrays -> matrices, as cupyx has only matrices
+        m = getattr(scipy.sparse, f"{fmt}_matrix")(m)
+    return _SPARSE[fmt]._from(m)
+
+
+# ---------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------
+
+
+class _Ufunc:
+    def __init__(self, uf):
+        self._uf = uf
+
+    def __call__(self, *args, **kwargs):
+        return _device_fn(self._uf)(*args, **kwargs)
+
+    def __getattr__(self, name):
+        attr = getattr(self._uf, name)
+        return _device_fn(attr) if callable(attr) else attr
+
+
+def _namespace(name, source, extra=None):
+    """A module whose functions are ``source``'s, run on unwrapped data."""
+    mod = types.ModuleType(name)
+    extra = dict(extra or {})
+
+    def getattr_(attr):
+        if attr in extra:
+            return extra[attr]
+        obj = getattr(source, attr)
+        if isinstance(obj, np.ufunc):
+            return _Ufunc(obj)
+        if isinstance(obj, type) or isinstance(obj, types.ModuleType) or not callable(obj):
+            return obj  # dtypes (cupy.float64 is numpy.float64), constants
+        return _device_fn(obj, host_ok=attr in _HOST_OK)
+
+    mod.__getattr__ = getattr_
+    return mod
+
+
+def _asarray(a, dtype=None, order=None, *, blocking=False):
+    if isinstance(a, ndarray):
+        return a if (dtype is None or a.dtype == dtype) and order in (None, "K", "A") else ndarray(np.asarray(a._a, dtype=dtype, order=order))
+    if scipy.sparse.issparse(a):
+        raise TypeError("cupy.asarray of a SciPy sparse matrix")
+    return ndarray(np.array(_unwrap(a, host_ok=True), dtype=dtype, order=order or "K", copy=True))
+
+
+def _array(a, dtype=None, copy=True, order="K", ndmin=0):
+    return ndarray(np.array(_unwrap(a, host_ok=True), dtype=dtype, copy=True, order=order, ndmin=ndmin))
+
+
+def _asnumpy(a, stream=None, order="C", out=None):
+    return a.get() if isinstance(a, (ndarray, _Sparse)) else np.asarray(a)
+
+
+def _get_array_module(*args):
+    return sys.modules["cupy"] if any(isinstance(a, (ndarray, _Sparse)) for a in args) else np
+
+
+class _Stream:
+    def __init__(self, null=False, non_blocking=False, ptds=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def record(self, event=None):
+        return object()
+
+    def wait_event(self, event):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+class _MemoryPool:
+    def free_bytes(self):
+        return 0
+
+    def used_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+
+_MEMORY_POOL = _MemoryPool()
+
+
+def _runtime():
+    rt = types.ModuleType("cupy.cuda.runtime")
+    rt.getDeviceCount = lambda: 1
+    rt.memGetInfo = lambda: (64 << 30, 80 << 30)
+    rt.getDeviceProperties = lambda device: {"name": b"fake", "multiProcessorCount": 132, "totalGlobalMem": 80 << 30, "major": 9, "minor": 0}
+    rt.deviceSynchronize = lambda: None
+    rt.CUDARuntimeError = RuntimeError
+    return rt
+
+
+def _raw_module(*args, **kwargs):
+    raise RuntimeError("fake CuPy compiles no CUDA: a kernel was launched outside the registry")
+
+
+def _random_module():
+    def default_rng(seed=None):
+        gen = np.random.default_rng(seed)
+        return types.SimpleNamespace(**{n: _device_fn(getattr(gen, n)) for n in dir(gen) if not n.startswith("_") and callable(getattr(gen, n))})
+
+    class RandomState:
+        def __init__(self, seed=None):
+            self._rs = np.random.RandomState(seed)
+
+        def __getattr__(self, name):
+            return _device_fn(getattr(self._rs, name))
+
+    return _namespace("cupy.random", np.random, {"default_rng": default_rng, "RandomState": RandomState})
+
+
+@functools.lru_cache(maxsize=None)
+def build():
+    """The fake modules by name, ready for ``sys.modules`` (built once)."""
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.runtime = _runtime()
+    cuda.Device = _Device
+    cuda.Stream = _Stream
+    cuda.get_current_stream = lambda: _Stream()
+    cuda.Event = object
+    cuda.profiler = types.SimpleNamespace(start=lambda: None, stop=lambda: None)
+    cuda.nvtx = types.SimpleNamespace(RangePush=lambda *a, **k: None, RangePop=lambda: None)
+    linalg = _namespace("cupy.linalg", np.linalg)
+    random = _random_module()
+    cupy = _namespace(
+        "cupy",
+        np,
+        {
+            "ndarray": ndarray,
+            "asarray": _asarray,
+            "array": _array,
+            "asnumpy": _asnumpy,
+            "get_array_module": _get_array_module,
+            "cuda": cuda,
+            "linalg": linalg,
+            "random": random,
+            "RawModule": _raw_module,
+            "memoize": lambda for_each_device=False: (lambda f: functools.lru_cache(maxsize=None)(f)),
+            "get_default_memory_pool": lambda: _MEMORY_POOL,
+            "get_default_pinned_memory_pool": lambda: _MEMORY_POOL,
+            "__version__": "0.0-fake",
+            "__fake__": True,
+        },
+    )
+    sparse_extra = {
+        "csr_matrix": csr_matrix,
+        "csc_matrix": csc_matrix,
+        "coo_matrix": coo_matrix,
+        "spmatrix": _Sparse,
+        "issparse": lambda x: isinstance(x, _Sparse),
+        "isspmatrix": lambda x: isinstance(x, _Sparse),
+    }
+    sparse = _namespace("cupyx.scipy.sparse", scipy.sparse, sparse_extra)
+    sparse_linalg = _namespace(
+        "cupyx.scipy.sparse.linalg",
+        scipy.sparse.linalg,
+        {"LinearOperator": _LinearOperator, "lsmr": _lsmr, "lsqr": _lsqr},
+    )
+    dense_linalg = _namespace("cupyx.scipy.linalg", scipy.linalg)
+    cupyx = types.ModuleType("cupyx")
+    cupyx_scipy = types.ModuleType("cupyx.scipy")
+    cupyx.scipy = cupyx_scipy
+    cupyx_scipy.sparse = sparse
+    cupyx_scipy.linalg = dense_linalg
+    sparse.linalg = sparse_linalg
+    cupyx.scatter_add = lambda a, slices, value: np.add.at(_unwrap(a), _unwrap(slices, True), _unwrap(value, True))
+    return {
+        "cupy": cupy,
+        "cupy.cuda": cuda,
+        "cupy.cuda.runtime": cuda.runtime,
+        "cupy.linalg": linalg,
+        "cupy.random": random,
+        "cupyx": cupyx,
+        "cupyx.scipy": cupyx_scipy,
+        "cupyx.scipy.sparse": sparse,
+        "cupyx.scipy.sparse.linalg": sparse_linalg,
+        "cupyx.scipy.linalg": dense_linalg,
+    }
+
+
+class _LinearOperator:
+    """cupyx's LinearOperator: callables that take and return device arrays."""
+
+    def __init__(self, shape, matvec, rmatvec=None, matmat=None, dtype=None, rmatmat=None):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype or np.float64)
+        self._matvec, self._rmatvec = matvec, rmatvec
+
+    def _host(self):
+        def call(f):
+            def run(v):
+                out = f(ndarray(np.ascontiguousarray(v)))
+                if not isinstance(out, ndarray):
+                    raise TypeError(f"a LinearOperator callback returned {type(out)}, not a device array")
+                return out._a
+
+            return run
+
+        return scipy.sparse.linalg.LinearOperator(self.shape, matvec=call(self._matvec), rmatvec=call(self._rmatvec), dtype=self.dtype)
+
+
+def _solver(fn):
+    def run(A, b, *args, **kwargs):
+        if not isinstance(b, ndarray):
+            raise TypeError(f"b must be a device array, got {type(b)}")
+        A = A._host() if isinstance(A, _LinearOperator) else _unwrap(A)
+        kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
+        return _wrap(fn(A, b._a, *args, **kwargs))
+
+    return run
+
+
+_lsmr = _solver(scipy.sparse.linalg.lsmr)
+_lsqr = _solver(scipy.sparse.linalg.lsqr)
+
+
+@contextlib.contextmanager
+def installed():
+    """Put the fake modules in ``sys.modules`` and the NumPy twins behind the
+    registry's ``"cupy"`` entries, for the duration of the block."""
+    from gpusketch import _kernels
+
+    mods = build()
+    saved = {k: sys.modules.get(k) for k in mods}
+    twins = dict(_kernels._TWINS)
+    sys.modules.update(mods)
+    for (name, backend), fn in twins.items():
+        if backend == "cupy":
+            # A CuPy twin takes small host parameters (hash counters, CDFs) beside device arrays.
+            _kernels._TWINS[(name, backend)] = _device_fn(twins[(name, "numpy")], host_ok=True)
+    try:
+        yield mods["cupy"]
+    finally:
+        _kernels._TWINS.clear()
+        _kernels._TWINS.update(twins)
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v

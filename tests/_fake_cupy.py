@@ -43,6 +43,17 @@ _IMPLICIT = "Implicit conversion to a NumPy array is not allowed. Please use `.g
 _HOST_OK = {"asarray", "array", "asnumpy", "asfortranarray", "ascontiguousarray", "get_array_module", "dtype", "result_type", "can_cast", "promote_types", "iinfo", "finfo"}
 
 
+# The public attributes of cupy.ndarray (CuPy 14.2); NumPy's others (ctypes,
+# resize, ...) are absent there, and ``data`` is a device pointer, not a buffer.
+_NDARRAY_ATTRS = frozenset(
+    "T all any argmax argmin argpartition argsort astype base byteswap choose clip compress conj "
+    "conjugate copy cumprod cumsum diagonal dot dtype dump dumps fill flags flat flatten get imag "
+    "item itemsize max mean min nbytes ndim nonzero partition prod ptp put ravel real repeat reshape "
+    "round searchsorted shape size sort squeeze std strides sum swapaxes take tobytes tofile tolist "
+    "trace transpose var view".split()
+)
+
+
 def _mixing(x):
     return TypeError(f"Unsupported type {type(x)} (a host array in a device operation)")
 
@@ -180,9 +191,13 @@ class ndarray:
     real = property(lambda self: ndarray(self._a.real))
     base = property(lambda self: None if self._a.base is None else ndarray(self._a.base))
 
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self._a.ctypes.data, device_id=0)
+
     def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
+        if name not in _NDARRAY_ATTRS:
+            raise AttributeError(f"'cupy.ndarray' object has no attribute '{name}'")
         attr = getattr(self._a, name)
         return _device_fn(attr, owner=self) if callable(attr) else _wrap(attr)
 
@@ -591,6 +606,16 @@ _lsmr = _solver(scipy.sparse.linalg.lsmr)
 _lsqr = _solver(scipy.sparse.linalg.lsqr)
 
 
+def _register_with_dask():
+    """What ``dask.array`` does at import when CuPy is importable: treat device
+    arrays as chunks (else Dask defers ``X @ v`` to the array's higher priority)."""
+    chunk_types = sys.modules.get("dask.array.chunk_types")
+    if chunk_types is not None:
+        for t in (ndarray, _Sparse):
+            if t not in chunk_types._HANDLED_CHUNK_TYPES:
+                chunk_types.register_chunk_type(t)
+
+
 @contextlib.contextmanager
 def installed():
     """Put the fake modules in ``sys.modules`` and the NumPy twins behind the
@@ -605,6 +630,7 @@ def installed():
         if backend == "cupy":
             # A CuPy twin takes small host parameters (hash counters, CDFs) beside device arrays.
             _kernels._TWINS[(name, backend)] = _device_fn(twins[(name, "numpy")], host_ok=True)
+    _register_with_dask()
     try:
         yield mods["cupy"]
     finally:

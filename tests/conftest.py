@@ -32,6 +32,19 @@ def xp(request):
         yield cupy
 
 
+@pytest.fixture
+def cupy_or_fake():
+    """CuPy where a GPU is, else the NumPy-backed stand-in: for tests of the
+    device dispatch (streams, Dask chunks, mixed inputs), not of kernels."""
+    if HAS_GPU:
+        import cupy
+
+        yield cupy
+    else:
+        with _fake_cupy.installed() as cupy:
+            yield cupy
+
+
 def to_numpy(x):
     """Host copy of a NumPy/CuPy array (dense)."""
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)

@@ -8,7 +8,7 @@ dask = pytest.importorskip("dask")
 
 import gpusketch as gs  # noqa: E402
 from gpusketch import dask as gsd  # noqa: E402
-from conftest import gpu, to_numpy  # noqa: E402
+from conftest import to_numpy  # noqa: E402
 
 SCHEDULERS = ["threads", "processes"]
 
@@ -258,11 +258,9 @@ def test_bad_input(rng):
         gsd.randomized_svd(Xn, 2, seed=1)
 
 
-@gpu
 @pytest.mark.gpu
-def test_cupy_chunks(rng):
-    import cupy
-
+def test_cupy_chunks(rng, cupy_or_fake):
+    cupy = cupy_or_fake
     A = rng.standard_normal((3000, 6))
     X = da.from_array(cupy.asarray(A), chunks=(500, 6), asarray=False)
     S = gs.SparseSign(64, 3000, nnz=4, seed=2)

@@ -375,11 +375,9 @@ def test_rows_kernel_matches_cpu_twin(rng, dtype):
     np.testing.assert_allclose(gpu_rows.get(), cpu, rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
-@gpu
 @pytest.mark.gpu
-def test_sampling_solvers_keep_the_same_rows_on_both_devices(rng):
-    import cupy
-
+def test_sampling_solvers_keep_the_same_rows_on_both_devices(rng, cupy_or_fake):
+    cupy = cupy_or_fake
     fs, b, _, _ = _problem(rng, SHAPES["q2"], np, noise="laplace")
     cpu = kron.lstsq(fs, b, m=500, seed=9)
     dev = kron.lstsq([cupy.asarray(F) for F in fs], cupy.asarray(b), m=500, seed=9)

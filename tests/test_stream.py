@@ -36,9 +36,10 @@ def test_memmap_and_iterable(npy):
     np.testing.assert_allclose(stream.sketch(S, ragged, device="cpu", progress=False), S @ A, atol=1e-10)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")])])
-def test_a_vector_source_gives_a_vector(npy, tmp_path, device):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_a_vector_source_gives_a_vector(npy, tmp_path, device, request):
+    if device == "gpu":
+        request.getfixturevalue("cupy_or_fake")
     v = npy[0][:, 2].copy()
     path = tmp_path / "v.npy"
     np.save(path, v)
@@ -49,9 +50,10 @@ def test_a_vector_source_gives_a_vector(npy, tmp_path, device):
         np.testing.assert_allclose(to_numpy(y), S @ v, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")])])
-def test_sparse_source_and_sparse_blocks(npy, device):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_sparse_source_and_sparse_blocks(npy, device, request):
+    if device == "gpu":
+        request.getfixturevalue("cupy_or_fake")
     import scipy.sparse as sp
 
     A = np.where(np.abs(npy[0]) > 1.5, npy[0], 0.0)
@@ -65,9 +67,8 @@ def test_sparse_source_and_sparse_blocks(npy, device):
     np.testing.assert_allclose(to_numpy(y), S @ A[:, 1], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA device")
 @pytest.mark.gpu
-def test_gpu_double_buffered_stream(npy):
+def test_gpu_double_buffered_stream(npy, cupy_or_fake):
     A, path = npy
     S = gs.CountSketch(64, A.shape[0], seed=5)
     Y = stream.sketch(S, path, chunk_rows=500, device="gpu", progress=False)

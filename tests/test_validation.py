@@ -5,7 +5,6 @@ import pytest
 import scipy.sparse as sp
 
 import gpusketch as gs
-from conftest import gpu
 
 CS = gs.CountSketch(4, 10, seed=1)
 
@@ -98,11 +97,9 @@ def test_inputs_not_modified():
         np.testing.assert_array_equal(x, c)
 
 
-@gpu
 @pytest.mark.gpu
-def test_mixed_numpy_cupy_raises_type_error():
-    import cupy
-
+def test_mixed_numpy_cupy_raises_type_error(cupy_or_fake):
+    cupy = cupy_or_fake
     with pytest.raises(TypeError, match="mixed host and device"):
         gs.Sampling(np.array([0, 1]), 4, scale=cupy.ones(2))
     from gpusketch._backend import array_namespace

@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 import gpusketch as gs
+from conftest import sparse_module, to_numpy
 
 CS = gs.CountSketch(4, 10, seed=1)
 
@@ -289,3 +290,74 @@ def test_check_finite_in_blocks_finds_every_entry(monkeypatch, order):
                 _backend.check_finite(A, "A")
     clean = base[:, :7] if order != "1-D" else base.ravel()
     assert _backend._all_finite(np.asfortranarray(clean) if order == "F" else clean, np)
+
+
+def _solver_calls():
+    from gpusketch import fair, kron, robust
+
+    M = robust.TukeyLoss(3.0)
+    return {
+        "lstsq-sketch": lambda d: gs.lstsq(d["A"], d["b"], method="sketch", seed=1),
+        "lstsq-precondition": lambda d: gs.lstsq(d["A"], d["b"], seed=1),
+        "lstsq-direct": lambda d: gs.lstsq(d["A"], d["b"], method="direct"),
+        "lstsq-direct-float32": lambda d: gs.lstsq(d["A32"], d["b32"], method="direct"),
+        "lstsq-precondition-sparse": lambda d: gs.lstsq(d["As"], d["b"], seed=1),
+        "lstsq-direct-sparse": lambda d: gs.lstsq(d["As"], d["b"], method="direct"),
+        "leverage_scores": lambda d: gs.leverage_scores(d["A"], seed=1),
+        "leverage_scores-exact": lambda d: gs.leverage_scores(d["A"], exact=True),
+        "lewis_weights": lambda d: gs.lewis_weights(d["A"], 1, seed=1),
+        "lp_regression-1": lambda d: gs.lp_regression(d["A"], d["b"], 1, seed=1),
+        "lp_regression-1.5": lambda d: gs.lp_regression(d["A"], d["b"], 1.5, seed=1),
+        "rank": lambda d: gs.rank(d["A"], seed=1),
+        "independent_rows": lambda d: gs.independent_rows(d["A"], seed=1),
+        "low_rank": lambda d: gs.low_rank(d["A"], 2, seed=1),
+        "randomized_svd": lambda d: gs.randomized_svd(d["A"], 2, seed=1),
+        "irls-weighted": lambda d: robust.irls(d["A"], d["b"], M, weights=d["w"], seed=1),
+        "tukey-sampling": lambda d: robust.tukey_regression(d["A"], d["b"], 3.0, seed=1),
+        "tukey-oblivious": lambda d: robust.tukey_regression(d["A"], d["b"], 3.0, method="oblivious", seed=1),
+        "tukey-full": lambda d: robust.tukey_regression(d["A"], d["b"], 3.0, method="full", seed=1),
+        "heavy_coordinates": lambda d: robust.heavy_coordinates(d["A"], 4, seed=1),
+        "kron.lstsq": lambda d: kron.lstsq(d["F"], d["bk"], seed=1),
+        "kron.lstsq-sketch": lambda d: kron.lstsq(d["F"], d["bk"], method="sketch", seed=1),
+        "kron.lstsq-exact": lambda d: kron.lstsq(d["F"], d["bk"], method="exact"),
+        "kron.lp_regression": lambda d: kron.lp_regression(d["F"], d["bk"], 1, seed=1),
+        "kron.rank_regression": lambda d: kron.rank_regression(d["A"][:100], d["b"][:100], seed=1),
+        "kron.low_rank": lambda d: kron.low_rank(d["F"], 2, seed=1),
+        "fair.low_rank": lambda d: fair.low_rank([d["A"], d["A"][:100]], 2, seed=1),
+        "fair.column_subset": lambda d: fair.column_subset([d["A"], d["A"][:100]], 2, seed=1),
+        "fair.regression": lambda d: fair.regression([d["A"][:300], d["A"][300:]], [d["b"][:300], d["b"][300:]]),
+        "fair.cost": lambda d: fair.cost([d["A"], d["A"][:100]], d["A"][:2]),
+    }
+
+
+def _snapshot(x):
+    if sp.issparse(x) or type(x).__module__.startswith("cupyx"):
+        return [to_numpy(a).copy() for a in (x.data, x.indices, x.indptr)]
+    return [to_numpy(x).copy()]
+
+
+@pytest.mark.parametrize("name", list(_solver_calls()))
+def test_solvers_leave_their_inputs_unmodified(xp, name):
+    """DESIGN: nothing the caller passed is modified in place, on either device.
+
+    Row scaling, casts and centring all have in-place shortcuts on the solvers'
+    own copies; one taken on a view of the caller's array would pass every
+    accuracy test of a single call and corrupt the caller's data."""
+    rng = np.random.default_rng(21)
+    A = rng.standard_normal((600, 5))
+    b = A @ np.ones(5) + rng.standard_normal(600)
+    b[:30] = 40.0
+    As = sp.random(600, 5, density=0.6, format="csr", random_state=3)
+    F = [rng.standard_normal((30, 3)), rng.standard_normal((20, 2))]
+    host = {"A": A, "b": b, "A32": A.astype(np.float32), "b32": b.astype(np.float32), "As": As,
+            "w": rng.uniform(0.5, 2.0, 600), "bk": rng.standard_normal(600)}
+    data = {k: (sparse_module(xp).csr_matrix(v) if sp.issparse(v) else xp.asarray(v)) for k, v in host.items()}
+    data["F"] = [xp.asarray(f) for f in F]
+    before = {k: _snapshot(v) for k, v in data.items() if k != "F"}
+    before["F"] = [_snapshot(f) for f in data["F"]]
+    _solver_calls()[name](data)
+    for k, v in data.items():
+        after = [_snapshot(f) for f in v] if k == "F" else [_snapshot(v)]
+        old = before[k] if k == "F" else [before[k]]
+        for x, y in zip(sum(old, []), sum(after, [])):
+            np.testing.assert_array_equal(x, y, err_msg=f"{name} modified its input {k}")

@@ -21,7 +21,8 @@ for those paths:
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
 streams and asynchrony, memory limits, or a CuPy function that exists in NumPy
-but not in CuPy (``bench``'s API audit covers that against a real CuPy).  It is
+but not in CuPy (``tests/test_cupy_api.py`` checks that against a real CuPy,
+wherever one is installed: it imports without a device).  It is
 a test of the dispatch and of the algorithms' device branches, not of a GPU.
 """
 

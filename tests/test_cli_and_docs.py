@@ -23,16 +23,16 @@ def test_info():
     assert "gpusketch" in r.stdout and "numpy" in r.stdout
 
 
-def test_demo_small_prints_table():
-    r = run("demo", "--n", "3000", "--d", "5", "--m", "120", "--repeat", "1", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+def _check_demo_tables(stdout, device):
+    """Both demo tables have every row for ``device`` (and none for another), with quality in bounds."""
     for name in ("CountSketch", "SparseSign(8)", "SRHT", "Gaussian", "Sampling(unif)"):
-        assert name in r.stdout
+        assert name in stdout
+    assert not any(line.split()[0] in ("cpu", "gpu") and line.split()[0] != device for line in stdout.splitlines() if line.strip())
     # Every operator's sketch-and-solve residual is within 50 % of optimal at m = 24 d.
-    sketch_table, solver_table = r.stdout.split("\n\n")
-    ratios = [float(line.split()[-1]) for line in sketch_table.splitlines() if line.startswith("cpu")]
+    sketch_table, solver_table = stdout.split("\n\n")
+    ratios = [float(line.split()[-1]) for line in sketch_table.splitlines() if line.startswith(device + " ")]
     assert len(ratios) == 5 and all(1.0 <= q < 1.5 for q in ratios)
-    solvers = [line for line in solver_table.splitlines() if line.startswith("cpu")]
+    solvers = [line for line in solver_table.splitlines() if line.startswith(device + " ")]
     assert len(solvers) == 9
     for line in solvers:
         q = float(line.split()[-1])
@@ -46,6 +46,12 @@ def test_demo_small_prints_table():
             assert 0.5 < q <= 1.0 + 1e-9, line
         else:  # the others are within 50 % of their reference
             assert 0.99 <= q < 1.5, line
+
+
+def test_demo_small_prints_table():
+    r = run("demo", "--n", "3000", "--d", "5", "--m", "120", "--repeat", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    _check_demo_tables(r.stdout, "cpu")
 
 
 @pytest.mark.parametrize("args", [("demo", "--m", "0"), ("demo", "--n", "10", "--m", "20"), ("nosuch",), ()])
@@ -147,3 +153,27 @@ def test_warnings_print_as_command_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gpusketch lstsq: warning: A of shape (3, 5) is numerically rank deficient" in err
     assert "res = lstsq(" not in err
+
+
+@pytest.mark.gpu
+def test_commands_on_the_gpu_route(tmp_path, capsys, cupy_or_fake):
+    """demo, sketch and lstsq with --device gpu, in process: on CuPy where a GPU is,
+    else on the stand-in (the commands' device branches, not the kernels' speed)."""
+    from gpusketch import cli
+
+    assert cli.main(["demo", "--n", "3000", "--d", "5", "--m", "120", "--repeat", "1", "--device", "gpu"]) == 0
+    _check_demo_tables(capsys.readouterr().out, "gpu")
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3000, 5))
+    b = A @ np.arange(1.0, 6.0) + 0.01 * rng.standard_normal(3000)
+    np.save(tmp_path / "A.npy", A)
+    np.save(tmp_path / "b.npy", b)
+    assert cli.main(["sketch", str(tmp_path / "A.npy"), "-m", "64", "--kind", "sparse_sign", "--seed", "7",
+                     "--chunk-rows", "1000", "--quiet", "--device", "gpu", "-o", str(tmp_path / "SA.npy")]) == 0
+    S = gs.operators.make_sketch("sparse_sign", 64, 3000, seed=7)
+    np.testing.assert_allclose(np.load(tmp_path / "SA.npy"), S @ A, atol=1e-10)
+    x_opt = np.linalg.lstsq(A, b, rcond=None)[0]
+    for method in ("precondition", "direct"):
+        assert cli.main(["lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b.npy"), "--seed", "1", "--method",
+                         method, "--device", "gpu", "-o", str(tmp_path / "x.npy")]) == 0
+        np.testing.assert_allclose(np.load(tmp_path / "x.npy"), x_opt, atol=1e-9)

@@ -498,7 +498,13 @@ def _random_module():
             self._rs = np.random.RandomState(seed)
 
         def __getattr__(self, name):
-            return _device_fn(getattr(self._rs, name))
+            draw = getattr(self._rs, name)
+
+            def run(*args, dtype=None, **kwargs):  # CuPy's draws take a dtype, NumPy's RandomState does not
+                out = _device_fn(draw)(*args, **kwargs)
+                return out if dtype is None else out.astype(dtype, copy=False)
+
+            return run
 
     return _namespace("cupy.random", np.random, {"default_rng": default_rng, "RandomState": RandomState})
 

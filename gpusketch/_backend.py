@@ -29,6 +29,7 @@ __all__ = [
     "check_positive_int",
     "check_seed",
     "check_memory",
+    "free_bytes",
     "cupy_available",
     "check_finite",
     "linalg_modules",
@@ -220,7 +221,9 @@ def check_seed(seed):
     return seed
 
 
-def _free_bytes(xp):
+def free_bytes(xp):
+    """Bytes free for new arrays: the host's available memory, or the device's free
+    memory plus what CuPy's pool holds unused; ``None`` where the host cannot tell."""
     if xp is np:
         try:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -237,7 +240,7 @@ def check_memory(nbytes, what, xp):
     "sketch output of 12.0 GiB (m=..., d=...) does not fit in 9.5 GiB free"
     rather than an allocator traceback.
     """
-    free = _free_bytes(xp)
+    free = free_bytes(xp)
     if free is not None and nbytes > free:
         where = "device" if xp is not np else "host"
         raise MemoryError(

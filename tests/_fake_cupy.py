@@ -472,12 +472,15 @@ class _MemoryPool:
 
 
 _MEMORY_POOL = _MemoryPool()
+# What memGetInfo reports free; tests lower it to drive the routes that size
+# their work by the device's free memory.
+DEVICE_FREE_BYTES = 64 << 30
 
 
 def _runtime():
     rt = types.ModuleType("cupy.cuda.runtime")
     rt.getDeviceCount = lambda: 1
-    rt.memGetInfo = lambda: (64 << 30, 80 << 30)
+    rt.memGetInfo = lambda: (DEVICE_FREE_BYTES, 80 << 30)
     rt.getDeviceProperties = lambda device: {"name": b"fake", "multiProcessorCount": 132, "totalGlobalMem": 80 << 30, "major": 9, "minor": 0}
     rt.deviceSynchronize = lambda: None
     rt.CUDARuntimeError = RuntimeError

@@ -7,7 +7,9 @@ sketches, hash arrays: 2-17 MB here, against 32 MB for A), and each one sits
 below what the route allocated before it streamed its row blocks (measured at
 65536 × 64: Lewis weights 2.1x, ``lp_regression`` 3.1x, exact leverage scores
 2.0x, ``leverage_sample`` 1.2x, ``lstsq(method="direct")`` 1.0x, IRLS 2.1x).
-The GPU routes keep their whole-array products (one cuBLAS call per pass).
+The GPU routes keep their whole-array products (one cuBLAS call per pass) while
+those fit in half the free device memory, and stream row blocks past that
+(``test_device_routes_stream_when_short_of_memory``).
 """
 
 import gc
@@ -240,3 +242,40 @@ def test_tukey_light_scores_read_in_place(monkeypatch, rng, dtype):
     np.testing.assert_allclose(_light_scores(R, is_heavy, light, 2, 1, np), ref, rtol=1e-10, atol=1e-14)
     assert float(_light_scores(R, is_heavy, light, 2, 1, np).sum()) == pytest.approx(7.0, rel=1e-10)
     np.testing.assert_allclose(_light_scores(R, is_heavy, light, 1.5, 1, np), _scores(R[light], 1.5, 1), rtol=1e-12)
+
+
+DEVICE_CASES = {
+    # (call, bound on the stand-in's peak over A.nbytes when streaming; one block took 1.0-2.1x)
+    "lstsq_direct": (lambda A, b: gs.lstsq(A, b, method="direct").x, 0.6),
+    "leverage_scores_exact": (lambda A, b: gs.leverage_scores(A, exact=True), 0.6),
+    "leverage_scores": (lambda A, b: gs.leverage_scores(A, seed=1), 0.6),
+    "irls": (lambda A, b: robust.irls(A, b, robust.HuberLoss(1.0), seed=1).x, 0.8),
+    "lewis_weights": (lambda A, b: gs.lewis_weights(A, 1, seed=1), 0.9),
+    "lp_regression": (lambda A, b: gs.lp_regression(A, b, 1, m=400, seed=1).x, 1.2),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(DEVICE_CASES))
+def test_device_routes_stream_when_short_of_memory(monkeypatch, system, cupy_or_fake, name):
+    """On a GPU the CholeskyQR2 passes take one block and Lewis steps form diag(s)[A b], while
+    that fits in half the free memory; with less free they stream row blocks, as the CPU does:
+    the same results (to round-off), and on the stand-in a peak well under the one-block one."""
+    from gpusketch.linalg import _numerics, leverage
+    from gpusketch.robust import lewis
+
+    cupy = cupy_or_fake
+    A, b = (cupy.asarray(x) for x in system)
+    fn, bound = DEVICE_CASES[name]
+    whole = to_numpy(fn(A, b))
+    short = 2 * A.nbytes  # one block's workspace is 3 A.nbytes: more than half of this
+    for mod in (_numerics, leverage, lewis):
+        monkeypatch.setattr(mod, "free_bytes", lambda xp: short)
+    assert len(_numerics._row_ranges(*A.shape, cupy)) > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamed = to_numpy(fn(A, b))
+    np.testing.assert_allclose(streamed, whole, rtol=1e-9, atol=1e-12)
+    if getattr(cupy, "__fake__", False):  # the stand-in's arrays are NumPy's, seen by tracemalloc
+        ratio = peak_ratio(lambda: fn(A, b), A)
+        assert ratio <= bound, f"{name} peaked at {ratio:.2f} x A.nbytes on the device route (bound {bound})"

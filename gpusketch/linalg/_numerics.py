@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import linalg_modules, to_dense
+from .._backend import free_bytes, linalg_modules, to_dense
 
 __all__ = [
     "rank_cut",
@@ -141,13 +141,30 @@ def _orthonormal_enough(G, xp):
 _QR_BLOCK_BYTES = 1 << 20
 
 
+# The GPU's workspace per row and column of A in one CholeskyQR2 block: Y, Q₁ and a
+# product of the same size, in float64.
+_DEVICE_BYTES_PER_ENTRY = 24
+
+
 def _row_ranges(n, d, xp):
-    """Row blocks of ``max(_QR_BLOCK_BYTES / 8d, 8d)`` rows on the CPU (at least 8d
-    rows keep the blocks' GEMMs efficient for wide A); one block on the GPU (one
-    cuBLAS call per pass; the device route is unchanged)."""
-    if xp is not np:
-        return [(0, n)]
-    rows = max(_QR_BLOCK_BYTES // (8 * max(d, 1)), 8 * d, 1)
+    """Row blocks of the streamed passes.
+
+    On the CPU, blocks of ``max(_QR_BLOCK_BYTES / 8d, 8d)`` rows (at least 8d rows
+    keep the blocks' GEMMs efficient for wide A).  On the GPU one block, one cuBLAS
+    call per pass, while that block's workspace (``_DEVICE_BYTES_PER_ENTRY`` bytes
+    per entry of A) takes at most half the free device memory; past that, blocks
+    whose workspace is a quarter of it, so an A that fits leaves room to solve
+    rather than failing in the allocator.
+    """
+    d = max(d, 1)
+    if xp is np:
+        rows = max(_QR_BLOCK_BYTES // (8 * d), 8 * d, 1)
+    else:
+        per_row = _DEVICE_BYTES_PER_ENTRY * d
+        free = free_bytes(xp)
+        if free is None or n * per_row <= free // 2:
+            return [(0, n)]
+        rows = max(free // 4 // per_row, 8 * d, 1)
     return [(a, min(n, a + rows)) for a in range(0, n, rows)]
 
 

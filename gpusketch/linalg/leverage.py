@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, is_sparse, to_dense
+from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, free_bytes, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
@@ -59,16 +59,22 @@ def _product_row_norms2(A, M, xp, at=None):
     A whole ``A M`` (n × t, t = O(log n) JL columns: 119 at n = 10⁶) and its
     square made two passes over about a GB; in ~2 MiB row blocks with
     ``einsum`` it took 0.38-0.78x the time (CPU, n = 2·10⁵-10⁶, d = 5-500).
-    On a GPU the whole product is one cuBLAS call.
+    On a GPU the whole product is one cuBLAS call while it and its square
+    take at most half the free device memory (for t > d it is larger than
+    A); past that, row blocks of an eighth of it.
     """
-    if xp is not np:
-        return _row_norms2(to_dense((A if at is None else A[at]) @ M))
     n, t = (A.shape[0] if at is None else at.size), M.shape[1]
-    out = np.empty(n, dtype=np.result_type(A.dtype, M.dtype))
-    rows = max(256, _PRODUCT_BLOCK_BYTES // (8 * max(t, 1)))
+    if xp is np:
+        rows = max(256, _PRODUCT_BLOCK_BYTES // (8 * max(t, 1)))
+    else:
+        free = free_bytes(xp)
+        if free is None or 16 * n * t <= free // 2:
+            return _row_norms2(to_dense((A if at is None else A[at]) @ M))
+        rows = max(256, free // 8 // (16 * max(t, 1)))
+    out = xp.empty(n, dtype=np.result_type(A.dtype, M.dtype))
     for a in range(0, n, rows):
         X = to_dense((A[a : a + rows] if at is None else A[at[a : a + rows]]) @ M)
-        out[a : a + rows] = np.einsum("ij,ij->i", X, X)
+        out[a : a + rows] = xp.einsum("ij,ij->i", X, X)
     return out
 
 
@@ -163,8 +169,8 @@ class RowSlices:
 
     ``M[a:c]`` forms rows a..c-1 only (``M[0:n]`` the whole matrix); ``shape``
     and ``dtype`` are those of the product.  Lewis weights take leverage scores
-    of such a matrix at every step, on the host without forming it whole
-    (``streamed_leverage_scores``).
+    of such a matrix at every step without forming it whole
+    (``streamed_leverage_scores``), on the host and on a device short of memory.
     """
 
     def __init__(self, A, s=None, b=None):
@@ -199,12 +205,12 @@ class RowSlices:
     def product_row_norms2(self, P):
         """``||(M P)_i||²`` for every row: ``s_i² ||[a_i b_i] P||²`` in row blocks, the
         scaling applied to the norms rather than to the rows (``_product_row_norms2``)."""
-        n = self.shape[0]
-        out = np.empty(n, dtype=np.result_type(self.dtype, P.dtype))
-        rows = max(256, _PRODUCT_BLOCK_BYTES // (8 * max(P.shape[1], 1)))
+        n, xp = self.shape[0], self._xp
+        out = xp.empty(n, dtype=np.result_type(self.dtype, P.dtype))
+        rows = max(256, _block_bytes(_PRODUCT_BLOCK_BYTES, xp) // (8 * max(P.shape[1], 1)))
         for a in range(0, n, rows):
             X = self._unscaled(slice(a, a + rows)) @ P
-            out[a : a + rows] = np.einsum("ij,ij->i", X, X)
+            out[a : a + rows] = xp.einsum("ij,ij->i", X, X)
         if self._s is not None:
             out *= self._s * self._s
         return out
@@ -216,25 +222,34 @@ class RowSlices:
 _SLICE_BLOCK_BYTES = 64 << 20
 
 
+def _block_bytes(cpu_bytes, xp):
+    """Bytes per streamed block: ``cpu_bytes`` on the CPU; on a GPU, which streams only
+    when short of memory, an eighth of its free memory (at least 1 MiB)."""
+    if xp is np:
+        return cpu_bytes
+    return max(1 << 20, (free_bytes(xp) or 0) // 8)
+
+
 def streamed_leverage_scores(M, *, exact, seed):
-    """``leverage_scores(M)`` for a host ``RowSlices`` M, which is never formed whole.
+    """``leverage_scores(M)`` for a ``RowSlices`` M, which is never formed whole.
 
     The same OSNAP, Gaussians and preconditioner as ``leverage_scores`` for the
     same seed: the sketch ``SM`` is summed over row blocks ``S[:, a:c] M[a:c]``
     (equal to the whole product to round-off), the row norms of ``M R⁻¹G`` come
     from A's rows scaled afterwards (``RowSlices.product_row_norms2``), and the
-    exact route's CholeskyQR2 reads M by row blocks.
+    exact route's CholeskyQR2 reads M by row blocks.  On the device of M's A.
     """
     n, d = M.shape
+    xp = M._xp
     if exact or embedding_rows(d) >= n:
-        return _exact_scores(M, np)
+        return _exact_scores(M, xp)
     S = embedding_osnap(n, d, seed)
-    rows = max(1, _SLICE_BLOCK_BYTES // (8 * d))
+    rows = max(1, _block_bytes(_SLICE_BLOCK_BYTES, xp) // (8 * d))
     SM = None
     for a in range(0, n, rows):
         part = to_dense(S[:, a : a + rows] @ M[a : a + rows])
         SM = part if SM is None else SM + part
-    return _sketched_scores(SketchPreconditioner(SM, np), n, M.dtype, seed, M.product_row_norms2, np)
+    return _sketched_scores(SketchPreconditioner(SM, xp), n, M.dtype, seed, M.product_row_norms2, xp)
 
 
 def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):

@@ -7,11 +7,11 @@ import numbers
 
 import numpy as np
 
-from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, is_sparse
+from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, free_bytes, is_sparse
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg import leverage_scores
-from ..linalg.leverage import RowSlices, streamed_leverage_scores
+from ..linalg.leverage import RowSlices, jl_columns, streamed_leverage_scores
 
 __all__ = ["lewis_weights"]
 
@@ -30,13 +30,25 @@ def _scaled_rows(A, s, b):
 _STREAM_MIN_BYTES = 256 << 20
 
 
+def _stream(A, b, xp):
+    """Whether to stream ``diag(s) [A b]`` rather than form it: on the host from
+    ``_STREAM_MIN_BYTES`` of A; on a GPU when the scaled copy and the work of its scores
+    (CholeskyQR2's two n × d' arrays, or the n × t JL product) would take more than half
+    the free device memory."""
+    if xp is np:
+        return A.nbytes >= _STREAM_MIN_BYTES
+    free = free_bytes(xp)
+    n, width = A.shape[0], A.shape[1] + (b is not None)
+    itemsize = np.result_type(A.dtype, *([] if b is None else [b.dtype])).itemsize
+    return free is not None and n * (3 * width + jl_columns(n)) * itemsize > free // 2
+
+
 def _scaled_leverage(A, s, b, exact, seed, xp):
-    """Leverage scores of ``diag(s) [A b]``.  For a dense host A of ``_STREAM_MIN_BYTES`` or
-    more the scaled matrix is never formed (``streamed_leverage_scores``: same sketch, same
-    scores to round-off); otherwise it lives only inside this call, so the fixed-point
-    loop holds one scaled copy at a time."""
-    if (xp is np and not is_sparse(A) and (s is not None or b is not None)
-            and A.nbytes >= _STREAM_MIN_BYTES):
+    """Leverage scores of ``diag(s) [A b]``.  For a dense A that ``_stream`` picks the scaled
+    matrix is never formed (``streamed_leverage_scores``: same sketch, same scores to
+    round-off); otherwise it lives only inside this call, so the fixed-point loop holds
+    one scaled copy at a time."""
+    if not is_sparse(A) and (s is not None or b is not None) and _stream(A, b, xp):
         return streamed_leverage_scores(RowSlices(A, s, b), exact=exact, seed=seed)
     return leverage_scores(_scaled_rows(A, s, b), exact=exact, seed=seed)
 

@@ -177,17 +177,20 @@ def as_operand(A, name="A", *, ndim=(1, 2)):
     return A, xp
 
 
-def check_positive_int(value, name, *, minimum=1):
+def check_positive_int(value, name, *, minimum=1, maximum=None, why=""):
     """Return ``value`` as int, or raise naming ``name``.
 
     Python and NumPy integers are accepted; bools, floats and others raise
-    ``TypeError``; values below ``minimum`` raise ``ValueError``.
+    ``TypeError``; values below ``minimum`` or above ``maximum`` raise
+    ``ValueError`` (``why`` says what sets the maximum).
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}{why}, got {value}")
     return value
 
 

@@ -16,8 +16,11 @@ for those paths:
   ``TypeError``, as CuPy does;
 - reductions return 0-d device arrays, not NumPy scalars, and there is no
   ``__index__`` (CuPy has none);
-- the kernel registry's ``"cupy"`` twins are replaced by the NumPy twins run
-  on the wrapped data, so a kernel call takes device arrays and returns them.
+- the kernel registry's ``"cupy"`` twins run their own Python (argument
+  preparation, grids, sorting, temporaries) with a ``RawModule`` that compiles
+  nothing: each launch is checked against the kernel's C signature, parsed
+  from the shipped ``.cu`` source (``tests/test_kernel_launches.py``), and
+  does nothing; the NumPy twin then computes the result on the wrapped data.
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
 streams and asynchrony, memory limits, or a CuPy function that exists in NumPy
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import operator
+import re
 import sys
 import types
 
@@ -487,8 +492,101 @@ def _runtime():
     return rt
 
 
-def _raw_module(*args, **kwargs):
-    raise RuntimeError("fake CuPy compiles no CUDA: a kernel was launched outside the registry")
+# ---------------------------------------------------------------------------
+# Kernel launches: checked against the CUDA signatures, not run
+# ---------------------------------------------------------------------------
+
+_C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
+            "unsigned int": np.uint32, "signed char": np.int8, "unsigned char": np.uint8, "bool": np.bool_}
+_MAX_SHARED_BYTES = 227 << 10  # per block, with opt-in, on sm_90
+#: Every launch the stand-in has checked: ``(name expression, grid, block)``.
+LAUNCHES = []
+
+
+def _signatures(code):
+    """``{kernel: (template parameters, [(is_pointer, C type)])}`` of the ``__global__`` functions."""
+    out = {}
+    for m in re.finditer(r"(?:template\s*<([^>]*)>\s*)?__global__\s+void\s+(\w+)\s*\(([^)]*)\)", code):
+        tparams = [t.split()[-1] for t in m.group(1).split(",")] if m.group(1) else []
+        params = []
+        for p in m.group(3).split(","):
+            p = p.replace("__restrict__", " ").replace("const", " ")
+            params.append(("*" in p, " ".join(p.replace("*", " ").split()[:-1])))
+        out[m.group(2)] = (tparams, params)
+    return out
+
+
+class _RawModule:
+    """``cupy.RawModule`` that compiles nothing: ``get_function`` hands out launchers
+    that check each launch against the kernel's C signature and then do nothing (the
+    registry's NumPy twin computes the result)."""
+
+    def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
+        self._signatures = _signatures(code)
+        self._names = list(name_expressions or [])
+
+    def get_function(self, expression):
+        if self._names and expression not in self._names:
+            raise KeyError(f"{expression} is not among the module's name_expressions")
+        name, _, targs = expression.partition("<")
+        tparams, params = self._signatures[name]
+        targs = [t.strip() for t in targs.rstrip(">").split(",")] if targs else []
+        if len(targs) != len(tparams):
+            raise TypeError(f"{expression}: {len(targs)} template arguments for {tparams}")
+        bind = dict(zip(tparams, targs))
+        return _Launcher(expression, [(ptr, bind.get(t, t)) for ptr, t in params])
+
+
+class _Launcher:
+    def __init__(self, expression, params):
+        self.expression, self.params = expression, params
+
+    def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
+        where = self.expression
+        for what, dims, top in (("grid", grid, (2**31 - 1, 65535, 65535)), ("block", block, (1024, 1024, 64))):
+            if not isinstance(dims, tuple) or not 1 <= len(dims) <= 3:
+                raise TypeError(f"{where}: {what} must be a tuple of 1-3 ints, got {dims!r}")
+            for v, hi in zip(dims, top):
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= hi:
+                    raise ValueError(f"{where}: {what} {dims!r} out of range")
+        if int(np.prod(block)) > 1024:
+            raise ValueError(f"{where}: block {block!r} has more than 1024 threads")
+        if not 0 <= int(shared_mem) <= _MAX_SHARED_BYTES:
+            raise ValueError(f"{where}: shared_mem {shared_mem} out of range")
+        if len(args) != len(self.params):
+            raise TypeError(f"{where}: {len(args)} arguments for {len(self.params)} parameters")
+        for i, (arg, (pointer, ctype)) in enumerate(zip(args, self.params)):
+            want = np.dtype(_C_TYPES[ctype])
+            if pointer:
+                if not isinstance(arg, ndarray) or arg.dtype != want:
+                    raise TypeError(f"{where}: argument {i} must be a device array of {want} ({ctype}*), "
+                                    f"got {type(arg).__name__} {getattr(arg, 'dtype', '')}")
+            elif not isinstance(arg, np.generic) or arg.dtype != want:
+                raise TypeError(f"{where}: argument {i} must be a NumPy {want} scalar ({ctype}), got {arg!r}")
+        LAUNCHES.append((where, tuple(int(g) for g in grid), tuple(int(b) for b in block)))
+
+
+# The arguments each kernel operation writes in place (``out`` unless named here).
+_WRITES = {"fwht": ("X",), "scatter_add_rows": ("Z",)}
+
+
+def _checked_twin(name, gpu_twin, cpu_twin):
+    """Run the CuPy twin's own Python, its launches checked and not run, then the NumPy
+    twin for the result; what the CuPy twin wrote in place is restored in between."""
+    signature = inspect.signature(gpu_twin)
+    writes = _WRITES.get(name, ("out",))
+
+    def run(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs).arguments
+        outputs = [bound[k] for k in writes if isinstance(bound.get(k), ndarray)]
+        saved = [a._a.copy() for a in outputs]
+        with np.errstate(all="ignore"):
+            gpu_twin(*args, **kwargs)
+        for a, keep in zip(outputs, saved):
+            a._a[...] = keep
+        return _device_fn(cpu_twin, host_ok=True)(*args, **kwargs)
+
+    return run
 
 
 def _random_module():
@@ -537,7 +635,10 @@ def build():
             "cuda": cuda,
             "linalg": linalg,
             "random": random,
-            "RawModule": _raw_module,
+            "RawModule": _RawModule,
+            # Zeroed, so that code after a launch that did not run reads zeros, not garbage.
+            "empty": _device_fn(np.zeros),
+            "empty_like": _device_fn(np.zeros_like),
             "memoize": lambda for_each_device=False: (lambda f: functools.lru_cache(maxsize=None)(f)),
             "get_default_memory_pool": lambda: _MEMORY_POOL,
             "get_default_pinned_memory_pool": lambda: _MEMORY_POOL,
@@ -636,14 +737,17 @@ def installed():
     saved = {k: sys.modules.get(k) for k in mods}
     twins = dict(_kernels._TWINS)
     sys.modules.update(mods)
+    _kernels._module_loader.cache_clear()
+    _kernels._sm_count.cache_clear()
     for (name, backend), fn in twins.items():
         if backend == "cupy":
-            # A CuPy twin takes small host parameters (hash counters, CDFs) beside device arrays.
-            _kernels._TWINS[(name, backend)] = _device_fn(twins[(name, "numpy")], host_ok=True)
+            _kernels._TWINS[(name, backend)] = _checked_twin(name, fn, twins[(name, "numpy")])
     _register_with_dask()
     try:
         yield mods["cupy"]
     finally:
+        _kernels._module_loader.cache_clear()
+        _kernels._sm_count.cache_clear()
         _kernels._TWINS.clear()
         _kernels._TWINS.update(twins)
         for k, v in saved.items():

@@ -11,6 +11,11 @@ CS = gs.CountSketch(4, 10, seed=1)
 
 CONSTRUCTOR_CASES = [
     (lambda: gs.CountSketch(0, 10), ValueError, "m"),
+    # sketch rows are 32-bit ints in the kernels (and hash buckets are 31-bit)
+    (lambda: gs.CountSketch(2**31, 10), ValueError, "m must be <= 2147483647 .*32-bit"),
+    (lambda: gs.SparseSign(2**31, 10), ValueError, "m must be <= 2147483647"),
+    (lambda: gs.Gaussian(2**31, 10), ValueError, "m must be <= 2147483647"),
+    (lambda: gs.operators.MultiLevelCountSketch(2**30, 10, 2), ValueError, "r \\* levels must be <= 2147483647"),
     (lambda: gs.CountSketch(-3, 10), ValueError, "m"),
     (lambda: gs.CountSketch(4.0, 10), TypeError, "m"),
     (lambda: gs.CountSketch(4, 0), ValueError, "n"),
@@ -110,9 +115,9 @@ def test_mixed_numpy_cupy_raises_type_error(cupy_or_fake):
 
 
 def test_sketch_too_large_for_memory_names_the_size(xp):
-    # m * d * 8 bytes = 8e13 bytes: more than any host or device has free.
-    S = gs.CountSketch(10**11, 10, seed=1)
-    with pytest.raises(MemoryError, match=r"sketch output \(100000000000, 100\) needs 74505\.81 GiB but only"):
+    # m * d * 8 bytes = 1.7e12 bytes (m at its 32-bit limit): more than any host or device has free.
+    S = gs.CountSketch(2**31 - 1, 10, seed=1)
+    with pytest.raises(MemoryError, match=r"sketch output \(2147483647, 100\) needs 1600\.00 GiB but only"):
         S @ xp.ones((10, 100))
     # and the adjoint's output: n x d = 1e11 x 100 as well
     with pytest.raises(MemoryError, match=r"adjoint output \(100000000000 rows\) needs 74505\.81 GiB"):

@@ -34,6 +34,11 @@ __all__ = ["SketchOperator"]
 # Sparse inputs without a native kernel are densified in chunks of about this size.
 _DENSIFY_BYTES = 64 << 20
 
+#: Most rows of a hashed or Gaussian sketch: the CUDA kernels index sketch rows (and the
+#: hash buckets they come from) with 32-bit ints, and the CPU twins follow them.
+MAX_SKETCH_ROWS = 2**31 - 1
+ROWS_LIMIT = " (the CUDA kernels index sketch rows with 32-bit ints)"
+
 
 def _zeros(xp, shape, dtype, what):
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _kernels
 from .._backend import check_positive_int, check_seed
 from .._random import STREAM_GAUSSIAN
-from ._base import SketchOperator, _zeros
+from ._base import MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
 
 __all__ = ["Gaussian"]
 
@@ -48,7 +48,7 @@ class Gaussian(SketchOperator):
     """
 
     def __init__(self, m, n, *, seed=None, _col0=0):
-        m = check_positive_int(m, "m")
+        m = check_positive_int(m, "m", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
         n = check_positive_int(n, "n")
         super().__init__(m, n, check_seed(seed))
         self._set(_col0=_col0, _scale=1.0 / math.sqrt(m))

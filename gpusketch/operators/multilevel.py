@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _kernels
 from .._backend import check_memory, check_positive_int, check_seed, sparse_module
-from ._base import SketchOperator, _zeros
+from ._base import MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
 
 __all__ = ["MultiLevelCountSketch"]
 
@@ -79,6 +79,7 @@ class MultiLevelCountSketch(SketchOperator):
         levels = check_positive_int(levels, "levels")
         if isinstance(branching, bool) or not isinstance(branching, numbers.Real) or not branching > 1:
             raise ValueError(f"branching must be a number > 1, got {branching!r}")
+        check_positive_int(r * levels, "r * levels", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
         super().__init__(r * levels, n, check_seed(seed))
         self._set(_r=r, _levels=levels, _beta=float(branching), _col0=0,
                   _thresh=np.power(float(branching), -np.arange(levels, dtype=np.float64)))

@@ -24,6 +24,7 @@ from .._nvtx import annotate
 from .._random import STREAM_UNIFORM, derive_seed
 from ..linalg._numerics import svd_rank
 from ..operators import MultiLevelCountSketch
+from ..operators._base import MAX_SKETCH_ROWS
 from .irls import irls
 from .lewis import lewis_weights
 from .losses import TukeyLoss
@@ -125,6 +126,8 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
     ----------
     A : (n, d) array or sparse matrix
     alpha : int >= 1
+        Past ``2³¹ − 1`` the partition draws from ``2³¹ − 1`` groups (the kernels'
+        hash buckets are 31-bit): still singletons but for about ``n²/2³²`` pairs.
     method : {"partition", "peeling"}
         ``"peeling"``: Figure 2 — α rounds, each adding the rows whose
         leverage score in the remaining rows is at least ``1/(2α)`` (the bound
@@ -178,8 +181,12 @@ def _heavy_coordinates(Ad, alpha, method, p, seed, xp):
     else:
         reps = int(math.ceil(2 * math.log(max(d * alpha, 2)))) + 2
 
+        # Labels are 31-bit hash buckets (the kernels' row index): past 2³¹ − 1 groups the
+        # partition is drawn over 2³¹ − 1 of them, all singletons but for ~n²/2³² pairs.
+        buckets = min(alpha, MAX_SKETCH_ROWS)
+
         def labels(t):
-            return _kernels.call("hash_values", xp, 0, n, alpha, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
+            return _kernels.call("hash_values", xp, 0, n, buckets, 1, derive_seed(seed, t), STREAM_UNIFORM)[0][:, 0]
 
         # With α > n most groups are empty: number the non-empty ones 0, 1, ... (the
         # same row sets, so the same scores) so that no pass costs O(α).

@@ -159,8 +159,11 @@ def test_warnings_print_as_command_output(tmp_path, capsys):
 def test_commands_on_the_gpu_route(tmp_path, capsys, cupy_or_fake):
     """demo, sketch and lstsq with --device gpu, in process: on CuPy where a GPU is,
     else on the stand-in (the commands' device branches, not the kernels' speed)."""
-    from gpusketch import cli
+    from gpusketch import _kernels, cli
 
+    assert cli.main(["info"]) == 0
+    info = capsys.readouterr().out
+    assert "device" in info and info.count(" compiled") == len(_kernels.NAME_EXPRESSIONS), info
     assert cli.main(["demo", "--n", "3000", "--d", "5", "--m", "120", "--repeat", "1", "--device", "gpu"]) == 0
     _check_demo_tables(capsys.readouterr().out, "gpu")
     rng = np.random.default_rng(0)

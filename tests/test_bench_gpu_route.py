@@ -49,7 +49,7 @@ def test_linalg(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "LOWRANK_QUICK", [(2000, 100, 5)])
     mod.main(["--device", "gpu", "--quick", "--repeat", "1", "--out", str(tmp_path), "--commit", "test"])
     _, table = _tables(tmp_path, "linalg-gpu-quick")
-    assert "gpusketch precondition" in table and "randomized_svd" in table
+    assert "gpusketch precondition" in table and "randomized_svd" in table and "streamed" in table
 
 
 @pytest.mark.gpu

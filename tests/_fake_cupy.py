@@ -9,9 +9,10 @@ module installs modules named ``cupy``, ``cupyx.scipy.linalg``,
 NumPy arrays in a wrapper that behaves like ``cupy.ndarray`` where it matters
 for those paths:
 
-- implicit conversion to NumPy raises ``TypeError`` (``np.asarray(x)``,
-  SciPy on a device array, ``float`` of a 1-element array does work as in
-  CuPy); only ``.get()`` and ``cupy.asnumpy`` copy to the host;
+- implicit conversion to NumPy raises ``TypeError`` (``np.asarray(x)``, or
+  SciPy handed a device array); only ``.get()`` and ``cupy.asnumpy`` copy to
+  the host (``float``, ``int`` and ``bool`` of a 1-element array work, as in
+  CuPy, with a synchronisation there);
 - mixing a host array with a device array in an operation raises
   ``TypeError``, as CuPy does;
 - reductions return 0-d device arrays, not NumPy scalars, and there is no
@@ -23,7 +24,8 @@ for those paths:
   does nothing; the NumPy twin then computes the result on the wrapped data.
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
-streams and asynchrony, memory limits, or a CuPy function that exists in NumPy
+streams and asynchrony, allocation failures (``memGetInfo`` reports
+``DEVICE_FREE_BYTES``, nothing is refused), or a CuPy function that exists in NumPy
 but not in CuPy (``tests/test_cupy_api.py`` checks that against a real CuPy,
 wherever one is installed: it imports without a device).  It is
 a test of the dispatch and of the algorithms' device branches, not of a GPU.
@@ -44,9 +46,11 @@ import scipy.linalg
 import scipy.sparse
 import scipy.sparse.linalg
 
-_IMPLICIT = "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
+_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
+             "Please use `.get()` to construct a NumPy array explicitly.")  # CuPy's words
 # Functions that take host data on purpose (explicit transfers and constructors).
-_HOST_OK = {"asarray", "array", "asnumpy", "asfortranarray", "ascontiguousarray", "get_array_module", "dtype", "result_type", "can_cast", "promote_types", "iinfo", "finfo"}
+_HOST_OK = {"asarray", "array", "asnumpy", "asfortranarray", "ascontiguousarray", "get_array_module", "dtype",
+            "result_type", "can_cast", "promote_types", "iinfo", "finfo"}
 
 
 # The public attributes of cupy.ndarray (CuPy 14.2); NumPy's others (ctypes,
@@ -162,7 +166,8 @@ class ndarray:
     # --- what marks a CuPy array ---------------------------------------
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self._a.shape, "typestr": self._a.dtype.str, "data": (self._a.ctypes.data, False), "version": 3}
+        return {"shape": self._a.shape, "typestr": self._a.dtype.str, "data": (self._a.ctypes.data, False),
+                "version": 3}
 
     @property
     def device(self):
@@ -268,11 +273,12 @@ def _binary(op, reflected=False, inplace=False):
     return method
 
 
-for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"):
-    _op = getattr(operator, _name if _name not in ("and", "or") else _name + "_")
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift",
+              "rshift"):
+    _op = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
     setattr(ndarray, f"__{_name}__", _binary(_op))
     setattr(ndarray, f"__r{_name}__", _binary(_op, reflected=True))
-    setattr(ndarray, f"__i{_name}__", _binary(getattr(operator, f"i{_name}" if _name not in ("and", "or") else f"i{_name}"), inplace=True))
+    setattr(ndarray, f"__i{_name}__", _binary(getattr(operator, f"i{_name}"), inplace=True))
 for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
     setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name)))
 ndarray.__hash__ = None
@@ -427,7 +433,9 @@ def _namespace(name, source, extra=None):
 
 def _asarray(a, dtype=None, order=None, *, blocking=False):
     if isinstance(a, ndarray):
-        return a if (dtype is None or a.dtype == dtype) and order in (None, "K", "A") else ndarray(np.asarray(a._a, dtype=dtype, order=order))
+        if (dtype is None or a.dtype == dtype) and order in (None, "K", "A"):
+            return a
+        return ndarray(np.asarray(a._a, dtype=dtype, order=order))
     if scipy.sparse.issparse(a):
         raise TypeError("cupy.asarray of a SciPy sparse matrix")
     return ndarray(np.array(_unwrap(a, host_ok=True), dtype=dtype, order=order or "K", copy=True))
@@ -486,7 +494,8 @@ def _runtime():
     rt = types.ModuleType("cupy.cuda.runtime")
     rt.getDeviceCount = lambda: 1
     rt.memGetInfo = lambda: (DEVICE_FREE_BYTES, 80 << 30)
-    rt.getDeviceProperties = lambda device: {"name": b"fake", "multiProcessorCount": 132, "totalGlobalMem": 80 << 30, "major": 9, "minor": 0}
+    rt.getDeviceProperties = lambda device: {"name": b"fake", "multiProcessorCount": 132,
+                                             "totalGlobalMem": 80 << 30, "major": 9, "minor": 0}
     rt.deviceSynchronize = lambda: None
     rt.CUDARuntimeError = RuntimeError
     return rt
@@ -592,7 +601,8 @@ def _checked_twin(name, gpu_twin, cpu_twin):
 def _random_module():
     def default_rng(seed=None):
         gen = np.random.default_rng(seed)
-        return types.SimpleNamespace(**{n: _device_fn(getattr(gen, n)) for n in dir(gen) if not n.startswith("_") and callable(getattr(gen, n))})
+        draws = [n for n in dir(gen) if not n.startswith("_") and callable(getattr(gen, n))]
+        return types.SimpleNamespace(**{n: _device_fn(getattr(gen, n)) for n in draws})
 
     class RandomState:
         def __init__(self, seed=None):
@@ -699,7 +709,8 @@ class _LinearOperator:
 
             return run
 
-        return scipy.sparse.linalg.LinearOperator(self.shape, matvec=call(self._matvec), rmatvec=call(self._rmatvec), dtype=self.dtype)
+        return scipy.sparse.linalg.LinearOperator(self.shape, matvec=call(self._matvec), rmatvec=call(self._rmatvec),
+                                                  dtype=self.dtype)
 
 
 def _solver(fn):

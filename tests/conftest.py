@@ -1,4 +1,5 @@
-"""Shared fixtures: one test body runs on NumPy and, where a GPU exists, on CuPy."""
+"""Shared fixtures: one test body runs on NumPy and on CuPy where a GPU exists, or
+else on the NumPy-backed CuPy stand-in (``_fake_cupy``, the ``[fakegpu]`` cases)."""
 
 import numpy as np
 import pytest

@@ -22,6 +22,8 @@ for those paths:
   nothing: each launch is checked against the kernel's C signature, parsed
   from the shipped ``.cu`` source (``tests/test_kernel_launches.py``), and
   does nothing; the NumPy twin then computes the result on the wrapped data.
+  A CuPy twin written in CuPy array code (no launch) computes for real, and
+  its result must agree with the NumPy twin's.
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
 streams and asynchrony, allocation failures (``memGetInfo`` reports
@@ -510,6 +512,8 @@ _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long lo
 _MAX_SHARED_BYTES = 227 << 10  # per block, with opt-in, on sm_90
 #: Every launch the stand-in has checked: ``(name expression, grid, block)``.
 LAUNCHES = []
+#: Kernel operations whose CuPy twin (CuPy array code, no launch) was computed and compared.
+TWINS_COMPARED = {}
 
 
 def _signatures(code):
@@ -580,8 +584,10 @@ _WRITES = {"fwht": ("X",), "scatter_add_rows": ("Z",)}
 
 
 def _checked_twin(name, gpu_twin, cpu_twin):
-    """Run the CuPy twin's own Python, its launches checked and not run, then the NumPy
-    twin for the result; what the CuPy twin wrote in place is restored in between."""
+    """Run the CuPy twin's own Python, its launches checked and not run, then the NumPy twin
+    for the result; what the CuPy twin wrote in place is restored in between.  A CuPy twin
+    that launched nothing (it is CuPy array code, such as the padded batched group leverage)
+    computed for real: its result must then agree with the NumPy twin's."""
     signature = inspect.signature(gpu_twin)
     writes = _WRITES.get(name, ("out",))
 
@@ -589,11 +595,21 @@ def _checked_twin(name, gpu_twin, cpu_twin):
         bound = signature.bind(*args, **kwargs).arguments
         outputs = [bound[k] for k in writes if isinstance(bound.get(k), ndarray)]
         saved = [a._a.copy() for a in outputs]
+        launched = len(LAUNCHES)
         with np.errstate(all="ignore"):
-            gpu_twin(*args, **kwargs)
+            gpu = gpu_twin(*args, **kwargs)
+        computed = len(LAUNCHES) == launched
+        gpu = gpu._a.copy() if computed and isinstance(gpu, ndarray) else None
         for a, keep in zip(outputs, saved):
             a._a[...] = keep
-        return _device_fn(cpu_twin, host_ok=True)(*args, **kwargs)
+        cpu = _device_fn(cpu_twin, host_ok=True)(*args, **kwargs)
+        if gpu is not None:
+            want = cpu._a
+            tol = 1e-5 if want.dtype == np.float32 else 1e-9
+            np.testing.assert_allclose(gpu, want, rtol=tol, atol=tol * float(np.max(np.abs(want), initial=0.0)),
+                                       err_msg=f"the CuPy twin of {name} disagrees with its NumPy twin")
+            TWINS_COMPARED[name] = TWINS_COMPARED.get(name, 0) + 1
+        return cpu
 
     return run
 

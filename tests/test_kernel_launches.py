@@ -1,4 +1,5 @@
-"""Every CUDA kernel launch passes the arguments its C signature declares (on the CuPy stand-in).
+"""Every CUDA kernel launch passes the arguments its C signature declares (on the CuPy stand-in);
+the CuPy twins that launch nothing compute what their NumPy twins do.
 
 Without a GPU the kernels cannot run, but the Python that launches them can: the
 stand-in's ``RawModule`` parses each ``__global__`` signature from the shipped
@@ -52,16 +53,22 @@ def _exercise(cp):
     robust.heavy_coordinates(Ad, 4000, seed=1)
     robust.tukey_regression(Ad, b, 3.0, seed=1)
     gs.leverage_sample(Ad, 100, seed=1)
+    kron.lstsq([cp.asarray(rng.standard_normal(s)) for s in ((60, 3), (50, 2))], cp.asarray(rng.standard_normal(3000)),
+               m=200, seed=1)
     _kernels.call("philox_blocks", cp, np.zeros((4, 4), dtype=np.uint32), (1, 2))
 
 
 def test_every_kernel_is_launched_as_its_signature_declares(monkeypatch):
     monkeypatch.setattr(_fake_cupy, "LAUNCHES", [])
+    monkeypatch.setattr(_fake_cupy, "TWINS_COMPARED", {})
     with _fake_cupy.installed() as cp:
         _exercise(cp)  # a launch that disagrees with its signature raises here
     launched = {name for name, _, _ in _fake_cupy.LAUNCHES}
     expected = {n for names in _kernels.NAME_EXPRESSIONS.values() for n in names} - NOT_REACHED
     assert expected <= launched, sorted(expected - launched)
+    # The CuPy twins written in CuPy array code (no launch) ran for real and matched their
+    # NumPy twins: the padded batched group leverage is the GPU's own algorithm.
+    assert {"group_leverage", "scatter_add_rows", "inverse_cdf"} <= set(_fake_cupy.TWINS_COMPARED)
 
 
 def test_a_mismatched_launch_is_refused():

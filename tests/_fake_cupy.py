@@ -22,8 +22,10 @@ for those paths:
   nothing: each launch is checked against the kernel's C signature, parsed
   from the shipped ``.cu`` source (``tests/test_kernel_launches.py``), and
   does nothing; the NumPy twin then computes the result on the wrapped data.
-  A CuPy twin written in CuPy array code (no launch) computes for real, and
-  its result must agree with the NumPy twin's.
+  The hash kernels (``hash_values``, ``philox_blocks``) are carried out with
+  the CPU twins' hash functions, so a CuPy twin written in CuPy array code on
+  top of them computes for real, and its result must agree with the NumPy
+  twin's.
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
 streams and asynchrony, allocation failures (``memGetInfo`` reports
@@ -529,6 +531,27 @@ def _signatures(code):
     return out
 
 
+def _emulate_hash_values(col0, n, m, nnz, k0, k1, stream, buckets, signs):
+    from gpusketch import _kernels
+
+    b, sg = _kernels._hash_values_np(int(col0), int(n), int(m), int(nnz), int(k0) | int(k1) << 32, int(stream))
+    buckets._a[...] = b.reshape(buckets.shape)
+    signs._a[...] = sg.reshape(signs.shape)
+
+
+def _emulate_philox_blocks(ctr, k0, k1, count, out):
+    from gpusketch import _random
+
+    out._a[...] = _random.philox4x32(ctr._a, (int(k0), int(k1))).reshape(out.shape)
+
+
+# The kernels whose launches the stand-in carries out (with the CPU twins' hash functions):
+# they make the hashes that CuPy array code then uses (group labels, bucket sort orders).
+_EMULATED = {"hash_values": _emulate_hash_values, "philox_blocks": _emulate_philox_blocks}
+# Launches not carried out (their outputs stay zero): a CuPy twin that made one is not compared.
+_SKIPPED = [0]
+
+
 class _RawModule:
     """``cupy.RawModule`` that compiles nothing: ``get_function`` hands out launchers
     that check each launch against the kernel's C signature and then do nothing (the
@@ -577,6 +600,10 @@ class _Launcher:
             elif not isinstance(arg, np.generic) or arg.dtype != want:
                 raise TypeError(f"{where}: argument {i} must be a NumPy {want} scalar ({ctype}), got {arg!r}")
         LAUNCHES.append((where, tuple(int(g) for g in grid), tuple(int(b) for b in block)))
+        if where in _EMULATED:
+            _EMULATED[where](*args)
+        else:
+            _SKIPPED[0] += 1
 
 
 # The arguments each kernel operation writes in place (``out`` unless named here).
@@ -584,10 +611,11 @@ _WRITES = {"fwht": ("X",), "scatter_add_rows": ("Z",)}
 
 
 def _checked_twin(name, gpu_twin, cpu_twin):
-    """Run the CuPy twin's own Python, its launches checked and not run, then the NumPy twin
-    for the result; what the CuPy twin wrote in place is restored in between.  A CuPy twin
-    that launched nothing (it is CuPy array code, such as the padded batched group leverage)
-    computed for real: its result must then agree with the NumPy twin's."""
+    """Run the CuPy twin's own Python, its launches checked (and not run, but for the hash
+    kernels in ``_EMULATED``), then the NumPy twin for the result; what the CuPy twin wrote in
+    place is restored in between.  A CuPy twin that made no skipped launch (CuPy array code,
+    such as the padded batched group leverage, on emulated hashes) computed for real: its
+    result must then agree with the NumPy twin's."""
     signature = inspect.signature(gpu_twin)
     writes = _WRITES.get(name, ("out",))
 
@@ -595,10 +623,10 @@ def _checked_twin(name, gpu_twin, cpu_twin):
         bound = signature.bind(*args, **kwargs).arguments
         outputs = [bound[k] for k in writes if isinstance(bound.get(k), ndarray)]
         saved = [a._a.copy() for a in outputs]
-        launched = len(LAUNCHES)
+        skipped = _SKIPPED[0]
         with np.errstate(all="ignore"):
             gpu = gpu_twin(*args, **kwargs)
-        computed = len(LAUNCHES) == launched
+        computed = _SKIPPED[0] == skipped
         gpu = gpu._a.copy() if computed and isinstance(gpu, ndarray) else None
         for a, keep in zip(outputs, saved):
             a._a[...] = keep

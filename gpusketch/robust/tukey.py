@@ -126,8 +126,9 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
     ----------
     A : (n, d) array or sparse matrix
     alpha : int >= 1
-        Past ``2³¹ − 1`` the partition draws from ``2³¹ − 1`` groups (the kernels'
-        hash buckets are 31-bit): still singletons but for about ``n²/2³²`` pairs.
+        Past ``2³¹ − 1`` the partition draws from ``2³¹ − 1`` groups (the kernels
+        index hash buckets with 32-bit ints): still singletons but for about
+        ``n²/2³²`` pairs.
     method : {"partition", "peeling"}
         ``"peeling"``: Figure 2 — α rounds, each adding the rows whose
         leverage score in the remaining rows is at least ``1/(2α)`` (the bound
@@ -181,8 +182,8 @@ def _heavy_coordinates(Ad, alpha, method, p, seed, xp):
     else:
         reps = int(math.ceil(2 * math.log(max(d * alpha, 2)))) + 2
 
-        # Labels are 31-bit hash buckets (the kernels' row index): past 2³¹ − 1 groups the
-        # partition is drawn over 2³¹ − 1 of them, all singletons but for ~n²/2³² pairs.
+        # Labels are hash buckets, indexed by 32-bit ints in the kernels: past 2³¹ − 1 groups
+        # the partition is drawn over 2³¹ − 1 of them, all singletons but for ~n²/2³² pairs.
         buckets = min(alpha, MAX_SKETCH_ROWS)
 
         def labels(t):

@@ -424,6 +424,9 @@ def _namespace(name, source, extra=None):
     def getattr_(attr):
         if attr in extra:
             return extra[attr]
+        if not hasattr(source, attr):
+            raise AttributeError(f"the CuPy stand-in (tests/_fake_cupy.py) has no {name}.{attr}: "
+                                 f"give it one there if CuPy has it")
         obj = getattr(source, attr)
         if isinstance(obj, np.ufunc):
             return _Ufunc(obj)

@@ -17,6 +17,8 @@ for those paths:
   ``TypeError``, as CuPy does;
 - reductions return 0-d device arrays, not NumPy scalars, and there is no
   ``__index__`` (CuPy has none);
+- ``cholesky``, ``solve``, ``inv`` and ``solve_triangular`` do not raise on a
+  failed factorisation, as CuPy's do not by default: the result is NaN;
 - the kernel registry's ``"cupy"`` twins run their own Python (argument
   preparation, grids, sorting, temporaries) with a ``RawModule`` that compiles
   nothing: each launch is checked against the kernel's C signature, parsed
@@ -416,6 +418,21 @@ class _Ufunc:
         return _device_fn(attr) if callable(attr) else attr
 
 
+def _silent(fn):
+    """A factorisation or solve as CuPy runs it: its failure is not raised (CuPy checks
+    cuSOLVER's info only under ``cupyx.errstate(linalg="raise")``, off by default) but
+    shows as NaN in the result, which callers must test for themselves."""
+
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            a = args[-1] if fn.__name__ in ("solve", "solve_triangular") else args[0]
+            return np.full(np.shape(a), np.nan, dtype=np.result_type(*[np.asarray(x).dtype for x in args[:2]], 1.0))
+
+    return _device_fn(functools.wraps(fn)(run))
+
+
 def _namespace(name, source, extra=None):
     """A module whose functions are ``source``'s, run on unwrapped data."""
     mod = types.ModuleType(name)
@@ -678,7 +695,8 @@ def build():
     cuda.Event = object
     cuda.profiler = types.SimpleNamespace(start=lambda: None, stop=lambda: None)
     cuda.nvtx = types.SimpleNamespace(RangePush=lambda *a, **k: None, RangePop=lambda: None)
-    linalg = _namespace("cupy.linalg", np.linalg)
+    linalg = _namespace("cupy.linalg", np.linalg,
+                        {n: _silent(getattr(np.linalg, n)) for n in ("cholesky", "solve", "inv")})
     random = _random_module()
     cupy = _namespace(
         "cupy",
@@ -717,7 +735,8 @@ def build():
         scipy.sparse.linalg,
         {"LinearOperator": _LinearOperator, "lsmr": _lsmr, "lsqr": _lsqr},
     )
-    dense_linalg = _namespace("cupyx.scipy.linalg", scipy.linalg)
+    dense_linalg = _namespace("cupyx.scipy.linalg", scipy.linalg,
+                              {"solve_triangular": _silent(scipy.linalg.solve_triangular)})
     cupyx = types.ModuleType("cupyx")
     cupyx_scipy = types.ModuleType("cupyx.scipy")
     cupyx.scipy = cupyx_scipy

@@ -55,7 +55,20 @@ CALLS = {
     "fair.low_rank": lambda A, b, F, bk: fair.cost(_groups(A), fair.low_rank(_groups(A), 3, seed=1).V),
     "fair.column_subset": lambda A, b, F, bk: fair.column_subset(_groups(A), 3, seed=1).columns,
     "fair.regression": lambda A, b, F, bk: fair.regression(_groups(A), _groups(b)).x,
+    "lstsq direct, zero column": lambda A, b, F, bk: gs.lstsq(_zero_column(A), b, method="direct").x,
+    "lstsq precondition, zero column": lambda A, b, F, bk: gs.lstsq(_zero_column(A), b, seed=1).x,
+    "leverage exact, zero column": lambda A, b, F, bk: gs.leverage_scores(_zero_column(A), exact=True),
+    "irls, zero column": lambda A, b, F, bk: robust.irls(_zero_column(A), b, robust.HuberLoss(1.0), seed=1).x,
 }
+
+
+def _zero_column(A):
+    """A with column 3 zeroed, on A's device: the Gram's Cholesky fails.  NumPy raises;
+    CuPy does not (it checks cuSOLVER's info only under ``cupyx.errstate``) and the
+    stand-in returns NaN in its place, so the device route must notice by itself."""
+    Z = A.copy()
+    Z[:, 3] = 0.0
+    return Z
 
 
 @pytest.mark.gpu

@@ -64,15 +64,15 @@ def problem(xp, n, d, kappa, seed=0):
 
 @contextlib.contextmanager
 def _device_free_bytes(nbytes):
-    """Size the CholeskyQR2 blocks as if the device had ``nbytes`` free."""
-    from gpusketch.linalg import _numerics
+    """Size the device blocks (``device_block_rows``) as if the device had ``nbytes`` free."""
+    from gpusketch import _backend
 
-    saved = _numerics.free_bytes
-    _numerics.free_bytes = lambda xp: nbytes
+    saved = _backend.free_bytes
+    _backend.free_bytes = lambda xp: nbytes
     try:
         yield
     finally:
-        _numerics.free_bytes = saved
+        _backend.free_bytes = saved
 
 
 def bench_lstsq(dev, xp, shapes, repeat, rows):

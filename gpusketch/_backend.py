@@ -30,6 +30,7 @@ __all__ = [
     "check_seed",
     "check_memory",
     "free_bytes",
+    "device_block_rows",
     "cupy_available",
     "check_finite",
     "linalg_modules",
@@ -234,6 +235,20 @@ def free_bytes(xp):
             return None
     free, _total = xp.cuda.runtime.memGetInfo()
     return free + xp.get_default_memory_pool().free_bytes()
+
+
+def device_block_rows(n, row_bytes, xp, *, share=4, minimum=1):
+    """Rows of an n-row device workspace (``row_bytes`` per row) to form at once.
+
+    All n while the whole takes at most half the free device memory (one kernel
+    or cuBLAS call, the routes' speed as measured); past that, blocks taking
+    ``1/share`` of it, at least ``minimum`` rows, so a problem that fits is solved
+    in blocks rather than refused by the allocator.
+    """
+    free = free_bytes(xp)
+    if free is None or n * row_bytes <= free // 2:
+        return n
+    return max(minimum, free // share // max(row_bytes, 1))
 
 
 def check_memory(nbytes, what, xp):

@@ -261,15 +261,15 @@ def test_device_routes_stream_when_short_of_memory(monkeypatch, system, cupy_or_
     """On a GPU the CholeskyQR2 passes take one block and Lewis steps form diag(s)[A b], while
     that fits in half the free memory; with less free they stream row blocks, as the CPU does:
     the same results (to round-off), and on the stand-in a peak well under the one-block one."""
+    from gpusketch import _backend
     from gpusketch.linalg import _numerics, leverage
-    from gpusketch.robust import lewis
 
     cupy = cupy_or_fake
     A, b = (cupy.asarray(x) for x in system)
     fn, bound = DEVICE_CASES[name]
     whole = to_numpy(fn(A, b))
     short = 2 * A.nbytes  # one block's workspace is 3 A.nbytes: more than half of this
-    for mod in (_numerics, leverage, lewis):
+    for mod in (_backend, leverage):  # device_block_rows' and the streamed blocks' reading
         monkeypatch.setattr(mod, "free_bytes", lambda xp: short)
     assert len(_numerics._row_ranges(*A.shape, cupy)) > 1
     with warnings.catch_warnings():

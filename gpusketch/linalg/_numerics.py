@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import free_bytes, linalg_modules, to_dense
+from .._backend import device_block_rows, linalg_modules, to_dense
 
 __all__ = [
     "rank_cut",
@@ -153,18 +153,13 @@ def _row_ranges(n, d, xp):
     keep the blocks' GEMMs efficient for wide A).  On the GPU one block, one cuBLAS
     call per pass, while that block's workspace (``_DEVICE_BYTES_PER_ENTRY`` bytes
     per entry of A) takes at most half the free device memory; past that, blocks
-    whose workspace is a quarter of it, so an A that fits leaves room to solve
-    rather than failing in the allocator.
+    whose workspace is a quarter of it (``device_block_rows``).
     """
     d = max(d, 1)
     if xp is np:
         rows = max(_QR_BLOCK_BYTES // (8 * d), 8 * d, 1)
     else:
-        per_row = _DEVICE_BYTES_PER_ENTRY * d
-        free = free_bytes(xp)
-        if free is None or n * per_row <= free // 2:
-            return [(0, n)]
-        rows = max(free // 4 // per_row, 8 * d, 1)
+        rows = max(1, device_block_rows(n, _DEVICE_BYTES_PER_ENTRY * d, xp, share=4, minimum=8 * d))
     return [(a, min(n, a + rows)) for a in range(0, n, rows)]
 
 

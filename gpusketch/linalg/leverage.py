@@ -7,7 +7,16 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, free_bytes, is_sparse, to_dense
+from .._backend import (
+    array_namespace,
+    as_matrix,
+    check_positive_int,
+    check_seed,
+    device_block_rows,
+    free_bytes,
+    is_sparse,
+    to_dense,
+)
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
@@ -66,11 +75,10 @@ def _product_row_norms2(A, M, xp, at=None):
     n, t = (A.shape[0] if at is None else at.size), M.shape[1]
     if xp is np:
         rows = max(256, _PRODUCT_BLOCK_BYTES // (8 * max(t, 1)))
-    else:
-        free = free_bytes(xp)
-        if free is None or 16 * n * t <= free // 2:
+    else:  # the product and its square, float64
+        rows = device_block_rows(n, 16 * max(t, 1), xp, share=8, minimum=256)
+        if rows >= n:
             return _row_norms2(to_dense((A if at is None else A[at]) @ M))
-        rows = max(256, free // 8 // (16 * max(t, 1)))
     out = xp.empty(n, dtype=np.result_type(A.dtype, M.dtype))
     for a in range(0, n, rows):
         X = to_dense((A[a : a + rows] if at is None else A[at[a : a + rows]]) @ M)

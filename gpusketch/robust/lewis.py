@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, free_bytes, is_sparse
+from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, device_block_rows, is_sparse
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg import leverage_scores
@@ -37,10 +37,9 @@ def _stream(A, b, xp):
     the free device memory."""
     if xp is np:
         return A.nbytes >= _STREAM_MIN_BYTES
-    free = free_bytes(xp)
     n, width = A.shape[0], A.shape[1] + (b is not None)
     itemsize = np.result_type(A.dtype, *([] if b is None else [b.dtype])).itemsize
-    return free is not None and n * (3 * width + jl_columns(n)) * itemsize > free // 2
+    return device_block_rows(n, (3 * width + jl_columns(n)) * itemsize, xp) < n
 
 
 def _scaled_leverage(A, s, b, exact, seed, xp):

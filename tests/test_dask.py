@@ -1,4 +1,5 @@
-"""gpusketch.dask on a local Dask scheduler (threads and processes), NumPy chunks; CuPy chunks on a GPU."""
+"""gpusketch.dask on a local Dask scheduler (threads and processes), NumPy chunks; CuPy chunks on a
+GPU, or on the CuPy stand-in without one."""
 
 import numpy as np
 import pytest
@@ -274,3 +275,31 @@ def test_cupy_chunks(rng, cupy_or_fake):
             res = gsd.lstsq(X, y, method=method, tol=1e-13, seed=1)
             assert isinstance(res.x, cupy.ndarray)
             np.testing.assert_allclose(to_numpy(res.x), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)
+
+
+_DA = np.random.default_rng(4).standard_normal((6000, 8))
+_DB = _DA @ np.ones(8) + np.random.default_rng(5).standard_normal(6000)
+DEVICE_CALLS = {
+    "sketch": lambda X, y: gsd.sketch(gs.SparseSign(64, 6000, nnz=4, seed=2), X).compute(),
+    "sketch_columns": lambda X, y: gsd.sketch_columns(X, gs.CountSketch(4, 8, seed=3)).compute(),
+    "lstsq sketch": lambda X, y: gsd.lstsq(X, y, method="sketch", seed=1).x,
+    "lstsq precondition": lambda X, y: gsd.lstsq(X, y, seed=1).x,
+    "lstsq direct": lambda X, y: gsd.lstsq(X, y, method="direct").x,
+    "leverage_scores": lambda X, y: gsd.leverage_scores(X, seed=1).compute(),
+    "leverage_scores exact": lambda X, y: gsd.leverage_scores(X, exact=True).compute(),
+    "randomized_svd": lambda X, y: gsd.randomized_svd(X, 3, seed=1)[1],
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(DEVICE_CALLS))
+def test_device_chunks_agree_with_host_chunks(cupy_or_fake, name):
+    """Each gpusketch.dask call on CuPy chunks returns CuPy results equal (to round-off) to the
+    same call on NumPy chunks: the blocks hash their global rows alike on both devices."""
+    cupy, call = cupy_or_fake, DEVICE_CALLS[name]
+    with dask.config.set(scheduler="threads"):
+        host = call(da.from_array(_DA, chunks=(1000, 8)), da.from_array(_DB, chunks=1000))
+        dev = call(da.from_array(cupy.asarray(_DA), chunks=(1000, 8), asarray=False),
+                   da.from_array(cupy.asarray(_DB), chunks=1000, asarray=False))
+    assert isinstance(dev, cupy.ndarray)
+    np.testing.assert_allclose(to_numpy(dev), host, rtol=1e-9, atol=1e-12 * float(np.abs(host).max()))

@@ -55,7 +55,7 @@ run() {  # run NAME SECONDS COMMAND...: log to $out/NAME.log, report the status
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >"$out/device.txt" 2>&1
 for part in $parts; do
     case $part in
-        tests) run tests 300 python3 -m pytest -q -p no:cacheprovider tests ;;
+        tests) run tests 480 python3 -m pytest -q -p no:cacheprovider --durations=15 tests ;;
         operators) run operators 540 python3 bench/operators.py --device gpu --commit "$commit" --out "$out" ;;
         linalg) run linalg 300 python3 bench/linalg.py --device gpu --commit "$commit" --out "$out" ;;
         kron) run kron 300 python3 bench/kron.py --device gpu --scale --commit "$commit" --out "$out" ;;

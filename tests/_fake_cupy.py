@@ -17,6 +17,8 @@ for those paths:
   ``TypeError``, as CuPy does;
 - reductions return 0-d device arrays, not NumPy scalars, and there is no
   ``__index__`` (CuPy has none);
+- only CuPy 14.2's public names are offered (``cupy_names.txt``), both as
+  ``cupy.f`` and as ``np.f(device_array)``, and only cupy.ndarray's attributes;
 - ``cholesky``, ``solve``, ``inv`` and ``solve_triangular`` do not raise on a
   failed factorisation, as CuPy's do not by default: the result is NaN;
 - the kernel registry's ``"cupy"`` twins run their own Python (argument
@@ -31,10 +33,11 @@ for those paths:
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
 streams and asynchrony, allocation failures (``memGetInfo`` reports
-``DEVICE_FREE_BYTES``, nothing is refused), or a CuPy function that exists in NumPy
-but not in CuPy (``tests/test_cupy_api.py`` checks that against a real CuPy,
-wherever one is installed: it imports without a device).  It is
-a test of the dispatch and of the algorithms' device branches, not of a GPU.
+``DEVICE_FREE_BYTES``, nothing is refused), or where a CuPy function's
+signature or semantics differ from NumPy's (``tests/test_cupy_api.py`` checks
+names and keywords against a real CuPy wherever one is installed: it imports
+without a device).  It is a test of the dispatch and of the algorithms' device
+branches, not of a GPU.
 """
 
 from __future__ import annotations
@@ -68,6 +71,23 @@ _NDARRAY_ATTRS = frozenset(
     "round searchsorted shape size sort squeeze std strides sum swapaxes take tobytes tofile tolist "
     "trace transpose var view".split()
 )
+
+
+def _cupy_names():
+    """``{module: names}`` of CuPy 14.2's public API, from ``cupy_names.txt``."""
+    names, module = {}, None
+    with open(__file__.rsplit("/", 1)[0] + "/cupy_names.txt", encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                module = line[1:-1]
+                names[module] = set()
+            elif line and not line.startswith("#"):
+                names[module].update(line.split())
+    return names
+
+
+CUPY_NAMES = _cupy_names()
 
 
 def _mixing(x):
@@ -193,6 +213,9 @@ class ndarray:
         return _wrap(getattr(ufunc, method)(*inputs, **kwargs))
 
     def __array_function__(self, func, types_, args, kwargs):
+        module = "cupy" + func.__module__[len("numpy"):] if func.__module__.startswith("numpy") else None
+        if module not in CUPY_NAMES or func.__name__ not in CUPY_NAMES[module]:
+            return NotImplemented  # CuPy has no such function: NumPy then raises TypeError
         return _device_fn(func)(*args, **kwargs)
 
     # --- attributes and methods ----------------------------------------
@@ -441,6 +464,8 @@ def _namespace(name, source, extra=None):
     def getattr_(attr):
         if attr in extra:
             return extra[attr]
+        if name in CUPY_NAMES and attr not in CUPY_NAMES[name]:
+            raise AttributeError(f"module '{name}' has no attribute '{attr}' (CuPy 14.2 has none)")
         if not hasattr(source, attr):
             raise AttributeError(f"the CuPy stand-in (tests/_fake_cupy.py) has no {name}.{attr}: "
                                  f"give it one there if CuPy has it")

@@ -101,3 +101,16 @@ def test_keywords_passed_to_cupy_are_accepted():
 def test_the_stand_in_offers_only_what_cupy_ndarray_has():
     assert _fake_cupy._NDARRAY_ATTRS <= set(dir(cupy.ndarray))
     assert not hasattr(cupy.ndarray, "__index__") and not hasattr(_fake_cupy.ndarray, "__index__")
+
+
+def test_the_stand_ins_name_list_is_cupys():
+    """``cupy_names.txt`` (what the stand-in may offer) names only what the installed CuPy has;
+    on a mismatch the message holds the installed CuPy's lists, to paste into the file."""
+    import importlib
+
+    wrong, lists = [], []
+    for module, names in _fake_cupy.CUPY_NAMES.items():
+        real = {n for n in dir(importlib.import_module(module)) if not n.startswith("_")}
+        wrong += [f"{module}.{n}" for n in sorted(names - real)]
+        lists.append(f"[{module}]\n" + " ".join(sorted(real)))
+    assert not wrong, (wrong, "\n\n".join(lists))

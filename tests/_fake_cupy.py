@@ -26,10 +26,12 @@ for those paths:
   nothing: each launch is checked against the kernel's C signature, parsed
   from the shipped ``.cu`` source (``tests/test_kernel_launches.py``), and
   does nothing; the NumPy twin then computes the result on the wrapped data.
-  The hash kernels (``hash_values``, ``philox_blocks``) are carried out with
-  the CPU twins' hash functions, so a CuPy twin written in CuPy array code on
-  top of them computes for real, and its result must agree with the NumPy
-  twin's.
+  The hash-sketch kernels, ``hash_values``, ``philox_blocks`` and
+  ``gaussian_fill`` are carried out, from their CUDA sources' semantics and
+  with the CPU twins' hash and Gaussian functions (``_EMULATED``; their reads
+  are bounds-checked); a CuPy twin that needed no other launch computed for
+  real, and its result must agree with the NumPy twin's.  The Kronecker and
+  Hadamard kernels are only checked.
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
 streams and asynchrony, allocation failures (``memGetInfo`` reports
@@ -590,9 +592,119 @@ def _emulate_philox_blocks(ctr, k0, k1, count, out):
     out._a[...] = _random.philox4x32(ctr._a, (int(k0), int(k1))).reshape(out.shape)
 
 
-# The kernels whose launches the stand-in carries out (with the CPU twins' hash functions):
-# they make the hashes that CuPy array code then uses (group labels, bucket sort orders).
-_EMULATED = {"hash_values": _emulate_hash_values, "philox_blocks": _emulate_philox_blocks}
+def _strided(A, rows, cols, s0, s1):
+    """The (rows, cols) elements a kernel reads at ``A[i*s0 + c*s1]``, refused when any
+    lies outside A's own memory (a wrong stride would read another array, or fault)."""
+    a, item = A._a, A._a.itemsize
+    lo, hi = getattr(np.lib, "array_utils", np).byte_bounds(a)  # NumPy 2 moved it
+    start = a.__array_interface__["data"][0]
+    reach = [start + item * (i * s0 + c * s1) for i in (0, rows - 1) for c in (0, cols - 1)]
+    if rows and cols and (min(reach) < lo or max(reach) + item > hi):
+        raise IndexError(f"a kernel would read outside its array: strides ({s0}, {s1}) over {rows} x {cols}")
+    return np.lib.stride_tricks.as_strided(a, shape=(rows, cols), strides=(s0 * item, s1 * item), writeable=False)
+
+
+def _hashes(col0, n, m, nnz, k0, k1, stream):
+    from gpusketch import _kernels
+
+    return _kernels._hash_values_np(int(col0), int(n), int(m), int(nnz), int(k0) | int(k1) << 32, int(stream))
+
+
+def _c_order_rows(out, rows, cols):
+    if not out._a.flags.c_contiguous or out._a.size != rows * cols:
+        raise ValueError(f"a kernel writes a C-order {rows} x {cols} output, got shape {out.shape}")
+    return out._a.reshape(rows, cols)
+
+
+def _chunks(n, d):
+    """Row ranges of about 1 MiB of d columns: the emulators' temporaries stay small, so
+    that peak-memory tests on the stand-in measure the routes, not the emulation."""
+    step = max(1, (1 << 17) // max(1, d))
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def _scatter_matrix(buckets, weights, m):
+    """The (m x rows) sparse matrix with ``weights[i, t]`` at ``(buckets[i, t], i)``."""
+    rows, nnz = buckets.shape
+    cols = np.repeat(np.arange(rows), nnz)
+    return scipy.sparse.csr_matrix((weights.ravel().astype(np.float64), (buckets.ravel(), cols)), shape=(m, rows))
+
+
+def _emulate_scatter(A, n, d, s0, s1, col0, m, nnz, scale, k0, k1, stream, out):
+    """hash_sketch_rowmajor / _colmajor: ``out (m x d) += S[:, col0:col0+n] @ A``."""
+    b, sg = _hashes(col0, n, m, nnz, k0, k1, stream)
+    rows = _strided(A, int(n), int(d), int(s0), int(s1))
+    O = _c_order_rows(out, int(m), int(d))
+    for a, c in _chunks(int(n), int(d)):
+        O += _scatter_matrix(b[a:c], scale * sg[a:c], int(m)) @ rows[a:c]
+
+
+def _emulate_sorted(A, d, s0, s1, nnz, scale, order, sgn, start, out, *, grid, block):
+    """hash_sketch_sorted: bucket b = blockIdx.x sums its entries order[start[b]:start[b+1]]."""
+    m = start.shape[0] - 1
+    if grid[0] != m or (grid[1] if len(grid) > 1 else 1) * block[0] < int(d):
+        raise ValueError(f"hash_sketch_sorted: grid {grid} x block {block} does not cover {m} buckets x {d} columns")
+    rows = order._a // int(nnz)
+    O = _c_order_rows(out, m, int(d))
+    V = _strided(A, int(rows.max()) + 1 if rows.size else 0, int(d), int(s0), int(s1))
+    owner = np.repeat(np.arange(m), np.diff(start._a))
+    for a, c in _chunks(rows.size, int(d)):
+        np.add.at(O, owner[a:c], (scale * sgn._a[a:c]).astype(O.dtype)[:, None] * V[rows[a:c]])
+
+
+def _emulate_csr(indptr, indices, data, n, d, col0, m, nnz, scale, k0, k1, stream, out):
+    """hash_sketch_csr: row i's entries scatter into column ``indices[p]`` of its buckets."""
+    b, sg = _hashes(col0, n, m, nnz, k0, k1, stream)
+    O = _c_order_rows(out, int(m), int(d))
+    row = np.repeat(np.arange(int(n)), np.diff(indptr._a[: int(n) + 1]))
+    p = np.arange(row.size)
+    for t in range(int(nnz)):
+        np.add.at(O, (b[row, t], indices._a[p]), (scale * sg[row, t]).astype(O.dtype) * data._a[p])
+
+
+def _emulate_adjoint(Y, m, d, n, col0, nnz, scale, k0, k1, stream, out):
+    """hash_adjoint: ``out (n x d) = S[:, col0:col0+n]ᵀ Y``."""
+    b, sg = _hashes(col0, n, m, nnz, k0, k1, stream)
+    Yr = _c_order_rows(Y, int(m), int(d))
+    O = _c_order_rows(out, int(n), int(d))
+    for a, c in _chunks(int(n), int(d)):
+        O[a:c] = scale * sum(sg[a:c, t, None] * Yr[b[a:c, t]] for t in range(int(nnz)))
+
+
+def _emulate_levels(A, n, d, s0, s1, col0, r, levels, thresh, k0, k1, stream, u0, u1, ustream, out):
+    """hash_sketch_levels: column j keeps level t (row t·r + bucket) while its uniform < thresh[t]."""
+    hb, _ = _hashes(col0, n, 1 << 30, 1, u0, u1, ustream)
+    u = (hb[:, 0] + 0.5) / 2.0**30
+    b, sg = _hashes(col0, n, int(levels) * int(r), levels, k0, k1, stream)
+    rows = _strided(A, int(n), int(d), int(s0), int(s1))
+    O = _c_order_rows(out, int(levels) * int(r), int(d))
+    kept = np.where(u[:, None] < thresh._a[None, : int(levels)], sg, 0)  # sign 0: level not kept
+    for a, c in _chunks(int(n), int(d)):
+        O += _scatter_matrix(b[a:c], kept[a:c], O.shape[0]) @ rows[a:c]
+
+
+def _emulate_gaussian_fill(S, m, c, j0, scale, k0, k1, stream):
+    from gpusketch import _random
+
+    G = _random.normal_block(int(m), int(j0), int(c), int(k0) | int(k1) << 32, int(stream), dtype=np.float64)
+    _c_order_rows(S, int(m), int(c))[...] = float(scale) * G
+
+
+# The kernels whose launches the stand-in carries out, from their CUDA sources' semantics
+# (with the CPU twins' hash and Gaussian functions): a CuPy twin that uses only these
+# computes for real, so its arguments' values (strides, offsets, seeds, scales, grids)
+# are checked against the NumPy twin, not just their types.
+_EMULATED = {
+    "hash_values": _emulate_hash_values,
+    "philox_blocks": _emulate_philox_blocks,
+    "hash_sketch_rowmajor": _emulate_scatter,
+    "hash_sketch_colmajor": _emulate_scatter,
+    "hash_sketch_sorted": _emulate_sorted,
+    "hash_sketch_csr": _emulate_csr,
+    "hash_adjoint": _emulate_adjoint,
+    "hash_sketch_levels": _emulate_levels,
+    "gaussian_fill": _emulate_gaussian_fill,
+}
 # Launches not carried out (their outputs stay zero): a CuPy twin that made one is not compared.
 _SKIPPED = [0]
 
@@ -645,8 +757,11 @@ class _Launcher:
             elif not isinstance(arg, np.generic) or arg.dtype != want:
                 raise TypeError(f"{where}: argument {i} must be a NumPy {want} scalar ({ctype}), got {arg!r}")
         LAUNCHES.append((where, tuple(int(g) for g in grid), tuple(int(b) for b in block)))
-        if where in _EMULATED:
-            _EMULATED[where](*args)
+        kernel = where.partition("<")[0]
+        if kernel == "hash_sketch_sorted":
+            _emulate_sorted(*args, grid=grid, block=block)
+        elif kernel in _EMULATED:
+            _EMULATED[kernel](*args)
         else:
             _SKIPPED[0] += 1
 

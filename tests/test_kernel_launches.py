@@ -1,5 +1,5 @@
-"""Every CUDA kernel launch passes the arguments its C signature declares (on the CuPy stand-in);
-the CuPy twins that launch nothing compute what their NumPy twins do.
+"""Every CUDA kernel launch passes the arguments its C signature declares (on the CuPy stand-in),
+and the CuPy twins the stand-in can carry out compute what their NumPy twins do.
 
 Without a GPU the kernels cannot run, but the Python that launches them can: the
 stand-in's ``RawModule`` parses each ``__global__`` signature from the shipped
@@ -66,10 +66,13 @@ def test_every_kernel_is_launched_as_its_signature_declares(monkeypatch):
     launched = {name for name, _, _ in _fake_cupy.LAUNCHES}
     expected = {n for names in _kernels.NAME_EXPRESSIONS.values() for n in names} - NOT_REACHED
     assert expected <= launched, sorted(expected - launched)
-    # The CuPy twins written in CuPy array code ran for real (on emulated hash kernels) and
-    # matched their NumPy twins: the padded batched group leverage is the GPU's own algorithm.
-    assert {"group_leverage", "hashed_group_leverage", "scatter_add_rows", "inverse_cdf"} <= set(
-        _fake_cupy.TWINS_COMPARED)
+    # The CuPy twins whose launches the stand-in carries out (from the kernels' CUDA semantics)
+    # or that are CuPy array code computed for real, and matched their NumPy twins: the
+    # arguments' values (strides, offsets, seeds, scales, the sorted path's grid) are right,
+    # and the padded batched group leverage, the GPU's own algorithm, agrees.
+    assert {"hash_sketch_dense", "hash_sketch_csr", "hash_adjoint", "hash_sketch_levels", "gaussian_sketch",
+            "gaussian_adjoint", "group_leverage", "hashed_group_leverage", "scatter_add_rows",
+            "inverse_cdf"} <= set(_fake_cupy.TWINS_COMPARED)
 
 
 def test_a_mismatched_launch_is_refused():

@@ -26,12 +26,12 @@ for those paths:
   nothing: each launch is checked against the kernel's C signature, parsed
   from the shipped ``.cu`` source (``tests/test_kernel_launches.py``), and
   does nothing; the NumPy twin then computes the result on the wrapped data.
-  The hash-sketch kernels, ``hash_values``, ``philox_blocks`` and
-  ``gaussian_fill`` are carried out, from their CUDA sources' semantics and
-  with the CPU twins' hash and Gaussian functions (``_EMULATED``; their reads
-  are bounds-checked); a CuPy twin that needed no other launch computed for
-  real, and its result must agree with the NumPy twin's.  The Kronecker and
-  Hadamard kernels are only checked.
+  Every kernel is then carried out, as its CUDA source says it computes
+  (``_EMULATED``: grid-stride loops as whole-range NumPy, with the CPU twins'
+  hash and Gaussian functions, reads bounds-checked, the tiled kernels' grids
+  checked for coverage), so each CuPy twin computes for real and its result
+  must agree with the NumPy twin's: the glue's values (strides, offsets,
+  seeds, scales, grids) are checked, not only their types.
 
 What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
 streams and asynchrony, allocation failures (``memGetInfo`` reports
@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import operator
 import re
 import sys
@@ -690,6 +691,64 @@ def _emulate_gaussian_fill(S, m, c, j0, scale, k0, k1, stream):
     _c_order_rows(S, int(m), int(c))[...] = float(scale) * G
 
 
+def _butterflies(X2, hs):
+    """Radix-2 stages h in ``hs`` of the unnormalised Walsh–Hadamard transform along axis 0."""
+    L, d = X2.shape
+    for h in hs:
+        V = X2.reshape(L // (2 * h), 2, h, d)
+        a, b = V[:, 0].copy(), V[:, 1].copy()
+        V[:, 0], V[:, 1] = a + b, a - b
+
+
+def _emulate_fwht_stage(X, L, d, h):
+    _butterflies(_c_order_rows(X, int(L), int(d)), [int(h)])
+
+
+def _emulate_fwht_local(X, L, d, log_tile, *, grid, block, shared_mem):
+    """fwht_local: block (tile, column strip) applies stages 1 .. tile/2 to its tile."""
+    tile = 1 << int(log_tile)
+    strips = grid[1] if len(grid) > 1 else 1
+    if grid[0] * tile != int(L) or strips * block[0] < int(d) or shared_mem < tile * block[0] * X.itemsize:
+        raise ValueError(f"fwht_local: grid {grid}, block {block}, {shared_mem} B shared do not cover "
+                         f"{L} x {d} in tiles of {tile} rows")
+    _butterflies(_c_order_rows(X, int(L), int(d)), [1 << k for k in range(int(log_tile))])
+
+
+def _emulate_kron_rows(packed, offsets, nrows, ncols, q, idx, r, D, out):
+    """kron_rows: row i of the output is the Kronecker product of the factors' rows at the
+    C-order multi-index of ``idx[i]``."""
+    factors = [packed._a[o: o + n * c].reshape(n, c) for o, n, c in zip(offsets._a, nrows._a, ncols._a)]
+    if len(factors) != int(q) or int(np.prod(ncols._a)) != int(D):
+        raise ValueError("kron_rows: factor table and D disagree")
+    multi = np.unravel_index(idx._a[: int(r)], tuple(int(n) for n in nrows._a))
+    rows = factors[0][multi[0]]
+    for F, j in zip(factors[1:], multi[1:]):
+        rows = (rows[:, :, None] * F[j][:, None, :]).reshape(rows.shape[0], -1)
+    _c_order_rows(out, int(r), int(D))[...] = rows
+
+
+def _emulate_kron_hash_sketch(B, n, d, s0, s1, col0, q, dims, ms, nnzs, streams, keys, scale, out):
+    """kron_hash_sketch: column j of S_1 ⊗ … ⊗ S_q has a nonzero for each combination of the
+    factors' nonzeros at its C-order multi-index: bucket in C order of the factor buckets,
+    sign the product of the factor signs."""
+    from gpusketch import _kernels
+
+    dims_, ms_, nnzs_ = (np.asarray(x._a, dtype=np.int64) for x in (dims, ms, nnzs))
+    multi = np.unravel_index(int(col0) + np.arange(int(n)), tuple(int(v) for v in dims_))
+    hashes = [_kernels._hash_values_at(multi[t], int(ms_[t]), int(nnzs_[t]),
+                                       int(keys._a[2 * t]) | int(keys._a[2 * t + 1]) << 32, int(streams._a[t]))
+              for t in range(int(q))]
+    strides = np.cumprod(np.concatenate([ms_[1:], [1]])[::-1])[::-1]
+    M = int(np.prod(ms_))
+    rows = _strided(B, int(n), int(d), int(s0), int(s1))
+    O = _c_order_rows(out, M, int(d))
+    for combo in itertools.product(*[range(int(z)) for z in nnzs_]):
+        bucket = sum(hashes[t][0][:, k] * strides[t] for t, k in enumerate(combo))
+        sign = np.prod([hashes[t][1][:, k].astype(np.int64) for t, k in enumerate(combo)], axis=0)
+        for a, c in _chunks(int(n), int(d)):
+            O += _scatter_matrix(bucket[a:c, None], float(scale) * sign[a:c, None], M) @ rows[a:c]
+
+
 # The kernels whose launches the stand-in carries out, from their CUDA sources' semantics
 # (with the CPU twins' hash and Gaussian functions): a CuPy twin that uses only these
 # computes for real, so its arguments' values (strides, offsets, seeds, scales, grids)
@@ -704,6 +763,9 @@ _EMULATED = {
     "hash_adjoint": _emulate_adjoint,
     "hash_sketch_levels": _emulate_levels,
     "gaussian_fill": _emulate_gaussian_fill,
+    "fwht_stage": _emulate_fwht_stage,
+    "kron_rows": _emulate_kron_rows,
+    "kron_hash_sketch": _emulate_kron_hash_sketch,
 }
 # Launches not carried out (their outputs stay zero): a CuPy twin that made one is not compared.
 _SKIPPED = [0]
@@ -760,6 +822,8 @@ class _Launcher:
         kernel = where.partition("<")[0]
         if kernel == "hash_sketch_sorted":
             _emulate_sorted(*args, grid=grid, block=block)
+        elif kernel == "fwht_local":
+            _emulate_fwht_local(*args, grid=grid, block=block, shared_mem=shared_mem)
         elif kernel in _EMULATED:
             _EMULATED[kernel](*args)
         else:

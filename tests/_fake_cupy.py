@@ -562,7 +562,8 @@ _C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long lo
 _MAX_SHARED_BYTES = 227 << 10  # per block, with opt-in, on sm_90
 #: Every launch the stand-in has checked: ``(name expression, grid, block)``.
 LAUNCHES = []
-#: Kernel operations whose CuPy twin (CuPy array code, no launch) was computed and compared.
+#: Kernel operations whose CuPy twin computed for real (its launches carried out) and was
+#: compared with the NumPy twin: ``{name: times}``.
 TWINS_COMPARED = {}
 
 
@@ -580,9 +581,7 @@ def _signatures(code):
 
 
 def _emulate_hash_values(col0, n, m, nnz, k0, k1, stream, buckets, signs):
-    from gpusketch import _kernels
-
-    b, sg = _kernels._hash_values_np(int(col0), int(n), int(m), int(nnz), int(k0) | int(k1) << 32, int(stream))
+    b, sg = _hashes(col0, n, m, nnz, k0, k1, stream)
     buckets._a[...] = b.reshape(buckets.shape)
     signs._a[...] = sg.reshape(signs.shape)
 
@@ -767,14 +766,15 @@ _EMULATED = {
     "kron_rows": _emulate_kron_rows,
     "kron_hash_sketch": _emulate_kron_hash_sketch,
 }
-# Launches not carried out (their outputs stay zero): a CuPy twin that made one is not compared.
+# Launches not carried out (a kernel with no emulator; its outputs stay zero): a CuPy twin
+# that made one is not compared.
 _SKIPPED = [0]
 
 
 class _RawModule:
     """``cupy.RawModule`` that compiles nothing: ``get_function`` hands out launchers
-    that check each launch against the kernel's C signature and then do nothing (the
-    registry's NumPy twin computes the result)."""
+    that check each launch against the kernel's C signature and then carry it out as
+    the CUDA source says it computes (``_EMULATED``)."""
 
     def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
         self._signatures = _signatures(code)
@@ -835,11 +835,10 @@ _WRITES = {"fwht": ("X",), "scatter_add_rows": ("Z",)}
 
 
 def _checked_twin(name, gpu_twin, cpu_twin):
-    """Run the CuPy twin's own Python, its launches checked (and not run, but for the hash
-    kernels in ``_EMULATED``), then the NumPy twin for the result; what the CuPy twin wrote in
-    place is restored in between.  A CuPy twin that made no skipped launch (CuPy array code,
-    such as the padded batched group leverage, on emulated hashes) computed for real: its
-    result must then agree with the NumPy twin's."""
+    """Run the CuPy twin's own Python, its launches checked and carried out (``_Launcher``),
+    then the NumPy twin; what the CuPy twin wrote in place is restored in between.  When
+    every launch was carried out, the CuPy twin's result must agree with the NumPy twin's.
+    The NumPy twin's result is the one returned."""
     signature = inspect.signature(gpu_twin)
     writes = _WRITES.get(name, ("out",))
 

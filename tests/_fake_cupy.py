@@ -24,16 +24,17 @@ for those paths:
 - the kernel registry's ``"cupy"`` twins run their own Python (argument
   preparation, grids, sorting, temporaries) with a ``RawModule`` that compiles
   nothing: each launch is checked against the kernel's C signature, parsed
-  from the shipped ``.cu`` source (``tests/test_kernel_launches.py``), and
-  does nothing; the NumPy twin then computes the result on the wrapped data.
-  Every kernel is then carried out, as its CUDA source says it computes
-  (``_EMULATED``: grid-stride loops as whole-range NumPy, with the CPU twins'
-  hash and Gaussian functions, reads bounds-checked, the tiled kernels' grids
-  checked for coverage), so each CuPy twin computes for real and its result
-  must agree with the NumPy twin's: the glue's values (strides, offsets,
-  seeds, scales, grids) are checked, not only their types.
+  from the shipped ``.cu`` source (``tests/test_kernel_launches.py``), then
+  carried out as the CUDA source says it computes (``_EMULATED``: grid-stride
+  loops as whole-range NumPy, with the CPU twins' hash and Gaussian
+  functions, reads bounds-checked, the tiled kernels' grids checked for
+  coverage).  So each CuPy twin computes for real and its result must agree
+  with the NumPy twin's, which is the one returned: the glue's values
+  (strides, offsets, seeds, scales, grids) are checked, not only their types.
 
-What it cannot check: the CUDA kernels themselves, cuBLAS/cuSOLVER numerics,
+What it cannot check: the CUDA code itself (the emulators are a reading of
+it, a desk check, not a GPU run: atomics, shuffles, shared memory and
+synchronisation are not modelled), cuBLAS/cuSOLVER numerics,
 streams and asynchrony, allocation failures (``memGetInfo`` reports
 ``DEVICE_FREE_BYTES``, nothing is refused), or where a CuPy function's
 signature or semantics differ from NumPy's (``tests/test_cupy_api.py`` checks

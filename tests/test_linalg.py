@@ -382,6 +382,18 @@ def test_low_rank_residual_sampling_draws_about_4k_over_eps_columns(xp):
         np.testing.assert_allclose(to_numpy(_col_sq_norms(M, xp)), (B * B).sum(axis=0), rtol=1e-12)
 
 
+def test_low_rank_draws_no_column_on_round_off(xp):
+    # With d <= 2k the subset Ω takes every column, so U spans A's columns and every residual
+    # ||a_j||² − ||Uᵀa_j||² is round-off.  Sampling by it drew 1-3 redundant columns, which ones
+    # depending on the layout (C, F, float32, CSR): the same seed gave costs 385 and 380.
+    A = np.round(np.random.default_rng(0).standard_normal((3000, 6)) * 4)
+    results = [gs.low_rank(M, 3, seed=1) for M in
+               (xp.asarray(A), xp.asarray(np.asfortranarray(A)), sparse_module(xp).csr_matrix(xp.asarray(A)))]
+    assert [r.info["residual_columns"] for r in results] == [0, 0, 0]
+    costs = [np.linalg.norm(A - to_numpy(r.V) @ to_numpy(r.X)) for r in results]
+    np.testing.assert_allclose(costs, costs[0], rtol=1e-10)
+
+
 def test_low_rank_rank_one_every_seed():
     # k = 1 used to sample 6 rows for X at eps = 0.5: some seeds kept none
     # (ValueError), others returned X with a cost ratio up to 1.6.

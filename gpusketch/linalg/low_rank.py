@@ -125,7 +125,8 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
        ``O(ms t²)``: the selection needs a good k-space, not an exact one;
     3. residual sampling of columns of A (Lemma 7.15) with probabilities
        ``∝ ||(I − UUᵀ)A_j||²`` — computed exactly as ``||A_j||² − ||UᵀA_j||²``
-       (one GEMM pass) rather than by Lemma 7.3's Gaussian estimates;
+       (one GEMM pass) rather than by Lemma 7.3's Gaussian estimates; a
+       difference below ``8·2k·ε_mach·||A_j||²`` is round-off and counts as 0;
     4. ``M = [U, A_{S_res}]`` and the affine-embedding solve
        ``min_{rank-k X} ||T₁(MX − A)||_F`` with an OSNAP T₁ of ``4c + 10``
        rows (c the columns of M); V is an orthonormal basis of the k columns
@@ -167,7 +168,12 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         U, t, ms, chosen = _constant_factor_subspace(A, k, seed, xp)
         # 3. Residual sampling of columns (Lemma 7.15).
         UtA = to_dense(A.T @ U).T  # (c, d): one pass over A
-        resid = xp.maximum(_col_sq_norms(A, xp) - (UtA * UtA).sum(axis=0), 0.0)
+        colsq = _col_sq_norms(A, xp)
+        resid = colsq - (UtA * UtA).sum(axis=0)
+        # The difference cancels: a residual within round-off of its column's norm is zero, so a
+        # column already in span(U) (every column when d <= 2k) is never drawn on noise alone.
+        noise = 8 * U.shape[1] * float(xp.finfo(resid.dtype).eps)
+        resid = xp.where(resid > noise * colsq, resid, 0.0)
         total = float(resid.sum())
         s = int(math.ceil(4 * k / eps))
         if total > 0:

@@ -1,5 +1,7 @@
 """Losses, IRLS (against statsmodels RLM), Lewis weights and ℓp regression."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -217,6 +219,20 @@ def test_lp_regression_sample_size_must_exceed_d():
     with pytest.raises(ValueError, match="m must be an integer > d = 4, got 4"):
         gs.lp_regression(A, np.ones(50), m=4)
     assert gs.lp_regression(A, np.ones(50), m=5, seed=1).x.shape == (4,)
+
+
+@pytest.mark.parametrize("p", [1, 1.5, 2])
+def test_lp_regression_of_a_zero_system_is_zero(xp, p):
+    # [A b] = 0 has Lewis weights 0 and probabilities 0/0: the sample was empty and the LP's
+    # scaling raised NumPy's "zero-size array to reduction operation maximum".
+    A, b = xp.zeros((300, 4)), xp.zeros(300)
+    for M in (A, sparse_module(xp).csr_matrix(A)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = gs.lp_regression(M, b, p, seed=1)
+        assert type(res.x) is type(A) and res.x.shape == (4,)
+        np.testing.assert_array_equal(to_numpy(res.x), np.zeros(4))
+        assert res.cost == 0.0 and res.info["rows"] == 0
 
 
 def test_lp_regression_tiny_sample_is_worse():

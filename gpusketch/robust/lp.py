@@ -43,6 +43,8 @@ def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
     import scipy.optimize
 
     n, d = A.shape
+    if n == 0:  # no rows: every x costs 0, and 0 is the least-norm choice
+        return np.zeros(d, dtype=np.result_type(A.dtype, b.dtype))
     if p == 2:
         return np.linalg.lstsq(A, b, rcond=None)[0]
     if p == 1:
@@ -136,7 +138,8 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
                 w = lewis_weights(sps.hstack([A, sps.csr_matrix(b[:, None])]).tocsr(), p, seed=derive_seed(seed, 0))
             else:  # [A b] is formed only scaled, one step at a time
                 w = stacked_lewis_weights(A, b, p, seed=derive_seed(seed, 0))
-            q = xp.minimum(1.0, m * w / float(w.sum()))
+            total = float(w.sum())  # 0 only when [A b] is zero: then x = 0, from no rows
+            q = xp.minimum(1.0, m * w / total) if total > 0 else w
             keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 1), xp) < q)
             scale = q[keep] ** (-1.0 / p)
         As = to_host(to_dense(A[keep]) * scale[:, None])

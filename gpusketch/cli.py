@@ -389,6 +389,10 @@ def main(argv=None):
     output = getattr(args, "output", None)
     if output is not None and not os.path.isdir(os.path.dirname(output) or "."):  # before the work, not after it
         parser.error(f"--output: folder not found: {os.path.dirname(output)}")
+    for name in getattr(args, "inputs", ()):
+        # The input is read memory-mapped while the output is written: one file cannot be both.
+        if output is not None and os.path.exists(output) and os.path.samefile(getattr(args, name), output):
+            parser.error(f"--output {output} is the input {name}; write the result to another file")
 
     def show(message, category, filename, lineno, file=None, line=None):
         # A warning is part of the command's output, not a pointer into gpusketch's source.

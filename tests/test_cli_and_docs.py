@@ -132,6 +132,11 @@ def test_command_errors(tmp_path):
     missing = tmp_path / "no_such_folder" / "x.npy"  # refused before the solve, not after it
     r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "-o", str(missing), "--device", "cpu")
     assert r.returncode == 2 and f"--output: folder not found: {missing.parent}" in r.stderr
+    before = (tmp_path / "A.npy").read_bytes()  # an output that is an input is refused, and both stay
+    for args in (("sketch", str(tmp_path / "A.npy"), "-m", "4", "--quiet"),
+                 ("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "--method", "direct")):
+        r = run(*args, "-o", str(tmp_path / "." / "A.npy"), "--device", "cpu")
+        assert r.returncode == 2 and "is the input" in r.stderr and (tmp_path / "A.npy").read_bytes() == before
 
 
 def test_bench_quick_writes_tables(tmp_path):

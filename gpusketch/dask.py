@@ -148,13 +148,14 @@ def sketch(S, X):
         blocks = X.to_delayed()
         dtype = X.dtype
         meta = _dense_meta(X, dtype)
+        # Blocks of no rows (a filtered array's, say) contribute nothing, and S[:, a:a] is no operator.
+        rows = [i for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]
         if X.ndim == 1:
-            parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i]) for i in range(len(blocks))]
+            parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i]) for i in rows]
             return da.from_delayed(_tree_sum(parts), shape=(m,), dtype=dtype, meta=meta)
         strips = []
         for j, width in enumerate(X.chunks[1]):
-            parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i, j])
-                     for i in range(blocks.shape[0])]
+            parts = [delayed(_sketch_block)(S, row_off[i], row_off[i + 1], blocks[i, j]) for i in rows]
             strips.append(da.from_delayed(_tree_sum(parts), shape=(m, width), dtype=dtype, meta=meta))
         return da.concatenate(strips, axis=1)
 
@@ -198,9 +199,10 @@ def sketch_columns(X, S):
         blocks = X.to_delayed()
         dtype = X.dtype
         meta = _dense_meta(X, dtype)
+        cols = [j for j in range(len(X.chunks[1])) if X.chunks[1][j] > 0]  # as in sketch: no empty slices
         rows = []
         for i, height in enumerate(X.chunks[0]):
-            parts = [delayed(_right_block)(S, col_off[j], col_off[j + 1], blocks[i, j]) for j in range(blocks.shape[1])]
+            parts = [delayed(_right_block)(S, col_off[j], col_off[j + 1], blocks[i, j]) for j in cols]
             rows.append(da.from_delayed(_tree_sum(parts), shape=(height, S.shape[0]), dtype=dtype, meta=meta))
         return da.concatenate(rows, axis=0)
 

@@ -48,6 +48,26 @@ def test_sketch_columns(scheduler, rng):
     np.testing.assert_allclose(out, A @ S.T, rtol=1e-10, atol=1e-10)
 
 
+def test_empty_chunks_contribute_nothing(rng):
+    # A filtered Dask array (after compute_chunk_sizes) can hold blocks of no rows; their
+    # column slice S[:, a:a] raised "column slice [a:a] ... is empty".
+    A = rng.standard_normal((600, 5))
+    b = A @ np.ones(5) + rng.standard_normal(600)
+    X = da.from_array(A, chunks=((200, 0, 400), (3, 0, 2)))
+    S = gs.CountSketch(40, 600, seed=1)
+    np.testing.assert_allclose(gsd.sketch(S, X).compute(), S @ A, rtol=1e-12)
+    np.testing.assert_allclose(gsd.sketch(S, da.from_array(b, chunks=((0, 600),))).compute(), S @ b, rtol=1e-12)
+    T = gs.CountSketch(4, 5, seed=2)
+    np.testing.assert_allclose(gsd.sketch_columns(X, T).compute(), A @ T.T, rtol=1e-12)
+    x = np.linalg.lstsq(A, b, rcond=None)[0]
+    np.testing.assert_allclose(gsd.lstsq(X, da.from_array(b, chunks=((200, 0, 400),)), seed=3).x, x, rtol=1e-8)
+    mask = (np.arange(600) // 100) % 3 == 0  # rows 0-99 and 300-399: four of six blocks end empty
+    kept = da.from_array(A, chunks=(100, 5))[da.from_array(mask, chunks=100)].compute_chunk_sizes()
+    assert kept.chunks[0] == (100, 0, 0, 100, 0, 0)
+    S2 = gs.CountSketch(40, 200, seed=4)
+    np.testing.assert_allclose(gsd.sketch(S2, kept).compute(), S2 @ A[mask], rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     "scheduler_name, method",
     # The processes scheduler pays a pool round trip per compute (two per LSQR iteration),

@@ -29,6 +29,8 @@ def _open(source):
         if not path.endswith(".npy"):
             raise ValueError(f"source path must be a .npy file, got {path!r}")
         return np.load(path, mmap_mode="r")
+    if is_scipy_sparse(source) and source.format not in ("csr", "csc"):
+        return source.tocsr()  # COO, DIA, DOK, ...: no row slicing, or a slow one; one copy of an in-memory matrix
     if hasattr(source, "shape") and hasattr(source, "__getitem__") and len(getattr(source, "shape", ())) in (1, 2):
         return source  # NumPy array or memmap, h5py / zarr dataset (a vector when 1-D)
     if hasattr(source, "__iter__"):
@@ -148,6 +150,8 @@ def _run_cpu(S, blocks, bar):
     out, a = None, 0
     for block in blocks:
         block = checker.check(block, a)
+        if block.shape[0] == 0:  # contributes nothing, and S[:, a:a] is no operator
+            continue
         y = S[:, a : a + block.shape[0]] @ block
         out = y if out is None else out + y
         a += block.shape[0]
@@ -171,6 +175,8 @@ def _run_gpu(S, blocks, bar):
     rows_read = 0
     for block in blocks:
         block = checker.check(block, rows_read)
+        if block.shape[0] == 0:
+            continue
         rows_read += block.shape[0]
         with copy_stream:
             if is_scipy_sparse(block):

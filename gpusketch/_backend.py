@@ -55,14 +55,21 @@ def is_cupy_array(x) -> bool:
     return mod.startswith("cupy") and not mod.startswith("cupyx") and hasattr(x, "__cuda_array_interface__")
 
 
+def _sparse_type(x, package) -> bool:
+    # A class of the package's sparse modules in x's MRO (subclasses count), but not of its
+    # ``.linalg``: a LinearOperator is no matrix.
+    return any(c.__module__.startswith(package) and not c.__module__.startswith(package + ".linalg")
+               for c in type(x).__mro__ if isinstance(c.__module__, str))
+
+
 def is_cupy_sparse(x) -> bool:
-    """True for a ``cupyx.scipy.sparse`` matrix."""
-    return _type_module(x).startswith("cupyx.scipy.sparse")
+    """True for a ``cupyx.scipy.sparse`` matrix (not a ``cupyx.scipy.sparse.linalg`` operator)."""
+    return _sparse_type(x, "cupyx.scipy.sparse")
 
 
 def is_scipy_sparse(x) -> bool:
-    """True for a SciPy sparse matrix or array."""
-    return _type_module(x).startswith("scipy.sparse")
+    """True for a SciPy sparse matrix or array (not a ``scipy.sparse.linalg`` operator)."""
+    return _sparse_type(x, "scipy.sparse")
 
 
 def is_sparse(x) -> bool:

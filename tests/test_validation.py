@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import scipy.sparse.linalg  # noqa: F401  (sp.linalg)
 
 import gpusketch as gs
 from conftest import sparse_module, to_numpy
@@ -61,6 +62,9 @@ APPLY_CASES = [
     (lambda: CS @ sp.csr_matrix(np.ones((9, 2))), ValueError, "rows"),
     (lambda: CS @ sp.csr_matrix(np.ones((10, 2), dtype=complex)), TypeError, "complex"),
     (lambda: CS @ {"a": 1}, TypeError, "A"),
+    # scipy.sparse.linalg's operators are no sparse matrices (they were taken for one: no .tocsr)
+    (lambda: CS @ sp.linalg.aslinearoperator(np.ones((10, 2))), TypeError, "A must be .* got MatrixLinearOperator"),
+    (lambda: gs.lstsq(sp.linalg.aslinearoperator(np.ones((10, 2))), np.ones(10)), TypeError, "MatrixLinearOperator"),
     (lambda: CS @ CS, TypeError, "compose"),
     (lambda: CS @ CS.T, TypeError, r"CountSketch @ CountSketch\.T"),
     (lambda: np.ones((3, 9)) @ CS.T, ValueError, "columns"),

@@ -52,6 +52,22 @@ def test_kronecker_matrix_products_and_rows_exact(xp, rng, q):
     np.testing.assert_array_equal(to_numpy(K2.todense()), A)
 
 
+def test_kronecker_matrix_is_a_scipy_linear_operator(rng):
+    # aslinearoperator(K) raised "type not understood" (no matvec): lsqr and svds take K itself.
+    import scipy.sparse.linalg as spl
+
+    fs = _factors(rng, SHAPES["q3"], np)
+    K, A = kron.KroneckerMatrix(fs), _full(fs)
+    L = spl.aslinearoperator(K)
+    assert L.shape == A.shape and L.dtype == A.dtype
+    Y = rng.standard_normal((A.shape[0], 2))
+    np.testing.assert_allclose(L.rmatmat(Y), A.T @ Y, atol=1e-11)
+    np.testing.assert_allclose(L.matvec(Y[: A.shape[1], 0]), A @ Y[: A.shape[1], 0], atol=1e-11)
+    b = rng.standard_normal(A.shape[0])
+    x = spl.lsqr(K, b, atol=1e-14, btol=1e-14, iter_lim=1000)[0]
+    np.testing.assert_allclose(x, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8, atol=1e-10)
+
+
 def test_kronecker_sketch_of_kronecker_matrix(xp, rng):
     fs = _factors(rng, SHAPES["q2"], xp)
     K = kron.KroneckerMatrix(fs)
@@ -294,6 +310,9 @@ def test_lp_regression_p15_against_irls(rng):
 def test_all_pairs_cost_matches_brute_force(rng):
     r = rng.standard_normal(57)
     assert kron.all_pairs_cost(r) == pytest.approx(np.abs(r[:, None] - r[None, :]).sum(), rel=1e-12)
+    assert kron.all_pairs_cost(list(r[:3])) == pytest.approx(np.abs(r[:3, None] - r[None, :3]).sum(), rel=1e-12)
+    with pytest.raises(ValueError, match="r must be 1-D"):  # it broadcast a 2-D r against its ranks
+        kron.all_pairs_cost(np.ones((4, 2)))
 
 
 def test_rank_regression_against_exact_lp(xp, rng):

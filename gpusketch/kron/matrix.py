@@ -53,7 +53,9 @@ class KroneckerMatrix:
     Notes
     -----
     ``A @ x`` reshapes x to a ``d_1 × ... × d_q`` tensor and multiplies each
-    mode by its factor; ``A.T`` is ``KroneckerMatrix([A_t.T])``.  ``rows(idx)``
+    mode by its factor; ``A.T`` is ``KroneckerMatrix([A_t.T])``.  ``matvec``,
+    ``rmatvec``, ``matmat`` and ``rmatmat`` make A a SciPy LinearOperator
+    (``aslinearoperator(A)``, or A passed to ``lsqr`` directly).  ``rows(idx)``
     gathers selected rows (a CUDA kernel on CuPy factors, a NumPy twin
     otherwise).  ``S @ A`` with ``S = Kronecker([S_1, ..., S_q])`` whose factor
     shapes match returns ``KroneckerMatrix([S_1 @ A_1, ..., S_q @ A_q])``,
@@ -206,6 +208,19 @@ class KroneckerMatrix:
     def fro_norm2(self):
         """``||A||_F² = ∏_t ||A_t||_F²`` (as a float)."""
         return math.prod(float((F * F).sum()) for F in self._factors)
+
+    # -- scipy.sparse.linalg.LinearOperator protocol (aslinearoperator, lsqr, svds) ----------
+    def matvec(self, x):
+        return self @ x
+
+    def rmatvec(self, y):
+        return self.T @ y
+
+    def matmat(self, X):
+        return self @ X
+
+    def rmatmat(self, Y):
+        return self.T @ Y
 
 
 def as_kronecker(factors, name="factors", *, min_factors=2):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels
-from .._backend import array_namespace, as_system, check_memory, check_seed, to_dense, to_host
+from .._backend import as_operand, as_system, check_memory, check_seed, is_sparse, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..robust.lewis import lewis_weights
@@ -42,7 +42,9 @@ def all_pairs_cost(r):
     12.0
     """
     with annotate("gpusketch.kron.all_pairs_cost"):
-        xp = array_namespace(r)
+        if is_sparse(r):
+            raise TypeError("r must be a dense 1-D array of residuals, got a sparse matrix")
+        r, xp = as_operand(r, "r", ndim=(1,))
         s = xp.sort(r)
         n = s.size
         return 2.0 * float((s * (2 * xp.arange(n, dtype=s.dtype) - n + 1)).sum())

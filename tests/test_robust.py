@@ -34,6 +34,10 @@ def test_weights_match_derivatives(loss):
     h = 1e-6
     x = np.array([0.4, 1.3, 1.9, 3.0])
     np.testing.assert_allclose(loss.weight(x), (loss(x + h) - loss(x - h)) / (2 * h) / x, rtol=1e-4, atol=1e-8)
+    # array-likes, as NumPy's ufuncs take them (a list raised "unsupported operand ... 'list'")
+    np.testing.assert_array_equal(loss(list(x)), loss(x))
+    np.testing.assert_array_equal(loss.weight(list(x)), loss.weight(x))
+    assert loss.total(list(x)) == loss.total(x) and float(loss(0.4)) == loss(x)[0]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

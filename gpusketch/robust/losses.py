@@ -19,6 +19,12 @@ def _check_p(p, lo=1.0, hi=2.0):
     return float(p)
 
 
+def _residuals(a):
+    """``(a, xp)`` with array-likes (lists, Python numbers) as NumPy arrays, as NumPy ufuncs take them."""
+    xp = array_namespace(a)
+    return xp.asarray(a), xp
+
+
 class _Loss:
     """value(a) = M(a) elementwise; weight(a) = M'(a)/a, the IRLS weight (finite at 0)."""
 
@@ -77,12 +83,12 @@ class TukeyLoss(_Loss):
         return (self.tau**2 / 6) * (u * (3 - 3 * u + u * u)), u
 
     def value(self, a):
-        xp = array_namespace(a)
+        a, xp = _residuals(a)
         rho, _ = self._biweight(a, xp)
         return rho if self.p == 2 else (6 * rho) ** (self.p / 2) / 6
 
     def weight(self, a):
-        xp = array_namespace(a)
+        a, xp = _residuals(a)
         rho, u = self._biweight(a, xp)
         w2 = (1 - u) ** 2  # ψ(a)/a of the biweight
         if self.p == 2:
@@ -123,11 +129,11 @@ class ClippedLpLoss(_Loss):
         return f"ClippedLpLoss(tau={self.tau:g}, p={self.p:g})"
 
     def value(self, a):
-        xp = array_namespace(a)
+        a, xp = _residuals(a)
         return xp.minimum(xp.abs(a), self.tau) ** self.p
 
     def weight(self, a):
-        xp = array_namespace(a)
+        a, xp = _residuals(a)
         b = xp.maximum(xp.abs(a), 1e-8 * self.tau)
         return xp.where(xp.abs(a) <= self.tau, self.p * b ** (self.p - 2), 0.0)
 
@@ -158,11 +164,11 @@ class HuberLoss(_Loss):
         return f"HuberLoss(tau={self.tau:g})"
 
     def value(self, a):
-        xp = array_namespace(a)
+        a, xp = _residuals(a)
         r = xp.abs(a)
         return xp.where(r <= self.tau, r * r / (2 * self.tau), r - self.tau / 2)
 
     def weight(self, a):
-        xp = array_namespace(a)
+        a, xp = _residuals(a)
         r = xp.abs(a)
         return xp.where(r <= self.tau, 1.0 / self.tau, 1.0 / xp.maximum(r, self.tau))

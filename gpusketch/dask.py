@@ -354,7 +354,9 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
         cols.append(pre.apply(y0j + dy))
         iters.append(it)
     info["iterations"] = iters[0] if y.ndim == 1 else iters
-    return (cols[0] if y.ndim == 1 else xp.stack(cols, axis=1)), info
+    if y.ndim == 1:
+        return cols[0], info
+    return (xp.stack(cols, axis=1) if cols else xp.zeros((d, 0), dtype=y0.dtype)), info  # y of no columns
 
 
 sketch_fn = sketch  # lstsq's parameter named ``sketch`` shadows the function

@@ -102,6 +102,8 @@ def test_lstsq_several_columns_and_column_chunks(rng, method):
         res = gsd.lstsq(X, Y, method=method, seed=4)
         cols = [gsd.lstsq(X, Y[:, j], method=method, seed=4) for j in range(2)]
     assert res.x.shape == (9, 2) and res.cost.shape == (2,)
+    none = gsd.lstsq(X, Y[:, :0], method=method, seed=4)  # y of no columns ("precondition": empty stack)
+    assert none.x.shape == (9, 0) and none.cost.shape == (0,)
     for j in range(2):
         np.testing.assert_allclose(res.x[:, j], cols[j].x, rtol=1e-10, atol=1e-12)
         assert res.cost[j] == pytest.approx(cols[j].cost, rel=1e-12)

@@ -113,6 +113,9 @@ def test_direct_multiple_rhs_and_sparse(xp):
     As = sparse_module(xp).csr_matrix(xp.asarray(A))
     res = gs.lstsq(As, xp.asarray(B[:, 0]), seed=8)
     np.testing.assert_allclose(to_numpy(res.x), X_ref[:, 0], rtol=1e-8, atol=1e-10)
+    for method in ("direct", "precondition", "sketch"):  # b of no columns, as numpy.linalg.lstsq takes it
+        res = gs.lstsq(xp.asarray(A), xp.asarray(B[:, :0]), method=method, seed=9)  # precondition: IndexError
+        assert res.x.shape == (12, 0) and to_numpy(res.cost).shape == (0,)
 
 
 def test_rank_deficient_warns_and_returns_min_norm(xp):
@@ -155,6 +158,8 @@ LSTSQ_BAD = [
     (lambda: gs.randomized_svd(A_OK, 4), ValueError, "k"),
     (lambda: gs.randomized_svd(A_OK, 0), ValueError, "k"),
     (lambda: gs.randomized_svd(A_OK, 2, power_iters=-1), ValueError, "power_iters"),
+    (lambda: gs.randomized_svd(A_OK, 2, test_matrix="fft"), ValueError, "^test_matrix must be one of"),
+    (lambda: gs.randomized_svd(A_OK, 2, test_matrix=gs.Gaussian(2, 3)), ValueError, r"^test_matrix has shape \(2, 3\)"),
     (lambda: gs.rank(np.full((4, 4), np.nan)), ValueError, "NaN"),
     (lambda: gs.independent_rows("abc"), TypeError, "A"),
 ]

@@ -23,7 +23,7 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
     power_iters : int
         Subspace iterations ``q`` (each one pass over A and one over Aᵀ), with a
         re-orthonormalisation after every product for stability.
-    test_matrix : {"gaussian", "sparse_sign", "srht", "countsketch"} or SketchOperator
+    test_matrix : {"gaussian", "sparse_sign", "srht", "countsketch", "fast_embedding"} or SketchOperator
         ``Ω`` of shape ``(l, d)``; the range is sketched as the right sketch ``A Ωᵀ``.
     seed : int, optional
 
@@ -67,7 +67,7 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
         power_iters = check_positive_int(power_iters, "power_iters", minimum=0)
         seed = check_seed(seed)
         l = min(k + oversample, n, d)
-        Omega = make_sketch(test_matrix, l, d, seed=seed)
+        Omega = make_sketch(test_matrix, l, d, seed=seed, name="test_matrix")
         Q, _ = orthonormalize(to_dense(A @ Omega.T), xp)
         for _ in range(power_iters):
             Z, _ = orthonormalize(to_dense(A.T @ Q), xp)

@@ -41,15 +41,15 @@ _KINDS = {
 }
 
 
-def _kind(kind):
-    if kind not in _KINDS:
-        raise ValueError(f"sketch must be one of {sorted(_KINDS)} or a sketch operator, got {kind!r}")
+def _kind(kind, name="sketch"):
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ValueError(f"{name} must be one of {sorted(_KINDS)} or a sketch operator, got {kind!r}")
     return _KINDS[kind]
 
 
-def make_sketch(kind, m, n, *, seed=None):
+def make_sketch(kind, m, n, *, seed=None, name="sketch"):
     """An oblivious sketch by name: ``"countsketch"``, ``"sparse_sign"``, ``"gaussian"``, ``"srht"``
-    or ``"fast_embedding"``.
+    or ``"fast_embedding"``; errors name the argument ``name``.
 
     A ``SketchOperator`` passed as ``kind`` is returned after checking its shape
     is ``(m, n)`` (``m=None`` accepts any number of rows).  An ``"srht"`` has at
@@ -59,9 +59,9 @@ def make_sketch(kind, m, n, *, seed=None):
     """
     if isinstance(kind, SketchOperator):
         if kind.shape[1] != n or (m is not None and kind.shape[0] != m):
-            raise ValueError(f"sketch has shape {kind.shape}, expected ({m if m is not None else 'm'}, {n})")
+            raise ValueError(f"{name} has shape {kind.shape}, expected ({m if m is not None else 'm'}, {n})")
         return kind
-    cls = _kind(kind)
+    cls = _kind(kind, name)
     if cls is SRHT:
         m = min(m, 1 << max(0, (n - 1).bit_length()))
     if cls is SparseSign:

@@ -236,6 +236,10 @@ def test_bad_input():
         fair.regression([np.ones((3, 2))], [np.ones(3)], norm=3)
     with pytest.raises(ValueError, match="NaN"):
         fair.low_rank([np.full((3, 4), np.nan)], 1)
+    with pytest.raises(ValueError, match=r"embed must be a pair"):  # was "too many values to unpack"
+        fair.low_rank([np.ones((3, 4))], 1, embed=(5, 5, 5))
+    with pytest.raises(ValueError, match="maxiter must be >= 1"):
+        fair.regression([np.ones((3, 2))], [np.ones(3)], maxiter=0)
 
 
 def test_inputs_not_modified(rng):

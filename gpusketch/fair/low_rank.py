@@ -413,6 +413,8 @@ def low_rank(groups, k, *, rank=None, p=None, embed=(30, 30), columns="full", t=
             raise ValueError(f"rank must be at least k = {k}, got {rank}")
         if columns not in ("full", "sample"):
             raise ValueError(f"columns must be 'full' or 'sample', got {columns!r}")
+        if not isinstance(embed, (tuple, list)) or len(embed) != 2:
+            raise ValueError(f"embed must be a pair (rows, columns) of the Dvoretzky embedding, got {embed!r}")
         n_emb, d_emb = (check_positive_int(v, "embed") for v in embed)
         t = min(d_emb, 2 * k * math.ceil(math.log(k + 1)) + k) if t is None else check_positive_int(t, "t")
         t_eff = t if columns == "sample" else d_emb

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import array_namespace, as_operand, check_finite, check_positive_real, to_host
+from .._backend import array_namespace, as_operand, check_finite, check_positive_int, check_positive_real, to_host
 from .._nvtx import annotate
 from ..robust.lp import l1_scaling, solve_lp_small
 from ._groups import as_groups
@@ -197,6 +197,7 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
         if norm not in (1, 2) or isinstance(norm, bool):
             raise ValueError(f"norm must be 1 or 2, got {norm!r}")
         tol = check_positive_real(tol, "tol")
+        maxiter = check_positive_int(maxiter, "maxiter")
         sizes = [A.shape[0] for A in groups]
         if not exact:
             A = xp.concatenate(groups)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _kernels
 from .._backend import array_namespace, as_operand, check_finite, check_memory, is_sparse, to_dense
+from ..operators._base import LinearOperatorMethods
 
 __all__ = ["KroneckerMatrix", "as_kronecker"]
 
@@ -30,7 +31,7 @@ def _mode_apply(mats, X, xp):
     return T.reshape(-1, k)
 
 
-class KroneckerMatrix:
+class KroneckerMatrix(LinearOperatorMethods):
     """Implicit Kronecker product ``A = A_1 ⊗ ... ⊗ A_q``, never formed.
 
     Rows and columns follow ``numpy.kron`` order: row ``i`` of A has the
@@ -208,19 +209,6 @@ class KroneckerMatrix:
     def fro_norm2(self):
         """``||A||_F² = ∏_t ||A_t||_F²`` (as a float)."""
         return math.prod(float((F * F).sum()) for F in self._factors)
-
-    # -- scipy.sparse.linalg.LinearOperator protocol (aslinearoperator, lsqr, svds) ----------
-    def matvec(self, x):
-        return self @ x
-
-    def rmatvec(self, y):
-        return self.T @ y
-
-    def matmat(self, X):
-        return self @ X
-
-    def rmatmat(self, Y):
-        return self.T @ Y
 
 
 def as_kronecker(factors, name="factors", *, min_factors=2):

@@ -46,7 +46,27 @@ def _zeros(xp, shape, dtype, what):
     return xp.zeros(shape, dtype=dtype)
 
 
-class SketchOperator:
+class LinearOperatorMethods:
+    """``matvec``, ``rmatvec``, ``matmat`` and ``rmatmat`` from ``@`` and ``.T``.
+
+    With ``shape`` and ``dtype`` they make a class a SciPy LinearOperator:
+    ``aslinearoperator`` wraps it, and ``lsqr``, ``lsmr`` and ``svds`` take it.
+    """
+
+    def matvec(self, x):
+        return self @ x
+
+    def rmatvec(self, y):
+        return self.T @ y
+
+    def matmat(self, X):
+        return self @ X
+
+    def rmatmat(self, Y):
+        return self.T @ Y
+
+
+class SketchOperator(LinearOperatorMethods):
     """Base class of all sketch operators (see module docstring)."""
 
     # Make ``A @ S`` and ``ndarray @ S.T`` defer to our __rmatmul__ instead of
@@ -165,18 +185,6 @@ class SketchOperator:
         D = self._dense()
         return D if xp is np else xp.asarray(D)
 
-    # -- scipy.sparse.linalg.LinearOperator protocol ------------------------
-    def matvec(self, x):
-        return self @ x
-
-    def rmatvec(self, y):
-        return self.T @ y
-
-    def matmat(self, X):
-        return self @ X
-
-    def rmatmat(self, Y):
-        return self.T @ Y
 
 
 def _kind(op):

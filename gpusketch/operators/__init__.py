@@ -48,14 +48,35 @@ def _kind(kind, name="sketch"):
 
 
 def make_sketch(kind, m, n, *, seed=None, name="sketch"):
-    """An oblivious sketch by name: ``"countsketch"``, ``"sparse_sign"``, ``"gaussian"``, ``"srht"``
-    or ``"fast_embedding"``; errors name the argument ``name``.
+    """An oblivious sketch by name.
 
-    A ``SketchOperator`` passed as ``kind`` is returned after checking its shape
-    is ``(m, n)`` (``m=None`` accepts any number of rows).  An ``"srht"`` has at
-    most N rows, N the power of two that n is padded to (its rows are distinct
-    rows of the N × N Hadamard matrix): a larger m is capped at N, and the
-    operator's shape says so.
+    Parameters
+    ----------
+    kind : {"countsketch", "sparse_sign", "gaussian", "srht", "fast_embedding"} or SketchOperator
+        A ``SketchOperator`` is returned as it is after checking its shape is
+        ``(m, n)`` (``m=None`` accepts any number of rows).
+    m, n : int
+        Rows of the sketch and rows of the input it sketches.  An ``"srht"``
+        has at most N rows, N the power of two that n is padded to (its rows
+        are distinct rows of the N × N Hadamard matrix): a larger m is capped
+        at N, and the operator's shape says so.  ``"sparse_sign"`` has
+        ``min(8, m)`` nonzeros per column.
+    seed : int, optional
+    name : str
+        The argument the errors name (``"sketch"``, or ``"test_matrix"`` for
+        ``randomized_svd``).
+
+    Returns
+    -------
+    SketchOperator
+
+    Examples
+    --------
+    >>> from gpusketch.operators import make_sketch
+    >>> make_sketch("srht", 100, 50, seed=1).shape   # capped at the padded length 64
+    (64, 50)
+    >>> make_sketch("sparse_sign", 4, 50, seed=1)
+    SparseSign(m=4, n=50, nnz=4, seed=1)
     """
     if isinstance(kind, SketchOperator):
         if kind.shape[1] != n or (m is not None and kind.shape[0] != m):

@@ -320,6 +320,27 @@ def test_independent_rows(xp):
     assert to_numpy(gs.independent_rows(xp.asarray(R1), seed=1)).tolist() in ([1], [3])
 
 
+def test_independent_rows_falls_back_to_a_pivoted_qr_of_all_rows(xp, monkeypatch):
+    # Four samples that miss the row space (here: every sample is row 0 alone) end in a pivoted
+    # QR of all rows, which must still give rank(A) independent rows.
+    import sys
+
+    rank_module = sys.modules["gpusketch.linalg.rank"]  # the package's `rank` is the function
+    draws = []
+
+    def row_zero_only(B, s, seed=None):
+        draws.append(s)
+        return gs.Sampling([0], B.shape[0])
+
+    monkeypatch.setattr(rank_module, "leverage_sample", row_zero_only)
+    rng = np.random.default_rng(26)
+    A = rng.standard_normal((1000, 5)) @ rng.standard_normal((5, 40))  # n > 8 × the first s = 52
+    A[1:10] = A[0]  # the first rows are no answer
+    rows = to_numpy(gs.independent_rows(xp.asarray(A), seed=27))
+    assert len(draws) == 4 and draws[1:] == [2 * d for d in draws[:-1]]  # s doubled each try
+    assert len(rows) == 5 and np.linalg.matrix_rank(A[rows]) == 5
+
+
 def decaying(n, d, decay, seed):
     r = np.random.default_rng(seed)
     p = min(n, d)

@@ -134,8 +134,6 @@ def independent_rows(A, *, seed=None):
                 chosen = np.sort(cand[piv[:k]])
                 return xp.asarray(chosen)
             s *= 2
-        cand = np.arange(n)
-        Ad = to_dense(A)
-        Ad = to_host(Ad)
+        Ad = to_host(to_dense(A))
         _, _, piv = scipy.linalg.qr(Ad.T, mode="economic", pivoting=True)
         return xp.asarray(np.sort(piv[:k]))

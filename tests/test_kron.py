@@ -89,9 +89,24 @@ def test_kronecker_matrix_bad_input(rng):
     F = np.ones((100_000, 10))
     with pytest.raises(MemoryError, match=r"todense\(\) of a 10000000000 x 100 KroneckerMatrix needs 7450\.58 GiB"):
         kron.KroneckerMatrix([F, F]).todense()  # refused before np.kron tries 8e12 bytes
+    with pytest.raises(TypeError, match=r"factors\[1\] is sparse"):
+        kron.KroneckerMatrix([np.ones((3, 2)), sparse_module(np).csr_matrix(np.ones((3, 2)))])
+    with pytest.raises(ValueError, match=r"factors\[0\] is empty \(shape \(0, 2\)\)"):
+        kron.KroneckerMatrix([np.ones((0, 2)), np.ones((3, 2))])
     K = kron.KroneckerMatrix([np.ones((3, 2)), np.ones((4, 2))])
     with pytest.raises(ValueError, match="idx must lie in"):
         K.rows([12])
+    with pytest.raises(ValueError, match="idx must be 1-D"):
+        K.rows([[1]])
+    with pytest.raises(TypeError, match="idx must hold integers"):
+        K.rows([1.0])
+    with pytest.raises(TypeError, match="KroneckerMatrix @ scalar"):
+        K @ 2.0
+    with pytest.raises(TypeError, match="scalar @ KroneckerMatrix"):
+        2.0 @ K
+    with pytest.raises(TypeError, match="list of 2-D arrays or a KroneckerMatrix"):
+        kron.lstsq(np.ones((12, 4)), np.ones(12))
+    assert repr(K) == "KroneckerMatrix(3x2 ⊗ 4x2, dtype=float64)"
     with pytest.raises(ValueError, match="x has 5 rows"):
         K @ np.ones(5)
     with pytest.raises(ValueError, match="at least 2"):

@@ -108,6 +108,10 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(S, iter([A[:100, :1], A[100:]]), device="cpu", progress=False)
     with pytest.raises(ValueError, match=r"block 0 of source must be 2-D \(rows x columns\), got shape \(6,\)"):
         stream.sketch(S, A.tolist(), device="cpu", progress=False)  # a list of rows is not a list of blocks
+    with pytest.raises(ValueError, match="source path must be a .npy file"):
+        stream.sketch(S, str(tmp_path), device="cpu", progress=False)
+    with pytest.raises(TypeError, match="source must be a .npy path"):
+        stream.sketch(S, 3.0, device="cpu", progress=False)
     with pytest.raises(TypeError, match="source has dtype float16"):
         stream.sketch(S, A.astype(np.float16), device="cpu", progress=False)
     strings = tmp_path / "strings.npy"

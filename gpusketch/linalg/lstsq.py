@@ -253,7 +253,7 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     t0 = time.perf_counter()
     cols, iters = [], []
-    for j in range(1 if k is None else k):  # k = 0 (b of no columns): no solve, x of shape (d, 0)
+    for j in range(1 if k is None else k):
         rhs = b if k is None else b[:, j]
         start = y0 if k is None else y0[:, j]
         with warnings.catch_warnings():
@@ -263,7 +263,10 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
             out = sparse_la.lsmr(op, rhs, atol=tol, btol=tol, maxiter=maxiter, x0=start)
         cols.append(pre.apply(out[0]))
         iters.append(int(out[2]))
-    x = cols[0] if k is None else xp.stack(cols, axis=1) if cols else xp.zeros((d, 0), dtype=y0.dtype)
+    if k is None:
+        x = cols[0]
+    else:  # b of no columns (k = 0) gives x of shape (d, 0)
+        x = xp.stack(cols, axis=1) if cols else xp.zeros((d, 0), dtype=y0.dtype)
     info["timings"]["solve_s"] = time.perf_counter() - t0
     info["iterations"] = iters[0] if k is None else iters
     return LstsqResult(x, _residual_norms(A, x, b, xp), info)

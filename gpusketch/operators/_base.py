@@ -186,7 +186,6 @@ class SketchOperator(LinearOperatorMethods):
         return D if xp is np else xp.asarray(D)
 
 
-
 def _kind(op):
     """``"CountSketch"``, or ``"CountSketch.T"`` for its adjoint: the operator as users wrote it."""
     return f"{_kind(op._op)}.T" if isinstance(op, _Adjoint) else type(op).__name__

@@ -33,6 +33,7 @@ CALLS = {
     "lstsq sketch": lambda A, b, F, bk: gs.lstsq(A, b, method="sketch", seed=1).x,
     "lstsq precondition": lambda A, b, F, bk: gs.lstsq(A, b, seed=1).x,
     "lstsq direct": lambda A, b, F, bk: gs.lstsq(A, b, method="direct").x,
+    "lstsq precondition, 2-D b": lambda A, b, F, bk: gs.lstsq(A, A[:, :3] * 0.5 + b[:, None], seed=1).x,
     "leverage_scores": lambda A, b, F, bk: gs.leverage_scores(A, seed=1),
     "leverage_sample": lambda A, b, F, bk: gs.leverage_sample(A, 300, seed=1).indices,
     "lewis_weights": lambda A, b, F, bk: gs.lewis_weights(A, 1, seed=1),

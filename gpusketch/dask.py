@@ -15,6 +15,8 @@ import math
 import operator
 import warnings
 
+import numpy as np
+
 from ._backend import (
     array_namespace,
     check_dtype,
@@ -23,9 +25,11 @@ from ._backend import (
     check_seed,
     is_sparse,
     linalg_modules,
+    to_host,
 )
 from ._nvtx import annotate
 from ._random import derive_seed
+from .linalg._block_lsmr import TallBlock, block_lsmr
 from .linalg._numerics import qr_rank_deficient, svd_rank
 from .linalg._precondition import SketchPreconditioner
 from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_columns
@@ -222,8 +226,8 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     method : {"precondition", "sketch", "direct"}
         As in ``gpusketch.lstsq``: ``"sketch"`` solves the sketched problem;
         ``"precondition"`` uses ``R`` from a QR of ``SX`` as a right
-        preconditioner and runs LSQR with distributed products (one run per
-        column of y); ``"direct"`` is the baseline, a tall-skinny QR
+        preconditioner and runs LSMR with distributed products (the columns
+        of y together); ``"direct"`` is the baseline, a tall-skinny QR
         of ``[X y]`` (one pass, R only) and ``x = R⁺ Qᵀy`` (a triangular solve
         when R is of full numerical rank, else the minimum-norm solution from
         an SVD of R).
@@ -246,13 +250,15 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
 
     Notes
     -----
-    LSQR (Paige & Saunders, 1982) is written out here because SciPy's
-    keeps its n-dimensional vectors in memory: here they stay Dask arrays,
-    persisted on the workers each iteration, and only d-dimensional vectors
-    and scalars come back.  Each iteration reads X twice (``X P v`` and
-    ``Pᵀ Xᵀ u``); with ``κ(XR⁻¹) = O(1)`` it converges in a few tens of
-    iterations.  Warm start: the sketched solution.  Stopping rule: the
-    normal-equation residual ``||(XP)ᵀr|| / (||XP|| ||r||) <= tol``.
+    The solver is ``gpusketch.lstsq``'s block LSMR (SciPy's recurrences and
+    stopping rules for each column of y; Fong & Saunders, 2011), with its
+    n × k vectors kept as Dask arrays, persisted on the workers each
+    iteration: only d × k blocks and k column norms come back.  Each
+    iteration reads X twice (``X P V`` and ``Pᵀ Xᵀ U``) for all columns of y
+    at once; with ``κ(XR⁻¹) = O(1)`` it converges in a few tens of
+    iterations.  Warm start: the sketched solution.  For the same seed the
+    sketch, the preconditioner and so the iterations are those of
+    ``gpusketch.lstsq`` on the computed arrays.
 
     Examples
     --------
@@ -347,61 +353,44 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
         _warn_deficient(X, f" (sketch rank {pre.rank})")
     y0 = pre.sketched_solution(Sy)
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
-    cols, iters = [], []
-    for j in range(1 if y.ndim == 1 else y.shape[1]):
-        yj, y0j = (y, y0) if y.ndim == 1 else (y[:, j], y0[:, j])
-        dy, it = _lsqr(X, yj - X @ pre.apply(y0j), pre, tol, maxiter, xp)
-        cols.append(pre.apply(y0j + dy))
-        iters.append(it)
-    info["iterations"] = iters[0] if y.ndim == 1 else iters
+    Y, iters, _ = block_lsmr(
+        lambda V: X @ pre.apply(V),
+        lambda U: pre.apply_t(_small(X.T @ U)),
+        y if y.ndim == 2 else y[:, None],
+        y0 if y0.ndim == 2 else y0[:, None],
+        atol=tol, btol=tol, maxiter=maxiter, xp=xp, tall=_DaskTall(xp, y0.dtype),
+    )
+    x = pre.apply(Y)
     if y.ndim == 1:
-        return cols[0], info
-    return (xp.stack(cols, axis=1) if cols else xp.zeros((d, 0), dtype=y0.dtype)), info  # y of no columns
+        x, iters = x[:, 0], int(iters[0])
+    info["iterations"] = iters if y.ndim == 1 else [int(i) for i in iters]
+    return x, info
 
 
 sketch_fn = sketch  # lstsq's parameter named ``sketch`` shadows the function
 
 
-def _lsqr(X, b, pre, tol, maxiter, xp):
-    """LSQR on ``min ||X P v − b||`` with b a Dask vector; returns ``(v, iterations)``."""
-    norm = lambda u: float(_small((u * u).sum())) ** 0.5  # noqa: E731
-    u = b.persist()
-    beta = norm(u)
-    v = xp.zeros(pre.rank, dtype=X.dtype)
-    if beta == 0.0:
-        return v, 0
-    u = (u / beta).persist()
-    w_vec = pre.apply_t(_small(X.T @ u))
-    alpha = float(xp.linalg.norm(w_vec))
-    if alpha == 0.0:
-        return v, 0
-    vv = w_vec / alpha
-    w = vv.copy()
-    phibar, rhobar = beta, alpha
-    anorm2 = alpha**2
-    for it in range(1, maxiter + 1):
-        u = (X @ pre.apply(vv) - alpha * u).persist()
-        beta = norm(u)
-        if beta > 0:
-            u = (u / beta).persist()
-            anorm2 += beta**2
-            w_vec = pre.apply_t(_small(X.T @ u)) - beta * vv
-            alpha = float(xp.linalg.norm(w_vec))
-            if alpha > 0:
-                vv = w_vec / alpha
-        anorm2 += alpha**2
-        rho = math.hypot(rhobar, beta)
-        c, s = rhobar / rho, beta / rho
-        theta = s * alpha
-        rhobar = -c * alpha
-        phi = c * phibar
-        phibar = s * phibar
-        v = v + (phi / rho) * w
-        w = vv - (theta / rho) * w
-        # ||(XP)ᵀ r|| = phibar · alpha · |c|  (Paige & Saunders, eq. 5.4)
-        if phibar * alpha * abs(c) <= tol * math.sqrt(anorm2) * max(phibar, 1e-300) or beta == 0 or alpha == 0:
-            return v, it
-    return v, maxiter
+def _scale_columns(block, coef, block_info=None):
+    """A block of U times its columns' entries of coef (U may be chunked along columns)."""
+    lo, hi = block_info[0]["array-location"][1]
+    return block * coef[lo:hi]
+
+
+class _DaskTall(TallBlock):
+    """``block_lsmr``'s n × k block as a Dask array, persisted on the workers at each
+    update (``U ← U·diag(−α) + X P V``); only its k column norms come back."""
+
+    def norms(self, U):
+        return np.sqrt(to_host(_small((U * U).sum(axis=0)))).astype(np.float64)
+
+    def scale(self, U, coef):
+        return U.map_blocks(_scale_columns, self.xp.asarray(coef, dtype=self.dtype), dtype=U.dtype)
+
+    def add(self, U, M):
+        return (U + M).persist()
+
+    def take(self, U, cols):
+        return U[:, cols]
 
 
 def leverage_scores(X, *, exact=False, seed=None):

@@ -111,6 +111,21 @@ def test_lstsq_several_columns_and_column_chunks(rng, method):
         np.testing.assert_allclose(res.x, np.linalg.lstsq(A, B, rcond=None)[0], rtol=1e-9, atol=1e-11)
 
 
+def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng):
+    """The same seed gives the same sketch, preconditioner and block LSMR as in memory: the
+    same iterations per column and x to round-off, whatever the chunks of X and y."""
+    A = rng.standard_normal((3000, 12)) * np.logspace(0, 3, 12)
+    B = A @ rng.standard_normal((12, 3)) + rng.standard_normal((3000, 3)) * np.array([1.0, 1e-3, 1e3])
+    ref = gs.lstsq(A, B, seed=6)
+    with dask.config.set(scheduler="threads"):
+        res = gsd.lstsq(da.from_array(A, chunks=(700, 5)), da.from_array(B, chunks=(900, 2)), seed=6)
+        one = gsd.lstsq(da.from_array(A, chunks=(700, 12)), da.from_array(B[:, 1], chunks=700), seed=6)
+    assert res.info["iterations"] == ref.info["iterations"]
+    assert one.info["iterations"] == ref.info["iterations"][1]
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
+    np.testing.assert_allclose(one.x, ref.x[:, 1], rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
+
+
 def test_lstsq_direct_rank_deficient_is_minimum_norm(rng):
     A = rng.standard_normal((800, 6))
     A[:, 5] = A[:, 1] - A[:, 2]  # rank 5
@@ -306,6 +321,7 @@ DEVICE_CALLS = {
     "sketch_columns": lambda X, y: gsd.sketch_columns(X, gs.CountSketch(4, 8, seed=3)).compute(),
     "lstsq sketch": lambda X, y: gsd.lstsq(X, y, method="sketch", seed=1).x,
     "lstsq precondition": lambda X, y: gsd.lstsq(X, y, seed=1).x,
+    "lstsq precondition, 2-D y": lambda X, y: gsd.lstsq(X, da.stack([y, 0.5 * y + X[:, 0]], axis=1), seed=1).x,
     "lstsq direct": lambda X, y: gsd.lstsq(X, y, method="direct").x,
     "leverage_scores": lambda X, y: gsd.leverage_scores(X, seed=1).compute(),
     "leverage_scores exact": lambda X, y: gsd.leverage_scores(X, exact=True).compute(),

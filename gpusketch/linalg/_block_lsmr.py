@@ -14,7 +14,38 @@ import numpy as np
 
 from .._backend import to_host
 
-__all__ = ["block_lsmr"]
+__all__ = ["block_lsmr", "TallBlock"]
+
+
+class TallBlock:
+    """The operations of ``block_lsmr`` on its n × k block U, for NumPy and CuPy arrays.
+
+    U is the solver's own array, so it is updated in place.  ``gpusketch.dask``
+    passes a subclass whose U is a Dask array persisted on the workers.
+    """
+
+    def __init__(self, xp, dtype):
+        self.xp, self.dtype = xp, dtype
+
+    def norms(self, U):
+        """Column norms on the host (float64).  einsum: no n × k temporary (2.3x faster
+        than ``norm(axis=0)`` at 65536 × 32)."""
+        return to_host(self.xp.sqrt(self.xp.einsum("ij,ij->j", U, U))).astype(np.float64)
+
+    def scale(self, U, coef):
+        """``U · diag(coef)``, coef a host vector."""
+        U *= self.xp.asarray(coef, dtype=self.dtype)
+        return U
+
+    def add(self, U, M):
+        """``U + M``."""
+        U += M
+        return U
+
+    def take(self, U, cols):
+        """The columns ``cols`` (host indices), in C order as the products return them:
+        ``U += A V`` on mixed layouts ran 1.4x slower than the GEMM itself."""
+        return self.xp.ascontiguousarray(self.xp.take(U, self.xp.asarray(cols), axis=1))
 
 
 def _sym_ortho(a, b):
@@ -39,7 +70,7 @@ def _sym_ortho(a, b):
     return c, s, r
 
 
-def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8):
+def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8, tall=None):
     """LSMR (damp = 0) for ``min ||A x_j − b_j||`` on every column of B.
 
     Column j follows SciPy's ``scipy.sparse.linalg.lsmr(A, B[:, j],
@@ -64,7 +95,9 @@ def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8):
     atol, btol, maxiter, conlim
         As in ``scipy.sparse.linalg.lsmr``.
     xp : module
-        The array module of B.
+        The array module of X0 (and of B, unless ``tall`` says otherwise).
+    tall : TallBlock, optional
+        The operations on B's n × k arrays; ``TallBlock(xp, B.dtype)`` by default.
 
     Returns
     -------
@@ -79,33 +112,32 @@ def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8):
     if k == 0:
         return X, iterations, istop
     dtype = B.dtype
+    tall = TallBlock(xp, dtype) if tall is None else tall
 
-    def colnorms(Y):  # einsum: no n × k temporary (2.3x faster than norm(axis=0) at 65536 × 32)
-        return to_host(xp.sqrt(xp.einsum("ij,ij->j", Y, Y))).astype(np.float64)
-
-    def scale(Y, coef):  # Y · diag(coef), coef on the host
+    def scale(Y, coef):  # a d × k array times diag(coef), out of place
         return Y * xp.asarray(coef, dtype=dtype)
 
-    def take(Y, cols):  # C order, as the products return: U += A V on mixed layouts ran 1.4x slower than the GEMM
-        return xp.ascontiguousarray(xp.take(Y, cols, axis=1))
+    def take(Y, cols):
+        return xp.take(Y, xp.asarray(cols), axis=1)
+
+    small_norms = TallBlock(xp, dtype).norms
 
     def inv(v):  # 1/v where v > 0; such columns are left unscaled, as SciPy leaves them
         out = np.ones_like(v)
         np.divide(1.0, v, out=out, where=v > 0)
         return out
 
-    normb = colnorms(B)
-    U = B - matmat(X0)
-    beta = colnorms(U)
-    U *= xp.asarray(inv(beta), dtype=dtype)  # U is ours from here on: updated in place
+    normb = tall.norms(B)
+    U = tall.add(-matmat(X0), B)  # U is the solver's own from here on
+    beta = tall.norms(U)
+    U = tall.scale(U, inv(beta))
     V = rmatmat(U)  # zero in a column whose beta is 0, as SciPy's v = zeros
-    alpha = colnorms(V)
+    alpha = small_norms(V)
     V = scale(V, inv(alpha))
     # SciPy returns x0 when ||Aᵀr₀|| = 0, else x = 0 when b = 0.
     X[:, xp.asarray(np.flatnonzero((alpha * beta != 0) & (normb == 0)))] = 0
     act = np.flatnonzero((alpha * beta != 0) & (normb != 0))
-    cols = xp.asarray(act)
-    U, V, Xa = take(U, cols), take(V, cols), take(X, cols)
+    U, V, Xa = tall.take(U, act), take(V, act), take(X, act)
     alpha, beta, normb = alpha[act], beta[act], normb[act]
 
     ka = act.size
@@ -120,13 +152,12 @@ def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8):
     itn = 0
     while act.size and itn < maxiter:
         itn += 1
-        U *= xp.asarray(-alpha, dtype=dtype)
-        U += matmat(V)
-        beta_new = colnorms(U)
+        U = tall.add(tall.scale(U, -alpha), matmat(V))
+        beta_new = tall.norms(U)
         moved = beta_new > 0  # where beta = 0 SciPy keeps v and alpha
-        U *= xp.asarray(inv(beta_new), dtype=dtype)
+        U = tall.scale(U, inv(beta_new))
         Vn = rmatmat(U) - scale(V, beta_new)
-        alpha_new = colnorms(Vn)
+        alpha_new = small_norms(Vn)
         Vn = scale(Vn, inv(alpha_new))
         if moved.all():
             V, alpha = Vn, alpha_new
@@ -171,7 +202,7 @@ def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8):
                 minrbar = np.minimum(minrbar, rhobarold)
             condA = np.maximum(maxrbar, rhotemp) / np.minimum(minrbar, rhotemp)
             normar = np.abs(zetabar)
-            normx = colnorms(Xa)
+            normx = small_norms(Xa)
             test1 = normr / normb
             denom = normA * normr
             test2 = np.where(denom != 0, normar / np.where(denom != 0, denom, 1.0), np.inf)
@@ -199,8 +230,9 @@ def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8):
         istop[act[done]] = stop[done]
         live = ~done
         act = act[live]
-        cols = xp.asarray(np.flatnonzero(live))
-        U, V, H, Hbar, Xa = (take(Y, cols) for Y in (U, V, H, Hbar, Xa))
+        cols = np.flatnonzero(live)
+        U = tall.take(U, cols)
+        V, H, Hbar, Xa = (take(Y, cols) for Y in (V, H, Hbar, Xa))
         (alpha, beta, normb, alphabar, rho, rhobar, cbar, sbar, zetabar, zeta, betadd, betad, rhodold,
          tautildeold, thetatilde, normA2, maxrbar, minrbar) = (
             v[live] for v in (alpha, beta, normb, alphabar, rho, rhobar, cbar, sbar, zetabar, zeta, betadd,

@@ -50,6 +50,7 @@ def test_linalg(bench, tmp_path, monkeypatch):
     mod.main(["--device", "gpu", "--quick", "--repeat", "1", "--out", str(tmp_path), "--commit", "test"])
     _, table = _tables(tmp_path, "linalg-gpu-quick")
     assert "gpusketch precondition" in table and "randomized_svd" in table and "streamed" in table
+    assert "block LSMR" in table and "one column at a time" in table
 
 
 @pytest.mark.gpu

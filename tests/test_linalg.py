@@ -146,6 +146,20 @@ def test_block_lsmr_follows_scipy_lsmr_column_by_column(xp):
             np.testing.assert_allclose(X[:, j], x, rtol=1e-11, atol=1e-11 * np.abs(x).max(initial=0.0))
     assert list(stops) == [7, 0, 7, 7, 7, 7]  # the last pass: maxiter = 12 stops all but b = 0
     assert B[:, 1].sum() == 0.0 and X0[:, 0].sum() == 0.0  # inputs untouched
+    # float32: the machine-precision stops (istop 5) fire in float32, as SciPy's float32
+    # scalars fire them; tested in float64 they ran 143-166 iterations instead of 79-87.
+    A32 = (rng.standard_normal((6000, 40)) * np.linspace(1, 100, 40)).astype(np.float32)
+    B32 = rng.standard_normal((6000, 3)).astype(np.float32)
+    Ad = xp.asarray(A32)
+    X, its, stops = block_lsmr(lambda V: Ad @ V, lambda U: Ad.T @ U, xp.asarray(B32), xp.zeros((40, 3), np.float32),
+                               atol=1e-10, btol=1e-10, maxiter=500, xp=xp)
+    assert to_numpy(X).dtype == np.float32
+    for j in range(3):
+        with warnings.catch_warnings():  # SciPy casts its 1e100 condition bound to float32
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stop, it = lsmr(A32, B32[:, j], atol=1e-10, btol=1e-10, maxiter=500)[1:3]
+        # float64 against float32 scalars: the trajectories part after a few tens of steps
+        assert stops[j] == stop == 5 and abs(its[j] - it) <= max(3, it // 10), (j, its[j], it)
 
 
 def test_precondition_solves_the_columns_of_b_together(xp):

@@ -12,10 +12,12 @@ cost gap below 1e-10) and ``"direct"``, against ``numpy.linalg.lstsq`` and a
 NumPy QR solve on the CPU; ``torch.linalg.lstsq``, ``cupy.linalg.lstsq``, a
 CuPy QR solve and the normal equations on the GPU.  A b of 32 columns
 (first shape, κ = 1e2): the block LSMR against 32 one-column solves and the
-same peers.  Low rank (fp32,
-decaying spectrum): ``randomized_svd`` and ``low_rank`` against
+same peers.  Low rank (fp32, decaying spectrum): ``randomized_svd`` and
+``low_rank`` against
 ``torch.svd_lowrank`` at the same number of power iterations (when torch is
-importable) and the exact SVD error.  Writes ``bench/results/linalg-<device>.{json,md,png}``.
+importable) and the exact SVD error; on the CPU also against SciPy's ``svds``
+(ARPACK) and scikit-learn's ``randomized_svd`` (when importable; not a
+dependency).  Writes ``bench/results/linalg-<device>.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse.linalg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,6 +55,14 @@ def _torch(xp):
     if xp is not np and not torch.cuda.is_available():
         return None
     return torch
+
+
+def _sklearn_randomized_svd():
+    try:
+        from sklearn.utils.extmath import randomized_svd
+    except ImportError:
+        return None
+    return randomized_svd
 
 
 def problem(xp, n, d, kappa, seed=0):
@@ -181,6 +192,16 @@ def bench_low_rank(dev, xp, shapes, repeat, rows):
 
         norm = (lambda M: float(xp.linalg.norm(M)))
         peers = {}
+        if xp is np:
+            peers["scipy.svds"] = add("peer:scipy.sparse.linalg.svds (ARPACK)",
+                                      lambda: scipy.sparse.linalg.svds(A, k, random_state=0),
+                                      lambda usv: norm(A - (usv[0] * usv[1]) @ usv[2]))
+            sk = _sklearn_randomized_svd()
+            if sk is not None:
+                peers["sklearn.randomized_svd"] = add(
+                    "peer:sklearn randomized_svd(n_oversamples=10, n_iter=2)",
+                    lambda: sk(A, k, n_oversamples=10, n_iter=2, random_state=0),
+                    lambda usv: norm(A - (usv[0] * usv[1]) @ usv[2]))
         if torch is not None:
             At = torch.as_tensor(A, device="cuda" if xp is not np else "cpu")
             peers["torch.svd_lowrank"] = add(

@@ -388,6 +388,27 @@ def test_independent_rows(xp):
     assert to_numpy(gs.independent_rows(xp.asarray(R1), seed=1)).tolist() in ([1], [3])
 
 
+def test_independent_rows_factors_the_sketched_rows_not_rows_of_a(xp, monkeypatch):
+    # Theorem 7.12: independent rows of B = A Rᵀ (2k + 10 columns) are independent rows of A,
+    # so the pivoted QR sees s × (2k + 10), never s × d (d = 3000 here; at 200000 × 200000 the
+    # QR of A's rows was 27 of 28 s).
+    import scipy.linalg
+
+    shapes = []
+    qr = scipy.linalg.qr
+
+    def recording_qr(M, *args, **kwargs):
+        shapes.append(M.shape)
+        return qr(M, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.linalg, "qr", recording_qr)
+    rng = np.random.default_rng(28)
+    A = rng.standard_normal((2000, 5)) @ rng.standard_normal((5, 3000))
+    rows = to_numpy(gs.independent_rows(xp.asarray(A), seed=29))
+    assert len(rows) == 5 and np.linalg.matrix_rank(A[rows]) == 5
+    assert shapes and all(shape[0] == 2 * 5 + 10 for shape in shapes), shapes
+
+
 def test_independent_rows_falls_back_to_a_pivoted_qr_of_all_rows(xp, monkeypatch):
     # Four samples that miss the row space (here: every sample is row 0 alone) end in a pivoted
     # QR of all rows, which must still give rank(A) independent rows.

@@ -41,6 +41,7 @@ def _exercise(cp):
             S.T @ Y
         M = sp.random(3000, 8, density=0.3, format="csr", random_state=1, dtype=dt)
         gs.CountSketch(64, 3000, seed=1) @ csp.csr_matrix(M)
+        gs.Gaussian(16, 3000, seed=1) @ csp.csr_matrix(M)
         gs.CountSketch(64, 3000, seed=1) @ cp.asarray(rng.standard_normal((3000, 520)).astype(dt))  # sorted
         gs.operators.MultiLevelCountSketch(16, 3000, 3, seed=1) @ X
         F = [cp.asarray(rng.standard_normal(s).astype(dt)) for s in ((60, 3), (50, 2))]

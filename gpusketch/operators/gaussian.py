@@ -20,7 +20,8 @@ class Gaussian(SketchOperator):
     ``j`` and ``i // 4`` (layout in ``gpusketch._random``), so CPU and GPU give
     the same matrix up to the last bits of ``log``/``cos``.  S is never stored:
     ``S @ A`` generates column blocks of S and multiplies them with BLAS
-    (cuBLAS on the GPU), ``O(m · n · d)`` work in all.  On a CPU generating the
+    (cuBLAS on the GPU), ``O(m · n · d)`` work in all; a sparse A takes
+    sparse–dense products instead, ``O(m · nnz(A))``.  On a CPU generating the
     ``m · n`` entries (Philox plus Box–Muller in NumPy, tens of ns each) costs
     more than the product; prefer ``SparseSign`` or ``SRHT`` there.
 
@@ -56,6 +57,11 @@ class Gaussian(SketchOperator):
     def _apply_dense(self, A, xp):
         out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
         return _kernels.call("gaussian_sketch", xp, A, out, self._col0, self._m, self._scale, self._seed, STREAM_GAUSSIAN)
+
+    def _apply_sparse(self, A, xp):
+        out = _zeros(xp, (self._m, A.shape[1]), A.dtype, f"sketch output ({self._m} x {A.shape[1]})")
+        return _kernels.call("gaussian_sketch_sparse", xp, A.tocsr(), out, self._col0, self._m, self._scale,
+                             self._seed, STREAM_GAUSSIAN)
 
     def _apply_adjoint(self, Y, xp):
         out = _zeros(xp, (self._n,) + Y.shape[1:], Y.dtype, f"adjoint output ({self._n} rows)")

@@ -31,6 +31,38 @@ def test_precondition_matches_exact(xp, kappa, gap):
     assert type(res.x) is type(xp.asarray(b))
 
 
+def _sparse_collinear(n, d, delta, seed):
+    """A CSR matrix whose column pairs (2j, 2j+1) differ by delta times sparse noise: κ ~ 1/delta."""
+    r = np.random.default_rng(seed)
+    A = (r.random((n, d)) < 0.05) * r.standard_normal((n, d))
+    A[:, 1::2] = A[:, ::2] + delta * (r.random((n, d // 2)) < 0.01) * r.standard_normal((n, d // 2))
+    return A
+
+
+@pytest.mark.parametrize("delta,route", [(1e-1, "seminormal"), (1e-4, "seminormal"), (1e-6, "dense")])
+def test_direct_on_sparse_a_takes_the_seminormal_equations_while_well_conditioned(xp, delta, route):
+    """Sparse A: the Gram is a sparse product and x comes from the corrected semi-normal
+    equations (two refinement steps) while κ(A) <= 1e6, at a QR solve's accuracy; past that,
+    the densified routes.  b of one and two columns, and row weights as irls passes them."""
+    from gpusketch.linalg._numerics import qr_lstsq
+
+    A = _sparse_collinear(4000, 20, delta, 30)
+    r = np.random.default_rng(31)
+    B = A @ r.standard_normal((20, 2)) + r.standard_normal((4000, 2))
+    As = sparse_module(xp).csr_matrix(xp.asarray(A))
+    for b in (B[:, 0], B):
+        X_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+        res = gs.lstsq(As, xp.asarray(b), method="direct")
+        assert res.info["factorization"] in (("cholesky_qr2", "householder") if route == "dense" else (route,))
+        kappa = np.linalg.cond(A)
+        assert np.linalg.norm(to_numpy(res.x) - X_ref) <= 100 * kappa * np.finfo(float).eps * np.linalg.norm(X_ref)
+    s = np.sqrt(r.random(4000) + 0.1)  # an IRLS step: rows scaled by the square roots of the weights
+    x, deficient, used = qr_lstsq(As, xp.asarray(B[:, 0]), xp, scale=xp.asarray(s))
+    x_ref = np.linalg.lstsq(A * s[:, None], B[:, 0] * s, rcond=None)[0]
+    assert used in (("cholesky_qr2", "householder") if route == "dense" else (route,)) and not deficient
+    assert np.linalg.norm(to_numpy(x) - x_ref) <= 100 * np.linalg.cond(A * s[:, None]) * np.finfo(float).eps * np.linalg.norm(x_ref)
+
+
 @pytest.mark.parametrize("method", ["precondition", "sketch", "direct"])
 def test_lstsq_float32_stays_float32_without_warnings(xp, method):
     # float32 in, float32 out, x within float32 accuracy of the float64 solution,

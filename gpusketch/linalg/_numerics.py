@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import device_block_rows, linalg_modules, to_dense
+from .._backend import device_block_rows, is_sparse, linalg_modules, sparse_module, to_dense
 
 __all__ = [
     "rank_cut",
@@ -229,13 +229,63 @@ def streamed_cholesky_qr2(A, xp, *, b=None, scale=None):
     return L2.T @ first[1].T, Rinv2, y, q_blocks
 
 
+#: Largest κ(A) (estimated as κ(R) from the Gram's Cholesky) at which a sparse A is
+#: solved by the corrected semi-normal equations; past it, the dense QR routes.
+_SEMINORMAL_MAX_COND = 1e6
+
+
+def _sparse_seminormal(A, b, xp, scale):
+    """``min ||diag(s)(Ax − b)||`` for a sparse A by corrected semi-normal equations, or None.
+
+    ``Y = diag(s) A`` stays sparse: its Gram ``YᵀY = RᵀR`` is a sparse product
+    (``Σ_i nnz(a_i)²`` flops, where a dense pass costs ``n d²``), then
+    ``x = (RᵀR)⁻¹ Yᵀ(s∘b)`` and two corrections ``x += (RᵀR)⁻¹ Yᵀ(s∘b − Yx)``,
+    each two sparse products (Björck, "Stability analysis of the method of
+    seminormal equations", 1987: one correction reaches the accuracy of a QR
+    solve while ``κ(A) √ε`` is small).  In float64 throughout.  None (the
+    dense routes then) where the Cholesky fails or ``κ(R) > 1e6``.  Measured
+    against ``numpy.linalg.lstsq`` on weighted 20000 × 40 CSR problems with
+    pairs of nearly collinear columns: relative errors in x of 2.7e-14 /
+    1.2e-12 / 1.7e-10 at κ ≈ 65 / 6.5e3 / 6.5e5, within 2× of CholeskyQR2 on
+    the densified A (2.4e-14 / 8.3e-13 / 9.6e-11); at κ ≈ 6.5e6, 6.6e-8
+    against 8.1e-10, hence the bound.
+    """
+    spm = sparse_module(xp)
+    Y = A.astype(xp.float64)
+    sb = b.astype(xp.float64, copy=False)
+    if scale is not None:
+        s = scale.astype(xp.float64, copy=False)
+        Y = spm.diags(s) @ Y
+        sb = sb * (s[:, None] if sb.ndim == 2 else s)
+    Yt = Y.T.tocsr()
+    try:
+        L = xp.linalg.cholesky(to_dense(Yt @ Y))
+    except np.linalg.LinAlgError:
+        return None
+    if not bool(xp.isfinite(L).all()):  # CuPy leaves NaN where the Cholesky fails
+        return None
+    sv = xp.linalg.svd(L, compute_uv=False)
+    if not float(sv[-1]) * _SEMINORMAL_MAX_COND >= float(sv[0]):
+        return None
+
+    def solve(z):  # (LLᵀ)⁻¹ z
+        return _solve_lower_or_upper(L.T, _solve_lower_or_upper(L, z, True, xp), False, xp)
+
+    x = solve(to_dense(Yt @ sb))
+    for _ in range(2):
+        x = x + solve(to_dense(Yt @ (sb - to_dense(Y @ x))))
+    return x
+
+
 def qr_lstsq(A, b, xp, scale=None):
     """Dense least squares ``min ||diag(s)(Ax − b)||`` by QR: ``(x, rank_deficient, route)``.
 
     ``x = R⁻¹(Qᵀ diag(s) b)`` from CholeskyQR2 (route ``"cholesky_qr2"``), with
     ``diag(s) A`` and ``Q = Q₁R₂⁻¹`` formed a row block at a time
     (``streamed_cholesky_qr2``), so on the CPU no n × d array is made beside
-    A; A may be sparse (densified block by block).  Where CholeskyQR2 is
+    A.  A sparse A first tries the corrected semi-normal equations (route
+    ``"seminormal"``, ``_sparse_seminormal``: sparse products only, while
+    κ(A) <= 1e6), else it is densified block by block.  Where CholeskyQR2 is
     unsafe (its orthogonality test fails, or ``n < 2d``) a Householder QR of
     the whole ``diag(s) A`` (route ``"householder"``).  When A is wide or R is
     numerically rank deficient (``qr_rank_deficient``, at A's precision), the
@@ -247,6 +297,10 @@ def qr_lstsq(A, b, xp, scale=None):
     n, d = A.shape
     dtype = xp.result_type(A.dtype, b.dtype, *(() if scale is None else (scale.dtype,)))
     la, _ = linalg_modules(xp)
+    if is_sparse(A) and n >= d:
+        x = _sparse_seminormal(A, b, xp, scale)
+        if x is not None:
+            return x.astype(dtype, copy=False), False, "seminormal"
     if n >= d:
         streamed = streamed_cholesky_qr2(A, xp, b=b, scale=scale) if n >= 2 * d and dtype.kind == "f" else None
         if streamed is not None:

@@ -408,6 +408,39 @@ def test_rank_cases(xp):
     assert gs.rank(sp, seed=23) == 9
 
 
+def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):
+    # Where the first sketch cannot certify its rank (k1 >= z/c), z doubles until it can or
+    # until k1 = min(n, d): every matrix whose rank is taken is a sketch of at most 4k
+    # columns, never A's 6000 (the paper's fallback, an SVD of all of A).  Attempts draw
+    # fresh sketches.  A dense copy of a sparse A too large for memory raises MemoryError naming it.
+    import sys
+
+    from gpusketch import _backend
+
+    rank_module = sys.modules["gpusketch.linalg.rank"]
+    shapes = []
+    numerical_rank = rank_module._numerical_rank
+
+    def recording(M, dims, xp_):
+        shapes.append(M.shape)
+        return numerical_rank(M, dims, xp_)
+
+    monkeypatch.setattr(rank_module, "_numerical_rank", recording)
+    rng = np.random.default_rng(32)
+    dense = (rng.random((300, 6000)) < 0.002) * rng.standard_normal((300, 6000))
+    dense[np.arange(300), rng.choice(6000, 300, replace=False)] = 1.0  # full row rank
+    A = sparse_module(xp).csr_matrix(xp.asarray(dense))
+    assert gs.rank(A, seed=33) == np.linalg.matrix_rank(dense) == 300
+    assert len(shapes) >= 2 and max(c for _, c in shapes) <= 4 * 300, shapes
+    low = rng.standard_normal((2000, 40)) @ rng.standard_normal((40, 3000))  # z0 ~ 1100 > 2 * 40
+    shapes.clear()
+    assert gs.rank(xp.asarray(low), seed=34) == 40 and len(shapes) == 1  # certified at once, as before
+    full = sparse_module(xp).csr_matrix(xp.asarray(rng.standard_normal((50, 50))))  # z >= 50: no sketch
+    monkeypatch.setattr(_backend, "free_bytes", lambda xp_: 10_000)
+    with pytest.raises(MemoryError, match=r"rank\(A\): a dense copy of the sparse 50 x 50 A needs"):
+        gs.rank(full, seed=35)
+
+
 def test_independent_rows(xp):
     rng = np.random.default_rng(24)
     A = rng.standard_normal((500, 7)) @ rng.standard_normal((7, 60))

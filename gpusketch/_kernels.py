@@ -384,9 +384,11 @@ def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, determinis
     def hashes(a, b):
         return _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
 
-    if (A2.flags.f_contiguous and not A2.flags.c_contiguous and n >= _COLUMN_ROUTE_MIN_ROWS
-            and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES * nnz):
+    column_major = A2.flags.f_contiguous and not A2.flags.c_contiguous
+    if column_major and n >= _COLUMN_ROUTE_MIN_ROWS and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES * nnz:
         return _sketch_by_columns(hashes, A2, o2, max(1, _COLUMN_ROUTE_ROWS // nnz), threads).reshape(out.shape)
+    if column_major and n < _COLUMN_ROUTE_MIN_ROWS:
+        return _sketch_by_column_tiles(hashes(0, n), A2, o2, threads).reshape(out.shape)
     if nnz == 1 and o2.nbytes >= _BUCKET_RANGES_MIN_OUT_BYTES:
         return _sketch_bucket_ranges(hashes, A2, o2, _BUCKET_RANGES_ROWS, threads).reshape(out.shape)
 
@@ -430,6 +432,38 @@ def _sketch_by_columns(hashes, A2, out, rows, threads):
 
             list(ex.map(run, cols))
     return outT.T
+
+
+#: Bytes of a column tile of a short column-major A (``_sketch_by_column_tiles``).
+_COLUMN_TILE_BYTES = 1 << 20
+
+
+def _sketch_by_column_tiles(S, A2, out, threads):
+    """``S @ A2`` for a column-major ``A2`` of few rows, a tile of whole columns at a time.
+
+    The right sketch ``A @ S.T`` of a tall row-major A is ``S @ A.T``, and ``A.T`` is
+    this shape: few rows (A's columns), many columns.  SciPy's product copies a
+    column-major operand to row-major first, and NumPy's transposing copy of a
+    large block runs at 1-2 GB/s; a tile of about ``_COLUMN_TILE_BYTES`` copies in
+    cache.  Threads own tiles (no partial sums: each writes its own columns of out).
+    Measured (2-core box, A/B in one run against the block route, alternating):
+    ``A @ S.T`` for 200000 x 2000 -> 64 fp64 CountSketch 0.08-0.09x the time
+    (10 GB/s of A), 2^20 x 64 -> 32 SparseSign(nnz=8) 0.34-0.39x.
+    """
+    n, d = A2.shape
+    width = max(1, _COLUMN_TILE_BYTES // max(1, n * A2.itemsize))
+    tiles = _row_blocks(d, width)
+    if not tiles:
+        return out
+    parts = [tiles[t::threads] for t in range(min(threads, len(tiles)))]
+
+    def run(part):
+        for c0, c1 in part:
+            out[:, c0:c1] = S @ np.ascontiguousarray(A2[:, c0:c1])
+
+    with all_blas_serial, ThreadPoolExecutor(len(parts)) as ex:
+        list(ex.map(run, parts))
+    return out
 
 
 def _sketch_bucket_ranges(hashes, A2, out, rows, threads):

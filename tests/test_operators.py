@@ -88,6 +88,23 @@ def test_right_sketch_and_rmatmul(xp, rng, kind):
     np.testing.assert_allclose(to_numpy(Bs @ S.T), to_numpy(Bs.toarray()) @ D.T, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("nnz", [1, 3])
+def test_right_sketch_of_a_tall_matrix_in_column_tiles(rng, monkeypatch, nnz):
+    # X @ S.T = (S @ X.T).T, and X.T of a row-major tall X is column-major with few rows:
+    # the CPU twin takes it a tile of whole columns at a time (each tile copied to row-major
+    # in cache, threads owning tiles).  Many tiles here (tile bytes shrunk), a last short one.
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_COLUMN_TILE_BYTES", 300 * 8 * 7)  # 7 columns of X.T per tile
+    X = rng.standard_normal((1003, 300))
+    for S in (gs.SparseSign(40, 300, nnz=nnz, seed=2), gs.SparseSign(40, 300, nnz=nnz, seed=2, deterministic=True)):
+        Y = X @ S.T
+        np.testing.assert_allclose(Y, X @ S.todense().T, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(Y, X @ S.T)  # the same bits again
+    F = np.asfortranarray(X.T[:, :50])  # a short column-major A sketched from the left
+    np.testing.assert_allclose(S @ F, S.todense() @ F, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", OPS)
 def test_dottest_adjoint(xp, rng, kind):
     # (S u) . v == u . (S^T v) for random u, v (PyLops' dottest).

@@ -87,8 +87,7 @@ def block_lsmr(matmat, rmatmat, B, X0, *, atol, btol, maxiter, xp, conlim=1e8, t
     SciPy's scalars take B's dtype: float32 data stop there, not after
     driving float64 estimates below 1e-10 (at 20000 × 60, column scales
     1-100: 80-88 iterations, SciPy's 79-87, against 143-166 with the tests
-    in float64).  The vectors of length
-    n and d stay on the device of B.
+    in float64).  The vectors of length n and d stay on the device of B.
 
     Parameters
     ----------

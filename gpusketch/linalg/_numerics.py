@@ -251,11 +251,11 @@ def _sparse_seminormal(A, b, xp, scale):
     against 8.1e-10, hence the bound.
     """
     spm = sparse_module(xp)
-    Y = A.astype(xp.float64)
+    Y = A.tocsr().astype(xp.float64)  # CSR throughout: cupyx's SpGEMM takes CSR operands
     sb = b.astype(xp.float64, copy=False)
     if scale is not None:
         s = scale.astype(xp.float64, copy=False)
-        Y = spm.diags(s) @ Y
+        Y = (spm.diags(s) @ Y).tocsr()
         sb = sb * (s[:, None] if sb.ndim == 2 else s)
     Yt = Y.T.tocsr()
     try:

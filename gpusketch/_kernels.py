@@ -1376,5 +1376,6 @@ def _gaussian_sketch_sparse_cpu(A, out, col0, m, scale, seed, stream):
 @_twin("gaussian_sketch_sparse", "cupy")
 def _gaussian_sketch_sparse_gpu(A, out, col0, m, scale, seed, stream):
     for a, b in _row_blocks(A.shape[0], _gaussian_cols(m, A.dtype.itemsize, 256 << 20)):
-        out += (A[a:b].T @ _gaussian_block_gpu(m, col0 + a, b - a, scale, seed, stream, A.dtype).T).T
+        # CSR @ dense (cuSPARSE SpMM) for the block's transpose
+        out += (A[a:b].T.tocsr() @ _gaussian_block_gpu(m, col0 + a, b - a, scale, seed, stream, A.dtype).T).T
     return out

@@ -229,8 +229,9 @@ def streamed_cholesky_qr2(A, xp, *, b=None, scale=None):
     return L2.T @ first[1].T, Rinv2, y, q_blocks
 
 
-#: Largest κ(A) (estimated as κ(R) from the Gram's Cholesky) at which a sparse A is
-#: solved by the corrected semi-normal equations; past it, the dense QR routes.
+#: Largest κ(A) at which a sparse A is solved by the corrected semi-normal equations
+#: (κ(A) taken as κ(L) of the Gram's Cholesky factor, from an SVD of L); past it, the
+#: dense QR routes.
 _SEMINORMAL_MAX_COND = 1e6
 
 

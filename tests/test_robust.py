@@ -443,12 +443,40 @@ def test_group_leverage_matches_exact_per_group(xp, rng, alpha, route, monkeypat
             ref[r] = (U**2).sum(axis=1)
     out = _group_leverage(xp.asarray(A), xp.asarray(g), alpha, xp)
     np.testing.assert_allclose(to_numpy(out), ref, atol=1e-10)
-    # Screened: every row at or above the threshold is scored exactly, the others are 0 or exact.
+    # Screened: every row at or above the threshold is scored exactly, the others are 0.
     screened = to_numpy(_group_leverage(xp.asarray(A), xp.asarray(g), alpha, xp, threshold=0.2))
-    np.testing.assert_allclose(screened[ref >= 0.2], ref[ref >= 0.2], atol=1e-10)
-    np.testing.assert_allclose(screened, np.where(screened > 0, ref, 0.0), atol=1e-10)
+    np.testing.assert_allclose(screened, np.where(ref >= 0.2, ref, 0.0), atol=1e-10)
     if alpha == 7:  # large groups: the bound rules out most rows, the planted one stays
         assert screened[3] == pytest.approx(ref[3]) and np.count_nonzero(screened) < 250
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_scaled_inverse_root_certifies_cholesky_or_takes_eigh(rng, bound):
+    """The CPU's Cholesky route (W = L⁻ᵀ, upper triangular) serves a batch only when every
+    Gram is certified far from the eigenvalue cut; otherwise the batch takes eigh.  Both give
+    W Wᵀ = G_s⁻¹; with ``bound`` the smallest eigenvalue comes back, without it 0 (no bound)."""
+    from gpusketch._kernels import _scaled_inverse_root
+
+    d = 6
+    Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    well = rng.standard_normal((60, d))
+    well = well.T @ well
+    # κ = 1e11: inside the eigenvalue cut (7.5e13), past pocon's 1/(1e4 d ε) = 7.5e10
+    for kappa, cholesky in ((1e2, True), (1e11, bound)):
+        ill = (Q * np.geomspace(1.0, 1.0 / kappa, d)) @ Q.T
+        G = np.stack([well, ill])
+        s, W, lam_min, triangular = _scaled_inverse_root(G, np, bound=bound)
+        assert triangular is cholesky
+        for k in range(2):
+            Gs = G[k] * s[k][:, None] * s[k][None, :]
+            lam = np.linalg.eigvalsh(Gs)
+            np.testing.assert_allclose(W[k] @ W[k].T @ Gs, np.eye(d), atol=1e-8 * lam[-1] / lam[0])
+            if cholesky:
+                np.testing.assert_array_equal(W[k], np.triu(W[k]))
+            if bound or not cholesky:
+                assert lam_min[k] == pytest.approx(lam[0], rel=1e-4)
+            else:
+                assert lam_min[k] == 0
 
 
 def _group_leverage_reference(A, g, alpha):

@@ -94,12 +94,16 @@ def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     All α groups at once instead of α QRs (kernel ``group_leverage``): float64
     Gram matrices ``G_g = A_gᵀA_g``, Jacobi-scaled (``s = diag(G_g)^{−1/2}``),
     ``W_g = V_g Λ_g^{−1/2}`` from their ``eigh`` over the eigenvalues above
-    ``10 d ε λ_max`` (smaller ones count as rank deficiency), and
-    ``ℓ_i = ||(a_i ∘ s) W_{g(i)}||²``.  With ``threshold > 0`` only the rows
-    the bound ``ℓ_i <= ||a_i ∘ s||² / λ_min`` cannot place below it are
-    scored; the others are returned as 0.  On Gaussian-like data that skips
-    the second GEMM for nearly every row (the scaled Gram of a group of L
-    rows has ``λ_min ≈ (1 − √(d/L))²``, against ``||a_i ∘ s||² ≈ d/L``).  The
+    ``10 d ε λ_max`` (smaller ones count as rank deficiency; the CPU takes
+    ``W_g = L_g⁻ᵀ`` from a Cholesky factor where it can certify that none
+    is cut), and ``ℓ_i = ||(a_i ∘ s) W_{g(i)}||²``.  With ``threshold > 0``
+    scores below it are returned as 0, and in groups of at least 12 rows per
+    column the CPU scores only the rows that the bound
+    ``ℓ_i <= ||a_i ∘ s||² / λ_min`` cannot place below it.  On Gaussian-like
+    data that skips the second GEMM for nearly every row (the scaled Gram of
+    a group of L rows has ``λ_min ≈ (1 − √(d/L))²``, against
+    ``||a_i ∘ s||² ≈ d/L``); at 10 rows per column half the rows pass, and
+    the bound's eigenvalues cost about what they save.  The
     CPU twin gathers each group's rows and runs its GEMMs on them; the GPU
     twin (and the CPU, for groups under 512 rows) pads the groups into one
     stack and runs batched GEMMs and a batched ``eigh``.  For groups of more

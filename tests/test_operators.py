@@ -313,6 +313,36 @@ def test_cpu_srht_cache_blocks_match_dense(rng, monkeypatch):
     np.testing.assert_allclose(S.T @ Y, D.T @ Y, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_cpu_srht_column_tiles_match_dense(rng, monkeypatch, layout):
+    # Wide or non-C-order A goes through column tiles on threads (SRHT._by_column_tiles):
+    # 48-byte tiles of 32-row blocks leave 1-column tiles of A, odd widths of the right
+    # sketch, and the adjoint's, each against the explicit matrix.
+    import gpusketch.operators.srht as srht
+
+    monkeypatch.setattr(srht, "_CPU_BLOCK_BYTES", 256)
+    monkeypatch.setattr(srht, "_CPU_TILE_BYTES", 3 * 32 * 8 // 2)
+    widths = []
+    add = srht.SRHT._add_blocks
+    monkeypatch.setattr(srht.SRHT, "_add_blocks", lambda self, A, *a: widths.append(A.shape[1]) or add(self, A, *a))
+    n = 1000 + 7
+    S = gs.SRHT(8, n, seed=21)
+    D = S.todense()
+    A = rng.standard_normal((n, 2 * 11))
+    A = {"C": A, "F": np.asfortranarray(A), "strided": A[:, ::2]}[layout]
+    before = A.copy()
+    np.testing.assert_allclose(S @ A, D @ A, rtol=1e-12, atol=1e-12)
+    assert len(widths) > 1 and max(widths) < A.shape[1]
+    np.testing.assert_allclose(S[:, 100:900] @ A[100:900], D[:, 100:900] @ A[100:900], rtol=1e-12, atol=1e-12)
+    B = np.ascontiguousarray(A.T) if layout == "C" else A.T
+    np.testing.assert_allclose(B @ S.T, B @ D.T, rtol=1e-12, atol=1e-12)
+    Y = rng.standard_normal((8, 13))
+    Y = {"C": Y, "F": np.asfortranarray(Y), "strided": rng.standard_normal((8, 26))[:, ::2]}[layout]
+    np.testing.assert_allclose(S.T @ Y, D.T @ Y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(A, before)
+    np.testing.assert_array_equal(S @ A, S @ A)  # threads own tiles: the same bits every run
+
+
 @pytest.mark.parametrize("kind", OPS)
 def test_operators_pickle_and_copy(kind):
     # Dask (distributed) ships operators to its workers by pickle: the same seed, the same S.

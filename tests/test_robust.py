@@ -479,6 +479,30 @@ def test_scaled_inverse_root_certifies_cholesky_or_takes_eigh(rng, bound):
                 assert lam_min[k] == 0
 
 
+def test_float32_score_pass_keeps_every_score_at_or_above_threshold(rng):
+    """The CPU's float32 TRMM pass (``_scaled_scores_cpu`` with a threshold) must return the
+    float64 score of every row at or above the threshold, even a row within one float32
+    rounding of it, and 0 or the float64 score below."""
+    from gpusketch._kernels import _scaled_inverse_root, _scaled_scores_cpu
+
+    for d, L in ((5, 40), (60, 600), (200, 2000)):
+        # correlated columns (κ ≈ 1e3 after the Jacobi scaling: float32 loses ~1e-3) of very different norms
+        Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+        B = rng.standard_normal((L, d)) @ (Q * np.geomspace(1.0, 1e-3, d)) @ Q.T * rng.lognormal(0, 2, d)
+        B[: L // 10] *= 4.0  # a spread of scores around the thresholds below
+        s, W, _, triangular = _scaled_inverse_root((B.T @ B)[None], np, bound=False)
+        assert triangular
+        exact = _scaled_scores_cpu(B, s[0], W[0], True)
+        np.testing.assert_allclose(exact, (np.linalg.qr(B)[0] ** 2).sum(axis=1), rtol=1e-8)
+        # rows 1e-12 above the threshold: far inside one float32 rounding
+        for threshold in (np.quantile(exact, 0.9), 0.2, *(np.sort(exact)[-3:] * (1 - 1e-12))):
+            q = _scaled_scores_cpu(B, s[0], W[0], True, threshold)
+            at = exact >= threshold
+            assert at.any() or threshold == 0.2
+            np.testing.assert_allclose(q[at], exact[at], rtol=1e-12)  # float64 (on a subset of rows)
+            np.testing.assert_allclose(q[~at], np.where(q[~at] > 0, exact[~at], 0.0), rtol=1e-12)
+
+
 def _group_leverage_reference(A, g, alpha):
     ref = np.zeros(A.shape[0])
     for j in range(alpha):

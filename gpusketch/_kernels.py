@@ -1406,6 +1406,8 @@ def _group_leverage_subset_screened(X, labels, groups, threshold, stride):
         B = np.asarray(X[a : a + _GROUP_BLOCK_ROWS], dtype=np.float64)
         r[a : a + B.shape[0]] = (B * B) @ s2
     live = colsq > 0  # all-zero columns add nothing to r or to any Gram
+    if not live.any():  # X = 0: every score is 0
+        return np.zeros((len(labels), n))
     # T is this function's own copy (a gather), scaled in place when every column is live:
     # T and TS are up to half of X each.  C order: the row gather TS[order] below is 3x slower on F order.
     TS = T if live.all() else np.ascontiguousarray(T[:, live])

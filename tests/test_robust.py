@@ -399,6 +399,16 @@ def test_sparse_rows_take_the_sparse_route_with_dense_results(rng, method, monke
         assert got.size > 0
 
 
+def test_zero_matrix_has_no_heavy_rows(xp):
+    """A = 0 in groups large enough for the CPU's subset screening (2000 x 3, 3 groups): its
+    Grams have no live column, which raised IndexError from an empty eigenvalue array."""
+    A = xp.zeros((2000, 3))
+    assert heavy_coordinates(A, 3, seed=1).size == 0
+    res = tukey_regression(A, xp.zeros(2000), 1.0, seed=1)
+    assert res.cost == 0.0
+    np.testing.assert_array_equal(to_numpy(res.x), np.zeros(3))
+
+
 def test_tukey_reduction_with_too_few_rows_is_worse():
     A, b = tukey_problem(True)
     full = tukey_regression(A, b, 10.0, method="full", seed=1)

@@ -386,3 +386,32 @@ def test_residual2_blocks_match_whole(rng, monkeypatch):
         monkeypatch.setattr(_groups, "_BLOCK_BYTES", block)
         assert _groups.residual2(A, L, R, np) == pytest.approx(want, rel=1e-12)
         assert _groups.residual2(sp.csr_matrix(A), L, R, np) == pytest.approx(want, rel=1e-12)
+
+
+def test_regression_of_sparse_groups_in_row_blocks(rng, monkeypatch):
+    """fair.regression takes SciPy sparse groups: the ℓ2 optimum's QRs run over row blocks
+    (here 16 rows: R of [R; block], TSQR) without densifying a group, and every route
+    gives the answer of the densified groups in one block."""
+    import scipy.sparse as sp
+
+    from gpusketch.fair import _groups
+
+    groups, targets = [], []
+    for n in (200, 90, 130):
+        A = sp.random(n, 3, density=0.6, format="csr", random_state=int(rng.integers(1 << 30)))
+        A.data = rng.standard_normal(A.nnz)
+        groups.append(A)
+        targets.append(A @ rng.standard_normal(3) + 0.1 * rng.standard_normal(n))
+    dense = [A.toarray() for A in groups]
+    routes = ({}, {"norm": 1}, {"exact": False}, {"norm": 1, "exact": False})
+    want = [fair.regression(dense, targets, **kw) for kw in routes]
+    monkeypatch.setattr(_groups, "_BLOCK_BYTES", 10 * 8 * 4)  # blocks of 4 (d + 1) = 16 rows
+    densified, toarray = [], sp.csr_matrix.toarray
+    monkeypatch.setattr(sp.csr_matrix, "toarray", lambda self, *a, **k: densified.append(self.shape)
+                        or toarray(self, *a, **k))
+    got = fair.regression(groups, targets)
+    assert densified and max(rows for rows, _ in densified) <= 16
+    np.testing.assert_allclose(got.x, want[0].x, rtol=1e-9, atol=1e-12)
+    assert got.cost == pytest.approx(want[0].cost, rel=1e-12)
+    for kw, w in zip(routes[1:], want[1:]):
+        np.testing.assert_allclose(fair.regression(groups, targets, **kw).x, w.x, rtol=1e-9, atol=1e-12)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import array_namespace, as_operand, check_finite, check_positive_int, check_positive_real, to_host
+from .._backend import (
+    array_namespace,
+    as_operand,
+    check_finite,
+    check_positive_int,
+    check_positive_real,
+    to_dense,
+    to_host,
+)
 from .._nvtx import annotate
 from ..robust.lp import l1_scaling, solve_lp_small
+from . import _groups
 from ._groups import as_groups
 from .results import FairRegressionResult
 
@@ -32,12 +41,21 @@ def _r_factors(groups, bs, xp):
 
     ``||A_i x − b_i|| = ||R_i [x; −1]||`` for every x, so R_i holds all that the
     ℓ2 min–max needs (one pass over each group, on its device).  float32
-    groups are factored in float64: their entries are exact there.
+    groups are factored in float64: their entries are exact there.  On the
+    CPU the factorization runs over row blocks of about ``_BLOCK_BYTES``
+    (``R ← R of [R; block]``, a backward-stable TSQR), so neither ``[A_i b_i]``
+    nor a dense copy of a sparse group is formed; on a GPU one block.
     """
     out = []
     for A, b in zip(groups, bs):
-        M = xp.concatenate([A, b[:, None]], axis=1).astype(xp.float64, copy=False)
-        out.append(np.asarray(to_host(xp.linalg.qr(M, mode="r")), dtype=np.float64))
+        n, d = A.shape
+        rows = n if xp is not np else max(4 * (d + 1), _groups._BLOCK_BYTES // (8 * (d + 1)))
+        R = None
+        for a in range(0, n, rows):
+            M = xp.concatenate([to_dense(A[a : a + rows]), b[a : a + rows, None]], axis=1).astype(xp.float64,
+                                                                                            copy=False)
+            R = xp.linalg.qr(M if R is None else xp.concatenate([R, M]), mode="r")
+        out.append(np.asarray(to_host(R), dtype=np.float64))
     return out
 
 
@@ -149,8 +167,9 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
 
     Parameters
     ----------
-    groups : list of (n_i, d) arrays or sparse matrices (densified: the QR of each
-        ``[A_i b_i]`` and the ℓ1 LP take dense blocks)
+    groups : list of (n_i, d) arrays or sparse matrices
+        SciPy sparse groups stay sparse for the ℓ2 optimum (its QRs read row
+        blocks); the ℓ1 LP and Algorithm 5 densify them, as they do cupyx ones.
     targets : list of (n_i,) arrays
     norm : {1, 2}
     exact : bool
@@ -193,7 +212,7 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
     (1.2426, 1.7574)
     """
     with annotate("gpusketch.fair.regression"):
-        groups, xp = as_groups(groups)
+        groups, xp = as_groups(groups, keep_sparse=True)
         bs = _targets(targets, groups, xp)
         if norm not in (1, 2) or isinstance(norm, bool):
             raise ValueError(f"norm must be 1 or 2, got {norm!r}")
@@ -201,7 +220,7 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
         maxiter = check_positive_int(maxiter, "maxiter")
         sizes = [A.shape[0] for A in groups]
         if not exact:
-            A = xp.concatenate(groups)
+            A = xp.concatenate([to_dense(A) for A in groups])
             b = xp.concatenate(bs)
             if norm == 2:
                 x = xp.linalg.lstsq(A, b, rcond=None)[0]
@@ -213,7 +232,8 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
             x = xp.asarray(xh, dtype=groups[0].dtype)
             info["algorithm"] = 6
         else:
-            xh, info = _l1_minimax(to_host(xp.concatenate(groups)), to_host(xp.concatenate(bs)), sizes)
+            xh, info = _l1_minimax(to_host(xp.concatenate([to_dense(A) for A in groups])), to_host(xp.concatenate(bs)),
+                                   sizes)
             x = xp.asarray(xh, dtype=groups[0].dtype)
             info["algorithm"] = 6
         costs = [float(xp.linalg.norm(A @ x - b, ord=norm)) for A, b in zip(groups, bs)]

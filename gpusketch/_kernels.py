@@ -1284,7 +1284,9 @@ def _group_leverage_sparse(X, group, groups, threshold):
     from sparse-times-dense products over row blocks.  Per labeling that is
     O(nnz·d + n·d) plus ``groups · d³``, against the dense routes' ``n d²`` on
     the densified rows, in a handful of SciPy calls rather than several per
-    group.  No screening (the products cost about what a bound would).
+    group.  With a threshold and groups of at least ``_SCREEN_MIN_RATIO`` rows
+    per column, only the rows that the bound ``ℓ_i <= ||x_i ∘ s||² / λ_min``
+    cannot place below the threshold are multiplied.
     """
     X = sp.csr_matrix(X, dtype=np.float64)
     n, d = X.shape
@@ -1295,21 +1297,32 @@ def _group_leverage_sparse(X, group, groups, threshold):
     grams[G.row // d, G.row % d, G.col % d] = G.data
     del G
     V = np.empty((groups, d, d))
+    S = np.empty((groups, d))
+    lam_min = np.zeros(groups)
+    # Large groups: the screening bound of _group_leverage_exact, ||x ∘ s||² from the
+    # squared entries (nnz work), so that only the rows it cannot clear are multiplied.
+    bound = threshold > 0 and n >= _SCREEN_MIN_RATIO * d * groups
     per = max(1, _group_chunk_bytes(np) // (8 * d * d))  # Grams per factorization call
     for g0 in range(0, groups, per):
-        S, Ws, _, _ = _scaled_inverse_root(grams[g0 : g0 + per], np, bound=False)
-        V[g0 : g0 + per] = S[:, :, None] * Ws
+        S[g0 : g0 + per], Ws, lam_min[g0 : g0 + per], _ = _scaled_inverse_root(grams[g0 : g0 + per], np, bound=bound)
+        V[g0 : g0 + per] = S[g0 : g0 + per, :, None] * Ws
     del grams
     V = V.reshape(groups * d, d)
+    q = np.zeros(n)
+    rows = np.arange(n)
+    if bound:
+        Z2 = Z.copy()
+        Z2.data **= 2
+        rows = np.flatnonzero(Z2 @ (S * S).reshape(-1) >= threshold * lam_min[group])
+        del Z2
     # Rows in group order, so that a block of rows reads the V of a few groups (in
     # cache), not rows of all of V (3x the time at 201 groups of d = 201).
-    order = None if groups == 1 else _group_order(group, groups, np)[0]
-    Zo = Z if order is None else Z[order]
-    q = np.empty(n)
-    for a in range(0, n, _GROUP_BLOCK_ROWS):
+    if groups > 1:
+        rows = rows[np.argsort(np.asarray(group)[rows], kind="stable")]
+    Zo = Z if rows.size == n and groups == 1 else Z[rows]
+    for a in range(0, rows.size, _GROUP_BLOCK_ROWS):
         Y = np.asarray(Zo[a : a + _GROUP_BLOCK_ROWS] @ V)
-        at = slice(a, a + _GROUP_BLOCK_ROWS) if order is None else order[a : a + _GROUP_BLOCK_ROWS]
-        q[at] = np.einsum("ij,ij->i", Y, Y)
+        q[rows[a : a + _GROUP_BLOCK_ROWS]] = np.einsum("ij,ij->i", Y, Y)
     return _below_threshold_zero(q, threshold, np)
 
 

@@ -45,8 +45,8 @@ def residual2(A, L, R, xp):
 
     On the CPU a row block of about ``_BLOCK_BYTES`` at a time (a sparse A is
     densified a block at a time), not the n × d products and their square
-    at once: 500000 × 200 float64 with k = 5 took 0.2x the time.  On a GPU
-    one block.
+    at once: ``group_costs2`` of 500000 × 200 float64 with k = 5 took
+    0.13-0.43x the time (two runs).  On a GPU one block.
     """
     n, d = A.shape
     rows = n if xp is not np else max(1, _BLOCK_BYTES // (8 * max(d, 1)))

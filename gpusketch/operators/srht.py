@@ -36,7 +36,7 @@ def _sample_rows(m, N, seed):
 
 #: CPU block size for the transform (bytes of A): the Hadamard passes of a block stay in cache.
 _CPU_BLOCK_BYTES = 4 << 20
-#: CPU column tile (bytes of a block of a tile) for wide or non-C-order A (``SRHT._cpu_column_tiles``).
+#: CPU column tile (bytes of a block of a tile) for wide or non-C-order A (``SRHT._by_column_tiles``).
 _CPU_TILE_BYTES = 1 << 20
 _CPU_THREADS = max(1, min(8, os.cpu_count() or 1))
 

@@ -409,6 +409,37 @@ def test_zero_matrix_has_no_heavy_rows(xp):
     np.testing.assert_array_equal(to_numpy(res.x), np.zeros(3))
 
 
+@pytest.mark.parametrize("p", [1.0, 1.5])
+def test_group_lewis_weights_side_of_threshold_as_the_fixed_point(rng, p):
+    """The batched Lewis iteration stops once the contraction bound places every weight on
+    one side of the threshold: each row must then compare with it as the per-group
+    ``lewis_weights(exact=True)`` fixed point does, also for a threshold 1e-9 above or
+    below a weight (near-ties run to full convergence).  Groups: planted heavy rows, a
+    rank-deficient group, a group of fewer rows than columns, an empty one."""
+    from gpusketch.robust.tukey import _group_lewis_weights, _scores
+
+    n, d, groups = 600, 5, 9
+    A = rng.standard_normal((n, d))
+    A[:6] *= 30
+    g = rng.integers(0, groups, n)
+    g[g == 8] = 7  # group 8 empty
+    g[g == 6] = 5
+    g[:3] = 6  # group 6: three rows < d columns
+    A[g == 4, 3:] = 0  # group 4 of rank 3
+    ref = np.zeros(n)
+    for j in range(groups):
+        rows = np.flatnonzero(g == j)
+        if rows.size:
+            ref[rows] = to_numpy(_scores(A[rows], p, 0))
+    heavy = np.flatnonzero(ref >= 0.2)
+    assert heavy.size >= 6
+    for threshold in (0.2, ref[heavy[0]] * (1 + 1e-9), ref[heavy[0]] * (1 - 1e-9), ref[7] * (1 + 1e-9)):
+        w = _group_lewis_weights(A, g, groups, p, threshold, np)
+        np.testing.assert_array_equal(w >= threshold, ref >= threshold)
+    w = _group_lewis_weights(A, g, groups, p, None, np)  # until settled: the fixed point itself
+    np.testing.assert_allclose(w, ref, rtol=1e-9, atol=1e-12)
+
+
 def test_tukey_reduction_with_too_few_rows_is_worse():
     A, b = tukey_problem(True)
     full = tukey_regression(A, b, 10.0, method="full", seed=1)

@@ -230,16 +230,52 @@ def _heavy_coordinates(Ad, alpha, method, p, seed, xp):
             for t in range(reps):
                 u = to_host(_group_leverage(Ad, compact(labels(t)), groups, xp, threshold=0.2))
                 chosen[u >= 0.2] = True
-        else:  # Lewis weights per group
+        else:  # Lewis weights within every group, all groups in one fixed-point iteration
             for t in range(reps):
-                group = to_host(compact(labels(t)))
-                for j in range(groups):
-                    rows = np.flatnonzero(group == j)
-                    if rows.size == 0:
-                        continue
-                    u = to_host(_scores(Ad[xp.asarray(rows)], p, lambda: derive_seed(seed, 1000 + t * alpha + j)))
-                    chosen[rows[u >= 0.2]] = True
+                u = to_host(_group_lewis_weights(Ad, compact(labels(t)), groups, p, 0.2, xp))
+                chosen[u >= 0.2] = True
     return xp.asarray(np.flatnonzero(chosen))
+
+
+def _group_lewis_weights(Ad, group, groups, p, threshold, xp):
+    """ℓp Lewis weights of each row within its group, for every group at once, as far as
+    their side of ``threshold`` needs.
+
+    ``lewis_weights(A_g, p, exact=True)``'s fixed point, ``w ← (τ w^{2/p − 1})^{p/2}``
+    with τ the leverage scores of ``diag(w^{1/2 − 1/p}) A_g``, run on all groups
+    together: each step is one batched ``_group_leverage`` pass over the rows
+    instead of one QR per group (one call per group and step cost 0.5 ms of
+    Python: 1982 groups × ~45 steps were 51 s of Tukey sampling at p = 1 on
+    10⁵ × 20).  The map contracts ``log w`` by ``c = |1 − p/2|`` per step in the
+    max norm (Cohen & Peng, p < 4), so after a step that moved ``log w`` by at
+    most δ every weight is within ``c δ / (1 − c)`` of its fixed point in
+    ``log``: the loop stops once that places every nonzero weight on one side of
+    ``threshold``, and the returned iterate compares with it as the fixed point
+    does.  It also stops when no weight moves by more than 500 ε of itself, or
+    after 1000 steps.  A group of no more rows than its rank has every weight 1
+    (the fixed point ``_scores`` takes directly); a rank-deficient group's
+    scores are those of its range, as there.  ``threshold=None``: run until
+    settled.
+    """
+    n = Ad.shape[0]
+    w = xp.ones(n, dtype=xp.float64)
+    tiny = np.finfo(np.float64).tiny
+    settled = 500 * np.finfo(np.float64).eps
+    c = abs(1 - p / 2)
+    for _ in range(1000):
+        wc = xp.maximum(w, tiny)  # zero rows have weight 0; keep their powers finite
+        tau = _group_leverage(Ad * (wc ** (0.5 - 1 / p))[:, None], group, groups, xp)
+        w = (tau * wc ** (2 / p - 1)) ** (p / 2)
+        if bool((xp.abs(w - wc) <= settled * w + tiny).all()):
+            break
+        live = w > 0  # (zero rows stay 0: below any threshold)
+        if threshold is None or not bool(live.any()):
+            continue
+        log_w = xp.log(xp.where(live, w, 1.0))
+        reach = c / (1 - c) * float(xp.abs(log_w - xp.log(wc))[live].max()) * (1 + 1e-6) + 1e-12
+        if bool((~live | (xp.abs(log_w - math.log(threshold)) > reach)).all()):
+            break
+    return w
 
 
 def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None, branching=4.0, trials=1,

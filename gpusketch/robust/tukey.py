@@ -156,7 +156,10 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
         row holds at least 1/(1+4) of its group's mass when the group's light
         mass is at most 4, which Markov gives with probability 3/4).  For
         p = 2 the groups' leverage scores come from one batched pass
-        (``_group_leverage``) rather than one QR per group.
+        (``_group_leverage``) rather than one QR per group; for p < 2 their
+        Lewis weights from one batched fixed-point iteration
+        (``_group_lewis_weights``), stopped once every weight's side of 1/5 is
+        certain.
     p : float in [1, 2]
         With p < 2, ℓp Lewis weights replace leverage scores.
     seed : int, optional

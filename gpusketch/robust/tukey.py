@@ -17,6 +17,7 @@ from .._backend import (
     check_positive_int,
     check_seed,
     is_sparse,
+    sparse_module,
     to_dense,
     to_host,
 )
@@ -63,9 +64,7 @@ def _stack(A, b, xp, p):
     """``[A b]``: CSR for a sparse A on the CPU with p = 2 (the group leverage scores'
     sparse route), dense otherwise."""
     if is_sparse(A) and xp is np and p == 2:
-        import scipy.sparse
-
-        return scipy.sparse.hstack([A, b[:, None]], format="csr")
+        return sparse_module(xp).hstack([A, b[:, None]], format="csr")
     if is_sparse(A):
         return xp.concatenate([to_dense(A), b[:, None]], axis=1)
     return xp.concatenate([A, b[:, None]], axis=1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -938,10 +939,14 @@ def _fwht_gpu(X):
 
 
 @_twin("gaussian_block", "numpy")
-def _gaussian_block_cpu(m, j0, c, scale, seed, stream, dtype):
-    G = _random.normal_block(m, j0, c, seed, stream, dtype=np.float64)
-    G *= scale
-    return G.astype(dtype, copy=False)
+def _gaussian_block_cpu(m, j0, c, scale, seed, stream, dtype, work=None):
+    # With ``work`` (a ``_random.NormalWork``) the block lives in it: valid until its next use.
+    G = _random.normal_block(m, j0, c, seed, stream, dtype=np.float64, work=work)
+    if np.dtype(dtype) == np.float64:
+        G *= scale
+        return G
+    out = np.empty(G.shape, dtype) if work is None else work.buffer("gaussian_cast", G.shape, dtype)
+    return np.multiply(G, scale, out=out, casting="same_kind")  # the float64 product, rounded once
 
 
 @_twin("gaussian_block", "cupy")
@@ -1501,15 +1506,31 @@ def _gaussian_cols(m, itemsize, block_bytes):
     return max(1, block_bytes // (m * itemsize))
 
 
+def _thread_normal_work():
+    """A function giving the calling thread its own ``_random.NormalWork``, for one call
+    of a CPU Gaussian twin: the blocks a thread generates reuse one set of buffers,
+    which go when the call returns."""
+    local = threading.local()
+
+    def work():
+        w = getattr(local, "work", None)
+        if w is None:
+            w = local.work = _random.NormalWork()
+        return w
+
+    return work
+
+
 @_twin("gaussian_sketch", "numpy")
 def _gaussian_sketch_cpu(A, out, col0, m, scale, seed, stream):
-    # Generation (Philox + Box–Muller, ~50 ns per entry) dominates on a CPU: small
+    # Generation (Philox + Box–Muller, ~15 ns per entry) dominates on a CPU: small
     # blocks that stay in cache, spread over threads (NumPy releases the GIL).
     A2 = A.reshape(A.shape[0], -1)
     c = _gaussian_cols(m, 8, 2 << 20)
+    work = _thread_normal_work()
 
     def block(a, b):
-        return _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, A.dtype) @ A2[a:b]
+        return _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, A.dtype, work()) @ A2[a:b]
 
     n = A2.shape[0]
     return _parallel_sum(block, _row_blocks(n, c), _cpu_threads(m * n), out.reshape(m, -1)).reshape(out.shape)
@@ -1527,9 +1548,10 @@ def _gaussian_sketch_gpu(A, out, col0, m, scale, seed, stream):
 def _gaussian_adjoint_cpu(Y, out, col0, scale, seed, stream):
     m = Y.shape[0]
     c = _gaussian_cols(m, 8, 2 << 20)
+    work = _thread_normal_work()
 
     def block(a, b):
-        out[a:b] = _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, Y.dtype).T @ Y
+        out[a:b] = _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, Y.dtype, work()).T @ Y
 
     ranges = _row_blocks(out.shape[0], c)
     with all_blas_serial, ThreadPoolExecutor(_cpu_threads(m * out.shape[0])) as ex:
@@ -1552,9 +1574,10 @@ def _gaussian_sketch_sparse_cpu(A, out, col0, m, scale, seed, stream):
     (randomized_svd of a 10⁵ × 10⁵ CSR matrix with 10⁶ nonzeros spent 16 of its 21 s
     there).  Generating S's ``m · n`` entries is the rest, as for dense A."""
     n, d = A.shape
+    work = _thread_normal_work()
 
     def block(a, b):  # (A_ab)ᵀ G_abᵀ: d × m, summed in that orientation
-        return A[a:b].T @ _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, A.dtype).T
+        return A[a:b].T @ _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, A.dtype, work()).T
 
     # Returned as the transpose of the d × m sum (F order): a copy to C order cost as much as
     # the products for the right sketch of a tall A (A @ S.T = (S @ A.T).T, d = A's n rows).

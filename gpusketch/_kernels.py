@@ -1294,6 +1294,11 @@ def _group_leverage_sparse(X, group, groups, threshold):
     cannot place below the threshold are multiplied.
     """
     X = sp.csr_matrix(X, dtype=np.float64)
+    if not X.has_canonical_format:
+        # Repeated (row, column) entries add; the screen below squares entries, which
+        # would split a value's square into smaller ones (a bound below the score).
+        X = X.copy()
+        X.sum_duplicates()
     n, d = X.shape
     shift = np.repeat(np.asarray(group, dtype=np.int64) * d, np.diff(X.indptr))
     Z = sp.csr_matrix((X.data, X.indices + shift, X.indptr), shape=(n, groups * d))

@@ -609,6 +609,36 @@ def test_group_leverage_sparse_route_matches_dense(rng, alpha, monkeypatch):
     assert (X != before).nnz == 0
 
 
+def test_group_leverage_sparse_route_sums_repeated_entries(rng):
+    """A CSR X may store one (row, column) entry as several that add (non-canonical).
+    The sparse route's screen squares entries: split in two halves, a heavy row's
+    bound fell to half and the row (score 0.37 >= 0.25) was screened out."""
+    import scipy.sparse as sp
+
+    from gpusketch.robust.tukey import _group_leverage
+
+    n, d = 20000, 12
+    C = sp.random(n, d, density=0.1, format="lil", random_state=1)  # stored twice: 0.2 <= 0.25
+    C[5, :] = 0
+    C[5, 3] = 24.0
+    C = sp.csr_matrix(C)
+    C.data = np.where(C.data == 24.0, 24.0, rng.standard_normal(C.nnz))
+    counts = np.diff(C.indptr)
+    rows = np.repeat(np.arange(n), 2 * counts)
+    halves = np.stack([C.data, C.data], axis=1) * 0.5  # each entry stored twice, half each
+    cols = np.stack([C.indices, C.indices], axis=1)
+    order = np.argsort(np.repeat(np.arange(n), counts), kind="stable")
+    D = sp.csr_matrix((halves[order].ravel(), cols[order].ravel(), np.r_[0, np.cumsum(2 * counts)]), shape=(n, d))
+    assert not D.has_canonical_format and abs(D - C).max() < 1e-15
+    before = (D.data.copy(), D.indices.copy())
+    g = rng.integers(0, 2, n)
+    ref = _group_leverage(C, g, 2, np, threshold=0.25)
+    assert 0.3 < ref[5] < 0.4
+    np.testing.assert_allclose(_group_leverage(D, g, 2, np, threshold=0.25), ref, rtol=1e-12)
+    np.testing.assert_array_equal(D.data, before[0])
+    np.testing.assert_array_equal(D.indices, before[1])
+
+
 def test_scaled_inverse_root_zero_columns_keep_the_cholesky_route(rng):
     """A column a group never touches is left out of its factor (W's row and column 0)
     instead of sending the batch to eigh: W Wᵀ is then the pseudo-inverse of G_s."""

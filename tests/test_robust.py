@@ -869,3 +869,33 @@ def test_lp_regression_weights_matter_on_uneven_rows(p):
         full = solve_lp_small(A, b, p)
         opt = (np.abs(A @ full - b) ** p).sum() ** (1 / p)
         assert gs.lp_regression(A, b, p, seed=s).cost <= 1.03 * opt
+
+
+@pytest.mark.parametrize("p,sparse", [(2, False), (1.5, False), (2, True)])
+def test_tukey_sampling_trials_share_one_read_only_stack(rng, monkeypatch, p, sparse):
+    """``[A b]`` is stacked once for all trials and never written: a read-only stack
+    runs every trial, and the best of three is no worse than trial 0 alone."""
+    import scipy.sparse as sp
+
+    from gpusketch.robust import tukey
+
+    stacks = []
+    stack = tukey._stack
+
+    def read_only(*args):
+        R = stack(*args)
+        (R.data if sp.issparse(R) else R).setflags(write=False)
+        stacks.append(R)
+        return R
+
+    monkeypatch.setattr(tukey, "_stack", read_only)
+    n, d = 20000, 6
+    A = sp.random(n, d, density=0.5, format="csr", random_state=4) if sparse else rng.standard_normal((n, d))
+    b = A @ np.ones(d) + rng.standard_normal(n)
+    b[:400] = 1e3
+    res = tukey_regression(A, b, 3.0, rows=100, trials=3, p=p, seed=11)
+    assert len(stacks) == 1
+    first = tukey_regression(A, b, 3.0, rows=100, trials=1, p=p, seed=11)  # trial 0 alone
+    assert res.cost <= first.cost
+    if res.info["trial"] == 0:
+        np.testing.assert_array_equal(res.x, first.x)

@@ -395,10 +395,11 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
             res = irls(A, b, loss, seed=seed)
             return TukeyResult(res.x, res.cost, xp.arange(n), xp.ones(n), {"method": "full", **res.info})
         best = None
+        R = _stack(A, b, xp, p) if method == "sampling" else None  # read-only: one copy for every trial
         for t in range(trials):
             s = derive_seed(seed, t)
             if method == "sampling":
-                SA, Sb, w, kept, info = _row_sampling(A, b, rows, alpha, p, s, xp)
+                SA, Sb, w, kept, info = _row_sampling(A, b, R, rows, alpha, p, s, xp)
             else:
                 SA, Sb, w, kept, info = _oblivious(A, b, rows, float(branching), s, xp)
             red = irls(SA, Sb, loss, weights=w, seed=derive_seed(s, 99))
@@ -410,9 +411,9 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
         return TukeyResult(x, cost, kept, w, info)
 
 
-def _row_sampling(A, b, rows, alpha, p, seed, xp):
+def _row_sampling(A, b, R, rows, alpha, p, seed, xp):
+    # R: [A b] (``_stack``), read only; then only its kept rows (one copy of the survivors at a time)
     n = A.shape[0]
-    R = _stack(A, b, xp, p)  # [A b], then only its kept rows (one copy of the survivors at a time)
     cols = R.shape[1]
     idx = xp.arange(n)
     w = xp.ones(n, dtype=R.dtype)

@@ -697,3 +697,19 @@ def test_product_row_norms_in_blocks_equal_the_whole_product(rng, monkeypatch, s
     monkeypatch.setattr(leverage, "_PRODUCT_BLOCK_BYTES", 1)  # 256-row blocks
     np.testing.assert_allclose(leverage._product_row_norms2(A, M, np), np.ravel(whole), rtol=1e-12)
     np.testing.assert_allclose(gs.leverage_scores(A, seed=5), ref, rtol=1e-12)
+
+
+def test_low_rank_beside_equals_concatenate(rng):
+    """``[U A[:, cols]]`` by row blocks filled in place equals the concatenation, for
+    C and F order, float32, and U of a wider dtype (several 1 MiB blocks)."""
+    from gpusketch.linalg.low_rank import _beside
+
+    for dtype in (np.float64, np.float32):
+        A = rng.standard_normal((70000, 50)).astype(dtype)
+        for U in (rng.standard_normal((70000, 7)).astype(dtype), rng.standard_normal((70000, 7))):
+            for X in (A, np.asfortranarray(A)):
+                cols = np.array([3, 9, 49, 9])
+                want = np.concatenate([U, X[:, cols]], axis=1)
+                got = _beside(U, X, cols, np)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from .. import _kernels
 from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
@@ -26,6 +28,24 @@ def _col_sq_norms(A, xp):
     if is_sparse(A):
         return xp.asarray((A.multiply(A)).sum(axis=0)).ravel()
     return xp.einsum("ij,ij->j", A, A)  # no n × d temporary (5000 × 1000: 2.4 ms against 9-50)
+
+
+def _beside(U, A, cols, xp):
+    """``[U  A[:, cols]]``.  For a NumPy A, row blocks of it are filled by ``take`` in
+    place: a C-order A's fancy column index and the concatenation cost 3x as much
+    (200000 × 200 A, 80 columns: 52 ms against 168)."""
+    if xp is not np or is_sparse(A):
+        return xp.concatenate([U, to_dense(A[:, cols]) if is_sparse(A) else A[:, cols]], axis=1)
+    c = U.shape[1]
+    M = np.empty((A.shape[0], c + cols.size), dtype=np.result_type(U.dtype, A.dtype))
+    rows = max(1, (1 << 20) // max(1, M[:1].nbytes))
+    for a in range(0, A.shape[0], rows):
+        M[a : a + rows, :c] = U[a : a + rows]
+        if A.dtype == M.dtype:
+            np.take(A[a : a + rows], cols, axis=1, out=M[a : a + rows, c:], mode="clip")  # cols are in range
+        else:
+            M[a : a + rows, c:] = A[a : a + rows][:, cols]
+    return M
 
 
 def right_sample_size(k, eps):
@@ -179,7 +199,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         if total > 0:
             q = xp.minimum(1.0, s * resid / total)
             cols = xp.flatnonzero(_kernels.uniforms(d, derive_seed(seed, 2), xp) < q)
-            M = xp.concatenate([U, to_dense(A[:, cols]) if is_sparse(A) else A[:, cols]], axis=1)
+            M = _beside(U, A, cols, xp)
         else:  # A lies in span(U) already
             cols = xp.zeros(0, dtype=xp.int64)
             M = U

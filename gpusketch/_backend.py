@@ -130,12 +130,15 @@ def cupy_available() -> bool:
 
 def check_dtype(dtype, name):
     """The dtype an input of ``dtype`` is computed in: float64 for bool and
-    integers, itself for float32/float64; ``TypeError`` naming ``name`` else."""
+    integers, float32/float64 in native byte order for those (a big-endian
+    array read from a file is copied once, as NumPy's own ufuncs would return
+    it; kept, it made outputs big-endian, SciPy sparse refused it, and
+    ``dtype == float64`` tests failed); ``TypeError`` naming ``name`` else."""
     dtype = np.dtype(dtype)
     if dtype.kind in "biu":
         return np.dtype(np.float64)
     if dtype.type in _FLOAT_TYPES:
-        return dtype
+        return np.dtype(dtype.type)
     if dtype == np.float16:
         raise TypeError(f"{name} has dtype float16, which is not supported; convert to float32")
     if dtype.kind == "c":

@@ -832,7 +832,7 @@ class _Launcher:
 
 
 # The arguments each kernel operation writes in place (``out`` unless named here).
-_WRITES = {"fwht": ("X",), "scatter_add_rows": ("Z",)}
+_WRITES = {"fwht_rows": ("X",), "scatter_add_rows": ("Z",)}
 
 
 def _checked_twin(name, gpu_twin, cpu_twin):

@@ -34,7 +34,7 @@ def _exercise(cp):
         X = cp.asarray(A.astype(dt))
         for S in (gs.CountSketch(64, 3000, seed=1), gs.SparseSign(64, 3000, nnz=4, seed=1),
                   gs.CountSketch(64, 3000, seed=1, deterministic=True), gs.SRHT(64, 3000, seed=1),
-                  gs.Gaussian(64, 3000, seed=1)):
+                  gs.Gaussian(64, 3000, seed=1), gs.Sampling([5, 17, 5, 2999], 3000, scale=[1.0, 2.0, 3.0, 4.0])):
             Y = S @ X
             S @ cp.asfortranarray(X)
             S @ X[:, 0]

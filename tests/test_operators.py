@@ -313,6 +313,55 @@ def test_cpu_srht_cache_blocks_match_dense(rng, monkeypatch):
     np.testing.assert_allclose(S.T @ Y, D.T @ Y, rtol=1e-12, atol=1e-12)
 
 
+def _hadamard_dense(L):
+    i = np.arange(L)
+    bits = np.bitwise_and(i[:, None], i[None, :])
+    parity = np.zeros_like(bits)
+    while bits.any():
+        parity ^= bits & 1
+        bits >>= 1
+    return 1.0 - 2.0 * parity
+
+
+@pytest.mark.parametrize("L,m", [(1, 1), (2, 2), (64, 3), (1024, 2), (1024, 40), (4096, 64), (4096, 1500), (8192, 4096)])
+def test_cpu_fwht_rows_pruned_transform_matches_dense(rng, L, m):
+    """The CPU's pruned ``(H_L X)[rows]`` and its adjoint ``H_L[rows, :]ᵀ V`` against the
+    explicit Hadamard matrix, for each split of L the plan picks (the direct GEMM, the
+    blocked one, the full transform), rows repeated and at both ends, float32, 1-D."""
+    from gpusketch import _kernels
+
+    H = _hadamard_dense(L)
+    rows = rng.integers(0, L, m)
+    rows[0], rows[-1] = 0, L - 1
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 2e-3)):
+        for shape in ((L, 5), (L,), (L, 2, 3)):
+            X = rng.standard_normal(shape).astype(dtype)
+            want = np.tensordot(H[rows], X.astype(np.float64), axes=1)
+            got = _kernels.call("fwht_rows", np, X.copy(), rows)
+            assert got.dtype == dtype and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(L))
+            V = rng.standard_normal((m,) + shape[1:]).astype(dtype)
+            got = _kernels.call("fwht_rows_adjoint", np, V, rows, L)
+            assert got.dtype == dtype and got.shape == shape
+            np.testing.assert_allclose(got, np.tensordot(H[rows].T, V.astype(np.float64), axes=1),
+                                       rtol=tol, atol=tol * np.sqrt(m))
+
+
+def test_cpu_fwht_rows_plans_cover_every_route(rng):
+    """The cost model takes the direct GEMM for a few rows, a blocked split for more, and
+    the full transform when rows fill the block (or the padded matrix would be too big)."""
+    from gpusketch import _kernels
+
+    def plan(rows, L):
+        return _kernels._fwht_rows_plan(np.asarray(rows, dtype=np.int64).tobytes(), L, "<f8")
+
+    assert plan([3, 77], 8192)[1] == 1  # one block: H_L's two rows times X
+    p = plan(rng.choice(8192, 256, replace=False), 8192)
+    assert p is not None and 1 < p[1] < 8192
+    assert plan(np.arange(8192), 8192) is None
+    assert plan(np.arange(1), 1) is None
+
+
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 def test_cpu_srht_column_tiles_match_dense(rng, monkeypatch, layout):
     # Wide or non-C-order A goes through column tiles on threads (SRHT._by_column_tiles):

@@ -415,3 +415,27 @@ def test_regression_of_sparse_groups_in_row_blocks(rng, monkeypatch):
     assert got.cost == pytest.approx(want[0].cost, rel=1e-12)
     for kw, w in zip(routes[1:], want[1:]):
         np.testing.assert_allclose(fair.regression(groups, targets, **kw).x, w.x, rtol=1e-9, atol=1e-12)
+
+
+def test_basis_grams_route_matches_the_direct_products(rng):
+    """``C_i`` in a basis Q from the groups' Grams (formed once, small d) equals the
+    direct ``(A_iQᵀ)ᵀ(A_iQᵀ)``, dense and sparse; the route follows d² <= trials (dρ + ρ²)."""
+    import scipy.sparse as sp
+
+    from gpusketch.fair.low_rank import _BasisGrams
+
+    groups = [rng.standard_normal((400, 12)) * np.linspace(1, 100, 12),
+              sp.random(300, 12, density=0.2, format="csr", random_state=2)]
+    Q = np.linalg.qr(rng.standard_normal((12, 5)))[0].T  # 5 orthonormal rows
+    direct = _BasisGrams(groups, 1, np)  # 144 > 1 * (60 + 25)
+    shared = _BasisGrams(groups, 2, np)  # 144 <= 2 * 85
+    C0, n0 = direct(Q)
+    C1, n1 = shared(Q)
+    assert direct.grams is None and shared.grams is not None
+    for a, b in zip(C0, C1):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
+        np.testing.assert_array_equal(b, b.T)
+    np.testing.assert_allclose(n1, n0, rtol=1e-14)
+    np.testing.assert_allclose(n0, [np.sum(groups[0] ** 2), groups[1].multiply(groups[1]).sum()], rtol=1e-12)
+    res = [fair.low_rank(groups, 2, trials=t, seed=3) for t in (1, 3)]  # 3 trials take the Gram route
+    assert res[1].cost <= res[0].cost * (1 + 1e-12)

@@ -970,7 +970,7 @@ def _fwht_rows_cpu(X, rows):
     plan = _fwht_rows_plan(np.ascontiguousarray(rows, dtype=np.int64).tobytes(), X.shape[0], X.dtype.str)
     if plan is None:
         return _fwht_cpu(X)[rows]
-    k1, G, pad, H, _, flat = plan
+    k1, G, pad, H, flat = plan
     w = X[:1].size
     _fwht_cpu(X.reshape(G, (1 << k1) * w))
     Y = np.matmul(H, X.reshape(G, 1 << k1, w))
@@ -985,16 +985,17 @@ def _fwht_rows_adjoint_cpu(V, rows, L):
     plan = _fwht_rows_plan(np.ascontiguousarray(rows, dtype=np.int64).tobytes(), L, V.dtype.str)
     if plan is None:
         return _fwht_cpu(_scatter_add_rows_cpu(np.zeros((L,) + V.shape[1:], dtype=V.dtype), rows, V))
-    k1, G, pad, _, HT, flat = plan
+    k1, G, pad, H, flat = plan
     w = V[:1].size
     Vp = np.zeros((G * pad, w), dtype=V.dtype)
     Vp[flat] = V.reshape(flat.size, w)  # every wanted row has a slot of its own
-    Z = np.matmul(HT, Vp.reshape(G, pad, w))  # (G, 2^k1, w), C order
+    Z = np.matmul(H.transpose(0, 2, 1), Vp.reshape(G, pad, w))  # (G, 2^k1, w), C order
     _fwht_cpu(Z.reshape(G, (1 << k1) * w))
     return Z.reshape((L,) + V.shape[1:])
 
 
-#: Largest padded row matrix of ``_fwht_rows_plan`` (bytes): it is built once per call's block size.
+#: Largest padded row matrix of ``_fwht_rows_plan`` (bytes): it is built once per block size
+#: and kept in a cache of 4 plans.
 _FWHT_ROWS_MAX_PLAN_BYTES = 16 << 20
 
 
@@ -1015,15 +1016,14 @@ def _parity_np(x):
     return x & 1
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _fwht_rows_plan(rows_bytes, L, dtype_str):
     """The split ``L = 2^{k2} · 2^{k1}`` of ``_fwht_rows_cpu`` for these rows, or None for the
     full transform and a gather.
 
-    Returns ``(k1, G, pad, H, HT, flat)``: ``G = 2^{k2}`` blocks, ``pad`` slots per
+    Returns ``(k1, G, pad, H, flat)``: ``G = 2^{k2}`` blocks, ``pad`` slots per
     block, ``H[g, p] = H_{2^{k1}}[lo, :]`` for the wanted row in slot p of block g (zero
-    rows in unused slots), ``HT`` its per-block transpose, and ``flat`` the slot
-    ``g·pad + p`` of each wanted row.  The cost model counts multiply-adds per
+    rows in unused slots), and ``flat`` the slot ``g·pad + p`` of each wanted row.  The cost model counts multiply-adds per
     entry: ``_radix_macs(k2)`` for the high bits and ``pad`` for the GEMM, whose
     inner dimension ``2^{k1}`` is charged as at least 32 (narrower GEMMs run
     far below BLAS speed: 2^10 × 512 with k1 = 2 took 1.5x the full transform).
@@ -1056,10 +1056,9 @@ def _fwht_rows_plan(rows_bytes, L, dtype_str):
     unused[flat] = False
     H[unused] = 0
     H = H.reshape(G, pad, 1 << k1)
-    HT = np.ascontiguousarray(H.transpose(0, 2, 1))
-    for a in (H, HT, flat):
+    for a in (H, flat):
         a.setflags(write=False)
-    return k1, G, pad, H, HT, flat
+    return k1, G, pad, H, flat
 
 
 # ---------------------------------------------------------------------------

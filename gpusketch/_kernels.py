@@ -1022,8 +1022,9 @@ def _fwht_rows_plan(rows_bytes, L, dtype_str):
     full transform and a gather.
 
     Returns ``(k1, G, pad, H, flat)``: ``G = 2^{k2}`` blocks, ``pad`` slots per
-    block, ``H[g, p] = H_{2^{k1}}[lo, :]`` for the wanted row in slot p of block g (zero
-    rows in unused slots), and ``flat`` the slot ``g·pad + p`` of each wanted row.  The cost model counts multiply-adds per
+    block, ``H[g, p] = H_{2^{k1}}[lo, :]`` for the wanted row in slot p of block g
+    (zero rows in unused slots), and ``flat`` the slot ``g·pad + p`` of each
+    wanted row.  The cost model counts multiply-adds per
     entry: ``_radix_macs(k2)`` for the high bits and ``pad`` for the GEMM, whose
     inner dimension ``2^{k1}`` is charged as at least 32 (narrower GEMMs run
     far below BLAS speed: 2^10 × 512 with k1 = 2 took 1.5x the full transform).

@@ -88,7 +88,7 @@ class SRHT(SketchOperator):
     only the m rows of each block's transform that are kept (a full
     transform over the high bits, then one batched GEMM with the kept rows'
     low-bit Hadamard rows; ``_kernels._fwht_rows_cpu``): at 2^20 × 64 that
-    took 0.43–0.51x the full transform's time for m = 64 and 0.73–0.80x for
+    took 0.30–0.51x the full transform's time for m = 64 and 0.47–0.80x for
     m = 1024.  Sampled rows are chosen on the host (Floyd's algorithm with
     Philox draws) and sorted.
 

@@ -1008,12 +1008,13 @@ def _radix_macs(bits):
     return macs
 
 
-def _parity_np(x):
-    """Parity of the popcount of each nonnegative int64 (below 2^32) in ``x``."""
-    x = np.array(x, dtype=np.int64)
-    for s in (16, 8, 4, 2, 1):
-        x ^= x >> s
-    return x & 1
+def parity(x):
+    """Parity of the popcount of each value of ``x`` as a uint64 (an int64 array): the sign
+    ``(-1)^parity(r & j)`` of Walsh–Hadamard entry ``(r, j)``."""
+    x = np.asarray(x, dtype=np.uint64).copy()
+    for s in (32, 16, 8, 4, 2, 1):
+        x ^= x >> np.uint64(s)
+    return (x & np.uint64(1)).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=4)
@@ -1052,7 +1053,7 @@ def _fwht_rows_plan(rows_bytes, L, dtype_str):
     flat = hi * pad + slot
     lo_slots = np.zeros(G * pad, dtype=np.int64)
     lo_slots[flat] = lo
-    H = (1 - 2 * _parity_np(lo_slots[:, None] & np.arange(1 << k1, dtype=np.int64)[None, :])).astype(dtype)
+    H = (1 - 2 * parity(lo_slots[:, None] & np.arange(1 << k1, dtype=np.int64)[None, :])).astype(dtype)
     unused = np.ones(G * pad, dtype=bool)
     unused[flat] = False
     H[unused] = 0

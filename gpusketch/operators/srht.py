@@ -16,14 +16,6 @@ from ._base import SketchOperator, _zeros
 __all__ = ["SRHT"]
 
 
-def _parity(x):
-    """Parity of the popcount of each uint64 in ``x``."""
-    x = np.asarray(x, dtype=np.uint64).copy()
-    for s in (32, 16, 8, 4, 2, 1):
-        x ^= x >> np.uint64(s)
-    return (x & np.uint64(1)).astype(np.int64)
-
-
 def _sample_rows(m, N, seed):
     """m distinct rows of [0, N) (Floyd's algorithm, Philox-driven), sorted."""
     u = uniform_u64(0, m, seed, STREAM_SRHT_ROWS)
@@ -138,7 +130,7 @@ class SRHT(SketchOperator):
     def _block_coefficients(self, g0, k):
         """Row positions inside the block and ±scale from the block's high bits."""
         low = self._rows & ((1 << k) - 1)
-        coef = self._scale * (1 - 2 * _parity((self._rows >> k) & (g0 >> k)))
+        coef = self._scale * (1 - 2 * _kernels.parity((self._rows >> k) & (g0 >> k)))
         return low, coef
 
     def _blocks(self, row_bytes, xp):
@@ -217,5 +209,5 @@ class SRHT(SketchOperator):
 
     def _dense(self):
         j = np.arange(self._col0, self._col0 + self._n, dtype=np.uint64)
-        H = 1 - 2 * _parity(self._rows.astype(np.uint64)[:, None] & j[None, :])
+        H = 1 - 2 * _kernels.parity(self._rows.astype(np.uint64)[:, None] & j[None, :])
         return H * (self._signs(np, np.float64)[None, :] * self._scale)

@@ -242,7 +242,7 @@ class NormalWork:
     for each block cost a page fault per 4 KiB (NumPy's large arrays come from
     mmap, or from a heap that glibc trims between blocks): about 10 MB of them a
     block.  On the 2-core development VM, one thread generating 4·10⁷ entries
-    took 1.26 s in fresh blocks (347 000 page faults) and 0.63 s for the whole
+    took 1.26 s in fresh blocks (308 000 page faults) and 0.63 s for the whole
     sketch with a workspace (2 000 faults).  Not thread-safe: each thread
     needs its own.
     """

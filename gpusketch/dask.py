@@ -324,11 +324,13 @@ def _direct(X, y, da):
     _check_sketch_finite(xp.concatenate([R[:, d:] for R in Rs]), "y", "the R factor of [X y]")
     Rxy = xp.linalg.qr(xp.concatenate(Rs), mode="r")
     R, z = Rxy[:d, :d], Rxy[:d, d:]
-    deficient = qr_rank_deficient(R, X.shape)
-    if deficient:
-        _warn_deficient(X)
+    deficient = False
+    if qr_rank_deficient(R, X.shape):  # possibly: the SVD's rank rule decides
         U, s, Vt = xp.linalg.svd(R)
         r = svd_rank(s, X.shape)
+        deficient = r < d
+    if deficient:
+        _warn_deficient(X)
         x = Vt[:r].T @ ((U[:, :r].T @ z) / s[:r, None])
     else:
         la, _ = linalg_modules(xp)

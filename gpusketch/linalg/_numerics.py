@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._backend import device_block_rows, is_sparse, linalg_modules, sparse_module, to_dense
+from .._backend import device_block_rows, is_sparse, linalg_modules, sparse_module, to_dense, to_host
 
 __all__ = [
     "rank_cut",
@@ -29,20 +29,62 @@ def rank_cut(vmax, shape, dtype):
 
 
 def qr_rank_deficient(R, shape):
-    """True when a diagonal entry of R is at or below the cut, or the factored matrix is wide."""
+    """True when the factored matrix may be numerically rank deficient: a diagonal entry
+    of R is at or below the cut, R's estimated condition is near the rule's line
+    (``_triangular_rcond``), or the matrix is wide.  Callers confirm with an SVD
+    and ``svd_rank``, whose rule is the one rank rule.
+
+    The cut scales with R's largest column norm (the factored matrix's largest
+    column norm, within √d of σ_max and never above it), as ``svd_rank``'s
+    scales with σ_max, so a matrix numerically of full rank by that rule is
+    never flagged (``|R_kk| >= σ_min``).  The largest ``|R_kk|`` can sit far
+    below σ_max without pivoting: a 68 × 17 matrix of rank 13 with columns
+    scaled over six decades had max ``|R_kk|`` = 9e4 against σ_max = 1.1e7,
+    its four null directions (``|R_kk|`` 1.6-5.4e-9) passed that cut (1.4e-9),
+    and the direct solve's residual came out 1.07x the optimum.
+    """
     if shape[0] < shape[1]:  # rank <= n < d, though R's n diagonal entries may all be large
         return True
     diag = abs(R.diagonal())
     if diag.size == 0:
         return True
-    return bool((diag <= rank_cut(diag.max(), shape, R.dtype)).any())
+    col_max = float((R * R).sum(axis=0).max()) ** 0.5
+    if bool((diag <= rank_cut(col_max, shape, R.dtype)).any()):
+        return True
+    return bool(_triangular_rcond(R) <= _RCOND_FACTOR * rank_cut(1.0, shape, R.dtype))
 
 
-def svd_rank(s, shape):
-    """Number of singular values ``s`` (descending) above the cut."""
+#: ``qr_rank_deficient`` also flags R whose estimated reciprocal condition number is within
+#: this factor of the rank rule's relative cut; the caller's SVD then decides the rank.
+_RCOND_FACTOR = 10.0
+
+
+def _triangular_rcond(R):
+    """LAPACK's ``trcon`` estimate of the 1-norm reciprocal condition number of the upper
+    triangular R (on the host: R is small).
+
+    Unpivoted QR need not reveal rank in its diagonal: a rank-3 8 × 4 matrix
+    (columns and rows scaled over three decades) had ``R_44 = 1.5e-11`` against
+    σ₄ = 4e-13 and the rule's cut 6e-12, and the solve through it came out 1.05x
+    the optimal residual.  ``κ₁(R) = κ₁(A)`` is within a factor d of κ₂, and
+    the estimate seldom misses by more than 10: a numerically rank-deficient A
+    (σ_min near ε σ_max) lands far below ``10 · max(shape) ε``, and a full-rank
+    one flagged near that line only takes the SVD route, whose rank rule decides.
+    """
+    import scipy.linalg
+
+    Rh = np.ascontiguousarray(to_host(R))
+    trcon = scipy.linalg.lapack.get_lapack_funcs("trcon", (Rh,))
+    rcond, info = trcon(Rh, norm="1", uplo="U", diag="N")
+    return float(rcond) if info == 0 else 0.0
+
+
+def svd_rank(s, shape, dtype=None):
+    """Number of singular values ``s`` (descending) above the cut, at the precision of
+    ``dtype`` (default ``s``'s)."""
     if s.size == 0 or float(s[0]) == 0.0:
         return 0
-    return int((s > rank_cut(s[0], shape, s.dtype)).sum())
+    return int((s > rank_cut(s[0], shape, s.dtype if dtype is None else dtype)).sum())
 
 
 def _solve_lower_or_upper(T, B, lower, xp):
@@ -288,9 +330,10 @@ def qr_lstsq(A, b, xp, scale=None):
     ``"seminormal"``, ``_sparse_seminormal``: sparse products only, while
     κ(A) <= 1e6), else it is densified block by block.  Where CholeskyQR2 is
     unsafe (its orthogonality test fails, or ``n < 2d``) a Householder QR of
-    the whole ``diag(s) A`` (route ``"householder"``).  When A is wide or R is
+    the whole ``diag(s) A`` (route ``"householder"``).  When A is wide or R may be
     numerically rank deficient (``qr_rank_deficient``, at A's precision), the
-    minimum-norm solution from ``xp.linalg.lstsq`` (an SVD; route ``"svd"``).
+    minimum-norm solution from ``xp.linalg.lstsq`` (an SVD; route ``"svd"``),
+    whose rank then gives ``rank_deficient``.
     b may have several columns; ``scale`` (the row scaling s, ``None`` for
     none) serves weighted least squares (``irls``).  x has the dtype of
     ``A``, b and s together.
@@ -312,7 +355,9 @@ def qr_lstsq(A, b, xp, scale=None):
             Q, R = xp.linalg.qr(_scaled(A, scale))
             if not qr_rank_deficient(R, A.shape):
                 return la.solve_triangular(R, Q.T @ _scaled(b, scale)), False, "householder"
-    return xp.linalg.lstsq(_scaled(A, scale), _scaled(b, scale), rcond=None)[0], True, "svd"
+    x, _, _, sv = xp.linalg.lstsq(_scaled(A, scale), _scaled(b, scale), rcond=None)
+    # The flag by the one rank rule at A's precision (LAPACK works in float64 for a float32 A)
+    return x, n < d or svd_rank(sv, A.shape, A.dtype) < d, "svd"
 
 
 def top_left_singular(Z, k, xp):

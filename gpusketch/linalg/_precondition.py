@@ -24,15 +24,14 @@ class SketchPreconditioner:
         self._la, _ = linalg_modules(xp)
         # Q = Q1 Rinv2 is never formed: only R and Qᵀ Sb are needed (cholesky_qr_factors).
         self._Q1, self.R, self._Rinv2 = cholesky_qr_factors(SA, xp)
-        self.rank_deficient = qr_rank_deficient(self.R, SA.shape)
-        if self.rank_deficient:
+        self.rank, self.rank_deficient = SA.shape[1], False
+        if qr_rank_deficient(self.R, SA.shape):  # possibly: the SVD's rank rule decides
             U, s, Vt = xp.linalg.svd(SA, full_matrices=False)
             r = svd_rank(s, SA.shape)
-            self.P = Vt[:r].T / s[:r]
-            self.U = U[:, :r]
-            self.rank = r
-        else:
-            self.rank = SA.shape[1]
+            if r < SA.shape[1]:
+                self.P = Vt[:r].T / s[:r]
+                self.U = U[:, :r]
+                self.rank, self.rank_deficient = r, True
 
     def apply(self, y):
         """``P y``."""

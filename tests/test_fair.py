@@ -439,3 +439,15 @@ def test_basis_grams_route_matches_the_direct_products(rng):
     np.testing.assert_allclose(n0, [np.sum(groups[0] ** 2), groups[1].multiply(groups[1]).sum()], rtol=1e-12)
     res = [fair.low_rank(groups, 2, trials=t, seed=3) for t in (1, 3)]  # 3 trials take the Gram route
     assert res[1].cost <= res[0].cost * (1 + 1e-12)
+
+
+def test_low_rank_at_or_above_the_data_rank_fits_exactly():
+    """k >= rank of the groups: every group's cost is round-off (±1e-16), which the
+    multiplicative-weights start divided by 1e-300, overflowing its weights to NaN
+    (LinAlgError in eigh) for 3 of 40 such seeds.  Now it stops balancing there."""
+    for seed in (8, 24, 34):
+        rng = np.random.default_rng(seed)
+        B = rng.standard_normal((50, 5)) @ rng.standard_normal((5, 7))  # rank 5
+        for k in (5, 6):
+            res = fair.low_rank([B[:25], B[25:]], k, seed=seed)
+            assert res.cost <= 1e-10 * np.linalg.norm(B)

@@ -220,7 +220,11 @@ def best_fair_subspace(C, n2, r, *, mwu_rounds=60):
         costs = np.array([n2s[i] - np.trace(U.T @ Cs[i] @ U) for i in range(len(Cs))])
         if costs.max() < best_val:
             best_mwu, best_val = U, costs.max()
-        lam = lam * np.exp(2.0 * costs / max(costs.max(), 1e-300) / math.sqrt(t + 1))
+        if costs.max() <= 1e-12:
+            # Every group fits to round-off (k at or above the data's rank): nothing to
+            # balance, and costs of ±1e-16 over 1e-300 overflowed the weights to NaN.
+            break
+        lam = lam * np.exp(2.0 * costs / costs.max() / math.sqrt(t + 1))
         lam /= lam.sum()
     starts.append(best_mwu)
     # Round robin: the i-th direction from group i mod ℓ's ranking, orthogonalised.

@@ -435,8 +435,11 @@ def _row_sampling(A, b, R, rows, alpha, p, seed, xp):
             u = _light_scores(R, is_heavy, light, p, derive_seed(seed, 2 * rounds + 1), xp)
             prob[light] = xp.minimum(1.0, 0.5 + u * (rows / (4 * cols)))
         keep = _kernels.uniforms(idx.size, derive_seed(seed, 10_000 + rounds), xp) < prob
-        if int(keep.sum()) > 0.95 * idx.size:
+        kept = int(keep.sum())
+        if kept > 0.95 * idx.size:
             break  # no progress: the heavy set and high-leverage rows fill the problem
+        if kept < cols:
+            break  # a round that would leave fewer than d + 1 rows (or none): keep these
         w = w[keep] / prob[keep]
         idx = idx[keep]
         R = R[xp.flatnonzero(keep)]

@@ -60,10 +60,15 @@ class TukeyResult:
     info: dict = field(default_factory=dict)
 
 
+def _keeps_sparse(A, xp, p):
+    """Whether a sparse A stays sparse: on the CPU with p = 2, where the group leverage
+    scores have a sparse route (``_kernels._group_leverage_sparse``)."""
+    return is_sparse(A) and xp is np and p == 2
+
+
 def _stack(A, b, xp, p):
-    """``[A b]``: CSR for a sparse A on the CPU with p = 2 (the group leverage scores'
-    sparse route), dense otherwise."""
-    if is_sparse(A) and xp is np and p == 2:
+    """``[A b]``: CSR where ``_keeps_sparse``, dense otherwise."""
+    if _keeps_sparse(A, xp, p):
         return sparse_module(xp).hstack([A, b[:, None]], format="csr")
     if is_sparse(A):
         return xp.concatenate([to_dense(A), b[:, None]], axis=1)
@@ -182,8 +187,7 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
             raise ValueError(f"method must be 'partition' or 'peeling', got {method!r}")
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p <= 2:
             raise ValueError(f"p must lie in [1, 2], got {p!r}")
-        # A sparse A stays sparse where the scores have a sparse route (CPU, p = 2).
-        Ad = A if is_sparse(A) and xp is np and p == 2 else to_dense(A)
+        Ad = A if _keeps_sparse(A, xp, p) else to_dense(A)
         return _heavy_coordinates(Ad, alpha, method, p, check_seed(seed), xp)
 
 

@@ -59,6 +59,17 @@ def test_losses_near_zero_in_both_precisions(xp, loss, dtype):
     np.testing.assert_allclose(v[3:5], exact(a[3:5].astype(np.float64)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("loss", [TukeyLoss(2.0), ClippedLpLoss(2.0, p=1.5), HuberLoss(2.0)])
+def test_losses_take_real_residuals_only(loss):
+    # complex residuals gave complex "losses" (the biweight's polynomial of a + bi), object ones objects
+    np.testing.assert_array_equal(loss(np.array([1, -3, 0])), loss(np.array([1.0, -3.0, 0.0])))
+    assert loss(np.array([True, False])).dtype == np.float64
+    for bad in (np.array([1 + 2j, 3]), np.array([1.0, 2.0], dtype=object), np.array([1.0], dtype=np.float16)):
+        for f in (loss, loss.weight, loss.total):
+            with pytest.raises(TypeError, match="dtype"):
+                f(bad)
+
+
 def test_clipped_lp_values():
     M = ClippedLpLoss(2.0, p=1)
     np.testing.assert_allclose(M(np.array([-1.0, 0.5, 7.0])), [1.0, 0.5, 2.0])

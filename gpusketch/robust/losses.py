@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from .._backend import array_namespace, check_positive_real
+from .._backend import array_namespace, check_dtype, check_positive_real
 
 __all__ = ["TukeyLoss", "ClippedLpLoss", "HuberLoss"]
 
@@ -20,9 +20,15 @@ def _check_p(p, lo=1.0, hi=2.0):
 
 
 def _residuals(a):
-    """``(a, xp)`` with array-likes (lists, Python numbers) as NumPy arrays, as NumPy ufuncs take them."""
+    """``(a, xp)`` with array-likes (lists, Python numbers) as NumPy arrays, as NumPy ufuncs take them.
+
+    Integer and boolean residuals are upcast to float64 as ufuncs would;
+    complex, float16 and object residuals raise ``TypeError`` (a loss of a
+    complex number is no real loss, and ``|a|`` would silently change it).
+    """
     xp = array_namespace(a)
-    return xp.asarray(a), xp
+    a = xp.asarray(a)
+    return a.astype(check_dtype(a.dtype, "a"), copy=False), xp
 
 
 class _Loss:

@@ -395,10 +395,35 @@ class _DaskTall(TallBlock):
         return U[:, cols]
 
 
+def _range_rotation(R, shape):
+    """d × d W with ``Q W`` an orthonormal basis of range(X), X = QR, padded with zero columns.
+
+    The identity when R is of full rank by the SVD's rule.  Otherwise Q has d
+    orthonormal columns but X only rank r < d: with ``R = U_R Σ Vᵀ`` the left
+    singular vectors of X are ``Q U_R``, and W keeps U_R's first r columns.
+    (Q's own row norms summed to d, not r: scores off by up to 1.)
+    """
+    xp = array_namespace(R)
+    W = xp.eye(R.shape[1], dtype=R.dtype)
+    if qr_rank_deficient(R, shape):  # possibly: the SVD's rank rule decides
+        U, s, _ = xp.linalg.svd(R)
+        W = U * (xp.arange(s.size) < svd_rank(s, shape))
+    return W
+
+
+def _rotated_row_norms2(Q, W):
+    xp = array_namespace(Q)
+    if not bool((W == xp.eye(W.shape[0], dtype=W.dtype)).all()):  # R of full rank: skip a GEMM
+        Q = Q @ W
+    return xp.einsum("ij,ij->i", Q, Q)  # no n_b × d temporary
+
+
 def leverage_scores(X, *, exact=False, seed=None):
     """Leverage scores of the rows of a Dask X (n × d), as a lazy Dask vector.
 
-    ``exact=True``: row norms of Q from Dask's tall-skinny QR.  Otherwise the
+    ``exact=True``: row norms of Q from Dask's tall-skinny QR ``X = QR``, or
+    of Q times R's leading left singular vectors when R is rank deficient
+    (the scores then sum to rank(X), as in memory).  Otherwise the
     sketched route of ``gpusketch.leverage_scores`` with the same OSNAP and
     Gaussian for the same seed (so the same estimates): ``SX = QR``, then
     ``||x_i R⁻¹ G||²`` with ``O(log n)`` Gaussian columns; one pass for the
@@ -431,8 +456,9 @@ def leverage_scores(X, *, exact=False, seed=None):
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got X of shape {X.shape}")
         if exact or embedding_rows(d) >= n:  # as in memory: no sketch has fewer rows than X
-            Q, _ = da.linalg.qr(X.rechunk({1: -1}))
-            return (Q * Q).sum(axis=1)
+            Q, R = da.linalg.qr(X.rechunk({1: -1}))
+            W = R.map_blocks(_range_rotation, (n, d), dtype=R.dtype)
+            return da.map_blocks(_rotated_row_norms2, Q, W, drop_axis=1, dtype=Q.dtype)
         seed = check_seed(seed)
         SX = _small(sketch(embedding_osnap(n, d, seed), X))
         _check_sketch_finite(SX, "X")

@@ -203,6 +203,19 @@ def test_leverage_scores_and_randomized_svd(rng):
     np.testing.assert_allclose((U.compute() * s) @ Vt, np.linalg.svd(W)[0][:, :4] * s_true[:4] @ np.linalg.svd(W)[2][:4], atol=1e-9)
 
 
+@pytest.mark.parametrize("chunks", [(3, 3, 3), (1, 8), (9,)])
+def test_exact_leverage_scores_of_rank_deficient_x(rng, chunks):
+    # Q of the tall-skinny QR has d orthonormal columns however low X's rank: its
+    # row norms summed to d = 4 here, not rank 2, each score off by up to 1.
+    A = rng.standard_normal((9, 2)) @ rng.standard_normal((2, 4))
+    A[[1, 5]] = 0
+    U = np.linalg.svd(A, full_matrices=False)[0][:, :2]
+    lev = gsd.leverage_scores(da.from_array(A, chunks=(chunks, 4)), exact=True).compute()
+    np.testing.assert_allclose(lev, (U**2).sum(axis=1), atol=1e-12)
+    np.testing.assert_allclose(lev, gs.leverage_scores(A, exact=True), atol=1e-12)
+    assert max(lev[1], lev[5]) < 1e-20  # zero rows
+
+
 def test_integer_and_sparse_blocks(rng):
     # Integer X is computed in float64, as in memory: the Gaussians of leverage_scores
     # and randomized_svd were cast to X's integer dtype, which rounds most of them to 0

@@ -86,7 +86,7 @@ def _demo_operators(n, m, seed):
     uniform = np.sort(rng.choice(n, size=m, replace=False))
     return [
         ("CountSketch", CountSketch(m, n, seed=seed)),
-        ("SparseSign(8)", SparseSign(m, n, nnz=8, seed=seed)),
+        (f"SparseSign({min(8, m)})", SparseSign(m, n, nnz=min(8, m), seed=seed)),  # nnz <= m rows
         ("SRHT", SRHT(m, n, seed=seed)),
         ("Gaussian", Gaussian(m, n, seed=seed)),
         ("Sampling(unif)", Sampling(uniform, n, scale=np.full(m, np.sqrt(n / m)))),
@@ -381,6 +381,8 @@ def main(argv=None):
             build_parser().error(f"--m must be <= --n, got m={args.m} > n={args.n}")
         if args.m <= args.d:
             build_parser().error(f"--m must exceed --d for a least-squares sketch, got m={args.m}, d={args.d}")
+        if args.seed < 0:
+            build_parser().error(f"--seed must be >= 0, got {args.seed}")
     parser = build_parser()
     for name in getattr(args, "inputs", ()):
         path = getattr(args, name)

@@ -55,7 +55,15 @@ def test_demo_small_prints_table():
     _check_demo_tables(r.stdout, "cpu")
 
 
-@pytest.mark.parametrize("args", [("demo", "--m", "0"), ("demo", "--n", "10", "--m", "20"), ("nosuch",), ()])
+def test_demo_with_fewer_than_8_sketch_rows():
+    # SparseSign's nnz was fixed at 8, so --m below 8 ended in "nnz must be <= m"
+    r = run("demo", "--n", "400", "--d", "2", "--m", "6", "--repeat", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "SparseSign(6)" in r.stdout
+
+
+@pytest.mark.parametrize("args", [("demo", "--m", "0"), ("demo", "--n", "10", "--m", "20"), ("demo", "--seed", "-1"),
+                                  ("nosuch",), ()])
 def test_bad_arguments_exit_2(args):
     r = run(*args)
     assert r.returncode == 2

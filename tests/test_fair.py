@@ -148,6 +148,40 @@ def test_regression_l2_exact_fit(rng):
     assert zero.cost == 0.0 and np.array_equal(zero.x, np.zeros(5))
 
 
+@pytest.mark.parametrize("seed", [80, 90, 255])
+def test_regression_l2_with_a_rank_deficient_group(seed, monkeypatch):
+    """A rank-1 group beside one with columns over six decades (seeds found by a random sweep).
+
+    The rank-1 group's R held its null directions as round-off next to an order-1
+    residual; the dual silenced the other group (λ = 1e-23) and fitted that residual
+    with the noise: costs of 1.5e7-1e9 against the pooled fit's 2.6-3.6.
+    """
+    import scipy.optimize
+    import importlib
+
+    module = importlib.import_module("gpusketch.fair.regression")
+
+    rng = np.random.default_rng(seed)
+    groups = [rng.standard_normal((9, 3)) * np.geomspace(1, 1e-6, 3),
+              rng.standard_normal((9, 1)) @ rng.standard_normal((1, 3))]
+    targets = [rng.standard_normal(9), rng.standard_normal(9)]
+    pooled = fair.regression(groups, targets, exact=False)
+    res = fair.regression(groups, targets)
+
+    def fair_cost(x):
+        return max(np.linalg.norm(A @ x - b) for A, b in zip(groups, targets))
+
+    ref = scipy.optimize.minimize(fair_cost, pooled.x, method="Nelder-Mead",
+                                  options={"xatol": 1e-12, "fatol": 1e-14, "maxiter": 40000})
+    assert res.cost == pytest.approx(ref.fun, rel=1e-9) and res.cost <= pooled.cost * (1 + 1e-12)
+    assert res.info["relative_gap"] <= 1e-9
+    # Without the rank rule on each group, the pooled start still keeps the dual's
+    # minimum-norm pick out, and the polish reaches the optimum from there.
+    monkeypatch.setattr(module, "_drop_null_directions", lambda U, shape: U)
+    kept = fair.regression(groups, targets)
+    assert kept.cost <= pooled.cost * (1 + 1e-12) and kept.cost == pytest.approx(ref.fun, rel=1e-6)
+
+
 def test_regression_l2_polish_gradient_and_forced_polish(rng):
     # The primal polish runs only when the dual leaves a gap above tol, which the tests'
     # problems never do; its accept-if-better rule would hide a wrong gradient.

@@ -14,6 +14,7 @@ from .._backend import (
     to_host,
 )
 from .._nvtx import annotate
+from ..linalg._numerics import svd_rank
 from ..robust.lp import l1_scaling, solve_lp_small
 from . import _groups
 from ._groups import as_groups
@@ -65,7 +66,21 @@ def _residual2(U, r, x):
     return float(e @ e), 2.0 * (U.T @ e)
 
 
-def _l2_minimax(R, tol, maxiter):
+def _drop_null_directions(U, shape):
+    """U with the singular values under the one rank rule (``svd_rank`` at the group's
+    ``shape``, float64) set to exactly 0.
+
+    A rank-deficient group's R holds its null directions as round-off (1e-16 of
+    σ_max), next to residual entries of order 1.  The dual then fitted that
+    residual with the noise (x ~ 1e16 along those directions), at a λ that
+    all but silenced the groups that pin them down.
+    """
+    Us, s, Vt = np.linalg.svd(U, full_matrices=False)
+    r = svd_rank(s, shape, np.float64)
+    return U if r == s.size else (Us[:, :r] * s[:r]) @ Vt[:r]
+
+
+def _l2_minimax(R, shapes, tol, maxiter):
     """``min_x max_i f_i(x)``, ``f_i(x) = ||U_i x − r_i||²`` with ``[U_i r_i] = R_i``, through the dual.
 
     ``g(λ) = min_x Σ λ_i f_i(x)`` is concave with gradient ``f_i(x(λ))``
@@ -82,7 +97,7 @@ def _l2_minimax(R, tol, maxiter):
     import scipy.optimize
 
     ell, d = len(R), R[0].shape[1] - 1
-    U, r = [Ri[:, :d] for Ri in R], [Ri[:, d] for Ri in R]
+    U, r = [_drop_null_directions(Ri[:, :d], shape) for Ri, shape in zip(R, shapes)], [Ri[:, d] for Ri in R]
 
     def x_of(lam):
         w = np.sqrt(np.clip(lam, 0.0, None))
@@ -117,6 +132,13 @@ def _l2_minimax(R, tol, maxiter):
     lower = -neg_g(lam)[0]
     upper = float(f_all(x).max())
     info = {"solver": "dual SLSQP", "lambda": lam.tolist()}
+    if upper > 1.0:
+        # x(λ) is one minimiser of Σ λ_i f_i; where that has many (λ at a face of the simplex,
+        # the groups with λ_i > 0 rank deficient together), lstsq's minimum-norm pick can be
+        # far off for the other groups (max_i f_i 1e17 times the pooled fit's, in a random
+        # sweep), and the polish could not recover from it.  The pooled fit has f <= 1.
+        x, upper = x_pool, 1.0
+        info["solver"] = "dual SLSQP, pooled start"
     if upper - lower > tol * max(upper, 1e-300):
         z0 = np.concatenate([x, [upper]])
         cons = [{"type": "ineq",
@@ -127,7 +149,7 @@ def _l2_minimax(R, tol, maxiter):
                                      constraints=cons, options={"ftol": 1e-15, "maxiter": maxiter})
         if float(f_all(pr.x[:d]).max()) < upper:
             x, upper = pr.x[:d], float(f_all(pr.x[:d]).max())
-            info["solver"] = "dual SLSQP + primal SLSQP polish"
+            info["solver"] += " + primal SLSQP polish"
     info["relative_gap"] = max(0.0, (upper - lower) / max(upper, 1e-300))
     return x, info
 
@@ -228,7 +250,7 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
                 x = xp.asarray(solve_lp_small(to_host(A), to_host(b), 1.0))
             info = {"algorithm": 5}
         elif norm == 2:
-            xh, info = _l2_minimax(_r_factors(groups, bs, xp), tol, maxiter)
+            xh, info = _l2_minimax(_r_factors(groups, bs, xp), [A.shape for A in groups], tol, maxiter)
             x = xp.asarray(xh, dtype=groups[0].dtype)
             info["algorithm"] = 6
         else:

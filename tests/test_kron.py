@@ -358,6 +358,17 @@ def test_rank_regression_against_exact_lp(xp, rng):
     np.testing.assert_allclose(to_numpy(same.x), to_numpy(fast.x), rtol=1e-12)
 
 
+def test_rank_regression_small_samples_keep_pairs():
+    # The partner row was drawn over all n rows and equal pairs dropped after: with n = 3
+    # and m = 2, 16 of 200 seeds kept no pair and merge raised IndexError.
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((3, 1)), rng.standard_normal(3)
+    best = kron.rank_regression(A, b, method="exact").cost
+    for seed in range(40):
+        res = kron.rank_regression(A, b, m=2, seed=seed)
+        assert 1 <= res.info["pairs"] <= 2 and res.cost >= best * (1 - 1e-12)
+
+
 # -- low rank --------------------------------------------------------------------
 
 

@@ -86,9 +86,10 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
     (i, j) is at most ``(s_i + s_j)/n`` where ``s_i`` is the ℓ1 sensitivity
     of row i of ``M = [A 1 b]``, bounded here by M's ℓ1 Lewis weights
     (which sum to rank(M) <= d + 2).  Pairs are drawn i.i.d. from
-    ``q_ij = (s_i/S + s_j/S)/(2n)`` — i from s and j uniform, or the
-    reverse, with equal chance — repeats merged, and the weighted LP on the
-    sampled differences is solved with HiGHS.  Work: one Lewis-weight
+    ``q_ij = (s_i/S + s_j/S)/(2(n−1))``, ``i ≠ j`` — i from s and j
+    uniform over the other rows, or the reverse, with equal chance —
+    repeats merged, and the weighted LP on the sampled differences is
+    solved with HiGHS.  Work: one Lewis-weight
     computation on the n × (d+2) matrix plus an LP with m rows, instead of
     an LP with n² constraints.  Deviation: the paper routes all-pairs
     regression through its Kronecker ℓ1 machinery with precision sampling;
@@ -143,12 +144,13 @@ def rank_regression(A, b, *, m=None, method="sampling", seed=None):
             check_memory(64 * m, f"sampling {m} pairs", xp)
             which = _kernels.uniforms(m, derive_seed(seed, 1), xp) < 0.5
             weighted = categorical(s, m, derive_seed(seed, 2), xp)
-            uniform = xp.minimum((_kernels.uniforms(m, derive_seed(seed, 3), xp) * n).astype(xp.int64), n - 1)
-            i = xp.where(which, weighted, uniform)
-            j = xp.where(which, uniform, weighted)
-            keep = i != j  # the diagonal rows of Ā are zero
-            i, j = i[keep], j[keep]
-            prob = (s[i] + s[j]) / (2 * n)
+            # The partner is uniform over the other n − 1 rows: the diagonal rows of Ā are zero.
+            # (Drawn over all n and dropped afterwards, a small sample could keep no pair.)
+            other = xp.minimum((_kernels.uniforms(m, derive_seed(seed, 3), xp) * (n - 1)).astype(xp.int64), n - 2)
+            other += other >= weighted
+            i = xp.where(which, weighted, other)
+            j = xp.where(which, other, weighted)
+            prob = (s[i] + s[j]) / (2 * (n - 1))
             pair, w = merge(i * n + j, prob, m)
             i, j = pair // n, pair % n
             R = to_host((A[i] - A[j]) * w[:, None])

@@ -372,6 +372,28 @@ def test_rank_regression_small_samples_keep_pairs():
 # -- low rank --------------------------------------------------------------------
 
 
+def test_low_rank_cost_keeps_its_accuracy_down_to_an_exact_fit(rng, monkeypatch):
+    # The cost was ∏||A_t||² − Σ captured, which cancels: at k = rank (an exact fit) it
+    # reported 1.3e-6 against 2e-14 from the formed product.  It is now a sum of
+    # nonnegative terms over the multi-indices not chosen.
+    import importlib
+
+    module = importlib.import_module("gpusketch.kron.low_rank")
+    fs = [rng.standard_normal((6, 2)), rng.standard_normal((5, 3)), rng.standard_normal((4, 2))]
+    A = _full(fs)
+    for method in ("exact", "sketch"):
+        full = kron.low_rank(fs, 12, method=method, m=3, seed=1)  # m = 3 < d_t + 1: incomplete sketched bases
+        assert full.cost <= 1e-13 * np.linalg.norm(A)
+        for k in (1, 5):
+            res = kron.low_rank(fs, k, method=method, m=3, seed=1)
+            V = to_numpy(res.V)
+            assert res.cost == pytest.approx(np.linalg.norm(A - A @ V.T @ V), rel=1e-12)
+    monkeypatch.setattr(module, "_COST_TERMS", 1)  # the difference, where the terms would not fit
+    res = kron.low_rank(fs, 5, method="sketch", m=3, seed=1)
+    V = to_numpy(res.V)
+    assert res.cost == pytest.approx(np.linalg.norm(A - A @ V.T @ V), rel=1e-9)
+
+
 @pytest.mark.parametrize("q", list(SHAPES))
 def test_low_rank_against_svd_of_the_product(xp, rng, q):
     shapes = SHAPES[q]

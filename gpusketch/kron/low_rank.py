@@ -18,6 +18,44 @@ __all__ = ["low_rank"]
 _METHODS = ("sketch", "exact")
 
 
+_COST_TERMS = 1 << 22  # terms of the cost's sum formed at once (32 MiB of float64)
+
+
+def _residual2(factors, vecs, chosen, xp):
+    """``||A − AVᵀV||_F²`` for V's rows ``⊗_t v_{t, j_t}``, j in ``chosen``, A never formed.
+
+    Complete each factor's orthonormal rows ``V_t`` (r_t × d_t) with the
+    projector ``P_t = I − V_tᵀV_t`` onto the rest.  The identity on ``R^{∏d_t}``
+    is then the sum over multi-indices of ``⊗_t Π_t``, each ``Π_t`` either
+    ``v_{t,a}v_{t,a}ᵀ`` or ``P_t``, and ``AᵀA = ⊗_t A_tᵀA_t``, so
+
+        ||A − AVᵀV||_F² = tr(AᵀA (I − VᵀV)) = Σ_{multi-indices not chosen} ∏_t c_t[·],
+
+    with ``c_t[a] = ||A_t v_{t,a}||²`` and ``c_t[r_t] = ||A_t P_t||_F²``.  Every
+    term is nonnegative: no cancellation, unlike ``∏||A_t||_F² − Σ_chosen``,
+    which lost everything below about ``√ε ||A||_F`` (1.3e-6 for an exact fit
+    of a product with ||A||_F ≈ 30, against 2e-14 formed explicitly).  That
+    difference is still the fallback when the ``∏(r_t + 1)`` terms exceed
+    ``_COST_TERMS``.
+    """
+    parts = []
+    for F, Vt in zip(factors, vecs):
+        AV = F @ Vt.T
+        c = to_host(xp.einsum("ij,ij->j", AV, AV)).astype(np.float64)
+        if Vt.shape[0] < F.shape[1]:  # V_t spans part of R^{d_t}: the rest is one more term
+            rest = F - AV @ Vt
+            c = np.append(c, float((rest * rest).sum()))
+        parts.append(c)
+    captured = sum(math.prod(float(c[j]) for c, j in zip(parts, js)) for js in chosen)
+    if math.prod(c.size for c in parts) > _COST_TERMS:
+        return max(0.0, math.prod(float(c.sum()) for c in parts) - captured)
+    grid = parts[0]
+    for c in parts[1:]:
+        grid = np.multiply.outer(grid, c)
+    grid[tuple(np.asarray(chosen).T)] = 0.0
+    return float(grid.sum())
+
+
 def _top_products(svals, k):
     """Multi-indices of the k largest products ``∏_t s_t[j_t]`` (descending).
 
@@ -69,10 +107,11 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
     The best rank-k row space of the sketch is therefore spanned by the k
     largest products, found among ``k^q`` candidates; the rows of V are
     Kronecker products of factor vectors (orthonormal by construction).
-    The cost uses ``||A − AVᵀV||_F² = ∏||A_t||_F² − Σ_j ∏_t ||A_t v_{t,j_t}||²``,
-    a difference that cancels: a cost below about ``√ε ||A||_F`` (ε the
-    dtype's machine epsilon) is round-off; at ``k = ∏ min(n_t, d_t)`` (an
-    exact fit) a 6 × 2 ⊗ 5 × 3 product measured 4.8e-7.
+    The cost is ``tr(AᵀA(I − VᵀV))`` with ``AᵀA = ⊗_t A_tᵀA_t``: a sum of
+    nonnegative products ``∏_t ||A_t v_{t,a_t}||²`` over the multi-indices
+    not chosen, each factor's basis completed by the projector onto the
+    rest (``_residual2``), so it keeps its relative accuracy down to an
+    exact fit.
     Work: ``O(Σ_t nnz(A_t) + Σ_t m_t d_t² + k ∏ d_t)``.
 
     Examples
@@ -113,12 +152,10 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
             svals.append(to_host(s))
         chosen, top = _top_products(svals, k)
         V = xp.ones((k, 1), dtype=K.dtype)
-        captured = xp.ones(k, dtype=K.dtype)  # ||A v_j||² = ∏_t ||A_t v_{t,j_t}||²
-        for t, F in enumerate(K.factors):
+        for t in range(q):
             Vt = vecs[t][xp.asarray([c[t] for c in chosen])]  # (k, d_t)
             V = (V[:, :, None] * Vt[:, None, :]).reshape(k, -1)
-            captured = captured * xp.linalg.norm(F @ Vt.T, axis=0) ** 2
-        cost = math.sqrt(max(0.0, K.fro_norm2() - float(captured.sum())))
+        cost = math.sqrt(_residual2(K.factors, vecs, chosen, xp))
         info = {"method": method, "m": ms if method == "sketch" else None, "seed": seed,
                 "multi_index": chosen, "singular_values": top.tolist()}
         return RowSpaceResult(V, cost, info)

@@ -193,6 +193,23 @@ def test_exact_lewis_weights_reach_the_fixed_point(xp, p):
     assert abs(w.sum() - 10) < 1e-8
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("p", [0.5, 0.6, 1, 3])
+def test_lewis_weights_with_zero_rows(xp, p, dtype):
+    # Zero weights were floored at the dtype's tiny before the power 1/2 − 1/p: for p < 2/3
+    # that overflowed to inf, a zero row times inf gave NaN, and the next step raised.
+    rng = np.random.default_rng(18)
+    A = rng.standard_normal((40, 3))
+    A[::4] = 0
+    live = np.abs(A).sum(axis=1) > 0
+    for exact in (True, False):
+        w = to_numpy(gs.lewis_weights(xp.asarray(A.astype(dtype)), p, exact=exact, seed=1))
+        assert w.dtype == dtype and np.all(np.isfinite(w)) and np.all(w[~live] == 0)
+        if exact:  # the fixed point of the rows that are not zero
+            ref = to_numpy(gs.lewis_weights(xp.asarray(A[live]), p, exact=True))
+            np.testing.assert_allclose(w[live], ref, rtol=1e-10 if dtype == np.float64 else 1e-3)
+
+
 def test_exact_lewis_weights_settle_in_float32(monkeypatch):
     """float32 cannot reach float64's 1e-13: the stopping rule scales with ε, so the
     exact route stops in tens of steps, not at its cap of 1000."""

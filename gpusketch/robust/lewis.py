@@ -130,13 +130,16 @@ def stacked_lewis_weights(A, b, p, *, seed):
 def _fixed_point(A, b, p, exact, iters, until_converged, seed, xp):
     """The iteration of ``lewis_weights`` on ``[A b]`` (A alone when b is None)."""
     w = xp.ones(A.shape[0], dtype=A.dtype if b is None else xp.result_type(A.dtype, b.dtype))
-    tiny = np.finfo(w.dtype).tiny
     settled = 500 * np.finfo(w.dtype).eps  # 1.1e-13 in float64, 6e-5 in float32
     for t in range(iters):
-        wc = xp.maximum(w, tiny)  # zero rows have weight 0; keep their powers finite
-        tau = _scaled_leverage(A, None if p == 2 else wc ** (0.5 - 1 / p), b, exact, derive_seed(seed, t), xp)
-        w = (tau * wc ** (2 / p - 1)) ** (p / 2)
-        if until_converged and float(xp.abs(w - wc).max()) <= settled * float(w.max()):
+        # Zero rows have weight 0 and keep it: their scale is 0, not 0^(1/2 − 1/p).  (A floor
+        # at the dtype's tiny overflowed for p < 2/3: tiny^(−1.5) = inf, times a zero row NaN.)
+        live = w > 0
+        wc = xp.where(live, w, 1.0)
+        s = None if p == 2 else xp.where(live, wc ** (0.5 - 1 / p), 0.0)
+        tau = _scaled_leverage(A, s, b, exact, derive_seed(seed, t), xp)
+        w_prev, w = w, xp.where(live, (tau * wc ** (2 / p - 1)) ** (p / 2), 0.0)
+        if until_converged and float(xp.abs(w - w_prev).max()) <= settled * float(w.max()):
             break
     return w
 

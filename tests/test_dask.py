@@ -216,6 +216,14 @@ def test_exact_leverage_scores_of_rank_deficient_x(rng, chunks):
     assert max(lev[1], lev[5]) < 1e-20  # zero rows
 
 
+def test_sketched_leverage_scores_of_a_zero_x():
+    # The sketch has rank 0: the JL Gaussian of 0 columns raised "n must be >= 1".
+    X = da.zeros((3000, 10), chunks=(700, 10))
+    lev = gsd.leverage_scores(X, seed=3)
+    assert lev.chunks == ((700, 700, 700, 700, 200),)
+    np.testing.assert_array_equal(lev.compute(), np.zeros(3000))
+
+
 def test_integer_and_sparse_blocks(rng):
     # Integer X is computed in float64, as in memory: the Gaussians of leverage_scores
     # and randomized_svd were cast to X's integer dtype, which rounds most of them to 0

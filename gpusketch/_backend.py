@@ -27,6 +27,7 @@ __all__ = [
     "is_sparse",
     "as_operand",
     "check_positive_int",
+    "check_real_in",
     "check_seed",
     "check_memory",
     "free_bytes",
@@ -216,6 +217,21 @@ def check_positive_real(value, name):
     if not (ok and float(value) > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def check_real_in(value, name, lo, hi, *, closed="[]"):
+    """Return ``value`` as float when it is a finite real number in the interval from
+    ``lo`` to ``hi`` (``closed``: ``"["``/``"("`` then ``"]"``/``")"``), or raise
+    ``ValueError`` naming ``name`` and the interval.  Bools, non-numbers, NaN and
+    infinities are refused (``hi = math.inf`` bounds nothing but finiteness)."""
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+    if ok:
+        v = float(value)
+        ok = (math.isfinite(v) and (lo <= v if closed[0] == "[" else lo < v)
+              and (v <= hi if closed[1] == "]" else v < hi))
+    if not ok:
+        raise ValueError(f"{name} must lie in {closed[0]}{lo:g}, {hi:g}{closed[1]}, got {value!r}")
+    return v
 
 
 def check_seed(seed):

@@ -42,6 +42,12 @@ CONSTRUCTOR_CASES = [
     (lambda: gs.Sampling([0, 1], 10, scale=[1.0, np.nan]), ValueError, "scale"),
     (lambda: gs.Sampling([0, 1], 10, scale=2.0), TypeError, "scale"),
     (lambda: gs.Sampling([0, 1], 0), ValueError, "n"),
+    # past 2^62 columns: an OverflowError from NumPy (SRHT's padding, the hash inputs)
+    (lambda: gs.SRHT(4, 10**30), ValueError, "n must be <= 4611686018427387904"),
+    (lambda: gs.CountSketch(4, 2**62 + 1), ValueError, "n must be <="),
+    (lambda: gs.Gaussian(4, 10**30), ValueError, "n must be <="),
+    (lambda: gs.FastEmbedding(4, 2**64), ValueError, "n must be <="),
+    (lambda: gs.MultiLevelCountSketch(4, 10, 2, branching=float("inf")), ValueError, "branching"),
     (lambda: gs.Kronecker([]), ValueError, "factors"),
     (lambda: gs.Kronecker(CS), TypeError, "factors"),
     (lambda: gs.Kronecker([CS, np.eye(3)]), TypeError, r"factors\[1\]"),
@@ -153,6 +159,18 @@ SOLVER_CASES = [
     (lambda: gs.robust.HuberLoss(float("inf")), ValueError, "tau"),
     (lambda: gs.robust.irls(_A, _b, gs.robust.TukeyLoss(1.0), tol=True), ValueError, "tol"),
     (lambda: gs.fair.regression([_A, _A], [_b, _b], tol=float("nan")), ValueError, "tol"),
+    # were raw comparisons: "'<' not supported between instances of 'int' and 'str'"
+    (lambda: gs.leverage_sample(_A, 10, gamma="x"), ValueError, "gamma"),
+    (lambda: gs.leverage_sample(_A, 10, gamma=None), ValueError, "gamma"),
+    (lambda: gs.low_rank(_A, 2, eps=None), ValueError, "eps"),
+    (lambda: gs.low_rank(_A, 2, eps=[0.1]), ValueError, "eps"),
+    # named as the argument the caller gave, not as the OSNAP's m
+    (lambda: gs.leverage_sample(_A, 10, osnap=2**63), ValueError, "osnap"),
+    # SciPy's SLSQP raised SystemError past a C int
+    (lambda: gs.fair.regression([_A, _A], [_b, _b], maxiter=2**63), ValueError, "maxiter"),
+    (lambda: gs.robust.tukey_regression(_A, _b, 1.0, method="oblivious", branching=float("inf")), ValueError,
+     "branching"),
+    (lambda: gs.lewis_weights(_A, float("nan")), ValueError, "p must lie in"),
 ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 
 import numpy as np
@@ -14,6 +13,7 @@ from .._backend import (
     as_operand,
     check_finite,
     check_positive_int,
+    check_real_in,
     check_seed,
     to_dense,
     to_host,
@@ -359,8 +359,7 @@ def _check_common(groups, k, p, trials, seed):
     k = _check_k(k, groups)
     if p is None:
         p = min(3.0, max(1.0, math.log(len(groups))))
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p <= 16:
-        raise ValueError(f"p must lie in [1, 16], got {p!r}")
+    p = check_real_in(p, "p", 1, 16)
     trials = check_positive_int(trials, "trials")
     return groups, xp, k, float(p), trials, check_seed(seed)
 

@@ -239,7 +239,7 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
         if norm not in (1, 2) or isinstance(norm, bool):
             raise ValueError(f"norm must be 1 or 2, got {norm!r}")
         tol = check_positive_real(tol, "tol")
-        maxiter = check_positive_int(maxiter, "maxiter")
+        maxiter = check_positive_int(maxiter, "maxiter", maximum=2**31 - 1, why=" (SLSQP counts iterations in a C int)")
         sizes = [A.shape[0] for A in groups]
         if not exact:
             A = xp.concatenate([to_dense(A) for A in groups])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ from .._backend import (
     check_dtype,
     check_finite,
     check_memory,
+    check_real_in,
     check_seed,
     is_sparse,
     linalg_modules,
@@ -467,8 +467,7 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
     """
     with annotate("gpusketch.kron.lp_regression"):
         K, tgt, xp, seed = _setup(factors, b, seed)
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p < 2:
-            raise ValueError(f"p must lie in [1, 2), got {p!r}")
+        p = check_real_in(p, "p", 1, 2, closed="[)")
         if len(tgt.shape) != 1:
             raise ValueError(f"b must be a vector for lp_regression, got shape {tgt.shape}")
         if residuals not in _RESIDUALS:

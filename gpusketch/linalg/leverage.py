@@ -11,6 +11,7 @@ from .._backend import (
     array_namespace,
     as_matrix,
     check_positive_int,
+    check_real_in,
     check_seed,
     device_block_rows,
     free_bytes,
@@ -20,6 +21,7 @@ from .._backend import (
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
+from ..operators._base import MAX_SKETCH_ROWS, ROWS_LIMIT
 from ._numerics import qr_rank_deficient, streamed_cholesky_qr2, svd_rank
 from ._precondition import SketchPreconditioner
 
@@ -321,10 +323,9 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
         A, xp = as_matrix(A)
         n, d = A.shape
         s = check_positive_int(s, "s")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+        gamma = check_real_in(gamma, "gamma", 0, 1, closed="(]")
         if osnap is not None:
-            osnap = check_positive_int(osnap, "osnap")
+            osnap = check_positive_int(osnap, "osnap", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
         seed = check_seed(seed)
         idx, f = sampled_rows(A, s, gamma, seed, xp)
         if idx.size == 0:

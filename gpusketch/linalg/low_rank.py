@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_matrix, check_positive_int, check_seed, is_sparse, linalg_modules, to_dense
+from .._backend import as_matrix, check_positive_int, check_real_in, check_seed, is_sparse, linalg_modules, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, row_reduction
@@ -178,8 +178,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         k = check_positive_int(k, "k")
         if k >= min(n, d):
             raise ValueError(f"k must be < min(n, d) = {min(n, d)}, got k={k}")
-        if not 0 < eps < 1:
-            raise ValueError(f"eps must lie in (0, 1), got {eps}")
+        eps = check_real_in(eps, "eps", 0, 1, closed="()")
         if right not in ("sketch", "exact"):
             raise ValueError(f"right must be 'sketch' or 'exact', got {right!r}")
         seed = check_seed(seed)

@@ -38,6 +38,10 @@ _DENSIFY_BYTES = 64 << 20
 #: hash buckets they come from) with 32-bit ints, and the CPU twins follow them.
 MAX_SKETCH_ROWS = 2**31 - 1
 ROWS_LIMIT = " (the CUDA kernels index sketch rows with 32-bit ints)"
+#: Most columns of any sketch: global column indices (the hash inputs) and SRHT's length
+#: padded to a power of two are 64-bit integers (past this, NumPy raised OverflowError).
+MAX_SKETCH_COLUMNS = 2**62
+COLUMNS_LIMIT = " (column indices and SRHT's padded length are 64-bit integers)"
 
 
 def _zeros(xp, shape, dtype, what):

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._backend import check_positive_int, check_seed
 from .._random import derive_seed
+from ._base import COLUMNS_LIMIT, MAX_SKETCH_COLUMNS
 from .composed import Composed
 from .hashing import SparseSign
 from .sampling import Sampling
@@ -86,7 +87,7 @@ class FastEmbedding(Composed):
 
     def __init__(self, m, n, *, k=None, gamma=0.1, seed=None):
         m = check_positive_int(m, "m")
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         k = max(1, m // 4) if k is None else check_positive_int(k, "k")
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must lie in (0, 1], got {gamma}")

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _kernels
 from .._backend import check_positive_int, check_seed
 from .._random import STREAM_GAUSSIAN
-from ._base import MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
+from ._base import COLUMNS_LIMIT, MAX_SKETCH_COLUMNS, MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
 
 __all__ = ["Gaussian"]
 
@@ -51,7 +51,7 @@ class Gaussian(SketchOperator):
 
     def __init__(self, m, n, *, seed=None, _col0=0):
         m = check_positive_int(m, "m", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         super().__init__(m, n, check_seed(seed))
         self._set(_col0=_col0, _scale=1.0 / math.sqrt(m))
 

@@ -16,7 +16,7 @@ import numpy as np
 from .. import _kernels
 from .._backend import check_memory, check_positive_int, check_seed
 from .._random import STREAM_COUNTSKETCH, STREAM_SPARSESIGN
-from ._base import MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
+from ._base import COLUMNS_LIMIT, MAX_SKETCH_COLUMNS, MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
 
 __all__ = ["CountSketch", "SparseSign"]
 
@@ -132,7 +132,7 @@ class CountSketch(_HashingSketch):
 
     def __init__(self, m, n, *, seed=None, deterministic=False):
         m = check_positive_int(m, "m", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         super().__init__(m, n, 1, check_seed(seed), deterministic=deterministic)
 
 
@@ -176,7 +176,7 @@ class SparseSign(_HashingSketch):
 
     def __init__(self, m, n, *, nnz=8, seed=None, deterministic=False):
         m = check_positive_int(m, "m", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         nnz = check_positive_int(nnz, "nnz")
         if nnz > m:
             raise ValueError(f"nnz must be <= m, got nnz={nnz} > m={m}")

@@ -7,13 +7,13 @@ Tukey regression.
 
 from __future__ import annotations
 
-import numbers
+import math
 
 import numpy as np
 
 from .. import _kernels
-from .._backend import check_memory, check_positive_int, check_seed, sparse_module, to_dense
-from ._base import MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
+from .._backend import check_memory, check_positive_int, check_real_in, check_seed, sparse_module, to_dense
+from ._base import COLUMNS_LIMIT, MAX_SKETCH_COLUMNS, MAX_SKETCH_ROWS, ROWS_LIMIT, SketchOperator, _zeros
 
 __all__ = ["MultiLevelCountSketch"]
 
@@ -75,10 +75,9 @@ class MultiLevelCountSketch(SketchOperator):
 
     def __init__(self, r, n, levels, *, branching=4.0, seed=None):
         r = check_positive_int(r, "r")
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         levels = check_positive_int(levels, "levels")
-        if isinstance(branching, bool) or not isinstance(branching, numbers.Real) or not branching > 1:
-            raise ValueError(f"branching must be a number > 1, got {branching!r}")
+        branching = check_real_in(branching, "branching", 1, math.inf, closed="()")
         check_positive_int(r * levels, "r * levels", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
         super().__init__(r * levels, n, check_seed(seed))
         self._set(_r=r, _levels=levels, _beta=float(branching), _col0=0,

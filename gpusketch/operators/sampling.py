@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _kernels
 from .._backend import array_namespace, check_positive_int, to_host
-from ._base import SketchOperator, _zeros
+from ._base import COLUMNS_LIMIT, MAX_SKETCH_COLUMNS, SketchOperator, _zeros
 
 __all__ = ["Sampling"]
 
@@ -48,7 +48,7 @@ class Sampling(SketchOperator):
     """
 
     def __init__(self, indices, n, *, scale=None, _trusted=False):
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         if not _trusted:
             array_namespace(indices, scale)  # refuses mixed host/device inputs
             idx = to_host(indices)

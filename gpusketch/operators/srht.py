@@ -11,7 +11,7 @@ import numpy as np
 from .. import _kernels
 from .._backend import all_blas_serial, check_memory, check_positive_int, check_seed
 from .._random import STREAM_SRHT_ROWS, STREAM_SRHT_SIGNS, uniform_u64
-from ._base import SketchOperator, _zeros
+from ._base import COLUMNS_LIMIT, MAX_SKETCH_COLUMNS, SketchOperator, _zeros
 
 __all__ = ["SRHT"]
 
@@ -102,7 +102,7 @@ class SRHT(SketchOperator):
 
     def __init__(self, m, n, *, seed=None):
         m = check_positive_int(m, "m")
-        n = check_positive_int(n, "n")
+        n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         N = 1 << max(0, (n - 1).bit_length())
         if m > N:
             raise ValueError(f"m must be <= {N} (n={n} padded to a power of two), got m={m}")

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from .._backend import array_namespace, as_matrix, check_positive_int, check_seed, device_block_rows, is_sparse
+from .._backend import (
+    array_namespace,
+    as_matrix,
+    check_positive_int,
+    check_real_in,
+    check_seed,
+    device_block_rows,
+    is_sparse,
+)
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg import leverage_scores
@@ -111,8 +118,7 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
     """
     with annotate("gpusketch.lewis_weights"):
         A, xp = as_matrix(A)
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p < 4:
-            raise ValueError(f"p must lie in (0, 4), got {p!r}")
+        p = check_real_in(p, "p", 0, 4, closed="()")
         n, d = A.shape
         if n < d:
             raise ValueError(f"Lewis weights need n >= d, got A of shape {A.shape}")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import numbers
 
-from .._backend import array_namespace, check_dtype, check_positive_real
+from .._backend import array_namespace, check_dtype, check_positive_real, check_real_in
 
 __all__ = ["TukeyLoss", "ClippedLpLoss", "HuberLoss"]
 
@@ -14,9 +13,7 @@ def _check_tau(tau):
 
 
 def _check_p(p, lo=1.0, hi=2.0):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not lo <= p <= hi:
-        raise ValueError(f"p must lie in [{lo:g}, {hi:g}], got {p!r}")
-    return float(p)
+    return check_real_in(p, "p", lo, hi)
 
 
 def _residuals(a):

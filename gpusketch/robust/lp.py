@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_system, check_seed, is_sparse, sparse_module, to_dense, to_host
+from .._backend import as_system, check_real_in, check_seed, is_sparse, sparse_module, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from .lewis import lewis_weights, stacked_lewis_weights
@@ -122,8 +121,7 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
     with annotate("gpusketch.lp_regression"):
         A, b, xp = as_system(A, b)
         n, d = A.shape
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p <= 2:
-            raise ValueError(f"p must lie in [1, 2], got {p!r}")
+        p = check_real_in(p, "p", 1, 2)
         if n <= d:
             raise ValueError(f"lp_regression needs n > d, got A of shape {A.shape}")
         seed = check_seed(seed)

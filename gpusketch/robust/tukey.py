@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from .._backend import (
     as_matrix,
     as_system,
     check_positive_int,
+    check_real_in,
     check_seed,
     is_sparse,
     sparse_module,
@@ -185,8 +185,7 @@ def heavy_coordinates(A, alpha, *, method="partition", p=2, seed=None):
         alpha = check_positive_int(alpha, "alpha")
         if method not in ("partition", "peeling"):
             raise ValueError(f"method must be 'partition' or 'peeling', got {method!r}")
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 1 <= p <= 2:
-            raise ValueError(f"p must lie in [1, 2], got {p!r}")
+        p = check_real_in(p, "p", 1, 2)
         Ad = A if _keeps_sparse(A, xp, p) else to_dense(A)
         return _heavy_coordinates(Ad, alpha, method, p, check_seed(seed), xp)
 
@@ -391,8 +390,7 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
         if rows <= d:
             raise ValueError(f"rows must exceed d = {d}, got {rows}")
         alpha = (d + 1) if alpha is None else check_positive_int(alpha, "alpha")
-        if isinstance(branching, bool) or not isinstance(branching, numbers.Real) or not branching > 1:
-            raise ValueError(f"branching must be a number > 1, got {branching!r}")
+        branching = check_real_in(branching, "branching", 1, math.inf, closed="()")
         trials = check_positive_int(trials, "trials")
         seed = check_seed(seed)
         if method == "full":

@@ -31,7 +31,9 @@ def _open(source):
         return np.load(path, mmap_mode="r")
     if is_scipy_sparse(source) and source.format not in ("csr", "csc"):
         return source.tocsr()  # COO, DIA, DOK, ...: no row slicing, or a slow one; one copy of an in-memory matrix
-    if hasattr(source, "shape") and hasattr(source, "__getitem__") and len(getattr(source, "shape", ())) in (1, 2):
+    if hasattr(source, "shape") and hasattr(source, "__getitem__"):
+        if len(source.shape) not in (1, 2):  # iterated, a 3-D array was read as blocks of its first axis
+            raise ValueError(f"source must be 1-D or 2-D, got shape {tuple(source.shape)}")
         return source  # NumPy array or memmap, h5py / zarr dataset (a vector when 1-D)
     if hasattr(source, "__iter__"):
         return None

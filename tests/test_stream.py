@@ -114,6 +114,8 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(S, 3.0, device="cpu", progress=False)
     with pytest.raises(TypeError, match="source has dtype float16"):
         stream.sketch(S, A.astype(np.float16), device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"source must be 1-D or 2-D, got shape \(\d+, 3, 2\)"):  # iterated, it
+        stream.sketch(S, np.zeros((A.shape[0], 3, 2)), device="cpu", progress=False)  # said "more than n rows"
     strings = tmp_path / "strings.npy"
     np.save(strings, np.array(["a"] * A.shape[0]))
     with pytest.raises(TypeError, match="source has unsupported dtype <U1"):  # it named a "block"

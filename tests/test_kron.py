@@ -68,6 +68,15 @@ def test_kronecker_matrix_is_a_scipy_linear_operator(rng):
     np.testing.assert_allclose(x, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8, atol=1e-10)
 
 
+def test_kronecker_matrix_products_with_no_columns(rng):
+    # reshape(n, -1) of an empty array raised "cannot reshape array of size 0"; NumPy gives (n, 0)
+    fs = _factors(rng, SHAPES["q3"], np)
+    K, A = kron.KroneckerMatrix(fs), _full(fs)
+    assert (K @ np.ones((A.shape[1], 0))).shape == (A.shape[0], 0)
+    assert (K.T @ np.ones((A.shape[0], 0))).shape == (A.shape[1], 0)
+    assert (np.ones((0, A.shape[0])) @ K).shape == (0, A.shape[1])
+
+
 def test_kronecker_sketch_of_kronecker_matrix(xp, rng):
     fs = _factors(rng, SHAPES["q2"], xp)
     K = kron.KroneckerMatrix(fs)

@@ -26,9 +26,9 @@ def _mode_apply(mats, X, xp):
     for t, M in enumerate(mats):
         Tt = xp.moveaxis(T, t, 0)
         rest = Tt.shape[1:]
-        Y = M @ Tt.reshape(Tt.shape[0], -1)
+        Y = M @ Tt.reshape(Tt.shape[0], math.prod(rest))  # sizes, not -1: k may be 0
         T = xp.moveaxis(to_dense(Y).reshape((M.shape[0],) + rest), 0, t)
-    return T.reshape(-1, k)
+    return T.reshape(math.prod(M.shape[0] for M in mats), k)
 
 
 class KroneckerMatrix(LinearOperatorMethods):
@@ -145,7 +145,7 @@ class KroneckerMatrix(LinearOperatorMethods):
         if x.shape[0] != self.shape[1]:
             raise ValueError(f"x has {x.shape[0]} rows but the KroneckerMatrix has {self.shape[1]} columns")
         X = to_dense(x)
-        Y = _mode_apply(self._factors, X.reshape(X.shape[0], -1), xp)
+        Y = _mode_apply(self._factors, X.reshape(X.shape[0], math.prod(X.shape[1:])), xp)
         return Y.reshape((Y.shape[0],) + X.shape[1:])
 
     def __rmatmul__(self, y):

@@ -213,10 +213,10 @@ def check_positive_real(value, name):
     included), zero, negative, NaN and infinite values raise ``ValueError``,
     as the other scalar parameters (``p``, ``eps``) do.
     """
-    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (numbers.Real, np.floating, np.integer))
-    if not (ok and float(value) > 0 and math.isfinite(value)):
+    v = _finite_real(value)
+    if v is None or not v > 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return v
 
 
 def check_real_in(value, name, lo, hi, *, closed="[]"):
@@ -224,14 +224,18 @@ def check_real_in(value, name, lo, hi, *, closed="[]"):
     ``lo`` to ``hi`` (``closed``: ``"["``/``"("`` then ``"]"``/``")"``), or raise
     ``ValueError`` naming ``name`` and the interval.  Bools, non-numbers, NaN and
     infinities are refused (``hi = math.inf`` bounds nothing but finiteness)."""
-    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
-    if ok:
-        v = float(value)
-        ok = (math.isfinite(v) and (lo <= v if closed[0] == "[" else lo < v)
-              and (v <= hi if closed[1] == "]" else v < hi))
-    if not ok:
+    v = _finite_real(value)
+    if v is None or not ((lo <= v if closed[0] == "[" else lo < v) and (v <= hi if closed[1] == "]" else v < hi)):
         raise ValueError(f"{name} must lie in {closed[0]}{lo:g}, {hi:g}{closed[1]}, got {value!r}")
     return v
+
+
+def _finite_real(value):
+    """``value`` as a float when it is a finite real number (Python or NumPy, not a bool), else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def check_seed(seed):

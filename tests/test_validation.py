@@ -48,6 +48,7 @@ CONSTRUCTOR_CASES = [
     (lambda: gs.Gaussian(4, 10**30), ValueError, "n must be <="),
     (lambda: gs.FastEmbedding(4, 2**64), ValueError, "n must be <="),
     (lambda: gs.MultiLevelCountSketch(4, 10, 2, branching=float("inf")), ValueError, "branching"),
+    (lambda: gs.FastEmbedding(4, 10, gamma="0.5"), ValueError, "gamma"),
     (lambda: gs.Kronecker([]), ValueError, "factors"),
     (lambda: gs.Kronecker(CS), TypeError, "factors"),
     (lambda: gs.Kronecker([CS, np.eye(3)]), TypeError, r"factors\[1\]"),

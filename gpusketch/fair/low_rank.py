@@ -361,7 +361,7 @@ def _check_common(groups, k, p, trials, seed):
         p = min(3.0, max(1.0, math.log(len(groups))))
     p = check_real_in(p, "p", 1, 16)
     trials = check_positive_int(trials, "trials")
-    return groups, xp, k, float(p), trials, check_seed(seed)
+    return groups, xp, k, p, trials, check_seed(seed)
 
 
 def low_rank(groups, k, *, rank=None, p=None, embed=(30, 30), columns="full", t=None, s=None,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._backend import check_positive_int, check_seed
+from .._backend import check_positive_int, check_real_in, check_seed
 from .._random import derive_seed
 from ._base import COLUMNS_LIMIT, MAX_SKETCH_COLUMNS
 from .composed import Composed
@@ -89,8 +89,7 @@ class FastEmbedding(Composed):
         m = check_positive_int(m, "m")
         n = check_positive_int(n, "n", maximum=MAX_SKETCH_COLUMNS, why=COLUMNS_LIMIT)
         k = max(1, m // 4) if k is None else check_positive_int(k, "k")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+        gamma = check_real_in(gamma, "gamma", 0, 1, closed="(]")
         seed = check_seed(seed)
         lg = math.log2(k + 1)
         m1 = min(n, math.ceil(8 * k ** (1 + gamma) * lg))

@@ -80,8 +80,8 @@ class MultiLevelCountSketch(SketchOperator):
         branching = check_real_in(branching, "branching", 1, math.inf, closed="()")
         check_positive_int(r * levels, "r * levels", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
         super().__init__(r * levels, n, check_seed(seed))
-        self._set(_r=r, _levels=levels, _beta=float(branching), _col0=0,
-                  _thresh=np.power(float(branching), -np.arange(levels, dtype=np.float64)))
+        self._set(_r=r, _levels=levels, _beta=branching, _col0=0,
+                  _thresh=np.power(branching, -np.arange(levels, dtype=np.float64)))
 
     def _describe(self):
         return (f"MultiLevelCountSketch(r={self._r}, n={self._n}, levels={self._levels}, "

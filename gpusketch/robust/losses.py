@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .._backend import array_namespace, check_dtype, check_positive_real, check_real_in
 
 __all__ = ["TukeyLoss", "ClippedLpLoss", "HuberLoss"]

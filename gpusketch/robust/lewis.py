@@ -140,11 +140,12 @@ def _fixed_point(A, b, p, exact, iters, until_converged, seed, xp):
     for t in range(iters):
         # Zero rows have weight 0 and keep it: their scale is 0, not 0^(1/2 − 1/p).  (A floor
         # at the dtype's tiny overflowed for p < 2/3: tiny^(−1.5) = inf, times a zero row NaN.)
+        # (Masks multiply rather than xp.where with a Python float: w keeps its dtype on CuPy too.)
         live = w > 0
-        wc = xp.where(live, w, 1.0)
-        s = None if p == 2 else xp.where(live, wc ** (0.5 - 1 / p), 0.0)
+        wc = w + ~live  # 1 on the zero rows, so every power below is finite
+        s = None if p == 2 else wc ** (0.5 - 1 / p) * live
         tau = _scaled_leverage(A, s, b, exact, derive_seed(seed, t), xp)
-        w_prev, w = w, xp.where(live, (tau * wc ** (2 / p - 1)) ** (p / 2), 0.0)
+        w_prev, w = w, (tau * wc ** (2 / p - 1)) ** (p / 2) * live
         if until_converged and float(xp.abs(w - w_prev).max()) <= settled * float(w.max()):
             break
     return w

@@ -500,23 +500,55 @@ def test_independent_rows(xp):
 
 def test_independent_rows_factors_the_sketched_rows_not_rows_of_a(xp, monkeypatch):
     # Theorem 7.12: independent rows of B = A Rᵀ (2k + 10 columns) are independent rows of A,
-    # so the pivoted QR sees s × (2k + 10), never s × d (d = 3000 here; at 200000 × 200000 the
-    # QR of A's rows was 27 of 28 s).
+    # so the factorisation sees s × k (B's sampled rows times a Gaussian), never s × d (d = 3000
+    # here; at 200000 × 200000 the QR of A's rows was 27 of 28 s), and it is an LU, not the
+    # pivoted QR of the rows (97 of 104 s at 10⁶ × 2000, s = 60800).
     import scipy.linalg
 
-    shapes = []
-    qr = scipy.linalg.qr
+    lu_shapes, qr_shapes = [], []
+    lu_factor, qr = scipy.linalg.lu_factor, scipy.linalg.qr
+
+    def recording_lu(M, *args, **kwargs):
+        lu_shapes.append(M.shape)
+        return lu_factor(M, *args, **kwargs)
 
     def recording_qr(M, *args, **kwargs):
-        shapes.append(M.shape)
+        qr_shapes.append(M.shape)
         return qr(M, *args, **kwargs)
 
+    monkeypatch.setattr(scipy.linalg, "lu_factor", recording_lu)
     monkeypatch.setattr(scipy.linalg, "qr", recording_qr)
     rng = np.random.default_rng(28)
     A = rng.standard_normal((2000, 5)) @ rng.standard_normal((5, 3000))
     rows = to_numpy(gs.independent_rows(xp.asarray(A), seed=29))
     assert len(rows) == 5 and np.linalg.matrix_rank(A[rows]) == 5
-    assert shapes and all(shape[0] == 2 * 5 + 10 for shape in shapes), shapes
+    assert lu_shapes and all(shape[1] == 5 for shape in lu_shapes) and not qr_shapes, (lu_shapes, qr_shapes)
+
+
+def test_independent_rows_checks_the_rows_it_picks(monkeypatch):
+    # A pick that fails the rank rule is never returned: with the LU's row interchanges
+    # replaced by none (rows 0..k-1, here all copies of one row), the check refuses every
+    # sample and the pivoted QR of all rows answers.
+    import sys
+
+    import scipy.linalg
+
+    rank_module = sys.modules["gpusketch.linalg.rank"]
+    lu_factor = scipy.linalg.lu_factor
+
+    def no_pivoting(M, *args, **kwargs):
+        lu, _ = lu_factor(M, *args, **kwargs)
+        return lu, np.arange(min(M.shape))
+
+    monkeypatch.setattr(scipy.linalg, "lu_factor", no_pivoting)
+    rng = np.random.default_rng(30)
+    A = rng.standard_normal((40, 4)) @ rng.standard_normal((4, 50))
+    A[:10] = A[0]
+    picks = []
+    pivot_rows = rank_module._pivot_rows
+    monkeypatch.setattr(rank_module, "_pivot_rows", lambda *a: picks.append(pivot_rows(*a)) or picks[-1])
+    rows = gs.independent_rows(A, seed=31)
+    assert picks == [None] and len(rows) == 4 and np.linalg.matrix_rank(A[rows]) == 4
 
 
 def test_independent_rows_falls_back_to_a_pivoted_qr_of_all_rows(xp, monkeypatch):

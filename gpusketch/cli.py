@@ -26,7 +26,7 @@ import numpy as np
 import scipy
 
 from . import __version__
-from ._backend import cupy_available, to_host
+from ._backend import check_dtype, cupy_available, to_host
 from ._timing import time_call
 from .operators import SRHT, CountSketch, Gaussian, Sampling, SparseSign, make_sketch
 
@@ -232,7 +232,9 @@ def _xp(device):
 
 
 def _save(path, x):
-    np.save(path, to_host(x))
+    # To the file named, as printed: np.save(path) would write path + ".npy" to any other name.
+    with open(path, "wb") as f:
+        np.save(f, to_host(x))
 
 
 def _load_npy(path, mmap_mode=None):
@@ -255,6 +257,7 @@ def cmd_sketch(args):
     A = _load_npy(args.input, mmap_mode="r")
     if A.ndim not in (1, 2):
         raise ValueError(f"{args.input} holds a {A.ndim}-D array; a vector or a 2-D matrix is needed")
+    check_dtype(A.dtype, args.input)  # named by its file, before the sketch is drawn
     S = make_sketch(args.kind, args.m, A.shape[0], seed=args.seed)
     xp = _xp(args.device)
     Y = stream.sketch(S, A, chunk_rows=args.chunk_rows, device="gpu" if xp is not np else "cpu",
@@ -391,6 +394,8 @@ def main(argv=None):
     output = getattr(args, "output", None)
     if output is not None and not os.path.isdir(os.path.dirname(output) or "."):  # before the work, not after it
         parser.error(f"--output: folder not found: {os.path.dirname(output)}")
+    if output is not None and os.path.isdir(output):
+        parser.error(f"--output {output} is a folder; name the .npy file to write")
     for name in getattr(args, "inputs", ()):
         # The input is read memory-mapped while the output is written: one file cannot be both.
         if output is not None and os.path.exists(output) and os.path.samefile(getattr(args, name), output):

@@ -145,6 +145,18 @@ def test_command_errors(tmp_path):
                  ("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "--method", "direct")):
         r = run(*args, "-o", str(tmp_path / "." / "A.npy"), "--device", "cpu")
         assert r.returncode == 2 and "is the input" in r.stderr and (tmp_path / "A.npy").read_bytes() == before
+    # The file named is the file written, whatever its suffix (np.save(path) appends ".npy":
+    # "-o A" wrote A.npy, the memory-mapped input, and "-o out.txt" wrote out.txt.npy); a folder
+    # is refused rather than written as folder.npy beside it.
+    r = run("sketch", str(tmp_path / "A.npy"), "-m", "4", "--quiet", "-o", str(tmp_path / "A"), "--device", "cpu")
+    assert r.returncode == 0 and (tmp_path / "A.npy").read_bytes() == before
+    assert np.load(tmp_path / "A").shape == (4, 2) and f"-> {tmp_path / 'A'} (4, 2)" in r.stdout
+    (tmp_path / "out").mkdir()
+    r = run("lstsq", str(tmp_path / "A.npy"), str(tmp_path / "v.npy"), "-o", str(tmp_path / "out"), "--device", "cpu")
+    assert r.returncode == 2 and "is a folder" in r.stderr and not (tmp_path / "out.npy").exists()
+    np.save(tmp_path / "c.npy", np.ones((10, 2), dtype=np.complex128))
+    r = run("sketch", str(tmp_path / "c.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"), "--device", "cpu")
+    assert r.returncode == 1 and "c.npy has complex dtype" in r.stderr  # named by its file
 
 
 def test_bench_quick_writes_tables(tmp_path):

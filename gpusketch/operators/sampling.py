@@ -112,6 +112,8 @@ class Sampling(SketchOperator):
     def _apply_adjoint(self, Y, xp):
         out = _zeros(xp, (self._n,) + Y.shape[1:], Y.dtype, f"adjoint output ({self._n} rows)")
         rows, idx, sc = self._valid(xp)
+        if idx.size == 0:  # a column slice that no sampled row falls in
+            return out
         V = Y[rows] * xp.asarray(sc, dtype=Y.dtype).reshape((-1,) + (1,) * (Y.ndim - 1))
         return _kernels.call("scatter_add_rows", xp, out, idx, V)
 

@@ -511,6 +511,27 @@ def test_solve_lp_small_l1_dual_matches_primal_lp(rng):
     assert np.abs(A @ x - b).sum() == pytest.approx(primal.fun, rel=1e-9)
 
 
+@pytest.mark.parametrize("p", [1.01, 1.1, 1.5])
+def test_solve_lp_small_reaches_the_lp_optimum_near_p_1(p):
+    """1 < p < 2: the minimum of the convex ||Ax − b||_p^p to 1e-10, where the gradient vanishes.
+
+    Plain IRLS (Newton damped by p − 1) stopped 1.3e-6 to 2e-5 above it at p = 1.01 in 200
+    steps; an exact fit raised LinAlgError (weights 0^(p−2) = inf) instead of returning x.
+    """
+    import scipy.optimize
+
+    rng = np.random.default_rng(13945)
+    A = rng.standard_normal((20, 5))
+    b = A @ rng.standard_normal(5) + rng.standard_normal(20)
+    b[rng.random(20) < 0.1] += 100.0
+    f = lambda x: np.sum(np.abs(A @ x - b) ** p)
+    x = solve_lp_small(A, b, p)
+    ref = scipy.optimize.minimize(f, x, method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 40000})
+    assert f(x) <= ref.fun * (1 + 1e-10)
+    exact = A[:, :1] @ np.array([2.0])
+    np.testing.assert_allclose(solve_lp_small(A[:, :1], exact, p), [2.0], rtol=1e-12)
+
+
 @pytest.mark.parametrize("route", ["padded", "per_group", "padded_chunked", "per_group_chunked"])
 @pytest.mark.parametrize("alpha", [7, 200])
 def test_group_leverage_matches_exact_per_group(xp, rng, alpha, route, monkeypatch):

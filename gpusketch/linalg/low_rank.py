@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 
 from .. import _kernels
-from .._backend import as_matrix, check_positive_int, check_real_in, check_seed, is_sparse, linalg_modules, to_dense
+from .._backend import as_matrix, check_positive_int, check_real_in, check_seed, is_sparse, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, row_reduction
-from ._numerics import cholesky_qr_factors, orthonormalize, svd_rank, top_left_singular
+from ._numerics import orthonormalize, rank_cut, svd_rank, top_left_singular
 from .leverage import sample_operator, sampled_rows
 from .results import LowRankResult
 from .svd import randomized_svd
@@ -28,24 +27,6 @@ def _col_sq_norms(A, xp):
     if is_sparse(A):
         return xp.asarray((A.multiply(A)).sum(axis=0)).ravel()
     return xp.einsum("ij,ij->j", A, A)  # no n × d temporary (5000 × 1000: 2.4 ms against 9-50)
-
-
-def _beside(U, A, cols, xp):
-    """``[U  A[:, cols]]``.  For a NumPy A, row blocks of it are filled by ``take`` in
-    place: a C-order A's fancy column index and the concatenation cost 3x as much
-    (200000 × 200 A, 80 columns: 52 ms against 168)."""
-    if xp is not np or is_sparse(A):
-        return xp.concatenate([U, to_dense(A[:, cols]) if is_sparse(A) else A[:, cols]], axis=1)
-    c = U.shape[1]
-    M = np.empty((A.shape[0], c + cols.size), dtype=np.result_type(U.dtype, A.dtype))
-    rows = max(1, (1 << 20) // max(1, M[:1].nbytes))
-    for a in range(0, A.shape[0], rows):
-        M[a : a + rows, :c] = U[a : a + rows]
-        if A.dtype == M.dtype:
-            np.take(A[a : a + rows], cols, axis=1, out=M[a : a + rows, c:], mode="clip")  # cols are in range
-        else:
-            M[a : a + rows, c:] = A[a : a + rows][:, cols]
-    return M
 
 
 def right_sample_size(k, eps):
@@ -149,11 +130,16 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
        difference below ``8·2k·ε_mach·||A_j||²`` is round-off and counts as 0;
     4. ``M = [U, A_{S_res}]`` and the affine-embedding solve
        ``min_{rank-k X} ||T₁(MX − A)||_F`` with an OSNAP T₁ of ``4c + 10``
-       rows (c the columns of M); V is an orthonormal basis of the k columns
-       of M X₁ that the solve selects.  The solve needs the top-k left
-       singular space of the ``c × d`` matrix ``QCᵀ T₁A`` (``T₁M = QC RC``),
-       taken from the float64 ``eigh`` of its ``c × c`` Gram
-       (``top_left_singular``) rather than a full SVD.
+       rows (c the columns of M); V is an orthonormal basis of ``M X₁``.
+       Only sketches of M are factored: ``T₁M = [T₁U, (T₁A)_{S_res}]``
+       reuses ``T₁A``, and with ``T₁M = QC RC``, ``RC = W Σ Zᵀ``, the solve
+       takes the top-k left singular space ``U_k`` of ``WᵀQCᵀ T₁A`` (from the
+       float64 ``eigh`` of its Gram, ``top_left_singular``) and
+       ``X₁ = Z Σ⁻¹ U_k``, leaving out directions of M below the rank rule
+       (duplicated columns, columns already in span(U)).  ``M X₁ = U X₁' +
+       A_{S_res} X₁''`` is the only product over n rows: M itself, n × c and
+       most of A's columns at small ε, is never formed (its CholeskyQR2 took
+       13 of 20 s on a 400000 × 2000 CSR matrix, k = 20, ε = 0.1).
 
     Right factor: Section 7.4.3 refines X with BSS sampling and a second
     residual sample; ``right="sketch"`` keeps its first step (leverage
@@ -198,25 +184,30 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         if total > 0:
             q = xp.minimum(1.0, s * resid / total)
             cols = xp.flatnonzero(_kernels.uniforms(d, derive_seed(seed, 2), xp) < q)
-            M = _beside(U, A, cols, xp)
         else:  # A lies in span(U) already
             cols = xp.zeros(0, dtype=xp.int64)
-            M = U
-        # QM = Q1 R2⁻¹ (orthonormalize's factors): Q1 replaces M, and R2⁻¹ is folded into the
-        # small products below, so no third n × c array is held (M can take most of A's columns).
-        Q1, _, Rinv2 = cholesky_qr_factors(M, xp)
-        del M
-        c = Q1.shape[1]
-        # 4. Affine embedding: min_{rank-k X} ||T1 QM X - T1 A||_F, solved on the sketch.
+        # 4. Affine embedding: min_{rank-k X} ||T1 M X - T1 A||_F for M = [U  A_cols], solved on
+        # the sketch.  T1 M = [T1 U  (T1 A)_cols], so M (n × c, most of A's columns at small ε)
+        # is never formed or factored; only the final product M X touches n rows.
+        c = U.shape[1] + int(cols.size)
         m1 = min(n, 4 * c + 10)
         T1 = row_reduction("sparse_sign", m1, n, seed=derive_seed(seed, 3))
         T1A = to_dense(T1 @ A)
-        T1QM = to_dense(T1 @ Q1)
-        QC, RC = orthonormalize(T1QM if Rinv2 is None else T1QM @ Rinv2, xp)
-        Uk = top_left_singular(QC.T @ T1A, k, xp)
-        dense_la, _ = linalg_modules(xp)
-        coef = dense_la.solve_triangular(RC, Uk)
-        left = Q1 @ (coef if Rinv2 is None else Rinv2 @ coef)
+        # A's columns enter M at unit norm, as U's do: span(M) is unchanged, and the rank rule
+        # below then sees M's dependencies, not the scale of A (at |A| ~ 1e20 it cut every
+        # direction of U, and the cost rose 1.2-2000-fold).
+        unit = (1.0 / xp.sqrt(colsq[cols])).astype(T1A.dtype)
+        QC, RC = orthonormalize(xp.concatenate([to_dense(T1 @ U), T1A[:, cols] * unit], axis=1), xp)
+        # T1 M = (QC W) diag(σ) Zᵀ with RC = W diag(σ) Zᵀ; directions below the rank rule (M's
+        # columns dependent: duplicated or already in span(U)) are left out of the solve.
+        W, sig, Zt = xp.linalg.svd(RC, full_matrices=False)
+        cut = rank_cut(sig[0], (n, c), sig.dtype) if float(sig[0]) > 0 else 1.0
+        keep = sig > cut
+        Uk = top_left_singular((W.T @ (QC.T @ T1A)) * keep[:, None], k, xp)
+        coef = Zt.T @ (Uk * xp.where(keep, 1.0 / xp.where(keep, sig, 1.0), 0.0)[:, None].astype(Uk.dtype))
+        left = U @ coef[: U.shape[1]]
+        if cols.size:
+            left = left + to_dense(A[:, cols] @ (coef[U.shape[1]:] * unit[:, None]))
         V = _orth(left, xp)
         info["timings"]["left_s"] = time.perf_counter() - t0
         info.update({"t": t, "sketch_rows": ms, "omega": chosen, "residual_columns": int(cols.size),

@@ -651,6 +651,21 @@ def test_low_rank_draws_no_column_on_round_off(xp):
     np.testing.assert_allclose(costs, costs[0], rtol=1e-10)
 
 
+def test_low_rank_keeps_a_sparse_column_sketch_sparse(xp):
+    # Step 1's A Tᵀ of a sparse A: the operator's right product is a dense n × t array (5 GB at
+    # 400000 × 2000, t = 1600); the hashed column merge keeps at most nnz(A) entries.
+    import scipy.sparse
+
+    from gpusketch._backend import is_sparse
+    from gpusketch.linalg.low_rank import _hashed_columns
+
+    A = scipy.sparse.random(300, 50, density=0.1, format="csr", random_state=1)
+    T = gs.CountSketch(7, 50, seed=3)
+    AT = _hashed_columns(sparse_module(xp).csr_matrix(xp.asarray(A.toarray())), T, xp)
+    assert is_sparse(AT) and AT.nnz <= A.nnz
+    np.testing.assert_allclose(to_numpy(AT.toarray()), A.toarray() @ T.todense().T, rtol=1e-14)
+
+
 def test_low_rank_is_scale_invariant(xp):
     # M = [U  A_cols] is solved through its sketch T1 M only; A's columns enter it at unit
     # norm.  Taken raw, at |A| ~ 1e20 the rank rule on T1 M cut every direction of U (norm 1)

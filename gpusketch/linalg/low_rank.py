@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 import time
 
-
 from .. import _kernels
 from .._backend import as_matrix, check_positive_int, check_real_in, check_seed, is_sparse, sparse_module, to_dense
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, row_reduction
-from ._numerics import orthonormalize, rank_cut, svd_rank, top_left_singular
+from ._numerics import orthonormalize, svd_rank, top_left_singular
 from .leverage import sample_operator, sampled_rows
 from .results import LowRankResult
 from .svd import randomized_svd
@@ -225,10 +224,9 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         # T1 M = (QC W) diag(σ) Zᵀ with RC = W diag(σ) Zᵀ; directions below the rank rule (M's
         # columns dependent: duplicated or already in span(U)) are left out of the solve.
         W, sig, Zt = xp.linalg.svd(RC, full_matrices=False)
-        cut = rank_cut(sig[0], (n, c), sig.dtype) if float(sig[0]) > 0 else 1.0
-        keep = sig > cut
+        keep = xp.arange(sig.size) < svd_rank(sig, (n, c))
         Uk = top_left_singular((W.T @ (QC.T @ T1A)) * keep[:, None], k, xp)
-        coef = Zt.T @ (Uk * xp.where(keep, 1.0 / xp.where(keep, sig, 1.0), 0.0)[:, None].astype(Uk.dtype))
+        coef = Zt.T @ (Uk * (keep / xp.where(keep, sig, 1.0))[:, None].astype(Uk.dtype))
         left = U @ coef[: U.shape[1]]
         if cols.size:
             left = left + to_dense(A[:, cols] @ (coef[U.shape[1]:] * unit[:, None]))

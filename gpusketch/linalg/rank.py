@@ -11,8 +11,8 @@ import numpy as np
 from .. import _kernels
 from .._backend import as_matrix, check_memory, check_seed, is_sparse, sparse_module, to_dense, to_host
 from .._nvtx import annotate
-from .._random import STREAM_SPARSESIGN, derive_seed
-from ..operators import Gaussian
+from .._random import derive_seed
+from ..operators import Gaussian, SparseSign
 from ._numerics import svd_rank
 from .leverage import leverage_sample
 
@@ -46,7 +46,7 @@ def _rank_preserving(z, n, seed, xp, dtype):
     0.92.
     """
     nnz = min(_NNZ, z)
-    buckets, signs = _kernels.call("hash_values", xp, 0, n, z, nnz, seed, STREAM_SPARSESIGN)
+    buckets, signs = SparseSign(z, n, nnz=nnz, seed=seed).hashes(xp)
     u = _kernels.uniforms(n * nnz, derive_seed(seed, 1), xp).reshape(n, nnz)
     values = (signs * (1.0 + u)).astype(dtype, copy=False)
     indptr = xp.arange(0, n * nnz + 1, nnz, dtype=xp.int64)

@@ -67,7 +67,7 @@ def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
     # u = |r|^{p−2}): near p = 1 plain IRLS crawls (200 steps left p = 1.01 up to 2e-5 above the
     # optimum).  Each step tries the step lengths 1/(p−1), …, 1 (IRLS's own, which the
     # majorization makes a descent step) and keeps the best.
-    lengths = np.unique(np.r_[np.geomspace(1.0 / (p - 1.0), 1.0, 6), 1.0]) if p < 2 else np.ones(1)
+    lengths = np.geomspace(1.0 / (p - 1.0), 1.0, 6)  # p = 2 returned above
     for _ in range(maxiter):
         a = np.abs(r)
         rmax = float(a.max())

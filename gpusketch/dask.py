@@ -19,6 +19,7 @@ import numpy as np
 
 from ._backend import (
     array_namespace,
+    as_operand,
     check_dtype,
     check_positive_int,
     check_positive_real,
@@ -221,8 +222,10 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
 
     Parameters
     ----------
-    X : dask.array.Array (n, d); y : dask.array.Array (n,) or (n, k)
-        y is rechunked to X's row chunks when they differ.
+    X : dask.array.Array (n, d)
+    y : dask.array.Array, or NumPy/CuPy array on X's blocks' device, (n,) or (n, k)
+        A Dask y is rechunked to X's row chunks when they differ; an
+        in-memory y is split into X's row chunks (``da.from_array``).
     method : {"precondition", "sketch", "direct"}
         As in ``gpusketch.lstsq``: ``"sketch"`` solves the sketched problem;
         ``"precondition"`` uses ``R`` from a QR of ``SX`` as a right
@@ -272,7 +275,7 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     """
     with annotate("gpusketch.dask.lstsq"):
         X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
-        y, _ = _check_dask(y, "y", ndim=(1, 2), dense=True)
+        y = _dask_rhs(y, X, da)
         n, d = X.shape
         if y.shape[0] != n:
             raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
@@ -292,6 +295,26 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         r = X @ x - y
         cost = _small((r * r).sum(axis=0)) ** 0.5
         return LstsqResult(x, float(cost) if y.ndim == 1 else cost, info)
+
+
+def _dask_rhs(y, X, da):
+    """y as a Dask array with X's row chunks: a Dask y is checked, an in-memory one split.
+
+    An in-memory y must sit on the device of X's blocks (a NumPy y with CuPy
+    blocks would meet them in every block's product).
+    """
+    if isinstance(y, da.Array):
+        y, _ = _check_dask(y, "y", ndim=(1, 2), dense=True)
+        return y
+    y, xp = as_operand(y, "y", ndim=(1, 2))
+    if is_sparse(y):
+        raise TypeError("y must be dense (a Dask, NumPy or CuPy array), got a sparse matrix")
+    if xp is not array_namespace(X._meta.data if is_sparse(X._meta) else X._meta):
+        raise TypeError(f"y is a {xp.__name__} array but X's blocks are not: pass y on the blocks' device, "
+                        "or as a Dask array")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} rows but X has {X.shape[0]}")
+    return da.from_array(y, chunks=(X.chunks[0],) + y.shape[1:], asarray=False)
 
 
 def _warn_deficient(X, detail=""):

@@ -126,6 +126,28 @@ def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng):
     np.testing.assert_allclose(one.x, ref.x[:, 1], rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
 
 
+@pytest.mark.parametrize("method", ["precondition", "sketch", "direct"])
+def test_lstsq_takes_an_in_memory_y(rng, method):
+    """A NumPy y (1-D, 2-D, integer) is split into X's row chunks: the answer of the same y as Dask."""
+    A = rng.standard_normal((1200, 7))
+    B = A @ rng.standard_normal((7, 2)) + rng.standard_normal((1200, 2))
+    X = da.from_array(A, chunks=(500, 7))
+    for y in (B[:, 0], B, np.rint(B[:, 1]).astype(np.int64)):
+        kept = y.copy()
+        got = gsd.lstsq(X, y, method=method, seed=3)
+        ref = gsd.lstsq(X, da.from_array(y, chunks=(300,) + y.shape[1:]), method=method, seed=3)
+        np.testing.assert_allclose(got.x, ref.x, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(y, kept)
+    with pytest.raises(ValueError, match="y has 1199 rows but X has 1200"):
+        gsd.lstsq(X, B[:-1, 0], method=method)
+    with pytest.raises(ValueError, match=r"y must be 1-D or 2-D, got shape \(1200, 2, 1\)"):
+        gsd.lstsq(X, B[:, :, None], method=method)
+    with pytest.raises(TypeError, match="y must be dense"):
+        import scipy.sparse as sp
+
+        gsd.lstsq(X, sp.csr_matrix(B), method=method)
+
+
 def test_lstsq_direct_rank_deficient_is_minimum_norm(rng):
     A = rng.standard_normal((800, 6))
     A[:, 5] = A[:, 1] - A[:, 2]  # rank 5
@@ -333,6 +355,11 @@ def test_cupy_chunks(rng, cupy_or_fake):
             res = gsd.lstsq(X, y, method=method, tol=1e-13, seed=1)
             assert isinstance(res.x, cupy.ndarray)
             np.testing.assert_allclose(to_numpy(res.x), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)
+        # An in-memory y must sit on the blocks' device.
+        res = gsd.lstsq(X, cupy.asarray(b), tol=1e-13, seed=1)
+        np.testing.assert_allclose(to_numpy(res.x), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)
+        with pytest.raises(TypeError, match="y is a numpy array but X's blocks are not"):
+            gsd.lstsq(X, b)
 
 
 _DA = np.random.default_rng(4).standard_normal((6000, 8))

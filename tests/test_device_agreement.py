@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as _sp
 
 import gpusketch as gs
 from conftest import to_numpy
@@ -81,6 +82,49 @@ def test_device_route_agrees_with_the_host_route(cupy_or_fake, name):
         warnings.simplefilter("ignore")  # the same warnings on both routes (rank-deficient sketches etc.)
         host = np.asarray(to_numpy(call(_A, _b, _F, _bk)))
         dev = np.asarray(to_numpy(call(cp.asarray(_A), cp.asarray(_b), [cp.asarray(f) for f in _F], cp.asarray(_bk))))
+    assert dev.shape == host.shape
+    if host.dtype.kind in "iub":
+        np.testing.assert_array_equal(dev, host)
+    else:
+        np.testing.assert_allclose(dev, host, rtol=1e-9, atol=1e-9 * float(np.max(np.abs(host), initial=0.0)))
+
+
+# A sparse A (CSR, 20 % dense, with a unit diagonal so it has full column rank): the
+# sparse routes have device branches of their own (cupyx CSR products, the rank
+# sketches' CSC matrices, low_rank's sparse column sketch).
+_As = (_sp.random(20000, 20, density=0.2, random_state=1, format="csr") + _sp.eye(20000, 20)).tocsr()
+
+SPARSE_CALLS = {
+    "lstsq sketch": lambda A, b: gs.lstsq(A, b, method="sketch", seed=1).x,
+    "lstsq precondition": lambda A, b: gs.lstsq(A, b, seed=1).x,
+    "lstsq direct": lambda A, b: gs.lstsq(A, b, method="direct").x,
+    "leverage_scores": lambda A, b: gs.leverage_scores(A, seed=1),
+    "leverage exact": lambda A, b: gs.leverage_scores(A, exact=True),
+    "leverage_sample": lambda A, b: gs.leverage_sample(A, 300, seed=1).indices,
+    "lewis_weights": lambda A, b: gs.lewis_weights(A, 1, seed=1),
+    "lp_regression p=1": lambda A, b: gs.lp_regression(A, b, 1, seed=1).x,
+    "rank": lambda A, b: gs.rank(A, seed=1),
+    "rank, wide": lambda A, b: gs.rank(A[:300].T.tocsr(), seed=1),
+    "independent_rows": lambda A, b: gs.independent_rows(A, seed=1),
+    "low_rank": lambda A, b: abs(gs.low_rank(A, 5, seed=1).V),
+    "randomized_svd": lambda A, b: gs.randomized_svd(A, 5, seed=1)[1],
+    "tukey sampling": lambda A, b: robust.tukey_regression(A, b, 3.0, seed=1).x,
+    "tukey oblivious": lambda A, b: robust.tukey_regression(A, b, 3.0, method="oblivious", seed=1).x,
+    "fair.low_rank": lambda A, b: fair.low_rank([A[:10000], A[10000:]], 3, seed=1).cost,
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(SPARSE_CALLS))
+def test_sparse_device_route_agrees_with_the_host_route(cupy_or_fake, name):
+    """As above, with A a SciPy CSR matrix on the host and a cupyx one on the device."""
+    import cupyx.scipy.sparse as csp
+
+    cp, call = cupy_or_fake, SPARSE_CALLS[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = np.asarray(to_numpy(call(_As, _b)))
+        dev = np.asarray(to_numpy(call(csp.csr_matrix(_As), cp.asarray(_b))))
     assert dev.shape == host.shape
     if host.dtype.kind in "iub":
         np.testing.assert_array_equal(dev, host)

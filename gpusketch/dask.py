@@ -309,7 +309,7 @@ def _dask_rhs(y, X, da):
     y, xp = as_operand(y, "y", ndim=(1, 2))
     if is_sparse(y):
         raise TypeError("y must be dense (a Dask, NumPy or CuPy array), got a sparse matrix")
-    if xp is not array_namespace(X._meta.data if is_sparse(X._meta) else X._meta):
+    if xp is not array_namespace(X._meta):  # X's blocks are dense here (_check_dask)
         raise TypeError(f"y is a {xp.__name__} array but X's blocks are not: pass y on the blocks' device, "
                         "or as a Dask array")
     if y.shape[0] != X.shape[0]:

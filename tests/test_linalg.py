@@ -695,8 +695,8 @@ def test_low_rank_rank_one_every_seed():
 
 def test_low_rank_right_factor_with_planted_heavy_rows():
     """Two heavy rows hold the rank-2 part, 0.01-noise elsewhere.  Sampled by V's leverage
-    alone, X came from the two heavy rows plus a rare light row at a weight in the
-    thousands: over these 40 seeds the cost ratio exceeded 1.2 three times, up to 4.6.
+    alone, X came from the two heavy rows plus one light row at a weight of 8·10⁴ to
+    6·10⁵: over these 40 seeds the cost ratio exceeded 1.2 three times, up to 4.6.
     Half leverage, half uniform: at most 1.077."""
     ratios = []
     for seed in range(40):

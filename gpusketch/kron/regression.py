@@ -311,11 +311,12 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
     b : array of shape (∏ n_t,) or (∏ n_t, k), or a sparse (∏ n_t, 1) vector
     m : int, optional
         Sample size (``"sampling"``, default ``_default_m``:
-        ``min(N, max(⌈10 D ln D⌉, 10 D + 200))``, ``D = ∏ d_t``) or sketch rows (``"sketch"``, the same default; each
-        factor gets ``⌈m^{1/q}⌉`` rows, and with the default m at least
-        ``4 d_t + 10``, a constant-distortion OSNAP of the factor).  Sampling with ``m >= N`` solves
-        exactly instead: m i.i.d. draws would leave about a third of the rows
-        out (cost ratios up to 99 for N = 20, D = 9, 15 seeds).
+        ``min(N, max(⌈10 D ln D⌉, 10 D + 200))``, ``D = ∏ d_t``) or sketch
+        rows (``"sketch"``, the same default; each factor gets ``⌈m^{1/q}⌉``
+        rows, and with the default m at least ``4 d_t + 10``, a
+        constant-distortion OSNAP of the factor).  Sampling with ``m >= N``
+        solves exactly instead: m i.i.d. draws would leave about a third of
+        the rows out (cost ratios up to 99 for N = 20, D = 9, 15 seeds).
     method : {"sampling", "sketch", "exact"}
         ``"sampling"``: Diao et al.'s algorithm (below).  ``"sketch"``: a
         Kronecker product of sparse sign sketches (4 nonzeros per column; see

@@ -67,9 +67,11 @@ def _sketched_right_factor(A, V, k, eps, seed, xp, info):
     Deviation: the paper samples by leverage alone.  The leverage half keeps
     Lemma 7.2's embedding of V at twice the sample; the uniform half bounds
     every weight ``1/f_i`` by ``2n/s``.  By leverage alone, a row of tiny
-    leverage that was drawn entered with a weight in the thousands, and its
-    residual moved X: on A with k planted heavy rows and 0.01-noise elsewhere
-    (about 1100 cases, k = 1..9) the sample held about k + 1 rows and
+    leverage that was drawn entered with a weight of 8·10⁴ to 6·10⁵ (the three
+    failing seeds of ``test_low_rank_right_factor_with_planted_heavy_rows``,
+    each with 3 rows sampled), and its residual moved X: on A with k planted
+    heavy rows and 0.01-noise elsewhere (about 1100 cases, k = 1..9) the
+    sample held about k + 1 rows and
     ``||A − VX||`` was p99 1.34, max 2.29 times the optimum (the best X for the
     same V: 1.00-1.09); with the mix p99 1.065, max 1.11.  On 700 matrices of
     varied spectra: mean 1.0168 → 1.0150, max 1.139 → 1.081, with 10-40 %
@@ -143,8 +145,8 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         How X is found given V: ``"sketch"`` solves ``min_X ||S(VX − A)||_F``
         with a sample S of ``O(k log k / ε)`` rows of V, half by leverage and
         half uniform (``right_sample_size``, ``_sketched_right_factor``; reads
-        only those rows of A, and falls back to
-        ``VᵀA`` if four samples fail to determine X); ``"exact"`` takes ``X = VᵀA`` (one more pass over A,
+        only those rows of A, and falls back to ``VᵀA`` if four samples fail
+        to determine X); ``"exact"`` takes ``X = VᵀA`` (one more pass over A,
         the optimal X for V).
     seed : int, optional
 
@@ -187,8 +189,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
     Right factor: Section 7.4.3 refines X with BSS sampling and a second
     residual sample; ``right="sketch"`` keeps its first step (sampling of
     V's rows, by leverage mixed with uniform, and a sketched regression),
-    ``right="exact"`` computes the
-    optimal ``VᵀA``.
+    ``right="exact"`` computes the optimal ``VᵀA``.
 
     Examples
     --------

@@ -177,7 +177,7 @@ def _demo_solvers(A, b, r_opt, devices, args):
             lambda usv: f"err/opt {_fro(Ad - (usv[0] * usv[1]) @ usv[2], xp) / lr_opt:.4f}")
         row(f"low_rank k={k} eps=0.5", lambda: low_rank(Ad, k, eps=0.5, seed=args.seed),
             lambda r: f"err/opt {_fro(Ad - r.V @ r.X, xp) / lr_opt:.4f}")
-        row("tukey sampling (10(d+1) rows)", lambda: tukey_regression(Aod, bod, tau, seed=args.seed),
+        row("tukey sampling (40(d+1) rows)", lambda: tukey_regression(Aod, bod, tau, seed=args.seed),
             lambda r: f"cost/full {r.cost / full_t.cost:.4f}")
         _demo_structured(xp, row, args.seed)
     print("quality against exact answers: NumPy lstsq / SVD, Tukey IRLS on all rows (5 % outliers, "

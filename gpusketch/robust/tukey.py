@@ -296,7 +296,14 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
         ``"sampling"``: Figure 4's recursive row sampling.  ``"oblivious"``: the
         §2.4 sketch.  ``"full"``: IRLS on all rows (the baseline).
     rows : int, optional
-        Size of the reduced problem; default ``10 (d + 1)``.  With
+        Size of the reduced problem; default ``40 (d + 1)``.  At
+        ``10 (d + 1)`` (the earlier default) the reductions were unreliable
+        on heavy-tailed designs: with A of t(1.5) entries (n = 5000-20000,
+        d = 2-11, half with 5 % of b at 10⁴), row sampling's cost was median
+        1.22, p90 2.32, max 5.2 times the full IRLS's (163 cases), the
+        oblivious sketch's max 4.4 (274 cases); at ``40 (d + 1)``: median
+        1.023, p90 1.13, max 1.33, and max 1.50.  Gaussian A: max 1.35 → 1.09
+        and 3.25 → 1.57.  The reduced IRLS stays a small problem.  With
         ``rows >= n`` both reductions keep the whole problem (row sampling
         has nothing to halve; the oblivious sketch, which measured cost
         ratios up to 49 at n = 6, d = 5, is skipped).
@@ -386,7 +393,7 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         loss = TukeyLoss(tau, p)  # validates tau and p
-        rows = 10 * (d + 1) if rows is None else check_positive_int(rows, "rows")
+        rows = 40 * (d + 1) if rows is None else check_positive_int(rows, "rows")
         if rows <= d:
             raise ValueError(f"rows must exceed d = {d}, got {rows}")
         alpha = (d + 1) if alpha is None else check_positive_int(alpha, "alpha")

@@ -78,13 +78,13 @@ def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
         s = np.sqrt(u)
         step = np.linalg.lstsq(A * s[:, None], b * s, rcond=None)[0] - x
         trials = [x + t * step for t in lengths]
-        costs = [np.sum(np.abs(A @ xt - b) ** p) for xt in trials]
+        resids = [A @ xt - b for xt in trials]
+        costs = [np.sum(np.abs(rt) ** p) for rt in resids]
         best = int(np.argmin(costs))
         if not costs[best] <= f:
             break
         done = f - costs[best] <= tol * f
-        x, f = trials[best], costs[best]
-        r = A @ x - b
+        x, f, r = trials[best], costs[best], resids[best]
         if done:
             break
     return x

@@ -31,6 +31,10 @@ def _open(source):
         return np.load(path, mmap_mode="r")
     if is_scipy_sparse(source) and source.format not in ("csr", "csc"):
         return source.tocsr()  # COO, DIA, DOK, ...: no row slicing, or a slow one; one copy of an in-memory matrix
+    if hasattr(source, "to_numpy") and hasattr(source, "shape") and not hasattr(source, "dtype"):
+        # A DataFrame (pandas, polars): already in memory; it has per-column dtypes, no .dtype,
+        # and slicing that is not always by row.  One array (object for mixed columns: refused).
+        return np.asarray(source.to_numpy())
     if hasattr(source, "shape") and hasattr(source, "__getitem__"):
         if len(source.shape) not in (1, 2):  # iterated, a 3-D array was read as blocks of its first axis
             raise ValueError(f"source must be 1-D or 2-D, got shape {tuple(source.shape)}")
@@ -61,8 +65,10 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
     source : str or path, array-like, sparse matrix, or iterable
         A ``.npy`` file (memory-mapped), a NumPy array or memmap, an HDF5 or
         Zarr dataset (anything 1-D or 2-D with ``.shape`` and row slicing), a
-        SciPy sparse matrix (read in CSR row chunks), or an iterable of 2-D
-        row blocks in order (dense or SciPy sparse, all of one width).
+        SciPy sparse matrix (read in CSR row chunks), a pandas or polars
+        DataFrame (in memory already: taken as one array, mixed column
+        dtypes refused), or an iterable of 2-D row blocks in order (dense or
+        SciPy sparse, all of one width).
     chunk_rows : int, optional
         Rows per chunk; default about 64 MiB of input per chunk.
     device : {"auto", "cpu", "gpu"}
@@ -134,7 +140,9 @@ class _Blocks:
         if not is_scipy_sparse(block):
             block = np.asarray(block)
             if block.ndim != 2:
-                raise ValueError(f"{name} must be 2-D (rows x columns), got shape {block.shape}")
+                hint = (": an iterable source is read as row blocks; for a list of rows pass "
+                        "numpy.asarray(source)" if block.ndim == 1 else "")
+                raise ValueError(f"{name} must be 2-D (rows x columns), got shape {block.shape}{hint}")
         block, _ = as_operand(block, name, ndim=(2,))
         if self.width is None:
             self.width = block.shape[1]

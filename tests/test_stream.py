@@ -37,6 +37,27 @@ def test_memmap_and_iterable(npy):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_a_dataframe_source(npy, device, request):
+    """A pandas DataFrame has per-column dtypes and no ``.dtype``: it raised AttributeError.
+    It is taken as one array; mixed column dtypes (object) are refused by name."""
+    pd = pytest.importorskip("pandas")
+    if device == "gpu":
+        request.getfixturevalue("cupy_or_fake")
+    A = npy[0]
+    S = gs.SparseSign(40, A.shape[0], nnz=4, seed=8)
+    df = pd.DataFrame(A, columns=list("abcdef"))
+    for chunk in (None, 777):
+        Y = stream.sketch(S, df, chunk_rows=chunk, device=device, progress=False)
+        np.testing.assert_allclose(to_numpy(Y), S @ A, rtol=1e-10, atol=1e-10)
+    ints = pd.DataFrame({"i": np.arange(A.shape[0]), "x": A[:, 0]})  # int64 and float64 columns: float64
+    np.testing.assert_allclose(to_numpy(stream.sketch(S, ints, device=device, progress=False)),
+                               S @ np.c_[np.arange(A.shape[0]), A[:, 0]], rtol=1e-10, atol=1e-8)
+    with pytest.raises(TypeError, match="source has unsupported dtype object"):
+        stream.sketch(S, df.assign(g="x"), device=device, progress=False)
+    assert df.shape == A.shape and np.array_equal(df.to_numpy(), A)  # not modified
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def test_a_vector_source_gives_a_vector(npy, tmp_path, device, request):
     if device == "gpu":
         request.getfixturevalue("cupy_or_fake")
@@ -106,7 +127,8 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(S, path, chunk_rows=0, progress=False)
     with pytest.raises(ValueError, match="block 1 of source has 6 columns but block 0 has 1"):  # it broadcast
         stream.sketch(S, iter([A[:100, :1], A[100:]]), device="cpu", progress=False)
-    with pytest.raises(ValueError, match=r"block 0 of source must be 2-D \(rows x columns\), got shape \(6,\)"):
+    with pytest.raises(ValueError, match=r"block 0 of source must be 2-D \(rows x columns\), got shape \(6,\): "
+                                         r".*for a list of rows pass numpy.asarray\(source\)"):
         stream.sketch(S, A.tolist(), device="cpu", progress=False)  # a list of rows is not a list of blocks
     with pytest.raises(ValueError, match="source path must be a .npy file"):
         stream.sketch(S, str(tmp_path), device="cpu", progress=False)

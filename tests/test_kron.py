@@ -446,6 +446,23 @@ def test_low_rank_cost_keeps_its_accuracy_down_to_an_exact_fit(rng, monkeypatch)
     assert res.cost == pytest.approx(np.linalg.norm(A - A @ V.T @ V), rel=1e-9)
 
 
+def test_low_rank_ranks_products_by_what_they_capture_of_a():
+    """Close singular values (1 and 0.95) in a factor: the sketch's σ mis-ranked its vectors,
+    and choosing the top-k sketch products cost up to 1.45x the optimum (p90 1.14) over these
+    200 seeds at m = 30.  Ranked by ``||A(⊗v)|| = ∏||A_t v_t||`` (reported as the
+    singular values): max 1.20, p90 1.07."""
+    ratios = []
+    for seed in range(200):
+        r = np.random.default_rng(seed)
+        fs = [r.standard_normal((500, 3)) * [1.0, 0.95, 0.3], r.standard_normal((400, 2)) * [1.0, 0.6]]
+        res = kron.low_rank(fs, 2, m=30, seed=seed)
+        ratios.append(res.cost / kron.low_rank(fs, 2, method="exact").cost)
+    assert max(ratios) <= 1.25 and np.quantile(ratios, 0.9) <= 1.10
+    captured = np.linalg.norm(np.kron(*fs) @ res.V.T, axis=0)
+    np.testing.assert_allclose(res.info["singular_values"], captured, rtol=1e-12)
+    assert np.all(np.diff(res.info["singular_values"]) <= 0)
+
+
 @pytest.mark.parametrize("q", list(SHAPES))
 def test_low_rank_against_svd_of_the_product(xp, rng, q):
     shapes = SHAPES[q]

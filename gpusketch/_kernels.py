@@ -619,6 +619,19 @@ def _hash_sketch_levels_gpu(A, out, col0, r, thresh, seed):
 _BINCOUNT_MAX_OUT = 1 << 24
 _SCATTER_RATIO = 4
 _CSR_BLOCK_ENTRIES = 1 << 22  # (stored entries) × (nonzeros per column of S) per block of rows
+_CSR_BLOCK_ROWS = 1 << 17  # and rows per block: every row is hashed, stored entries or not
+
+
+def _entry_rows(starts, total):
+    """Row of each of ``total`` stored entries, given the entry offsets ``starts`` of rows 1, 2, …
+    (an empty row repeats its successor's offset): a cumulative count of row starts.
+
+    It equals ``numpy.repeat(arange(rows), counts)``: one index array that gathers both the
+    buckets and the signs, where two repeats took 15.6 ms at 2^20 rows with 0.64 entries per
+    row (gathering: 4.9 ms).  For long rows repeat wins: 0.95 ms against 4.9 ms at 2^16 rows
+    with 10 entries per row.
+    """
+    return np.cumsum(np.bincount(starts, minlength=total + 1)[:total])
 
 
 def _csr_row_blocks(indptr, per_block):
@@ -642,21 +655,27 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
     indptr = np.asarray(A.indptr, dtype=np.int64)
 
     def keys_weights(a, b):
+        lo, hi = int(indptr[a]), int(indptr[b])
         counts = np.diff(indptr[a : b + 1])
-        rows = np.flatnonzero(counts)
-        if 4 * rows.size < b - a:  # mostly empty rows: hash only the others (empty rows add no keys)
+        if 4 * np.count_nonzero(counts) < b - a:  # mostly empty rows: hash only the others (they add no keys)
+            rows = np.flatnonzero(counts)
             buckets, signs = _hash_values_at(col0 + a + rows, m, nnz, seed, stream)
             counts = counts[rows]
         else:
             buckets, signs = _hash_values_np(col0 + a, b - a, m, nnz, seed, stream)
-        lo, hi = int(indptr[a]), int(indptr[b])
+        if hi - lo >= 4 * counts.size:  # long rows: numpy.repeat copies runs
+            per_entry = lambda v: np.repeat(v, counts)  # noqa: E731
+        else:  # short rows: one index array for both gathers (see _entry_rows)
+            row = _entry_rows(np.cumsum(counts[:-1]), hi - lo)
+            per_entry = lambda v: v[row]  # noqa: E731
         cols = A.indices[lo:hi]
         vals = A.data[lo:hi].astype(np.float64) * scale
-        keys = np.concatenate([np.repeat(buckets[:, t] * d, counts) + cols for t in range(nnz)])
-        weights = np.concatenate([np.repeat(signs[:, t].astype(np.float64), counts) * vals for t in range(nnz)])
+        keys = np.concatenate([per_entry(buckets[:, t] * d) + cols for t in range(nnz)])
+        weights = np.concatenate([per_entry(signs[:, t]) * vals for t in range(nnz)])
         return keys, weights
 
-    blocks = _csr_row_blocks(indptr, max(1, _CSR_BLOCK_ENTRIES // nnz))
+    blocks = [(a0 + a, min(b0, a0 + a + _CSR_BLOCK_ROWS)) for a0, b0 in
+              _csr_row_blocks(indptr, max(1, _CSR_BLOCK_ENTRIES // nnz)) for a in range(0, b0 - a0, _CSR_BLOCK_ROWS)]
     if m * d > min(_BINCOUNT_MAX_OUT, _SCATTER_RATIO * A.nnz * nnz):
         assert out.flags.c_contiguous, "the scatter adds into out through a flat view"
         flat = out.reshape(-1)
@@ -668,7 +687,7 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
     def block(a, b):
         return np.bincount(*keys_weights(a, b), minlength=m * d).reshape(m, d).astype(dtype, copy=False)
 
-    return _parallel_sum(block, blocks, _cpu_threads(A.nnz * nnz), out)
+    return _parallel_sum(block, blocks, _cpu_threads(A.nnz * nnz + n), out)
 
 
 @_twin("hash_sketch_csr", "cupy")

@@ -578,21 +578,27 @@ def test_gpu_deterministic_mode_is_bit_reproducible(rng, layout):
     np.testing.assert_allclose(first, S @ A, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("empty", ["third", "most"])
+@pytest.mark.parametrize("empty", ["third", "most", "long"])
 @pytest.mark.parametrize("route", ["bincount", "scatter"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype, empty):
     """The CPU twin's CSR routes (bincount over flat keys in row blocks; a scatter into
     out for large m·d) equal the dense product, with duplicate and unsorted entries, empty
-    rows, many row blocks, and a sliced operator (col0 > 0).  With most rows empty only the
-    others are hashed (``_hash_values_at``)."""
+    rows, many row blocks (cut by entries and by rows), and a sliced operator (col0 > 0).
+    With most rows empty only the others are hashed (``_hash_values_at``); rows of 4
+    entries or more are expanded by ``numpy.repeat``, shorter ones by ``_entry_rows``."""
     import scipy.sparse as sp
 
     from gpusketch import _kernels
 
     monkeypatch.setattr(_kernels, "_CSR_BLOCK_ENTRIES", 40)  # a few rows per block
+    monkeypatch.setattr(_kernels, "_CSR_BLOCK_ROWS", 7)  # and no more than 7
+    expanded, repeated = [], []
+    monkeypatch.setattr(_kernels, "_entry_rows", lambda *a, _f=_kernels._entry_rows: expanded.append(1) or _f(*a))
+    monkeypatch.setattr(_kernels.np, "repeat", lambda *a, _f=np.repeat, **k: repeated.append(1) or _f(*a, **k))
     calls = []
-    monkeypatch.setattr(_kernels.np, "bincount", lambda *a, _b=np.bincount, **k: calls.append(1) or _b(*a, **k))
+    monkeypatch.setattr(_kernels.np, "bincount",  # the weighted bincount of the sketch (not _entry_rows')
+                        lambda *a, _b=np.bincount, **k: (len(a) == 2 and calls.append(1)) or _b(*a, **k))
     if route == "bincount":
         monkeypatch.setattr(_kernels, "_SCATTER_RATIO", 10**9)
     else:
@@ -603,8 +609,10 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype, empty):
     n, d = 300, 7
     if empty == "third":
         counts = rng.integers(0, 5, n) * (np.arange(n) % 3 != 0)  # every third row empty
-    else:
+    elif empty == "most":
         counts = rng.integers(1, 5, n) * (np.arange(n) % 7 == 3)  # six rows in seven empty
+    else:
+        counts = rng.integers(4, 12, n) * (np.arange(n) % 5 != 0)  # long rows, every fifth empty
     indptr = np.r_[0, np.cumsum(counts)]
     indices = rng.integers(0, d, indptr[-1])  # unsorted, with repeated columns in a row
     A = sp.csr_matrix((rng.standard_normal(indptr[-1]).astype(dtype), indices, indptr), shape=(n, d))
@@ -618,7 +626,8 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype, empty):
         np.testing.assert_allclose(Y, S.todense() @ dense, **tol)
     np.testing.assert_array_equal(A.data, before)
     assert bool(calls) == (route == "bincount")
-    assert bool(hashed_at) == (empty == "most")
+    assert bool(hashed_at) or empty != "most"  # (short blocks of the others may take it too)
+    assert bool(expanded if empty != "long" else repeated)
 
 
 @pytest.mark.parametrize("route", ["columns", "bucket_ranges"])

@@ -649,9 +649,9 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
     dtype = out.dtype
     # Entry (i, j, v) of A lands in out[bucket_t(i), j] with sign_t(i)·v for each nonzero t
     # of column i of S: flat keys bucket·d + j from one pass over A's stored entries,
-    # then a bincount (1.4-1.6x SciPy's SpGEMM with S prebuilt, hashing included, at
-    # 1 % density on 2^20 × 64 → 1024; bench/results/operators-cpu-quick.md) or, for a
-    # large m·d, a scatter straight into out.
+    # then a bincount (1.05-1.1x SciPy's SpGEMM with S prebuilt, hashing included, at
+    # 1 % density on 2^20 × 64 → 1024; bench/results/NOTES.md) or, for a large m·d, a
+    # scatter straight into out.
     indptr = np.asarray(A.indptr, dtype=np.int64)
 
     def keys_weights(a, b):

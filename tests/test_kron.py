@@ -258,6 +258,25 @@ def test_lstsq_sketch_solves_the_sketched_problem_exactly(rng, deficient):
     np.testing.assert_allclose(res.x, ref, rtol=1e-9, atol=1e-12)
 
 
+def test_square_products_are_solved_exactly_at_the_default_m(rng):
+    """Square factors (N = D): the default m is N = D, which ``_check_m`` refused as
+    "m must exceed the number of unknowns" for sampling, sketch and lp_regression.  With
+    m >= N every method solves on all rows; a given m <= D < N is still refused."""
+    fs = [rng.standard_normal((3, 3)), rng.standard_normal((2, 2)) + 2 * np.eye(2)]
+    x_true = rng.standard_normal(6)
+    b = np.kron(*fs) @ x_true
+    for method in ("sampling", "sketch"):
+        res = kron.lstsq(fs, b, method=method, seed=1)
+        np.testing.assert_allclose(res.x, x_true, rtol=1e-8)
+        assert res.info["rows"] == 6
+    for p in (1.0, 1.5):
+        np.testing.assert_allclose(kron.lp_regression(fs, b, p=p, seed=1).x, x_true, rtol=1e-6, atol=1e-8)
+    tall = [rng.standard_normal((3, 3)), rng.standard_normal((4, 2))]  # N = 12, D = 6
+    assert kron.lstsq(tall, rng.standard_normal(12), m=12, method="sketch").info["rows"] == 12
+    with pytest.raises(ValueError, match="m must exceed the number of unknowns ∏ d_t = 6, got m=6"):
+        kron.lstsq(tall, rng.standard_normal(12), m=6)
+
+
 def test_default_sample_size_holds_at_small_d():
     """D = 2 unknowns, 1 % of b scaled by 100: with ``⌈10 D ln D⌉`` = 14 draws the ℓ2 cost
     ratio over these 30 seeds reached 2.17 and the ℓ1 one 1.068 (10 seeds); the default's

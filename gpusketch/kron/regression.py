@@ -133,7 +133,7 @@ def _check_m(m, D, N, default, xp):
     m = default if m is None else m
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
         raise ValueError(f"m must be a positive integer, got {m!r}")
-    if m <= D:
+    if m <= D and m < N:  # from m >= N on the callers solve on all rows (a square A: N = D)
         raise ValueError(f"m must exceed the number of unknowns ∏ d_t = {D}, got m={m}")
     # The draws, their factor indices and probabilities, and merge()'s sort: ~64 bytes a draw.
     check_memory(64 * int(m), f"sampling m={m} rows", xp)
@@ -314,9 +314,11 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
         ``min(N, max(⌈10 D ln D⌉, 10 D + 200))``, ``D = ∏ d_t``) or sketch
         rows (``"sketch"``, the same default; each factor gets ``⌈m^{1/q}⌉``
         rows, and with the default m at least ``4 d_t + 10``, a
-        constant-distortion OSNAP of the factor).  Sampling with ``m >= N``
-        solves exactly instead: m i.i.d. draws would leave about a third of
-        the rows out (cost ratios up to 99 for N = 20, D = 9, 15 seeds).
+        constant-distortion OSNAP of the factor).  With ``m >= N`` both
+        solve exactly instead: m i.i.d. draws would leave about a third of
+        the rows out (cost ratios up to 99 for N = 20, D = 9, 15 seeds), and
+        a sketch as tall as A compresses nothing.  So a square A (N = D, where
+        the default m is N) is solved exactly; otherwise m must exceed D.
     method : {"sampling", "sketch", "exact"}
         ``"sampling"``: Diao et al.'s algorithm (below).  ``"sketch"``: a
         Kronecker product of sparse sign sketches (4 nonzeros per column; see
@@ -381,10 +383,11 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
             given = m is not None
             m = _check_m(m, D, N, _default_m(D, N), xp)
             info["m"] = m
-        if method == "exact" or (method == "sampling" and m >= N):  # N draws would miss a third of the rows
+        # m >= N: N draws would miss a third of the rows, and a sketch as tall as A compresses nothing.
+        if method == "exact" or m >= N:
             pinvs = [xp.linalg.pinv(F) for F in K.factors]
             x = KroneckerMatrix(pinvs) @ tgt.full()
-            if method == "sampling":
+            if method != "exact":
                 info["rows"] = N
         else:
             if method == "sampling" and _zero_design(K):  # no leverage to sample by
@@ -454,7 +457,8 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         ``min(N, max(⌈10 D ln D⌉, 10 D + 200))`` (``_default_m``).  From
         ``m >= N`` on, the ℓp problem is solved on all N rows (stage 2's m
         draws would leave about a third of them out: cost ratios up to 516
-        for N = 20, D = 9, 15 seeds).
+        for N = 20, D = 9, 15 seeds); a square A (N = D) is so solved at the
+        default m.  Otherwise m must exceed D.
     residuals : {"exact", "bound"}
         How stage 2 samples by residual size (below).
     seed : int, optional

@@ -249,7 +249,10 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     RankDeficientWarning
         When X (or its sketch) is numerically rank deficient;
         ``"precondition"`` and ``"direct"`` then return the minimum-norm
-        solution.
+        solution.  As in memory, a sketch that lost rank X has is caught by
+        the normal equations (one more pass over X, only then), and the
+        direct solve answers (``info["fallback"]``), warning only if X
+        itself is deficient.
 
     Notes
     -----
@@ -317,9 +320,9 @@ def _dask_rhs(y, X, da):
     return da.from_array(y, chunks=(X.chunks[0],) + y.shape[1:], asarray=False)
 
 
-def _warn_deficient(X, detail=""):
+def _warn_deficient(X, detail="", stacklevel=4):
     warnings.warn(f"X of shape {X.shape} is numerically rank deficient{detail}; returning the minimum-norm solution",
-                  RankDeficientWarning, stacklevel=4)
+                  RankDeficientWarning, stacklevel=stacklevel)
 
 
 def _block_r(block):
@@ -327,7 +330,7 @@ def _block_r(block):
     return array_namespace(block).linalg.qr(block, mode="r")
 
 
-def _direct(X, y, da):
+def _direct(X, y, da, stacklevel=4):
     """Least squares from the R factor of ``[X y] = Q [[R, z], [0, ρ]]``, R-only TSQR.
 
     ``||Xx − y||² = ||Rx − z||² + ρ²``, so ``x = R⁺z`` (the minimum-norm
@@ -353,7 +356,7 @@ def _direct(X, y, da):
         r = svd_rank(s, X.shape)
         deficient = r < d
     if deficient:
-        _warn_deficient(X)
+        _warn_deficient(X, stacklevel=stacklevel)
         x = Vt[:r].T @ ((U[:, :r].T @ z) / s[:r, None])
     else:
         la, _ = linalg_modules(xp)
@@ -374,8 +377,6 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
         return xp.linalg.lstsq(SX, Sy, rcond=None)[0], info
     pre = SketchPreconditioner(SX, xp)
     info["rank_deficient"] = pre.rank_deficient
-    if pre.rank_deficient:
-        _warn_deficient(X, f" (sketch rank {pre.rank})")
     y0 = pre.sketched_solution(Sy)
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     Y, iters, _ = block_lsmr(
@@ -389,7 +390,25 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     if y.ndim == 1:
         x, iters = x[:, 0], int(iters[0])
     info["iterations"] = iters if y.ndim == 1 else [int(i) for i in iters]
+    if pre.rank_deficient:
+        if _sketch_missed_directions(X, y, x, tol):  # as in memory (gpusketch.linalg.lstsq)
+            x, direct = _direct(X, y, _da(), stacklevel=5)
+            info.update({"fallback": "direct", "sketch_rank": pre.rank, "rank_deficient": direct["rank_deficient"]})
+            return x, info
+        _warn_deficient(X, f" (sketch rank {pre.rank})")
     return x, info
+
+
+def _sketch_missed_directions(X, y, x, tol):
+    """True when ``Xᵀ(y − Xx)`` fails the normal equations: x, confined to the row space of a
+    rank-deficient SX, misses directions of X (``gpusketch.linalg.lstsq._sketch_missed_directions``)."""
+    import dask
+
+    r = y - X @ x
+    g = X.T @ r
+    normX2, r2, g2 = dask.compute((X * X).sum(), (r * r).sum(axis=0), (g * g).sum(axis=0))
+    xp = array_namespace(r2)
+    return bool((xp.sqrt(g2) > max(100 * tol, 1e-8) * math.sqrt(float(normX2)) * xp.sqrt(r2)).any())
 
 
 sketch_fn = sketch  # lstsq's parameter named ``sketch`` shadows the function

@@ -495,10 +495,10 @@ def test_low_rank_is_never_worse_than_the_svd_baseline(trials, d, seeds):
     assert (grams.grams is None) == (trials == 1)
 
 
-def test_pooled_rows_span_the_top_eigenvectors_on_both_routes(rng):
+def test_pooled_rows_span_the_top_eigenvectors_on_both_routes(xp, rng):
     """``_BasisGrams.pooled``: the Grams' eigenvectors, or subspace iteration over the groups
-    (dense and SciPy sparse) when the Grams are not formed; both span the top-r eigenvectors
-    of Σ A_iᵀA_i (a spectral gap of 10 after the 3rd)."""
+    (dense, and SciPy sparse on the CPU) when the Grams are not formed; both span the top-r
+    eigenvectors of Σ A_iᵀA_i (a spectral gap of 10 after the 3rd), on the groups' device."""
     import scipy.sparse as sp
 
     from gpusketch.fair.low_rank import _BasisGrams
@@ -506,12 +506,16 @@ def test_pooled_rows_span_the_top_eigenvectors_on_both_routes(rng):
     d, r = 60, 3
     Q = np.linalg.qr(rng.standard_normal((d, d)))[0]
     spec = np.r_[[30.0, 20.0, 15.0], np.linspace(1.5, 0.1, d - 3)]
-    groups = [rng.standard_normal((500, d)) * spec @ Q.T, sp.csr_matrix(rng.standard_normal((300, d)) * spec @ Q.T)]
-    top = np.linalg.eigh(sum((A.T @ A) if isinstance(A, np.ndarray) else (A.T @ A).toarray() for A in groups))[1][:, -r:]
+    dense = [rng.standard_normal((500, d)) * spec @ Q.T, rng.standard_normal((300, d)) * spec @ Q.T]
+    top = np.linalg.eigh(sum(A.T @ A for A in dense))[1][:, -r:]
+    groups = [xp.asarray(A) for A in dense]
+    if xp is np:
+        groups[1] = sp.csr_matrix(groups[1])
     for trials in (1, 50):  # 3600 > 1 * (60 * 33 + 33²); 3600 <= 50 * …
-        grams = _BasisGrams(groups, trials, np)
+        grams = _BasisGrams(groups, trials, xp)
         P = grams.pooled(r, r + 30, 5)
-        assert (grams.grams is None) == (trials == 1)
+        assert (grams.grams is None) == (trials == 1) and type(P) is type(groups[0])
+        P = to_numpy(P)
         np.testing.assert_allclose(P @ P.T, np.eye(r), atol=1e-12)
         assert np.linalg.svd(top.T @ P.T, compute_uv=False).min() > 1 - 1e-8  # the same subspace
 

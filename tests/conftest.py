@@ -64,3 +64,14 @@ def sparse_module(xp):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261122)
+
+
+def one_entry_per_column(n=5000, d=20, seed=0):
+    """``(A, b, x_ref)``: a full-rank n × d A whose only nonzeros are one entry in [1, 2) per
+    column, on distinct rows, a Gaussian b, and the least-squares solution.  A CountSketch
+    that puts two of those rows into one bucket loses a direction of A."""
+    rng = np.random.default_rng(seed)
+    A = np.zeros((n, d))
+    A[rng.choice(n, d, replace=False), np.arange(d)] = rng.uniform(1, 2, d)
+    b = rng.standard_normal(n)
+    return A, b, np.linalg.lstsq(A, b, rcond=None)[0]

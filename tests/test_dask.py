@@ -11,7 +11,7 @@ dask = pytest.importorskip("dask")
 
 import gpusketch as gs  # noqa: E402
 from gpusketch import dask as gsd  # noqa: E402
-from conftest import to_numpy  # noqa: E402
+from conftest import one_entry_per_column, to_numpy  # noqa: E402
 
 SCHEDULERS = ["threads", "processes"]
 
@@ -201,12 +201,8 @@ def test_lstsq_precondition_falls_back_when_the_sketch_loses_rank_that_x_has():
     two of those rows (seed 0).  x was off by 13 % (7 of 10 seeds, 13-49 %) with a warning
     that blamed X; the normal equations now send it to the direct solve, without a warning,
     for one and for several right-hand sides."""
-    rng = np.random.default_rng(0)
-    n, d = 5000, 20
-    A = np.zeros((n, d))
-    A[rng.choice(n, d, replace=False), np.arange(d)] = rng.uniform(1, 2, d)
-    b = rng.standard_normal(n)
-    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    A, b, x_ref = one_entry_per_column()
+    d = A.shape[1]
     X = da.from_array(A, chunks=(1000, d))
     with warnings.catch_warnings():
         warnings.simplefilter("error", gs.RankDeficientWarning)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpusketch as gs
-from conftest import sparse_module, to_numpy
+from conftest import one_entry_per_column, sparse_module, to_numpy
 
 
 def ill_conditioned(n, d, kappa, seed):
@@ -238,12 +238,8 @@ def test_precondition_falls_back_when_the_sketch_loses_rank_that_a_has(xp, spars
     (rank 19 dense, 17 sparse): off by 13 % (dense) and 15 % (sparse) here, with a
     RankDeficientWarning that blamed A.  Now the normal equations catch it and the direct
     solve answers, without a warning; a truly deficient A still warns (test above)."""
-    rng = np.random.default_rng(0)
-    n, d = 5000, 20
-    A = np.zeros((n, d))
-    A[rng.choice(n, d, replace=False), np.arange(d)] = rng.uniform(1, 2, d)
-    b = rng.standard_normal(n)
-    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    A, b, x_ref = one_entry_per_column()
+    d = A.shape[1]
     A_in = sparse_module(xp).csr_matrix(xp.asarray(A)) if sparse else xp.asarray(A)
     with warnings.catch_warnings():
         warnings.simplefilter("error", gs.RankDeficientWarning)

@@ -438,6 +438,15 @@ def test_rank_regression_small_samples_keep_pairs():
     for seed in range(40):
         res = kron.rank_regression(A, b, m=2, seed=seed)
         assert 1 <= res.info["pairs"] <= 2 and res.cost >= best * (1 - 1e-12)
+    # Fewer rows than columns: the default m = n² <= d was refused ("m must be an integer > d"),
+    # though from m >= n(n−1)/2 the exact LP runs; a given m <= d below the pairs still is.
+    for n, d in ((2, 5), (3, 5)):
+        A, b = rng.standard_normal((n, d)), rng.standard_normal(n)
+        res = kron.rank_regression(A, b, seed=1)
+        assert res.info["pairs"] == n * (n - 1) // 2
+        assert res.cost == pytest.approx(kron.rank_regression(A, b, method="exact").cost, abs=1e-12)
+    with pytest.raises(ValueError, match="m must be an integer > d = 5, got 4"):
+        kron.rank_regression(rng.standard_normal((10, 5)), rng.standard_normal(10), m=4)
 
 
 # -- low rank --------------------------------------------------------------------

@@ -106,6 +106,19 @@ def test_sketch_and_solve_cost_ratio(xp, kind):
 
 
 @pytest.mark.parametrize("method", ["sketch", "precondition"])
+def test_lstsq_of_a_square_a_is_exact(xp, method):
+    """n = d: the default sketch size is n, and S the identity, as for any n it reaches.
+    It raised "the default sketch size is at most n, which needs n > d" (at n = d + 1 the
+    identity already answered exactly)."""
+    rng = np.random.default_rng(5)
+    for n in (1, 7):
+        A, b = rng.standard_normal((n, n)) + 3 * np.eye(n), rng.standard_normal(n)
+        res = gs.lstsq(xp.asarray(A), xp.asarray(b), method=method, seed=1)
+        assert res.info["sketch"] == "Sampling" and res.info["m"] == n
+        np.testing.assert_allclose(to_numpy(res.x), np.linalg.solve(A, b), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["sketch", "precondition"])
 def test_lstsq_takes_m_from_a_sketch_operator(method):
     # An operator passed as ``sketch`` was checked against the default m (210 for d = 10)
     # and refused; its own rows are the sketch size.

@@ -60,15 +60,16 @@ def sketch_for(sketch, m, n, d, method, seed, nnz=None):
     A named sketch of the default size is the identity when that size reaches
     n (``row_reduction``): at n = 20, d = 8 a square OSNAP's sketch-and-solve
     cost ratios reached 1.56 (20 seeds), and the identity's answer is exact.
+    So is a square A's (n = d: the default size is n).
     Raises ``ValueError`` unless ``d < m`` (m an integer); ``seed`` is drawn when None.
     """
     if m is None and isinstance(sketch, SketchOperator):
         m = sketch.shape[0]
         if not d < m:
             raise ValueError(f"sketch has {m} rows; a sketched solve needs more than d = {d}")
-    if m is None and n <= d:
+    if m is None and n < d:
         raise ValueError(
-            f"the default sketch size is at most n, which needs n > d; got n={n}, d={d} "
+            f"the default sketch size is at most n, which needs n >= d; got n={n}, d={d} "
             "(pass m > d, or use method='direct')"
         )
     if m is None and isinstance(sketch, str):  # the default size: the identity once it reaches n
@@ -152,7 +153,7 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     ------
     ValueError
         Mismatched shapes, NaN/Inf, unknown method, ``n < d`` for sketch
-        methods (or ``n = d`` without an m), ``m <= d``, ``tol <= 0``.
+        methods, ``m <= d``, ``tol <= 0``.
     TypeError
         Unsupported dtypes, or NumPy and CuPy inputs mixed.
 

@@ -251,6 +251,14 @@ def test_lp_regression_sample_size_must_exceed_d():
     with pytest.raises(ValueError, match="m must be an integer > d = 4, got 4"):
         gs.lp_regression(A, np.ones(50), m=4)
     assert gs.lp_regression(A, np.ones(50), m=5, seed=1).x.shape == (4,)
+    # A square A keeps its default m = n = d: the whole problem, solved exactly (it raised
+    # "lp_regression needs n > d"); a wide one is still refused.
+    S = A[:4] + 3 * np.eye(4)
+    for p in (1, 1.5):
+        np.testing.assert_allclose(gs.lp_regression(S, np.ones(4), p, seed=1).x, np.linalg.solve(S, np.ones(4)),
+                                   rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match=r"lp_regression needs n >= d, got A of shape \(3, 4\)"):
+        gs.lp_regression(A[:3], np.ones(3))
 
 
 @pytest.mark.parametrize("p", [1, 1.5, 2])
@@ -279,8 +287,7 @@ def test_lp_regression_tiny_sample_is_worse():
 ROBUST_BAD = [
     (lambda: gs.lp_regression(np.ones((10, 2)), np.ones(10), p=3), ValueError, "p"),
     (lambda: gs.lp_regression(np.ones((10, 2)), np.ones(9)), ValueError, "rows"),
-    (lambda: gs.lp_regression(np.ones((2, 3)), np.ones(2)), ValueError, "n > d"),
-    (lambda: gs.lp_regression(np.eye(3), np.ones(3)), ValueError, "n > d"),  # the boundary, n = d
+    (lambda: gs.lp_regression(np.ones((2, 3)), np.ones(2)), ValueError, "n >= d"),  # n = d is solved exactly
     (lambda: gs.lp_regression(np.eye(10, 2), np.full(10, np.nan)), ValueError, "NaN"),
     (lambda: gs.lp_regression(np.eye(10, 2), np.ones(10), m=1), ValueError, "m"),
     (lambda: gs.lewis_weights(np.eye(10, 2), 4), ValueError, "p"),

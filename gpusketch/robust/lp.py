@@ -95,7 +95,7 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
 
     Parameters
     ----------
-    A : (n, d) array or sparse matrix, n > d
+    A : (n, d) array or sparse matrix, n >= d
     b : (n,) array
     p : float in [1, 2]
     m : int, optional
@@ -136,11 +136,12 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
         A, b, xp = as_system(A, b)
         n, d = A.shape
         p = check_real_in(p, "p", 1, 2)
-        if n <= d:
-            raise ValueError(f"lp_regression needs n > d, got A of shape {A.shape}")
+        if n < d:
+            raise ValueError(f"lp_regression needs n >= d, got A of shape {A.shape}")
         seed = check_seed(seed)
         m = min(n, 20 * (d + 1) * math.ceil(math.log(d + 2))) if m is None else m
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m <= d:
+        # From m >= n the whole problem is solved (below): a square A at its default m = n too.
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or (m <= d and m < n):
             raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
         if m >= n:  # a sample as large as the problem: the problem itself
             keep, scale = xp.arange(n), xp.ones(n, dtype=A.dtype)

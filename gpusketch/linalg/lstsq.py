@@ -60,18 +60,14 @@ def sketch_for(sketch, m, n, d, method, seed, nnz=None):
     A named sketch of the default size is the identity when that size reaches
     n (``row_reduction``): at n = 20, d = 8 a square OSNAP's sketch-and-solve
     cost ratios reached 1.56 (20 seeds), and the identity's answer is exact.
-    So is a square A's (n = d: the default size is n).
-    Raises ``ValueError`` unless ``d < m`` (m an integer); ``seed`` is drawn when None.
+    So is a square A's (n = d: the default size is n).  The callers have
+    refused n < d.  Raises ``ValueError`` unless ``d < m`` (m an integer, given
+    or an operator's); ``seed`` is drawn when None.
     """
     if m is None and isinstance(sketch, SketchOperator):
         m = sketch.shape[0]
         if not d < m:
             raise ValueError(f"sketch has {m} rows; a sketched solve needs more than d = {d}")
-    if m is None and n < d:
-        raise ValueError(
-            f"the default sketch size is at most n, which needs n >= d; got n={n}, d={d} "
-            "(pass m > d, or use method='direct')"
-        )
     if m is None and isinstance(sketch, str):  # the default size: the identity once it reaches n
         return row_reduction(sketch, default_sketch_size(d, n, method, nnz), n, seed=check_seed(seed))
     m = default_sketch_size(d, n, method, nnz) if m is None else m

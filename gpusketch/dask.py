@@ -34,7 +34,7 @@ from .linalg._block_lsmr import TallBlock, block_lsmr
 from .linalg._numerics import qr_rank_deficient, svd_rank
 from .linalg._precondition import SketchPreconditioner
 from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_columns
-from .linalg.lstsq import RankDeficientWarning, sketch_for
+from .linalg.lstsq import RankDeficientWarning, sketch_for, sketch_rank_message
 from .linalg.results import LstsqResult
 from .operators import Gaussian, SketchOperator
 
@@ -252,7 +252,8 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         solution.  As in memory, a sketch that lost rank X has is caught by
         the normal equations (one more pass over X, only then), and the
         direct solve answers (``info["fallback"]``), warning only if X
-        itself is deficient.
+        itself is deficient.  ``"sketch"`` warns whenever SX is rank
+        deficient (``info["sketch_rank"]``), naming both causes.
 
     Notes
     -----
@@ -373,10 +374,13 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     _check_sketch_finite(Sy, "y")
     xp = array_namespace(SX)
     info = {"method": method, "sketch": type(S).__name__, "m": S.shape[0], "seed": S.seed}
-    if method == "sketch":
-        return xp.linalg.lstsq(SX, Sy, rcond=None)[0], info
     pre = SketchPreconditioner(SX, xp)
     info["rank_deficient"] = pre.rank_deficient
+    if method == "sketch":
+        if pre.rank_deficient:
+            info["sketch_rank"] = pre.rank
+            warnings.warn(sketch_rank_message("X", X.shape, pre.rank), RankDeficientWarning, stacklevel=3)
+        return pre.apply(pre.sketched_solution(Sy)), info
     y0 = pre.sketched_solution(Sy)
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     Y, iters, _ = block_lsmr(

@@ -214,6 +214,20 @@ def test_lstsq_precondition_falls_back_when_the_sketch_loses_rank_that_x_has():
     np.testing.assert_allclose(two.x, np.c_[x_ref, 2 * x_ref], rtol=1e-10, atol=1e-12)
 
 
+def test_lstsq_sketch_warns_when_the_sketch_loses_rank():
+    """As in memory: a CountSketch of seed 2 merges two rows of the one-entry-per-column X.
+    The sketched solve (NumPy's lstsq of SX) returned without a word; now it warns and
+    answers as gpusketch.lstsq does."""
+    A, b, _ = one_entry_per_column()
+    X = da.from_array(A, chunks=(1000, A.shape[1]))
+    with pytest.warns(gs.RankDeficientWarning, match="sketch of X.*rank 19 < 20") as rec:
+        res = gsd.lstsq(X, da.from_array(b, chunks=1000), method="sketch", sketch="countsketch", seed=2)
+    assert rec[0].filename == __file__ and res.info["sketch_rank"] == 19
+    with pytest.warns(gs.RankDeficientWarning):
+        mem = gs.lstsq(A, b, method="sketch", sketch="countsketch", seed=2)
+    np.testing.assert_allclose(res.x, mem.x, rtol=1e-12, atol=1e-14)
+
+
 def test_leverage_scores_and_randomized_svd(rng):
     A = rng.standard_normal((3000, 10)) * np.geomspace(1, 1e-3, 10)
     X = da.from_array(A, chunks=(400, 5))

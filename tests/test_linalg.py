@@ -262,6 +262,22 @@ def test_precondition_falls_back_when_the_sketch_loses_rank_that_a_has(xp, spars
     np.testing.assert_allclose(to_numpy(res.x), x_ref, rtol=1e-10, atol=1e-12)
 
 
+def test_sketch_and_solve_warns_when_the_sketch_loses_rank(xp):
+    """Sketch and solve on the one-entry-per-column A: a CountSketch of seed 2 merges two of
+    its rows (rank 19 of 20 at m = 410; 3 of 10 seeds do), so x misses a direction of A.  It
+    returned that x with no warning; now it warns, naming both causes, and records the rank.
+    A sketch that keeps the rank (sparse sign, same seed) stays silent."""
+    A, b, _ = one_entry_per_column()
+    with pytest.warns(gs.RankDeficientWarning, match="rank 19 < 20.*merged directions") as rec:
+        res = gs.lstsq(xp.asarray(A), xp.asarray(b), method="sketch", sketch="countsketch", seed=2)
+    assert rec[0].filename == __file__
+    assert res.info["rank_deficient"] and res.info["sketch_rank"] == 19
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gs.RankDeficientWarning)
+        ok = gs.lstsq(xp.asarray(A), xp.asarray(b), method="sketch", seed=2)
+    assert not ok.info["rank_deficient"] and "sketch_rank" not in ok.info
+
+
 @pytest.mark.parametrize("shape", [(400, 10), (15, 10)])  # CholeskyQR2 (n >= 2d), Householder
 def test_direct_rank_deficient_solves_through_the_svd_of_r(xp, shape):
     # A = QR, R = UΣVᵀ: R's SVD decides the rank and gives the minimum-norm x, where the SVD of

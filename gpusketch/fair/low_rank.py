@@ -268,7 +268,7 @@ class _BasisGrams:
                 self.grams = [to_host(to_dense(A.T @ A)) for A in self.groups]
 
     def __call__(self, Q):
-        xp, (rho, d) = self.xp, Q.shape
+        rho = Q.shape[0]
         self._prepare(rho)
         if self.grams is None:
             return [to_host(b.T @ b) for b in (to_dense(A @ Q.T) for A in self.groups)], self.n2

@@ -54,6 +54,7 @@ def _exercise(cp):
     robust.heavy_coordinates(Ad, 4000, seed=1)
     robust.tukey_regression(Ad, b, 3.0, seed=1)
     gs.leverage_sample(Ad, 100, seed=1)
+    gs.rank(cp.asarray(rng.standard_normal((300, 2)) @ rng.standard_normal((2, 400))), seed=1)  # csc_times_dense
     kron.lstsq([cp.asarray(rng.standard_normal(s)) for s in ((60, 3), (50, 2))], cp.asarray(rng.standard_normal(3000)),
                m=200, seed=1)
     _kernels.call("philox_blocks", cp, np.zeros((4, 4), dtype=np.uint32), (1, 2))

@@ -526,11 +526,30 @@ def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):
     assert len(shapes) >= 2 and max(c for _, c in shapes) <= 4 * 300, shapes
     low = rng.standard_normal((2000, 40)) @ rng.standard_normal((40, 3000))  # z0 ~ 1100 > 2 * 40
     shapes.clear()
-    assert gs.rank(xp.asarray(low), seed=34) == 40 and len(shapes) == 1  # certified at once, as before
+    # Certified by the first sketch, as before, but its rank is taken as CKL-RE would, adaptively:
+    # sketches of the 1100 x 1100 sketch of 64 and then 128 rows and columns, never that sketch itself.
+    assert gs.rank(xp.asarray(low), seed=34) == 40 and shapes == [(64, 64), (128, 128)]
     full = sparse_module(xp).csr_matrix(xp.asarray(rng.standard_normal((50, 50))))  # z >= 50: no sketch
     monkeypatch.setattr(_backend, "free_bytes", lambda xp_: 10_000)
     with pytest.raises(MemoryError, match=r"rank\(A\): a dense copy of the sparse 50 x 50 A needs"):
         gs.rank(full, seed=35)
+
+
+@pytest.mark.parametrize("n", [500, 9000])  # column tiles, and columns in row blocks (n >= 8192)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_csc_times_dense_routes_equal_the_product(n, order):
+    """rank's sketches of a dense M, ``S @ M`` and ``(S @ M.T).T``: a column-major operand goes
+    by columns, not through SciPy's copy to row-major; each route gives the product."""
+    import scipy.sparse
+
+    from gpusketch import _kernels
+
+    rng = np.random.default_rng(n)
+    S = scipy.sparse.random(70, n, density=3 / 70, format="csc", random_state=1)
+    X = np.asarray(rng.standard_normal((n, 37)), order=order)
+    got = _kernels.call("csc_times_dense", np, S, X)
+    np.testing.assert_allclose(got, S.toarray() @ X, rtol=1e-12, atol=1e-12)
+    assert got.shape == (70, 37)
 
 
 def test_independent_rows(xp):

@@ -55,9 +55,11 @@ def _rank_preserving(z, n, seed, xp, dtype):
 
 def _sketch_rows(M, z, seed, xp):
     """``S M`` for a fresh rank-preserving z × rows(M) sketch S (sparse where M is)."""
-    if not is_sparse(M):
-        check_memory(z * M.shape[1] * M.dtype.itemsize, f"rank(A): a {z} x {M.shape[1]} sketch", xp)
-    return _rank_preserving(z, M.shape[0], seed, xp, M.dtype) @ M
+    S = _rank_preserving(z, M.shape[0], seed, xp, M.dtype)
+    if is_sparse(M):
+        return S @ M
+    check_memory(z * M.shape[1] * M.dtype.itemsize, f"rank(A): a {z} x {M.shape[1]} sketch", xp)
+    return _kernels.call("csc_times_dense", xp, S, M)
 
 
 def _pivot_rows(rows, k, scale_dims, seed):
@@ -83,6 +85,54 @@ def _pivot_rows(rows, k, scale_dims, seed):
         order[[i, j]] = order[[j, i]]
     picked = order[:k]
     return picked if _numerical_rank(C[picked], scale_dims, np) >= k else None
+
+
+#: The first size of ``_sketch_rank``'s nested sketches.
+_INNER_Z = 64
+
+
+def _sketch_rank(M, scale_dims, seed, xp, lower=0):
+    """Rank of the dense sketch ``M = S A Rᵀ`` (at most z × z), in time adaptive to it.
+
+    Algorithm 3 takes ``rank(SAR)`` with CKL-RE, whose cost is
+    ``O(nnz(SAR) log k₁ + min(k₁^ω, k₁ nnz(SAR)))``: adaptive to the rank k₁, not
+    the z³ of an SVD of SAR.  Here M is sketched again, on both sides, by
+    rank-preserving sketches to ``z' = 64, 128, ...`` (fresh ones each time): a
+    composition of rank-preserving sketches is one, so ``k' < z'/c`` certifies
+    ``rank(M) = k'``, and the SVDs are of at most 4k₁ × 4k₁.  ``M`` itself is
+    factored only when z' reaches its shorter side or k' reaches ``min(M.shape)``.
+    Sizes grow by ``_next_size`` (at least double, and past c times the
+    rank found), start past c times a rank already found (``lower``: a
+    sketch's rank is a lower bound), and stop where the next would exceed
+    half of M's shorter side: M is then factored whole, so that a rank near
+    z pays at most the smaller SVDs before it, of at most half M's size.
+    Each step costs ``O(nnz(M))`` for the sketches and ``O(z'³)``.  A/B in
+    one run (2-core CPU), dense A: 3000 × 20000 of rank 500 (z = 4924)
+    0.075-0.079x the time of ``rank`` with one SVD of M (9.2-9.5 s), and
+    ``independent_rows`` 0.08-0.10x; 20000 × 2000 of rank 100 0.11-0.12x;
+    at full rank 3000 × 20000 0.87x (with the right sketch by columns,
+    ``csc_times_dense``), 20000 × 3000 1.04-1.05x, 4000 × 4000 1.02-1.05x.
+    """
+    z = max(_INNER_Z, _C * lower + 1)
+    for attempt in itertools.count():
+        if 2 * z > min(M.shape):
+            return _numerical_rank(M, scale_dims, xp)
+        Mz = M
+        if z < M.shape[0]:
+            Mz = _sketch_rows(Mz, z, derive_seed(seed, 2 * attempt), xp)
+        if z < M.shape[1]:
+            Mz = _sketch_rows(Mz.T, z, derive_seed(seed, 2 * attempt + 1), xp).T
+        k = _numerical_rank(Mz, scale_dims, xp)
+        if k < z / _C:
+            return k
+        z = _next_size(z, k)
+
+
+def _next_size(z, k):
+    """The next sketch size after a sketch of size z whose rank k (a lower bound on the
+    rank sought) could not certify itself: double z, and at least ``c·k + 1``, the
+    smallest size at which rank k could (4z when the sketch came out of full rank z)."""
+    return max(2 * z, _C * k + 1)
 
 
 def _numerical_rank(M, scale_dims, xp):
@@ -115,7 +165,10 @@ def rank(A, *, seed=None):
     sketches) until the sketch certifies itself or covers A, so a rank-k A
     costs ``O(k³)`` on a sketch of at most ``4k × 4k`` rather than an SVD of
     all of A (a 2000 × 100000 CSR matrix of full row rank: 43 s before, 3 s
-    after).  A sketch, or the dense copy of a sparse A, that cannot fit in
+    after).  The rank of each sketch is itself found adaptively, as the
+    paper's CKL-RE does, by sketching it again (``_sketch_rank``): a dense A
+    of rank k ≪ z costs one pass over A and SVDs of at most ``4k × 4k``,
+    not the ``z³`` of the sketch's SVD.  A sketch, or the dense copy of a sparse A, that cannot fit in
     memory raises ``MemoryError`` naming its size.  The tolerance
     rule, on the sketch and on A alike, counts singular values above
     ``σ₁ · max(n, d) · ε`` — NumPy's ``matrix_rank`` rule with the dimensions
@@ -139,6 +192,7 @@ def rank(A, *, seed=None):
         if nnz == 0:
             return 0
         z = int(math.ceil(_C * math.sqrt(nnz / math.log(max(n, d, 3)))))
+        lower = 0
         for attempt in itertools.count():
             M = A
             if z < n:
@@ -147,11 +201,12 @@ def rank(A, *, seed=None):
                 M = _sketch_rows(M.T, z, derive_seed(seed, 2 * attempt + 1), xp).T
             if M is A and is_sparse(A):
                 check_memory(n * d * 8, f"rank(A): a dense copy of the sparse {n} x {d} A", xp)
-            k1 = _numerical_rank(to_dense(M), (n, d), xp)
+            k1 = _sketch_rank(to_dense(M), (n, d), derive_seed(seed, 2 * attempt + 1_000_000), xp, lower)
+            lower = k1  # a sketch's rank is a lower bound on A's
             # The sketch's rank never exceeds A's, so k1 = min(n, d) is final as well.
             if k1 < z / _C or k1 == min(n, d) or (z >= n and z >= d):
                 return k1
-            z *= 2
+            z = _next_size(z, k1)
 
 
 def independent_rows(A, *, seed=None):

@@ -1700,12 +1700,25 @@ def _thread_normal_work():
     return work
 
 
+#: A CPU Gaussian sketch whose result is at least this large generates S in blocks of at
+#: least ``_GAUSSIAN_WIDE_MIN_COLS`` columns (``_gaussian_sketch_cpu``).
+_GAUSSIAN_WIDE_OUT_BYTES = 1 << 24
+_GAUSSIAN_WIDE_MIN_COLS = 1024
+
+
 @_twin("gaussian_sketch", "numpy")
 def _gaussian_sketch_cpu(A, out, col0, m, scale, seed, stream):
     # Generation (Philox + Box–Muller, ~15 ns per entry) dominates on a CPU: small
     # blocks that stay in cache, spread over threads (NumPy releases the GIL).
+    # Each block's product is a fresh m × d array, and past malloc's mmap threshold
+    # every one of them page-faults in anew: with a result of 16 MiB or more, blocks
+    # of at least 1024 columns (a 2000 × 59200 column-major A sketched to 1952 rows,
+    # ``independent_rows``' step: 15 blocks of 134 columns, each product 925 MB, took
+    # 9.7-11.3 s; 2 blocks 3.3-3.4 s).
     A2 = A.reshape(A.shape[0], -1)
     c = _gaussian_cols(m, 8, 2 << 20)
+    if m * A2.shape[1] * out.itemsize >= _GAUSSIAN_WIDE_OUT_BYTES:
+        c = max(c, _GAUSSIAN_WIDE_MIN_COLS)
     work = _thread_normal_work()
 
     def block(a, b):

@@ -429,6 +429,31 @@ def test_cpu_twins_in_many_row_blocks_match_dense(kind, rng, monkeypatch):
     np.testing.assert_allclose(S.T @ Y, D.T @ Y, rtol=1e-12, atol=1e-12)
 
 
+def test_cpu_gaussian_with_a_large_result_takes_wide_blocks(rng, monkeypatch):
+    """A result past _GAUSSIAN_WIDE_OUT_BYTES makes S's column blocks at least
+    _GAUSSIAN_WIDE_MIN_COLS wide (fewer fresh m × d products); thresholds lowered here so
+    that small shapes take the route, with blocks of 9 columns over 50 rows (a short last
+    block), against the explicit matrix, for C- and F-order A, float64 and float32."""
+    from gpusketch import _kernels
+
+    widths = []
+    cols = _kernels._gaussian_cols
+    monkeypatch.setattr(_kernels, "_GAUSSIAN_WIDE_OUT_BYTES", 16 * 30 * 4)
+    monkeypatch.setattr(_kernels, "_GAUSSIAN_WIDE_MIN_COLS", 9)
+    monkeypatch.setattr(_kernels, "_row_blocks", lambda n, block: (widths.append(block), [
+        (a, min(n, a + block)) for a in range(0, n, block)])[1])
+    monkeypatch.setattr(_kernels, "_gaussian_cols", lambda m, itemsize, block_bytes: min(3, cols(m, itemsize, block_bytes)))
+    S = gs.Gaussian(16, 50, seed=3)
+    D = S.todense()
+    for A in (rng.standard_normal((50, 30)), np.asfortranarray(rng.standard_normal((50, 30)))):
+        np.testing.assert_allclose(S @ A, D @ A, rtol=1e-12, atol=1e-12)
+        A32 = A.astype(np.float32)
+        np.testing.assert_allclose(S @ A32, (D @ A32.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    assert widths[:4] == [9] * 4  # the wide route's blocks, both dtypes
+    narrow = S @ rng.standard_normal((50, 2))  # a small result keeps 3-column blocks
+    assert widths[-1] == 3 and narrow.shape == (16, 2)
+
+
 def test_outputs_stay_on_input_device(xp, rng):
     S = gs.SparseSign(8, 20, nnz=2, seed=1)
     Y = S @ xp.asarray(rng.standard_normal((20, 2)))

@@ -176,6 +176,17 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
     4. ``M = [U, A_{S_res}]`` and the affine-embedding solve
        ``min_{rank-k X} ||T₁(MX − A)||_F`` with an OSNAP T₁ of ``4c + 10``
        rows (c the columns of M); V is an orthonormal basis of ``M X₁``.
+       When no residual column is drawn (A lies in span(U): ``d <= 2k`` or
+       ``rank(A) <= 2k``), the exact ``UᵀA`` of step 3 gives V directly:
+       U times the top-k left singular vectors of ``UᵀA``.  T₁'s distortion
+       decides among directions of close singular values, and there it had
+       a squared error up to 1.60 times the optimum (5000 × 20 matrices with
+       one nonzero per column, k = 19, 10) and 1.109 (800 × 50 of slowly
+       decaying spectrum, k = 30, ε = 0.1).  Rows of T₁ growing as 1/ε
+       (``max(4, 1/(2ε))·c + 10``) were tried on top: over 60 matrices of
+       varied spectra at ε = 0.1 the squared error went from mean 1.0086,
+       max 1.042 to 1.0080, 1.036, within what the draws vary, at up to
+       1.07x the time, and were not kept.
        Only sketches of M are factored: ``T₁M = [T₁U, (T₁A)_{S_res}]``
        reuses ``T₁A``, and with ``T₁M = QC RC``, ``RC = W Σ Zᵀ``, the solve
        takes the top-k left singular space ``U_k`` of ``WᵀQCᵀ T₁A`` (from the
@@ -231,6 +242,15 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
             cols = xp.flatnonzero(_kernels.uniforms(d, derive_seed(seed, 2), xp) < q)
         else:  # A lies in span(U) already
             cols = xp.zeros(0, dtype=xp.int64)
+        if cols.size == 0:
+            # A lies in span(U) (d <= 2k, or rank(A) <= 2k): UᵀA, exact and at hand, gives the
+            # best rank-k approximation itself, where the sketched solve below would choose
+            # among A's directions through T1's distortion (squared error up to 1.6x the
+            # optimum on 5000 × 20 A with one nonzero per column, k = 19).
+            V = U @ top_left_singular(UtA, k, xp)
+            info["timings"]["left_s"] = time.perf_counter() - t0
+            info.update({"t": t, "sketch_rows": ms, "omega": chosen, "residual_columns": 0, "affine_rows": 0})
+            return _with_right_factor(A, V, k, eps, right, seed, xp, info)
         # 4. Affine embedding: min_{rank-k X} ||T1 M X - T1 A||_F for M = [U  A_cols], solved on
         # the sketch.  T1 M = [T1 U  (T1 A)_cols], so M (n × c, most of A's columns at small ε)
         # is never formed or factored; only the final product M X touches n rows.
@@ -256,9 +276,14 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         info["timings"]["left_s"] = time.perf_counter() - t0
         info.update({"t": t, "sketch_rows": ms, "omega": chosen, "residual_columns": int(cols.size),
                      "affine_rows": m1})
-        t0 = time.perf_counter()
-        X = _sketched_right_factor(A, V, k, eps, seed, xp, info) if right == "sketch" else None
-        if X is None:
-            X = to_dense(A.T @ V).T
-        info["timings"]["right_s"] = time.perf_counter() - t0
-        return LowRankResult(V, X, info)
+        return _with_right_factor(A, V, k, eps, right, seed, xp, info)
+
+
+def _with_right_factor(A, V, k, eps, right, seed, xp, info):
+    """``low_rank``'s result for the left factor V: X sketched (or exact), and the timing."""
+    t0 = time.perf_counter()
+    X = _sketched_right_factor(A, V, k, eps, seed, xp, info) if right == "sketch" else None
+    if X is None:
+        X = to_dense(A.T @ V).T
+    info["timings"]["right_s"] = time.perf_counter() - t0
+    return LowRankResult(V, X, info)

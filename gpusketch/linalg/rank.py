@@ -99,13 +99,12 @@ def _sketch_rank(M, scale_dims, seed, xp, lower=0):
     the z³ of an SVD of SAR.  Here M is sketched again, on both sides, by
     rank-preserving sketches to ``z' = 64, 128, ...`` (fresh ones each time): a
     composition of rank-preserving sketches is one, so ``k' < z'/c`` certifies
-    ``rank(M) = k'``, and the SVDs are of at most 4k₁ × 4k₁.  ``M`` itself is
-    factored only when z' reaches its shorter side or k' reaches ``min(M.shape)``.
-    Sizes grow by ``_next_size`` (at least double, and past c times the
-    rank found), start past c times a rank already found (``lower``: a
-    sketch's rank is a lower bound), and stop where the next would exceed
-    half of M's shorter side: M is then factored whole, so that a rank near
-    z pays at most the smaller SVDs before it, of at most half M's size.
+    ``rank(M) = k'``: a rank certified so costs SVDs of at most ``max(4k₁, 64)``
+    square.  Sizes grow by ``_next_size`` (at least double, and past c times
+    the rank found) and start past c times a rank already found (``lower``:
+    a sketch's rank is a lower bound); once z' would exceed half of M's
+    shorter side, M is factored whole, so that a rank near z pays at most
+    the smaller SVDs before it, of at most half M's size.
     Each step costs ``O(nnz(M))`` for the sketches and ``O(z'³)``.  A/B in
     one run (2-core CPU), dense A: 3000 × 20000 of rank 500 (z = 4924)
     0.075-0.079x the time of ``rank`` with one SVD of M (9.2-9.5 s), and
@@ -168,8 +167,9 @@ def rank(A, *, seed=None):
     after).  The rank of each sketch is itself found adaptively, as the
     paper's CKL-RE does, by sketching it again (``_sketch_rank``): a dense A
     of rank k ≪ z costs one pass over A and SVDs of at most ``4k × 4k``,
-    not the ``z³`` of the sketch's SVD.  A sketch, or the dense copy of a sparse A, that cannot fit in
-    memory raises ``MemoryError`` naming its size.  The tolerance
+    not the ``z³`` of the sketch's SVD.  A sketch, or the dense copy of a
+    sparse A, that cannot fit in memory raises ``MemoryError`` naming its
+    size.  The tolerance
     rule, on the sketch and on A alike, counts singular values above
     ``σ₁ · max(n, d) · ε`` — NumPy's ``matrix_rank`` rule with the dimensions
     of A, so that sketching does not change what counts as zero.  The paper

@@ -442,7 +442,7 @@ def test_cpu_gaussian_with_a_large_result_takes_wide_blocks(rng, monkeypatch):
     monkeypatch.setattr(_kernels, "_GAUSSIAN_WIDE_MIN_COLS", 9)
     monkeypatch.setattr(_kernels, "_row_blocks", lambda n, block: (widths.append(block), [
         (a, min(n, a + block)) for a in range(0, n, block)])[1])
-    monkeypatch.setattr(_kernels, "_gaussian_cols", lambda m, itemsize, block_bytes: min(3, cols(m, itemsize, block_bytes)))
+    monkeypatch.setattr(_kernels, "_gaussian_cols", lambda m, itemsize, block: min(3, cols(m, itemsize, block)))
     S = gs.Gaussian(16, 50, seed=3)
     D = S.todense()
     for A in (rng.standard_normal((50, 30)), np.asfortranarray(rng.standard_normal((50, 30)))):

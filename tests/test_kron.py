@@ -1,6 +1,8 @@
 """Kronecker regression, all-pairs regression and Kronecker low rank against brute force on small cases."""
 
+import importlib
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -250,12 +252,71 @@ def test_lstsq_sketch_solves_the_sketched_problem_exactly(rng, deficient):
     if deficient:
         F[1][:, 3] = F[1][:, 0]  # rank 3 of 4: the minimum-norm answer is unique
     b = rng.standard_normal((3000, 2))
-    res = kron.lstsq(F, b, method="sketch", m=900, seed=2, cost=False)
+    if deficient:
+        with pytest.warns(gs.RankDeficientWarning, match=r"factor ranks \[3, 3\] of \[3, 4\]"):
+            res = kron.lstsq(F, b, method="sketch", m=900, seed=2, cost=False)
+    else:
+        res = kron.lstsq(F, b, method="sketch", m=900, seed=2, cost=False)
+    assert res.info["rank_deficient"] is deficient and res.info["factor_ranks"] == [3, 3 if deficient else 4]
     S = gs.Kronecker([gs.SparseSign(30, 60, nnz=4, seed=derive_seed(2, 0)),
                       gs.SparseSign(30, 50, nnz=4, seed=derive_seed(2, 1))])
     ref = np.linalg.lstsq(S.todense() @ np.kron(*F), S @ b, rcond=None)[0]
     assert res.info["m"] == 900
     np.testing.assert_allclose(res.x, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["exact", "sampling", "sketch"])
+def test_lstsq_warns_on_a_rank_deficient_factor_and_returns_the_minimum_norm_x(xp, rng, method):
+    """A factor of rank 3 of 4 makes A rank deficient (rank(A) = ∏ rank(A_t)): every method
+    warns, as gpusketch.lstsq does, and x has no component in A's null space.  The factor
+    pseudo-inverses had been taken silently."""
+    F = [rng.standard_normal((60, 3)), rng.standard_normal((500, 4))]  # the second is sketched when sampled
+    F[1][:, 3] = F[1][:, 0]
+    A = _full(F)
+    b = A @ rng.standard_normal(12) + 0.01 * rng.standard_normal(A.shape[0])
+    with pytest.warns(gs.RankDeficientWarning, match=r"rank deficient: factor ranks \[3, 3\] of \[3, 4\]"):
+        res = kron.lstsq([xp.asarray(G) for G in F], xp.asarray(b), method=method, seed=1)
+    assert res.info["rank_deficient"] is True and res.info["factor_ranks"] == [3, 3]
+    x = to_numpy(res.x)
+    null = np.linalg.svd(A, full_matrices=False)[2][9:]  # rank(A) = 9
+    assert np.linalg.norm(null @ x) <= 1e-12 * np.linalg.norm(x)
+    ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    assert np.linalg.norm(x - ref) <= (1e-12 if method == "exact" else 2e-3) * np.linalg.norm(ref)
+    with pytest.warns(gs.RankDeficientWarning, match=r"factor ranks \[0, 3\].*rank\(A\) = 0"):
+        zero = kron.lstsq([xp.zeros((30, 2)), xp.asarray(F[0])], xp.asarray(b[:1800]), method=method, seed=1)
+    assert zero.info["factor_ranks"] == [0, 3]
+
+
+def test_lstsq_sampling_factors_a_factor_whole_when_its_sketch_loses_rank(rng, monkeypatch):
+    """A long factor is preconditioned from an OSNAP sketch of it; a sketch that merges two of
+    its directions gave a basis B missing part of range(A_t), so x was confined to the
+    sketch's row space, with no warning.  Such a factor is now factored whole.  (Forced
+    here with a one-row sketch.)"""
+    module = importlib.import_module("gpusketch.kron.regression")
+    F = [rng.standard_normal((40, 2)), rng.standard_normal((400, 3))]  # 400 > 8 (4·3 + 10): sketched
+    A = _full(F)
+    b = A @ rng.standard_normal(6) + 0.1 * rng.standard_normal(A.shape[0])
+    opt = np.linalg.norm(A @ np.linalg.lstsq(A, b, rcond=None)[0] - b)
+    monkeypatch.setattr(module, "SparseSign", lambda m, n, nnz, seed: gs.CountSketch(1, n, seed=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # A is full rank: no warning
+        res = kron.lstsq(F, b, m=600, seed=1)
+    assert res.info["factor_ranks"] == [2, 3] and res.info["rank_deficient"] is False
+    assert res.cost <= 1.02 * opt
+
+
+def test_lstsq_sketch_warns_when_a_sketch_merges_directions_of_a_factor(rng, monkeypatch):
+    """method="sketch" with a sketched factor of rank below its factor's: x is confined to
+    the sketch's row space, and the warning says so (not that A is deficient)."""
+    module = importlib.import_module("gpusketch.kron.regression")
+    F = [rng.standard_normal((40, 2)), rng.standard_normal((50, 3))]
+    monkeypatch.setattr(module, "SparseSign", lambda m, n, nnz, seed: gs.CountSketch(1, n, seed=seed))
+    with pytest.warns(gs.RankDeficientWarning, match=r"sketches of the factors have ranks \[1, 1\] where "
+                      r"the factors have \[2, 3\]") as caught:
+        res = kron.lstsq(F, rng.standard_normal(2000), method="sketch", m=100, seed=1)
+    assert not any("A = A_1" in str(w.message) for w in caught)
+    assert res.info["sketch_ranks"] == [1, 1] and res.info["factor_ranks"] == [2, 3]
+    assert res.info["rank_deficient"] is False
 
 
 def test_square_products_are_solved_exactly_at_the_default_m(rng):
@@ -589,7 +650,8 @@ def test_a_wide_factor_is_solved(xp, rng, p):
     b = A @ rng.standard_normal(10) + rng.laplace(size=600)
     if p == 2:
         opt = np.linalg.norm(A @ np.linalg.lstsq(A, b, rcond=None)[0] - b)
-        res = kron.lstsq(fs, xp.asarray(b), seed=3)
+        with pytest.warns(gs.RankDeficientWarning, match=r"factor ranks \[3, 2\] of \[5, 2\]"):
+            res = kron.lstsq(fs, xp.asarray(b), seed=3)
     else:
         opt = np.sum(np.abs(A @ solve_lp_small(A, b, p) - b) ** p) ** (1 / p)
         res = kron.lp_regression(fs, xp.asarray(b), p=p, seed=3)
@@ -604,7 +666,8 @@ def test_a_zero_factor_gives_x_zero(xp, rng, call):
         if call.startswith("lp"):
             res = kron.lp_regression(fs, xp.asarray(b), p=1 if call == "lp1" else 1.5, seed=1)
         else:
-            res = kron.lstsq(fs, xp.asarray(np.c_[b, 2 * b]), method=call, seed=1)
+            with pytest.warns(gs.RankDeficientWarning, match=r"rank\(A\) = 0"):
+                res = kron.lstsq(fs, xp.asarray(np.c_[b, 2 * b]), method=call, seed=1)
     assert np.all(to_numpy(res.x) == 0)
     p = {"lp1": 1, "lp15": 1.5}.get(call, 2)
     expect = np.sum(np.abs(b) ** p) ** (1 / p)

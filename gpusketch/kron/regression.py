@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from .._random import derive_seed
 from ..linalg._numerics import svd_rank
 from ..linalg._precondition import SketchPreconditioner
 from ..linalg.leverage import embedding_rows
+from ..linalg.lstsq import RankDeficientWarning
 from ..linalg.results import LstsqResult
 from ..operators import Kronecker, SparseSign, row_reduction
 from ..robust.lewis import lewis_weights
@@ -155,19 +157,50 @@ def _default_m(D, N):
 
 
 def _factor_basis(F, seed):
-    """``(B, P)``: a well-conditioned basis ``B = F P`` of range(F) and its preconditioner P.
+    """``(B, P, r)``: a well-conditioned basis ``B = F P`` of range(F), its preconditioner P,
+    and ``r = rank(F)``.
 
     Short factors (``n <= 8(4d + 10)``) use F itself, so B is orthonormal and
     its squared row norms are the exact leverage scores; longer factors use
     an OSNAP sketch of ``4d + 10`` rows (``κ(B) = O(1)``, Lemma 7.2 of
     Chepurko et al.), costing ``O(nnz(F))``.  Rank-deficient factors get
-    ``P = V_r Σ_r⁻¹`` (``SketchPreconditioner``).
+    ``P = V_r Σ_r⁻¹`` (``SketchPreconditioner``).  A sketch that comes out
+    rank deficient may have merged directions of a full-rank F, and ``B``
+    would then miss part of range(F) (x confined to the sketch's row space,
+    as in ``gpusketch.lstsq``); so the factor is then factored whole, which
+    costs ``O(n d²)`` on that rare path and decides F's own rank.
     """
+    xp = array_namespace(F)
     n, d = F.shape
-    SF = F if n <= 8 * (4 * d + 10) else SparseSign(4 * d + 10, n, nnz=8, seed=seed) @ F
-    pre = SketchPreconditioner(SF, array_namespace(F))
-    P = pre.apply(array_namespace(F).eye(pre.rank, dtype=F.dtype))
-    return F @ P, P
+    sketched = n > 8 * (4 * d + 10)
+    pre = SketchPreconditioner(SparseSign(4 * d + 10, n, nnz=8, seed=seed) @ F if sketched else F, xp)
+    if sketched and pre.rank_deficient:
+        pre = SketchPreconditioner(F, xp)
+    P = pre.apply(xp.eye(pre.rank, dtype=F.dtype))
+    return F @ P, P, pre.rank
+
+
+def _factor_pinv(F, xp):
+    """``(F⁺, r)``: a factor's pseudo-inverse with the package's rank rule (``svd_rank``,
+    NumPy's ``matrix_rank`` cut, where ``pinv``'s default cut is ``1e-15 σ_max``) and its rank."""
+    U, s, Vt = xp.linalg.svd(F, full_matrices=False)
+    r = svd_rank(s, F.shape)
+    return (Vt[:r].T / s[:r]) @ U[:, :r].T, r
+
+
+def _warn_rank_deficient(K, ranks, stacklevel=3):
+    """Warn that ``A = A_1 ⊗ ... ⊗ A_q`` is rank deficient when a factor is:
+    ``rank(A) = ∏ rank(A_t)``."""
+    dims = K.col_dims
+    if all(r == d for r, d in zip(ranks, dims)):
+        return False
+    warnings.warn(
+        f"A = A_1 ⊗ ... ⊗ A_q of shape {K.shape} is numerically rank deficient: factor ranks "
+        f"{list(ranks)} of {list(dims)} columns (rank(A) = {math.prod(ranks)}); returning the minimum-norm solution",
+        RankDeficientWarning,
+        stacklevel=stacklevel,
+    )
+    return True
 
 
 def _cholesky_solve(G, r, xp):
@@ -338,7 +371,17 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
     -------
     LstsqResult
         ``.x`` (``∏ d_t`` unknowns, numpy.kron order), ``.cost``, ``.info``
-        (``method``, ``m``, ``rows`` distinct, ``seed``, ``timings``).
+        (``method``, ``m``, ``rows`` distinct, ``seed``, ``timings``,
+        ``factor_ranks``, ``rank_deficient``; ``sketch_ranks`` when a
+        sketched factor lost rank).
+
+    Warns
+    -----
+    RankDeficientWarning
+        When a factor is numerically rank deficient (then so is A, with
+        ``rank(A) = ∏ rank(A_t)``; x is the minimum-norm solution, as from
+        ``gpusketch.lstsq``), and for ``"sketch"`` when a factor's sketch
+        lost rank the factor has.
 
     Notes
     -----
@@ -385,31 +428,61 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
             info["m"] = m
         # m >= N: N draws would miss a third of the rows, and a sketch as tall as A compresses nothing.
         if method == "exact" or m >= N:
-            pinvs = [xp.linalg.pinv(F) for F in K.factors]
-            x = KroneckerMatrix(pinvs) @ tgt.full()
+            pinvs, ranks = zip(*(_factor_pinv(F, xp) for F in K.factors))
+            x = KroneckerMatrix(list(pinvs)) @ tgt.full()
             if method != "exact":
                 info["rows"] = N
+        elif method == "sampling" and _zero_design(K):  # no leverage to sample by
+            x, info["rows"] = _zeros_like_solution(K, tgt), 0
+            ranks = [_factor_pinv(F, xp)[1] for F in K.factors]
+        elif method == "sampling":
+            bases = [_factor_basis(F, derive_seed(seed, t)) for t, F in enumerate(K.factors)]
+            probs = [(B * B).sum(axis=1) for B, _, _ in bases]
+            idx, prob = product_sample(probs, m, derive_seed(seed, 50), xp)
+            idx, w = merge(idx, prob, m)
+            y = _solve_sampled([B for B, _, _ in bases], idx, w.astype(K.dtype), tgt.at(idx), xp)
+            x = KroneckerMatrix([P for _, P, _ in bases]) @ y
+            info["rows"] = int(idx.size)
+            ranks = [r for _, _, r in bases]
         else:
-            if method == "sampling" and _zero_design(K):  # no leverage to sample by
-                x, info["rows"] = _zeros_like_solution(K, tgt), 0
-            elif method == "sampling":
-                bases = [_factor_basis(F, derive_seed(seed, t)) for t, F in enumerate(K.factors)]
-                probs = [(B * B).sum(axis=1) for B, _ in bases]
-                idx, prob = product_sample(probs, m, derive_seed(seed, 50), xp)
-                idx, w = merge(idx, prob, m)
-                y = _solve_sampled([B for B, _ in bases], idx, w.astype(K.dtype), tgt.at(idx), xp)
-                x = KroneckerMatrix([P for _, P in bases]) @ y
-                info["rows"] = int(idx.size)
-            else:
-                S = _factor_sketches(K.factors, m, given, seed)
-                SK = S @ K  # (S_1 A_1) ⊗ ... ⊗ (S_q A_q), still a Kronecker product
-                bs = S @ tgt.full()
-                info["m"] = S.shape[0]
-                # pinv(R_1 ⊗ ... ⊗ R_q) = R_1⁺ ⊗ ... ⊗ R_q⁺: the sketched problem's minimum-norm
-                # solution from q small SVDs, not a dense (∏ m_t) × D least squares.
-                x = KroneckerMatrix([xp.linalg.pinv(R) for R in SK.factors]) @ bs
+            S = _factor_sketches(K.factors, m, given, seed)
+            SK = S @ K  # (S_1 A_1) ⊗ ... ⊗ (S_q A_q), still a Kronecker product
+            bs = S @ tgt.full()
+            info["m"] = S.shape[0]
+            # pinv(R_1 ⊗ ... ⊗ R_q) = R_1⁺ ⊗ ... ⊗ R_q⁺: the sketched problem's minimum-norm
+            # solution from q small SVDs, not a dense (∏ m_t) × D least squares.
+            pinvs, ranks = zip(*(_factor_pinv(R, xp) for R in SK.factors))
+            x = KroneckerMatrix(list(pinvs)) @ bs
+            ranks = _sketch_lost_rank(K, ranks, info)
         info["timings"]["solve_s"] = time.perf_counter() - t0
+        info["factor_ranks"] = [int(r) for r in ranks]
+        info["rank_deficient"] = _warn_rank_deficient(K, ranks)
         return LstsqResult(x, _cost(K, x, tgt, 2) if cost else None, info)
+
+
+def _sketch_lost_rank(K, sketch_ranks, info):
+    """The factor ranks behind ``lstsq(method="sketch")``'s sketched factors ``S_t A_t``.
+
+    A sketched factor of rank below ``d_t`` is either a deficient ``A_t`` or a
+    sketch that merged directions of it; the factor is small beside b, so its
+    own rank (an SVD, on this path only) tells which.  A merge confines x to
+    the sketch's row space: that gets its own warning, and
+    ``info["sketch_ranks"]``.
+    """
+    ranks = list(sketch_ranks)
+    for t, (F, r) in enumerate(zip(K.factors, sketch_ranks)):
+        if r < F.shape[1]:
+            ranks[t] = _factor_pinv(F, K.xp)[1]
+    if ranks != list(sketch_ranks):
+        info["sketch_ranks"] = [int(r) for r in sketch_ranks]
+        warnings.warn(
+            f"the sketches of the factors have ranks {info['sketch_ranks']} where the factors have "
+            f"{ranks}: the sketch merged directions of A, and x is the minimum-norm solution of the "
+            "sketched problem, confined to the sketch's row space (raise m, or use method=\"sampling\")",
+            RankDeficientWarning,
+            stacklevel=3,
+        )
+    return ranks
 
 
 #: Nonzeros per column of ``lstsq(method="sketch")``'s factor sketches (see ``_factor_sketches``).

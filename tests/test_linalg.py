@@ -617,6 +617,25 @@ def test_independent_rows_checks_the_rows_it_picks(monkeypatch):
     assert picks == [None] and len(rows) == 4 and np.linalg.matrix_rank(A[rows]) == 4
 
 
+@pytest.mark.parametrize("s", [20, 400])  # at most 2k + 10 rows (no sketch), and more (sketched)
+def test_independent_columns_of_the_candidate_rows(xp, rng, s):
+    """``_pivot_rows`` cuts the s × k' candidate rows of rank k to k independent columns
+    before its LU (it had brought them to k columns by an s × k' × k Gaussian product).
+    The first k columns here are dependent, so any choice by position fails."""
+    import sys
+
+    rank_module = sys.modules["gpusketch.linalg.rank"]
+    k = 5
+    C = rng.standard_normal((s, k)) @ rng.standard_normal((k, 12))
+    C[:, 1] = 2 * C[:, 0]
+    C[:, 2:4] = C[:, 0:2] - C[:, 4:6]
+    for sub in (xp.asarray(C), sparse_module(xp).csr_matrix(xp.asarray(C))):
+        J = rank_module._independent_columns(sub, k, 3, xp)
+        assert len(set(J.tolist())) == k and np.linalg.matrix_rank(C[:, J]) == k
+        rows = rank_module._pivot_rows(sub, k, C.shape, 4, xp)
+        assert np.linalg.matrix_rank(C[rows]) == k
+
+
 def test_independent_rows_falls_back_to_a_pivoted_qr_of_all_rows(xp, monkeypatch):
     # Four samples that miss the row space (here: every sample is row 0 alone) end in a pivoted
     # QR of all rows, which must still give rank(A) independent rows.

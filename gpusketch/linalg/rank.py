@@ -62,29 +62,67 @@ def _sketch_rows(M, z, seed, xp):
     return _kernels.call("csc_times_dense", xp, S, M)
 
 
-def _pivot_rows(rows, k, scale_dims, seed):
-    """k rows of ``rows`` (s × k', of rank k) that are independent by the rank rule, or None.
+#: Host row blocks in which ``_pivot_rows`` gathers the candidate rows' chosen columns.
+_PIVOT_BLOCK_BYTES = 32 << 20
+
+
+def _pivot_rows(sub, k, scale_dims, seed, xp):
+    """k rows of ``sub`` (s × k', dense or sparse on xp, of rank k) that are independent
+    by the rank rule, or None.
 
     The pivot rows of an LU with partial pivoting of a full-column-rank matrix
     are independent (each Schur complement keeps full column rank, so no pivot
-    column is zero); a k' × k Gaussian G first brings ``rows`` to k columns
-    (``rows·G`` keeps rank k with probability 1).  The chosen rows of
-    ``rows·G`` are then checked by the rank rule, so a numerically poor choice
-    returns None rather than dependent rows.
+    column is zero).  So sub is first cut to k independent columns J
+    (``_independent_columns``), gathered by row blocks straight into the
+    Fortran-ordered s × k matrix that LAPACK factors in place (on the host:
+    CuPy's LU is square only).  The chosen rows of sub are then checked by
+    the rank rule, so that a numerically poor choice returns None rather
+    than dependent rows.
     """
     import scipy.linalg
 
-    C = rows
-    if C.shape[1] > k:
-        C = (Gaussian(k, C.shape[1], seed=seed) @ C.T).T
+    s, width = sub.shape
+    J = _independent_columns(sub, k, seed, xp) if width > k else None
+    dtype = sub.dtype if sub.dtype.kind == "f" else np.dtype(np.float64)
+    C = np.empty((s, k), dtype=dtype, order="F")
+    step = max(1, _PIVOT_BLOCK_BYTES // (dtype.itemsize * width))
+    for a in range(0, s, step):
+        block = to_host(to_dense(sub[a : a + step]))
+        C[a : a + step] = block if J is None else np.take(block, J, axis=1)
+    picked = _lu_pivots(C, k, scipy.linalg, overwrite=True)
+    return picked if _numerical_rank(to_host(to_dense(sub[xp.asarray(picked)])), scale_dims, np) >= k else None
+
+
+def _lu_pivots(C, k, linalg, overwrite=False):
+    """The first k pivot rows of an LU with partial pivoting of C (on the host; C is
+    overwritten with ``overwrite`` when it is Fortran ordered)."""
     with warnings.catch_warnings():  # a rank-deficient C (lost rank) warns of a zero pivot
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        _, swaps = scipy.linalg.lu_factor(C, check_finite=False)
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        _, swaps = linalg.lu_factor(C, overwrite_a=overwrite, check_finite=False)
     order = np.arange(C.shape[0])
     for i, j in enumerate(swaps[:k]):  # LAPACK's row interchanges, in order
         order[[i, j]] = order[[j, i]]
-    picked = order[:k]
-    return picked if _numerical_rank(C[picked], scale_dims, np) >= k else None
+    return order[:k]
+
+
+def _independent_columns(sub, k, seed, xp):
+    """k columns of the s × k' matrix ``sub`` of rank k that are independent (w.h.p.), sorted.
+
+    ``X = (W sub)ᵀ`` with W a rank-preserving sketch of ``z = 2k + 10`` rows
+    (``_sketch_rows``; none when ``s <= z``): ``rank(W sub) = rank(sub)``
+    means W is one-to-one on range(sub), so a set of columns is independent
+    in ``W sub`` exactly when it is in sub.  A z × k Gaussian G then brings X
+    to k columns (``XG`` keeps rank k with probability 1), and the pivot rows
+    of its LU are k independent columns.  Cost ``O(nnz(sub) + k' z k)``.
+    Bringing the s × k' candidate rows themselves to k columns by a Gaussian,
+    as before, cost ``s k' k`` with ``s ≈ 4k ln k``, about ln k times more.
+    """
+    import scipy.linalg
+
+    z = 2 * k + 10
+    WC = to_host(to_dense(sub if sub.shape[0] <= z else _sketch_rows(sub, z, derive_seed(seed, 1), xp)))
+    X = (Gaussian(k, WC.shape[0], seed=seed) @ WC).T if WC.shape[0] > k else WC.T
+    return np.sort(_lu_pivots(X, k, scipy.linalg))
 
 
 #: The first size of ``_sketch_rank``'s nested sketches.
@@ -206,7 +244,8 @@ def rank(A, *, seed=None):
             # The sketch's rank never exceeds A's, so k1 = min(n, d) is final as well.
             if k1 < z / _C or k1 == min(n, d) or (z >= n and z >= d):
                 return k1
-            z = _next_size(z, k1)
+            # A sketch of c·min(n, d) + 1 rows certifies any rank: never sketch to more.
+            z = min(_next_size(z, k1), _C * min(n, d) + 1)
 
 
 def independent_rows(A, *, seed=None):
@@ -227,9 +266,9 @@ def independent_rows(A, *, seed=None):
     columns are reduced by a rank-preserving sketch (as in ``rank``) to ``B = A Rᵀ`` with
     ``min(d, 2k + 10)`` columns (row dependencies are kept w.h.p.); rows are
     drawn by leverage-score sampling of B (Algorithm 2, ``s = 4k ln k + 20``);
-    the pivot rows of an LU with partial pivoting of those rows, brought to
-    k columns by a Gaussian (``_pivot_rows``, on the host: CuPy's LU is
-    square only), are k independent ones, checked by the rank rule.  As in
+    the pivot rows of an LU with partial pivoting of those rows, cut to k
+    independent columns (``_pivot_rows``, on the host: CuPy's LU is square
+    only), are k independent ones, checked by the rank rule.  As in
     the proof of Theorem 7.12, rows M with ``B_M = A_M Rᵀ`` of rank k are
     independent rows of A, so A's rows (of length d) are never factored: on
     a 200000 × 200000 CSR matrix of rank 40 (2·10⁶ nonzeros) the pivoted QR
@@ -268,8 +307,8 @@ def independent_rows(A, *, seed=None):
         s = int(4 * k * math.log(max(k, 2))) + 20
         for attempt in range(4):
             cand = np.arange(n) if s >= n else np.unique(leverage_sample(B, s, seed=derive_seed(seed, 2 + attempt)).indices)
-            rows = to_host(to_dense(B[xp.asarray(cand)]))  # Theorem 7.12: B's rows stand for A's
-            picked = _pivot_rows(rows, k, (n, d), derive_seed(seed, 10 + attempt))
+            # Theorem 7.12: B's rows stand for A's.
+            picked = _pivot_rows(B[xp.asarray(cand)], k, (n, d), derive_seed(seed, 10 + attempt), xp)
             if picked is not None:
                 return xp.asarray(np.sort(cand[picked]))
             if s >= n:  # every row was a candidate: B lost rank, not the sample

@@ -394,6 +394,38 @@ def test_leverage_scores_rank_deficient_sum_to_rank():
     assert 0.25 < ratio.min() and ratio.max() < 4.0
 
 
+def test_rank_deficient_preconditioner_does_not_hang_on_the_svd_signs(monkeypatch):
+    """A rank-deficient sketch's P = V_r Σ_r⁻¹ fixes each singular pair's sign, so the
+    approximate leverage scores (row norms of A P G for a fixed Gaussian G) and the
+    sketched solution are the same whichever signs the SVD routine returns (LAPACK's and
+    cuSOLVER's need not agree); they came out 10-25 % apart when the signs flipped."""
+    from gpusketch.linalg._precondition import SketchPreconditioner
+
+    rng = np.random.default_rng(40)
+    A = rng.standard_normal((2000, 6)) @ rng.standard_normal((6, 15))
+    b = rng.standard_normal(2000)
+    with pytest.warns(gs.RankDeficientWarning):
+        want = (gs.leverage_scores(A, seed=5), gs.lstsq(A, b, method="sketch", seed=5).x)
+    svd = np.linalg.svd
+
+    def flipped(M, *args, **kwargs):
+        out = svd(M, *args, **kwargs)
+        if kwargs.get("compute_uv", True) is False:
+            return out
+        U, s, Vt = out
+        sign = np.where(np.arange(s.size) % 2 == 0, -1.0, 1.0)
+        return U * sign, s, Vt * sign[:, None]
+
+    monkeypatch.setattr(np.linalg, "svd", flipped)
+    pre = SketchPreconditioner(A[:200], np)
+    P = pre.P  # V_r Σ_r⁻¹: each column's largest entry is positive
+    assert pre.rank_deficient and np.all(P[np.abs(P).argmax(axis=0), np.arange(6)] > 0)
+    with pytest.warns(gs.RankDeficientWarning):
+        got = (gs.leverage_scores(A, seed=5), gs.lstsq(A, b, method="sketch", seed=5).x)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-10)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+
+
 def test_leverage_sample_is_subspace_embedding(xp):
     rng = np.random.default_rng(15)
     A = rng.standard_normal((6000, 20))

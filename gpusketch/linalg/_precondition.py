@@ -33,8 +33,12 @@ class SketchPreconditioner:
             U_R, s, Vt = xp.linalg.svd(self.R, full_matrices=False)
             r = svd_rank(s, SA.shape)
             if r < SA.shape[1]:
-                self.P = Vt[:r].T / s[:r]
-                self._UR = U_R[:, :r]
+                # Each singular pair's sign fixed (largest |entry| of v positive), so that P,
+                # and what a Gaussian through it gives, does not hang on the SVD routine.
+                V = Vt[:r]
+                sign = xp.where(V[xp.arange(r), xp.abs(V).argmax(axis=1)] < 0, -1.0, 1.0).astype(V.dtype)
+                self.P = (V * sign[:, None]).T / s[:r]
+                self._UR = U_R[:, :r] * sign
                 self.rank, self.rank_deficient = r, True
 
     def apply(self, y):

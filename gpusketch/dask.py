@@ -31,7 +31,7 @@ from ._backend import (
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
-from .linalg._numerics import qr_rank_deficient, svd_rank
+from .linalg._numerics import qr_rank_deficient, svd_rank, svd_signs
 from .linalg._precondition import SketchPreconditioner
 from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_columns
 from .linalg.lstsq import RankDeficientWarning, sketch_for, sketch_rank_message
@@ -537,6 +537,8 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
     U : dask.array.Array of shape (n, k)
     s : (k,) array, descending
     Vt : (k, d) array
+        Signs fixed as ``gpusketch.randomized_svd``'s: the largest-magnitude
+        entry of each row of Vt is positive.
 
     Examples
     --------
@@ -572,4 +574,5 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
             Q = Q.persist()
         B = _small(Q.T @ X1)
         Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
-        return Q @ Ub[:, :k], s[:k], Vt[:k]
+        sign = svd_signs(Vt[:k], xp)  # as gpusketch.randomized_svd's
+        return Q @ (Ub[:, :k] * sign), s[:k], Vt[:k] * sign[:, None]

@@ -500,6 +500,37 @@ def test_randomized_svd_full_rank_k_is_the_svd(xp):
     np.testing.assert_allclose((U * s) @ Vt, A, atol=1e-12)
 
 
+def test_randomized_svd_signs_do_not_hang_on_the_svd_routine(monkeypatch):
+    """U and Vt carry scikit-learn's ``svd_flip`` convention (largest |entry| of each row of
+    Vt positive), in memory and on Dask, so an SVD routine that returns other signs
+    (cuSOLVER against LAPACK) gives the same U and Vt; they had followed the routine."""
+    import dask.array as da
+
+    from gpusketch import dask as gsd
+
+    rng = np.random.default_rng(42)
+    A = rng.standard_normal((500, 5)) @ rng.standard_normal((5, 40)) + 1e-3 * rng.standard_normal((500, 40))
+    want = gs.randomized_svd(A, 4, seed=3)
+    dask_want = gsd.randomized_svd(da.from_array(A, chunks=(100, 40)), 4, seed=3)
+    for Vt in (want[2], dask_want[2]):
+        assert np.all(Vt[np.arange(4), np.abs(Vt).argmax(axis=1)] > 0)
+    svd = np.linalg.svd
+
+    def flipped(M, *args, **kwargs):
+        out = svd(M, *args, **kwargs)
+        if kwargs.get("compute_uv", True) is False:
+            return out
+        U, sv, Vt = out
+        sign = np.where(np.arange(sv.size) % 2 == 0, -1.0, 1.0)
+        return U * sign, sv, Vt * sign[:, None]
+
+    monkeypatch.setattr(np.linalg, "svd", flipped)
+    for got, ref in ((gs.randomized_svd(A, 4, seed=3), want),
+                     (gsd.randomized_svd(da.from_array(A, chunks=(100, 40)), 4, seed=3), dask_want)):
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-12, atol=1e-14)
+
+
 def test_rank_cases(xp):
     rng = np.random.default_rng(21)
     low = rng.standard_normal((600, 9)) @ rng.standard_normal((9, 80))

@@ -21,6 +21,7 @@ __all__ = [
     "streamed_cholesky_qr2",
     "qr_lstsq",
     "top_left_singular",
+    "svd_signs",
 ]
 
 
@@ -403,3 +404,14 @@ def top_left_singular(Z, k, xp):
     Z64 = Z.astype(xp.float64, copy=False)
     _, V = xp.linalg.eigh(Z64 @ Z64.T)  # ascending eigenvalues
     return V[:, ::-1][:, :k].astype(Z.dtype)
+
+
+def svd_signs(Vt, xp):
+    """Signs (±1 per row) that make the largest-magnitude entry of each right singular
+    vector (row of Vt) positive: multiplying a pair ``(u_j, v_j)`` by them fixes the SVD's
+    sign freedom, so that results do not hang on the routine (LAPACK's and cuSOLVER's
+    signs need not agree); scikit-learn's ``svd_flip`` convention, decided on V."""
+    if Vt.shape[0] == 0:
+        return xp.ones(0, dtype=Vt.dtype)
+    pick = xp.abs(Vt).argmax(axis=1)
+    return xp.where(Vt[xp.arange(Vt.shape[0]), pick] < 0, -1.0, 1.0).astype(Vt.dtype)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._backend import linalg_modules
-from ._numerics import cholesky_qr_factors, qr_rank_deficient, svd_rank
+from ._numerics import cholesky_qr_factors, qr_rank_deficient, svd_rank, svd_signs
 
 __all__ = ["SketchPreconditioner"]
 
@@ -33,11 +33,10 @@ class SketchPreconditioner:
             U_R, s, Vt = xp.linalg.svd(self.R, full_matrices=False)
             r = svd_rank(s, SA.shape)
             if r < SA.shape[1]:
-                # Each singular pair's sign fixed (largest |entry| of v positive), so that P,
-                # and what a Gaussian through it gives, does not hang on the SVD routine.
-                V = Vt[:r]
-                sign = xp.where(V[xp.arange(r), xp.abs(V).argmax(axis=1)] < 0, -1.0, 1.0).astype(V.dtype)
-                self.P = (V * sign[:, None]).T / s[:r]
+                # Each singular pair's sign fixed, so that P, and what a Gaussian through
+                # it gives (the sketched leverage scores), does not hang on the SVD routine.
+                sign = svd_signs(Vt[:r], xp)
+                self.P = (Vt[:r] * sign[:, None]).T / s[:r]
                 self._UR = U_R[:, :r] * sign
                 self.rank, self.rank_deficient = r, True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .._backend import as_matrix, check_positive_int, check_seed, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
-from ._numerics import orthonormalize
+from ._numerics import orthonormalize, svd_signs
 
 __all__ = ["randomized_svd"]
 
@@ -31,7 +31,10 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
     -------
     U : (n, k) array, s : (k,) array, Vt : (k, d) array
         On the device of A, like ``scipy.sparse.linalg.svds`` ordered by
-        decreasing s (scikit-learn's convention).
+        decreasing s (scikit-learn's convention).  Each pair's sign is fixed
+        so that the largest-magnitude entry of each row of Vt is positive
+        (scikit-learn's ``svd_flip``, decided on V): the signs do not depend
+        on the SVD routine (LAPACK's or cuSOLVER's).
 
     Notes
     -----
@@ -74,4 +77,6 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
             Q, _ = orthonormalize(to_dense(A @ Z), xp)
         Qb, Rb = orthonormalize(to_dense(A.T @ Q), xp)  # Bᵀ = (QᵀA)ᵀ = Qb Rb, A never transposed densely
         Ur, s, Wt = xp.linalg.svd(Rb.T)  # B = Rbᵀ Qbᵀ = Ur diag(s) (Qb Wtᵀ)ᵀ
-        return Q @ Ur[:, :k], s[:k], Wt[:k] @ Qb.T
+        Vt = Wt[:k] @ Qb.T
+        sign = svd_signs(Vt, xp)
+        return Q @ (Ur[:, :k] * sign), s[:k], Vt * sign[:, None]

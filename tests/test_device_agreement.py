@@ -52,7 +52,7 @@ CALLS = {
     "kron.lstsq": lambda A, b, F, bk: kron.lstsq(F, bk, seed=1).x,
     "kron.lstsq sketch": lambda A, b, F, bk: kron.lstsq(F, bk, method="sketch", seed=1).x,
     "kron.lp_regression": lambda A, b, F, bk: kron.lp_regression(F, bk, 1, seed=1).x,
-    "kron.low_rank": lambda A, b, F, bk: kron.low_rank(F, 3, seed=1).cost,
+    "kron.low_rank": lambda A, b, F, bk: (lambda r: np.r_[r.cost, to_numpy(r.V).ravel()])(kron.low_rank(F, 3, seed=1)),
     "kron.rank_regression": lambda A, b, F, bk: kron.rank_regression(A[:300], b[:300], seed=1).x,
     "fair.low_rank": lambda A, b, F, bk: fair.cost(_groups(A), fair.low_rank(_groups(A), 3, seed=1).V),
     "fair.column_subset": lambda A, b, F, bk: fair.column_subset(_groups(A), 3, seed=1).columns,

@@ -826,3 +826,20 @@ def test_residual_slabs_cover_every_row_once(xp, rng, monkeypatch, q):
                                    rtol=1e-12, atol=1e-12 * np.abs(r).max() ** 1.5)  # a residual of 1e-8 cancels
     cost2 = to_numpy(regression._cost(K, xp.asarray(X), regression._Target(xp.asarray(B), A.shape[0], xp), 2))
     np.testing.assert_allclose(cost2, np.linalg.norm(A @ X - B, axis=0), rtol=1e-13)
+
+
+def test_low_rank_v_does_not_hang_on_the_svd_signs(monkeypatch):
+    """The factor singular vectors behind V carry a fixed sign (largest |entry| positive), so
+    an SVD routine returning other signs (cuSOLVER against LAPACK) gives the same V."""
+    rng = np.random.default_rng(7)
+    fs = [rng.standard_normal((80, 5)), rng.standard_normal((60, 4))]
+    want = kron.low_rank(fs, 3, seed=2).V
+    svd = np.linalg.svd
+
+    def flipped(M, *args, **kwargs):
+        U, s, Vt = svd(M, *args, **kwargs)
+        sign = np.where(np.arange(s.size) % 2 == 0, -1.0, 1.0)
+        return U * sign, s, Vt * sign[:, None]
+
+    monkeypatch.setattr(np.linalg, "svd", flipped)
+    np.testing.assert_allclose(kron.low_rank(fs, 3, seed=2).V, want, rtol=1e-12, atol=1e-15)

@@ -9,6 +9,7 @@ import numpy as np
 from .._backend import check_positive_int, check_seed, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
+from ..linalg._numerics import svd_signs
 from ..linalg.results import RowSpaceResult
 from ..operators import row_reduction
 from .matrix import as_kronecker
@@ -100,6 +101,9 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
         ``.info`` (``m`` per factor, ``multi_index`` of the factor singular
         vectors in each row of V, ``singular_values``: ``||A v||`` for each
         row v of V, descending; A's top singular values for ``"exact"``).
+        Each factor singular vector's sign is fixed (its largest-magnitude
+        entry positive, ``svd_signs``), so V does not depend on the SVD
+        routine.
 
     Notes
     -----
@@ -167,7 +171,8 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
         vecs = []
         for t, (F, mt) in enumerate(zip(K.factors, ms)):
             B = F if method == "exact" else row_reduction("sparse_sign", mt, F.shape[0], seed=derive_seed(seed, t)) @ F
-            vecs.append(xp.linalg.svd(B, full_matrices=False)[2])
+            Vt = xp.linalg.svd(B, full_matrices=False)[2]
+            vecs.append(Vt * svd_signs(Vt, xp)[:, None])  # V's signs do not hang on the SVD routine
         # Rank the candidates by what they capture of A, ||A_t v||, not by the sketch's
         # singular values: the cost needs these norms anyway (see Notes).
         parts = _factor_energies(K.factors, vecs, xp)

@@ -75,3 +75,19 @@ def one_entry_per_column(n=5000, d=20, seed=0):
     A[rng.choice(n, d, replace=False), np.arange(d)] = rng.uniform(1, 2, d)
     b = rng.standard_normal(n)
     return A, b, np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def flip_svd_signs(monkeypatch):
+    """Make ``numpy.linalg.svd`` return every other singular pair with the opposite sign, as
+    another SVD routine may (cuSOLVER's signs need not be LAPACK's)."""
+    svd = np.linalg.svd
+
+    def flipped(M, *args, **kwargs):
+        out = svd(M, *args, **kwargs)
+        if kwargs.get("compute_uv", True) is False:
+            return out
+        U, s, Vt = out
+        sign = np.where(np.arange(s.size) % 2 == 0, -1.0, 1.0)
+        return U * sign, s, Vt * sign[:, None]
+
+    monkeypatch.setattr(np.linalg, "svd", flipped)

@@ -10,7 +10,7 @@ import pytest
 import gpusketch as gs
 from gpusketch import kron
 from gpusketch.robust.lp import solve_lp_small
-from conftest import gpu, sparse_module, to_numpy
+from conftest import flip_svd_signs, gpu, sparse_module, to_numpy
 
 
 def _factors(rng, shapes, xp=np):
@@ -834,12 +834,5 @@ def test_low_rank_v_does_not_hang_on_the_svd_signs(monkeypatch):
     rng = np.random.default_rng(7)
     fs = [rng.standard_normal((80, 5)), rng.standard_normal((60, 4))]
     want = kron.low_rank(fs, 3, seed=2).V
-    svd = np.linalg.svd
-
-    def flipped(M, *args, **kwargs):
-        U, s, Vt = svd(M, *args, **kwargs)
-        sign = np.where(np.arange(s.size) % 2 == 0, -1.0, 1.0)
-        return U * sign, s, Vt * sign[:, None]
-
-    monkeypatch.setattr(np.linalg, "svd", flipped)
+    flip_svd_signs(monkeypatch)
     np.testing.assert_allclose(kron.low_rank(fs, 3, seed=2).V, want, rtol=1e-12, atol=1e-15)

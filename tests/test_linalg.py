@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpusketch as gs
-from conftest import one_entry_per_column, sparse_module, to_numpy
+from conftest import flip_svd_signs, one_entry_per_column, sparse_module, to_numpy
 
 
 def ill_conditioned(n, d, kappa, seed):
@@ -406,17 +406,7 @@ def test_rank_deficient_preconditioner_does_not_hang_on_the_svd_signs(monkeypatc
     b = rng.standard_normal(2000)
     with pytest.warns(gs.RankDeficientWarning):
         want = (gs.leverage_scores(A, seed=5), gs.lstsq(A, b, method="sketch", seed=5).x)
-    svd = np.linalg.svd
-
-    def flipped(M, *args, **kwargs):
-        out = svd(M, *args, **kwargs)
-        if kwargs.get("compute_uv", True) is False:
-            return out
-        U, s, Vt = out
-        sign = np.where(np.arange(s.size) % 2 == 0, -1.0, 1.0)
-        return U * sign, s, Vt * sign[:, None]
-
-    monkeypatch.setattr(np.linalg, "svd", flipped)
+    flip_svd_signs(monkeypatch)
     pre = SketchPreconditioner(A[:200], np)
     P = pre.P  # V_r Σ_r⁻¹: each column's largest entry is positive
     assert pre.rank_deficient and np.all(P[np.abs(P).argmax(axis=0), np.arange(6)] > 0)
@@ -514,17 +504,7 @@ def test_randomized_svd_signs_do_not_hang_on_the_svd_routine(monkeypatch):
     dask_want = gsd.randomized_svd(da.from_array(A, chunks=(100, 40)), 4, seed=3)
     for Vt in (want[2], dask_want[2]):
         assert np.all(Vt[np.arange(4), np.abs(Vt).argmax(axis=1)] > 0)
-    svd = np.linalg.svd
-
-    def flipped(M, *args, **kwargs):
-        out = svd(M, *args, **kwargs)
-        if kwargs.get("compute_uv", True) is False:
-            return out
-        U, sv, Vt = out
-        sign = np.where(np.arange(sv.size) % 2 == 0, -1.0, 1.0)
-        return U * sign, sv, Vt * sign[:, None]
-
-    monkeypatch.setattr(np.linalg, "svd", flipped)
+    flip_svd_signs(monkeypatch)
     for got, ref in ((gs.randomized_svd(A, 4, seed=3), want),
                      (gsd.randomized_svd(da.from_array(A, chunks=(100, 40)), 4, seed=3), dask_want)):
         for g, r in zip(got, ref):

@@ -188,6 +188,11 @@ def _factor_pinv(F, xp):
     return (Vt[:r].T / s[:r]) @ U[:, :r].T, r
 
 
+def _factor_rank(F, xp):
+    """``rank(F)`` by the rule ``_factor_pinv`` uses."""
+    return svd_rank(xp.linalg.svd(F, compute_uv=False), F.shape)
+
+
 def _warn_rank_deficient(K, ranks, stacklevel=3):
     """Warn that ``A = A_1 ⊗ ... ⊗ A_q`` is rank deficient when a factor is:
     ``rank(A) = ∏ rank(A_t)``."""
@@ -434,7 +439,7 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
                 info["rows"] = N
         elif method == "sampling" and _zero_design(K):  # no leverage to sample by
             x, info["rows"] = _zeros_like_solution(K, tgt), 0
-            ranks = [_factor_pinv(F, xp)[1] for F in K.factors]
+            ranks = [_factor_rank(F, xp) for F in K.factors]
         elif method == "sampling":
             bases = [_factor_basis(F, derive_seed(seed, t)) for t, F in enumerate(K.factors)]
             probs = [(B * B).sum(axis=1) for B, _, _ in bases]
@@ -472,7 +477,7 @@ def _sketch_lost_rank(K, sketch_ranks, info):
     ranks = list(sketch_ranks)
     for t, (F, r) in enumerate(zip(K.factors, sketch_ranks)):
         if r < F.shape[1]:
-            ranks[t] = _factor_pinv(F, K.xp)[1]
+            ranks[t] = _factor_rank(F, K.xp)
     if ranks != list(sketch_ranks):
         info["sketch_ranks"] = [int(r) for r in sketch_ranks]
         warnings.warn(

@@ -79,8 +79,6 @@ def _pivot_rows(sub, k, scale_dims, seed, xp):
     the rank rule, so that a numerically poor choice returns None rather
     than dependent rows.
     """
-    import scipy.linalg
-
     s, width = sub.shape
     J = _independent_columns(sub, k, seed, xp) if width > k else None
     dtype = sub.dtype if sub.dtype.kind == "f" else np.dtype(np.float64)
@@ -89,16 +87,18 @@ def _pivot_rows(sub, k, scale_dims, seed, xp):
     for a in range(0, s, step):
         block = to_host(to_dense(sub[a : a + step]))
         C[a : a + step] = block if J is None else np.take(block, J, axis=1)
-    picked = _lu_pivots(C, k, scipy.linalg, overwrite=True)
+    picked = _lu_pivots(C, k, overwrite=True)
     return picked if _numerical_rank(to_host(to_dense(sub[xp.asarray(picked)])), scale_dims, np) >= k else None
 
 
-def _lu_pivots(C, k, linalg, overwrite=False):
+def _lu_pivots(C, k, overwrite=False):
     """The first k pivot rows of an LU with partial pivoting of C (on the host; C is
     overwritten with ``overwrite`` when it is Fortran ordered)."""
+    import scipy.linalg
+
     with warnings.catch_warnings():  # a rank-deficient C (lost rank) warns of a zero pivot
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        _, swaps = linalg.lu_factor(C, overwrite_a=overwrite, check_finite=False)
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        _, swaps = scipy.linalg.lu_factor(C, overwrite_a=overwrite, check_finite=False)
     order = np.arange(C.shape[0])
     for i, j in enumerate(swaps[:k]):  # LAPACK's row interchanges, in order
         order[[i, j]] = order[[j, i]]
@@ -117,12 +117,10 @@ def _independent_columns(sub, k, seed, xp):
     Bringing the s × k' candidate rows themselves to k columns by a Gaussian,
     as before, cost ``s k' k`` with ``s ≈ 4k ln k``, about ln k times more.
     """
-    import scipy.linalg
-
     z = 2 * k + 10
     WC = to_host(to_dense(sub if sub.shape[0] <= z else _sketch_rows(sub, z, derive_seed(seed, 1), xp)))
     X = (Gaussian(k, WC.shape[0], seed=seed) @ WC).T if WC.shape[0] > k else WC.T
-    return np.sort(_lu_pivots(X, k, scipy.linalg))
+    return np.sort(_lu_pivots(X, k))
 
 
 #: The first size of ``_sketch_rank``'s nested sketches.
@@ -307,8 +305,8 @@ def independent_rows(A, *, seed=None):
         s = int(4 * k * math.log(max(k, 2))) + 20
         for attempt in range(4):
             cand = np.arange(n) if s >= n else np.unique(leverage_sample(B, s, seed=derive_seed(seed, 2 + attempt)).indices)
-            # Theorem 7.12: B's rows stand for A's.
-            picked = _pivot_rows(B[xp.asarray(cand)], k, (n, d), derive_seed(seed, 10 + attempt), xp)
+            sub = B if s >= n else B[xp.asarray(cand)]  # Theorem 7.12: B's rows stand for A's
+            picked = _pivot_rows(sub, k, (n, d), derive_seed(seed, 10 + attempt), xp)
             if picked is not None:
                 return xp.asarray(np.sort(cand[picked]))
             if s >= n:  # every row was a candidate: B lost rank, not the sample

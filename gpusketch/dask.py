@@ -509,7 +509,7 @@ def leverage_scores(X, *, exact=False, seed=None):
         SX = _small(sketch(embedding_osnap(n, d, seed), X))
         _check_sketch_finite(SX, "X")
         xp = array_namespace(SX)
-        pre = SketchPreconditioner(SX, xp)
+        pre = SketchPreconditioner(SX, xp, solve=False)
         if pre.rank == 0:  # X = 0, as in memory; lazy, on X's chunks and device
             return X[:, 0] * 0
         G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, X.dtype)

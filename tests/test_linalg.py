@@ -416,6 +416,29 @@ def test_rank_deficient_preconditioner_does_not_hang_on_the_svd_signs(monkeypatc
     np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["full rank", "ill conditioned", "rank deficient", "float32"])
+def test_preconditioner_without_q_matches_the_solving_one(xp, kind):
+    """``SketchPreconditioner(solve=False)`` (the leverage scores, kron's factor bases) skips
+    forming Q on the Householder route; its P must be the solving one's."""
+    from gpusketch.linalg._precondition import SketchPreconditioner
+
+    rng = np.random.default_rng(43)
+    SA = rng.standard_normal((300, 40))
+    if kind == "ill conditioned":  # CholeskyQR2 fails: Householder
+        SA *= np.logspace(0, -12, 40)
+    elif kind == "rank deficient":
+        SA = SA[:, :30] @ rng.standard_normal((30, 40))
+    elif kind == "float32":
+        SA = SA.astype(np.float32)
+    SA = xp.asarray(SA)
+    full, lean = SketchPreconditioner(SA, xp), SketchPreconditioner(SA, xp, solve=False)
+    assert lean.rank == full.rank == (30 if kind == "rank deficient" else 40)
+    eye = xp.eye(full.rank, dtype=SA.dtype)
+    np.testing.assert_allclose(to_numpy(lean.apply(eye)), to_numpy(full.apply(eye)), rtol=1e-12 if kind != "float32" else 1e-5)
+    with pytest.raises(RuntimeError, match="solve=False"):
+        lean.sketched_solution(SA[:, 0])
+
+
 def test_leverage_sample_is_subspace_embedding(xp):
     rng = np.random.default_rng(15)
     A = rng.standard_normal((6000, 20))

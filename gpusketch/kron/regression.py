@@ -173,9 +173,9 @@ def _factor_basis(F, seed):
     xp = array_namespace(F)
     n, d = F.shape
     sketched = n > 8 * (4 * d + 10)
-    pre = SketchPreconditioner(SparseSign(4 * d + 10, n, nnz=8, seed=seed) @ F if sketched else F, xp)
+    pre = SketchPreconditioner(SparseSign(4 * d + 10, n, nnz=8, seed=seed) @ F if sketched else F, xp, solve=False)
     if sketched and pre.rank_deficient:
-        pre = SketchPreconditioner(F, xp)
+        pre = SketchPreconditioner(F, xp, solve=False)
     P = pre.apply(xp.eye(pre.rank, dtype=F.dtype))
     return F @ P, P, pre.rank
 

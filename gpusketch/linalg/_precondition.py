@@ -21,13 +21,25 @@ class SketchPreconditioner:
     and ``U = Q U_R`` is never formed (``U_rᵀ Sb = U_{R,r}ᵀ Qᵀ Sb``).  On the
     2-core CPU an 8010 × 2000 SA of rank 1952 (``leverage_sample``'s sketch
     in ``independent_rows``) took 4.8 s to decompose whole, 2.2 s through R.
+
+    Parameters
+    ----------
+    SA : (m, d) dense array
+    xp : array module
+    solve : bool
+        Keep Q for ``sketched_solution``; ``False`` (the leverage scores, the
+        Kronecker factor bases) lets a Householder route skip forming Q.
     """
 
-    def __init__(self, SA, xp):
+    def __init__(self, SA, xp, solve=True):
         self.xp = xp
         self._la, _ = linalg_modules(xp)
-        # Q = Q1 Rinv2 is never formed: only R and Qᵀ Sb are needed (cholesky_qr_factors).
-        self._Q1, self.R, self._Rinv2 = cholesky_qr_factors(SA, xp)
+        # Q = Q1 Rinv2 is never formed: only R and Qᵀ Sb are needed (cholesky_qr_factors);
+        # without ``solve`` (no sketched_solution: the leverage scores) a Householder route
+        # skips Q altogether.
+        self._Q1, self.R, self._Rinv2 = cholesky_qr_factors(SA, xp, want_q=solve)
+        if not solve:  # (CholeskyQR2 forms Q₁ on the way: not kept)
+            self._Q1 = self._Rinv2 = None
         self.rank, self.rank_deficient = SA.shape[1], False
         if qr_rank_deficient(self.R, SA.shape):  # possibly: the SVD's rank rule decides
             U_R, s, Vt = xp.linalg.svd(self.R, full_matrices=False)
@@ -50,6 +62,8 @@ class SketchPreconditioner:
 
     def sketched_solution(self, Sb):
         """``y`` minimising ``||SA P y - Sb||``: ``Qᵀ Sb`` (or ``U_rᵀ Sb = U_{R,r}ᵀ Qᵀ Sb``)."""
+        if self._Q1 is None:
+            raise RuntimeError("this SketchPreconditioner was built with solve=False: it kept no Q")
         y = self._Q1.T @ Sb
         y = y if self._Rinv2 is None else self._Rinv2.T @ y
         return self._UR.T @ y if self.rank_deficient else y

@@ -41,7 +41,7 @@ def embedding_osnap(n, d, seed):
 
 def _preconditioner(A, xp, seed):
     """R⁻¹ (or V_r Σ_r⁻¹) from the sketch ``embedding_osnap(n, d, seed) @ A``."""
-    return SketchPreconditioner(to_dense(embedding_osnap(*A.shape, seed) @ A), xp)
+    return SketchPreconditioner(to_dense(embedding_osnap(*A.shape, seed) @ A), xp, solve=False)
 
 
 def jl_columns(n):
@@ -259,7 +259,7 @@ def streamed_leverage_scores(M, *, exact, seed):
     for a in range(0, n, rows):
         part = to_dense(S[:, a : a + rows] @ M[a : a + rows])
         SM = part if SM is None else SM + part
-    return _sketched_scores(SketchPreconditioner(SM, xp), n, M.dtype, seed, M.product_row_norms2, xp)
+    return _sketched_scores(SketchPreconditioner(SM, xp, solve=False), n, M.dtype, seed, M.product_row_norms2, xp)
 
 
 def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):

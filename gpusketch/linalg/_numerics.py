@@ -133,18 +133,15 @@ def cholesky_qr_factors(Y, xp, want_q=True):
     Callers that need only R and ``Qᵀv = Rinv₂ᵀ (Q₁ᵀ v)`` skip the ``n × l × l``
     GEMM that forms Q: a third of CholeskyQR2's work.  With ``want_q=False``
     the Householder route returns ``Q₁ = None`` and does not form Q (LAPACK's
-    ``orgqr``, about as much work again as the factorisation: 8010 × 2000 took
-    1.1 s for R alone against 2.9 s with Q on the 2-core CPU).
+    ``orgqr``, more work than the factorisation itself: 8010 × 2000 took
+    1.1 s for R alone against 2.8-3.2 s with Q on the 2-core CPU).
     """
     n, l = Y.shape
 
     def householder():
-        if not want_q:
-            R = xp.linalg.qr(Y, mode="r")
-            return None, R * xp.where(R.diagonal() < 0, -1.0, 1.0).astype(R.dtype)[:, None], None
-        Q, R = xp.linalg.qr(Y)
+        Q, R = xp.linalg.qr(Y) if want_q else (None, xp.linalg.qr(Y, mode="r"))
         sign = xp.where(R.diagonal() < 0, -1.0, 1.0).astype(R.dtype)
-        return Q * sign, R * sign[:, None], None
+        return (None if Q is None else Q * sign), R * sign[:, None], None
 
     if n < 2 * l or Y.dtype.kind != "f":
         return householder()

@@ -476,7 +476,9 @@ def _sketch_bucket_ranges(hashes, A2, out, rows, threads):
     thread t computes rows ``[t m / T, (t+1) m / T)`` of the result: it writes
     them once, in order, and reads only the rows of A that hash into its range.
     A is taken in blocks of ``rows`` rows to bound the hashes' memory; blocks
-    after the first are added in.
+    after the first are added in.  A2 may be a CSR matrix (``_hash_sketch_csr_cpu``'s
+    route for long rows): each thread's rows are then a sparse product, written
+    into out densely.
     """
     n, m = A2.shape[0], out.shape[0]
     ranges = [(t * m // threads, (t + 1) * m // threads) for t in range(threads)]
@@ -484,13 +486,19 @@ def _sketch_bucket_ranges(hashes, A2, out, rows, threads):
     with all_blas_serial, ThreadPoolExecutor(len(ranges)) as ex:
         for i, (a, b) in enumerate(_even_row_blocks(n, rows)):
             S = hashes(a, b).tocsr()
+            Ab = A2 if (a, b) == (0, n) else A2[a:b]  # a CSR row slice copies
 
             def run(r):
-                y = S[r[0] : r[1]] @ A2[a:b]
+                y = S[r[0] : r[1]] @ Ab
+                dst = out[r[0] : r[1]]
+                if sp.issparse(y) and i == 0 and y.dtype == dst.dtype:
+                    y.toarray(out=dst)  # (zeroes dst first)
+                    return
+                y = y.toarray() if sp.issparse(y) else y
                 if i == 0:
-                    out[r[0] : r[1]] = y
+                    dst[...] = y
                 else:
-                    out[r[0] : r[1]] += y
+                    dst += y
 
             list(ex.map(run, ranges))
     return out
@@ -565,6 +573,36 @@ def _csc_times_dense_cpu(S, X):
 @_twin("csc_times_dense", "cupy")
 def _csc_times_dense_gpu(S, X):
     return S @ X  # cuSPARSE SpMM takes either layout
+
+
+@_twin("csc_times_sparse", "numpy")
+def _csc_times_sparse_cpu(S, M):
+    """``S @ M`` for a SciPy CSC S (m × n) and a CSR or CSC M, in M's format.
+
+    SciPy's product converts M to S's format first: for a CSR M a full
+    ``tocsc`` copy, 0.85 s of ``rank``'s 1.2-1.35 s sketch of a 100000 × 2000 CSR
+    matrix with 35.6 M entries.  Here S goes to M's format instead (it has a few
+    entries per column), and the threads split the product (SciPy's sparse
+    products release the GIL): S's rows for a CSR M, M's columns for a CSC M,
+    stacked in order.  That sketch took 0.32-0.34 s on 2 cores.
+    """
+    fmt = M.format if M.format in ("csr", "csc") else "csr"
+    M = M.asformat(fmt)
+    S = S.asformat(fmt)
+    side = S.shape[0] if fmt == "csr" else M.shape[1]
+    threads = min(side, _cpu_threads(M.nnz * max(1, -(-S.nnz // max(1, S.shape[1])))))
+    if threads <= 1:
+        return S @ M
+    cuts = [(t * side // threads, (t + 1) * side // threads) for t in range(threads)]
+    part = (lambda c: S[c[0] : c[1]] @ M) if fmt == "csr" else (lambda c: S @ M[:, c[0] : c[1]])
+    with all_blas_serial, ThreadPoolExecutor(threads) as ex:
+        parts = list(ex.map(part, cuts))
+    return (sp.vstack if fmt == "csr" else sp.hstack)(parts, format=fmt)
+
+
+@_twin("csc_times_sparse", "cupy")
+def _csc_times_sparse_gpu(S, M):
+    return S @ M
 
 
 # ---------------------------------------------------------------------------
@@ -645,6 +683,19 @@ _BINCOUNT_MAX_OUT = 1 << 24
 _SCATTER_RATIO = 4
 _CSR_BLOCK_ENTRIES = 1 << 22  # (stored entries) × (nonzeros per column of S) per block of rows
 _CSR_BLOCK_ROWS = 1 << 17  # and rows per block: every row is hashed, stored entries or not
+# A CSR A whose rows hold at least _CSR_SPGEMM_MIN_ROW_ENTRIES stored entries on average
+# (half as many where m·d >= _CSR_SPGEMM_MIN_OUT) is sketched by bucket ranges
+# (``_sketch_bucket_ranges``: S's rows split among threads, each a SciPy sparse product).
+# That product gathers a row of A per entry of S, then costs ~3 ns per (entry of A, nonzero
+# of S), against ~8-13 ns for the flat keys above plus, per block, a zeroed m·d bincount.
+# Measured on the 2-core box, SparseSign (nnz = 8) / CountSketch, best of 3, time against
+# the flat keys: 100000 x 2000 -> 8010 at 356 entries a row 0.19x / 0.40x; 50000 x 4000
+# -> 16010 at 80 a row 0.53x / 0.53x; 2^19 x 2000 -> 1024 and 2^20 x 400 -> 1024 at 40 a
+# row 0.64-0.94x; 10^6 x 2000 -> 8010 at 16 a row 0.69x / 0.78x.  Below 32 entries a row
+# and m·d below 2^22 it can lose: 2^20 x 2000 -> 1024 at 20 a row 1.29x / 0.99x (while
+# 2^18 x 2000 -> 1024 gained, 0.69x), and at 4 a row 1.3-1.4x, at 0.64 a row 3.2x.
+_CSR_SPGEMM_MIN_ROW_ENTRIES = 32
+_CSR_SPGEMM_MIN_OUT = 1 << 22
 
 
 def _entry_rows(starts, total):
@@ -676,7 +727,13 @@ def _hash_sketch_csr_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministi
     # of column i of S: flat keys bucket·d + j from one pass over A's stored entries,
     # then a bincount (1.05-1.1x SciPy's SpGEMM with S prebuilt, hashing included, at
     # 1 % density on 2^20 × 64 → 1024; bench/results/NOTES.md) or, for a large m·d, a
-    # scatter straight into out.
+    # scatter straight into out.  Long rows go by bucket ranges instead (_CSR_SPGEMM_MIN_ROW_ENTRIES).
+    min_entries = _CSR_SPGEMM_MIN_ROW_ENTRIES // (2 if m * d >= _CSR_SPGEMM_MIN_OUT else 1)
+    if A.nnz >= min_entries * n:
+        def hashes(a, b):
+            return _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
+
+        return _sketch_bucket_ranges(hashes, A, out, _BUCKET_RANGES_ROWS, _cpu_threads(A.nnz * nnz + n))
     indptr = np.asarray(A.indptr, dtype=np.int64)
 
     def keys_weights(a, b):

@@ -835,6 +835,15 @@ class _Launcher:
 _WRITES = {"fwht_rows": ("X",), "scatter_add_rows": ("Z",)}
 
 
+def _host_copy(x):
+    """A twin's device result as a dense host array (None for anything else, such as a pair)."""
+    if isinstance(x, ndarray):
+        return x._a.copy()
+    if isinstance(x, _Sparse):
+        return x._m.toarray()
+    return None
+
+
 def _checked_twin(name, gpu_twin, cpu_twin):
     """Run the CuPy twin's own Python, its launches checked and carried out (``_Launcher``),
     then the NumPy twin; what the CuPy twin wrote in place is restored in between.  When
@@ -851,12 +860,12 @@ def _checked_twin(name, gpu_twin, cpu_twin):
         with np.errstate(all="ignore"):
             gpu = gpu_twin(*args, **kwargs)
         computed = _SKIPPED[0] == skipped
-        gpu = gpu._a.copy() if computed and isinstance(gpu, ndarray) else None
+        gpu = _host_copy(gpu) if computed else None
         for a, keep in zip(outputs, saved):
             a._a[...] = keep
         cpu = _device_fn(cpu_twin, host_ok=True)(*args, **kwargs)
         if gpu is not None:
-            want = cpu._a
+            want = _host_copy(cpu)
             tol = 1e-5 if want.dtype == np.float32 else 1e-9
             np.testing.assert_allclose(gpu, want, rtol=tol, atol=tol * float(np.max(np.abs(want), initial=0.0)),
                                        err_msg=f"the CuPy twin of {name} disagrees with its NumPy twin")

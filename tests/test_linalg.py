@@ -618,6 +618,25 @@ def test_csc_times_dense_routes_equal_the_product(n, order):
     assert got.shape == (70, 37)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_csc_times_sparse_equals_the_product_in_the_operands_format(monkeypatch, fmt, threads):
+    """rank's sketches of a sparse M: S goes to M's format (SciPy would copy M to S's), and
+    threads split S's rows (CSR M) or M's columns (CSC M); the product, in M's format."""
+    import scipy.sparse
+
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: threads)
+    S = scipy.sparse.random(70, 400, density=3 / 70, format="csc", random_state=1)
+    M = scipy.sparse.random(400, 37, density=0.2, format=fmt, random_state=2)
+    before = M.toarray()
+    got = _kernels.call("csc_times_sparse", np, S, M)
+    assert scipy.sparse.issparse(got) and got.format == ("csr" if fmt == "coo" else fmt)
+    np.testing.assert_allclose(got.toarray(), S.toarray() @ before, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(M.toarray(), before)
+
+
 def test_independent_rows(xp):
     rng = np.random.default_rng(24)
     A = rng.standard_normal((500, 7)) @ rng.standard_normal((7, 60))

@@ -604,12 +604,13 @@ def test_gpu_deterministic_mode_is_bit_reproducible(rng, layout):
 
 
 @pytest.mark.parametrize("empty", ["third", "most", "long"])
-@pytest.mark.parametrize("route", ["bincount", "scatter"])
+@pytest.mark.parametrize("route", ["bincount", "scatter", "bucket_ranges"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype, empty):
     """The CPU twin's CSR routes (bincount over flat keys in row blocks; a scatter into
-    out for large m·d) equal the dense product, with duplicate and unsorted entries, empty
-    rows, many row blocks (cut by entries and by rows), and a sliced operator (col0 > 0).
+    out for large m·d; bucket ranges of sparse products for long rows) equal the dense
+    product, with duplicate and unsorted entries, empty rows, many row blocks (cut by
+    entries and by rows), three threads, and a sliced operator (col0 > 0).
     With most rows empty only the others are hashed (``_hash_values_at``); rows of 4
     entries or more are expanded by ``numpy.repeat``, shorter ones by ``_entry_rows``."""
     import scipy.sparse as sp
@@ -618,6 +619,15 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype, empty):
 
     monkeypatch.setattr(_kernels, "_CSR_BLOCK_ENTRIES", 40)  # a few rows per block
     monkeypatch.setattr(_kernels, "_CSR_BLOCK_ROWS", 7)  # and no more than 7
+    monkeypatch.setattr(_kernels, "_BUCKET_RANGES_ROWS", 70)  # uneven row blocks, added in
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: 3)
+    ranges = []
+    monkeypatch.setattr(_kernels, "_sketch_bucket_ranges",
+                        lambda *a, _f=_kernels._sketch_bucket_ranges: ranges.append(1) or _f(*a))
+    if route != "bucket_ranges":
+        monkeypatch.setattr(_kernels, "_CSR_SPGEMM_MIN_ROW_ENTRIES", 10**9)
+    else:
+        monkeypatch.setattr(_kernels, "_CSR_SPGEMM_MIN_ROW_ENTRIES", 0)
     expanded, repeated = [], []
     monkeypatch.setattr(_kernels, "_entry_rows", lambda *a, _f=_kernels._entry_rows: expanded.append(1) or _f(*a))
     monkeypatch.setattr(_kernels.np, "repeat", lambda *a, _f=np.repeat, **k: repeated.append(1) or _f(*a, **k))
@@ -649,10 +659,13 @@ def test_cpu_csr_routes_match_todense(rng, monkeypatch, route, dtype, empty):
         assert Y.dtype == dtype
         tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(Y, S.todense() @ dense, **tol)
+        np.testing.assert_array_equal(Y, S @ A)  # deterministic
     np.testing.assert_array_equal(A.data, before)
     assert bool(calls) == (route == "bincount")
-    assert bool(hashed_at) or empty != "most"  # (short blocks of the others may take it too)
-    assert bool(expanded if empty != "long" else repeated)
+    assert bool(ranges) == (route == "bucket_ranges")
+    if route != "bucket_ranges":
+        assert bool(hashed_at) or empty != "most"  # (short blocks of the others may take it too)
+        assert bool(expanded if empty != "long" else repeated)
 
 
 @pytest.mark.parametrize("route", ["columns", "bucket_ranges"])

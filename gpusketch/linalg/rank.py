@@ -57,7 +57,7 @@ def _sketch_rows(M, z, seed, xp):
     """``S M`` for a fresh rank-preserving z × rows(M) sketch S (sparse where M is)."""
     S = _rank_preserving(z, M.shape[0], seed, xp, M.dtype)
     if is_sparse(M):
-        return S @ M
+        return _kernels.call("csc_times_sparse", xp, S, M)
     check_memory(z * M.shape[1] * M.dtype.itemsize, f"rank(A): a {z} x {M.shape[1]} sketch", xp)
     return _kernels.call("csc_times_dense", xp, S, M)
 

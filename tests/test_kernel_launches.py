@@ -56,6 +56,7 @@ def _exercise(cp):
     gs.leverage_sample(Ad, 100, seed=1)
     gs.rank(cp.asarray(rng.standard_normal((300, 2)) @ rng.standard_normal((2, 400))), seed=1)  # csc_times_dense
     gs.rank(csp.csr_matrix(sp.random(2000, 500, density=0.05, format="csr", random_state=2)), seed=1)  # csc_times_sparse
+    gs.lstsq(csp.csr_matrix(sp.random(3000, 8, density=0.5, format="csr", random_state=3)), b, seed=1)  # sparse_product
     kron.lstsq([cp.asarray(rng.standard_normal(s)) for s in ((60, 3), (50, 2))], cp.asarray(rng.standard_normal(3000)),
                m=200, seed=1)
     _kernels.call("philox_blocks", cp, np.zeros((4, 4), dtype=np.uint32), (1, 2))

@@ -637,6 +637,64 @@ def test_csc_times_sparse_equals_the_product_in_the_operands_format(monkeypatch,
     np.testing.assert_array_equal(M.toarray(), before)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sparse_product_equals_the_product(monkeypatch, fmt, threads):
+    """lstsq's products with a sparse A, ``A @ X`` and ``A.T @ X``: a CSR A in row blocks of
+    equal entries among threads (views of A's arrays, A left as it was), vectors and matrices."""
+    import scipy.sparse
+
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: threads)
+    monkeypatch.setattr(_kernels, "_SPARSE_PRODUCT_MIN_WORK", 0)
+    split = []
+    monkeypatch.setattr(_kernels, "_csr_row_views", lambda *a, _f=_kernels._csr_row_views: split.append(1) or _f(*a))
+    rng = np.random.default_rng(5)
+    A = scipy.sparse.random(500, 30, density=0.2, format="csr", random_state=3)
+    A = (scipy.sparse.diags((np.arange(500) % 9 != 3).astype(float)) @ A).asformat(fmt)  # empty rows
+    A.data[:50] = 0.0  # stored zeros
+    dense = A.toarray()
+    before = (A.data.copy(), A.indices.copy(), A.indptr.copy())
+    for X, T in ((rng.standard_normal(30), False), (rng.standard_normal((30, 4)), False),
+                 (rng.standard_normal(500), True), (rng.standard_normal((500, 3)), True)):
+        got = _kernels.call("sparse_product", np, A, X, transpose=T)
+        np.testing.assert_allclose(got, (dense.T if T else dense) @ X, rtol=1e-12, atol=1e-12)
+        assert isinstance(got, np.ndarray) and got.shape == ((30 if T else 500),) + X.shape[1:]
+    for got, want in zip((A.data, A.indices, A.indptr), before):
+        np.testing.assert_array_equal(got, want)
+    assert bool(split) == (fmt == "csr" and threads == 3)
+    if fmt == "csr":  # consecutive row blocks of near-equal entries, views of A's arrays
+        for transpose in (False, True):
+            views = _kernels._csr_row_views(A, 3, transpose)
+            assert [(a, b) for a, b, _ in views] == [(0, 167), (167, 338), (338, 500)]
+            assert all(abs(V.nnz - A.nnz / 3) <= np.diff(A.indptr).max() for _, _, V in views)
+            assert all(np.shares_memory(V.data, A.data) for _, _, V in views)
+
+
+def test_lstsq_on_csr_with_threaded_products_matches_dense(monkeypatch):
+    """LSMR's products with a CSR A split among threads (forced here at a small size) give the
+    dense A's solution, for one column of b and for several in lockstep."""
+    import scipy.sparse
+
+    from gpusketch import _kernels
+
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: 3)
+    monkeypatch.setattr(_kernels, "_SPARSE_PRODUCT_MIN_WORK", 0)
+    split = []
+    monkeypatch.setattr(_kernels, "_csr_row_views", lambda *a, _f=_kernels._csr_row_views: split.append(1) or _f(*a))
+    rng = np.random.default_rng(8)
+    A = scipy.sparse.random(3000, 25, density=0.3, format="csr", random_state=4)
+    B = rng.standard_normal((3000, 3))
+    for b in (B[:, 0], B):
+        got = gs.lstsq(A, b, seed=2)
+        want = np.linalg.lstsq(A.toarray(), b, rcond=None)[0]
+        np.testing.assert_allclose(got.x, want, rtol=1e-6, atol=1e-8)  # LSMR's tol is on Aᵀr
+        opt = np.linalg.norm(A.toarray() @ want - b, axis=0)
+        np.testing.assert_allclose(got.cost, opt, rtol=1e-12)
+    assert split
+
+
 def test_independent_rows(xp):
     rng = np.random.default_rng(24)
     A = rng.standard_normal((500, 7)) @ rng.standard_normal((7, 60))

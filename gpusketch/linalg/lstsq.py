@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
 
 import numpy as np
 
+from .. import _kernels
 from .._backend import (
+    all_blas_serial,
     as_system,
     check_positive_int,
     check_positive_real,
@@ -76,8 +79,16 @@ def sketch_for(sketch, m, n, d, method, seed, nnz=None):
     return make_sketch(sketch, int(m), n, seed=check_seed(seed))
 
 
+def _times(A, X, xp, transpose=False):
+    """``A @ X`` (``A.T @ X`` with ``transpose``) as a dense array; a sparse A through the
+    ``sparse_product`` kernel (threaded on the CPU, where SciPy's product takes one core)."""
+    if is_sparse(A):
+        return to_dense(_kernels.call("sparse_product", xp, A, X, transpose=transpose))
+    return to_dense((A.T if transpose else A) @ X)
+
+
 def _residual_norms(A, x, b, xp):
-    r = to_dense(A @ x) - b
+    r = _times(A, x, xp) - b
     return xp.linalg.norm(r, axis=0)
 
 
@@ -264,28 +275,22 @@ def _direct(A, b, xp, stacklevel=3):
     return LstsqResult(x, _residual_norms(A, x, b, xp), info)
 
 
-def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
+def _lsmr(A, b, pre, y0, xp, tol, maxiter):
+    """LSMR on ``A P`` from ``y0`` (columns of b in lockstep): ``(x, iterations)``."""
     _, sparse_la = linalg_modules(xp)
-    n, d = A.shape
-    t0 = time.perf_counter()
-    pre = SketchPreconditioner(SA, xp)
-    info["rank_deficient"] = pre.rank_deficient
-    y0 = pre.sketched_solution(Sb)  # the sketch-and-solve answer, in preconditioned coordinates
-    info["timings"]["factor_s"] = time.perf_counter() - t0
-    maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
-    t0 = time.perf_counter()
+    n = A.shape[0]
     if y0.ndim == 2:  # the columns in lockstep: two passes over A per iteration, not two per column
         Y, iters, _ = block_lsmr(
-            lambda V: to_dense(A @ pre.apply(V)),
-            lambda U: pre.apply_t(to_dense(A.T @ U)),
+            lambda V: _times(A, pre.apply(V), xp),
+            lambda U: pre.apply_t(_times(A, U, xp, transpose=True)),
             b, y0, atol=tol, btol=tol, maxiter=maxiter, xp=xp,
         )
         x, iters = pre.apply(Y), [int(i) for i in iters]
     else:
         op = sparse_la.LinearOperator(
             (n, y0.shape[0]),
-            matvec=lambda y: to_dense(A @ pre.apply(y.ravel())),
-            rmatvec=lambda r: pre.apply_t(to_dense(A.T @ r.ravel())),
+            matvec=lambda y: _times(A, pre.apply(y.ravel()), xp),
+            rmatvec=lambda r: pre.apply_t(_times(A, r.ravel(), xp, transpose=True)),
             dtype=A.dtype,
         )
         with warnings.catch_warnings():
@@ -294,6 +299,22 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
             warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
             out = sparse_la.lsmr(op, b, atol=tol, btol=tol, maxiter=maxiter, x0=y0)
         x, iters = pre.apply(out[0]), int(out[2])
+    return x, iters
+
+
+def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
+    n, d = A.shape
+    t0 = time.perf_counter()
+    pre = SketchPreconditioner(SA, xp)
+    info["rank_deficient"] = pre.rank_deficient
+    y0 = pre.sketched_solution(Sb)  # the sketch-and-solve answer, in preconditioned coordinates
+    info["timings"]["factor_s"] = time.perf_counter() - t0
+    maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
+    t0 = time.perf_counter()
+    # A sparse A's products run on threads of their own (sparse_product on the CPU): the
+    # d × d steps between them keep BLAS on one thread, whose spinning pool would share the cores.
+    with all_blas_serial if is_sparse(A) and xp is np else contextlib.nullcontext():
+        x, iters = _lsmr(A, b, pre, y0, xp, tol, maxiter)
     info["timings"]["solve_s"] = time.perf_counter() - t0
     info["iterations"] = iters
     if pre.rank_deficient:
@@ -327,8 +348,8 @@ def _sketch_missed_directions(A, b, x, tol, xp):
     ``max(100 tol, 1e-8) ||A||_F ||r||`` per column (one more pass over A).
     Returns that verdict and ``||r||`` per column (the cost, when x stands).
     """
-    r = b - to_dense(A @ x)
-    g = to_dense(A.T @ r)
+    r = b - _times(A, x, xp)
+    g = _times(A, r, xp, transpose=True)
     normA = math.sqrt(float((A.multiply(A)).sum() if is_sparse(A) else xp.einsum("ij,ij->", A, A)))
     rn = xp.linalg.norm(r, axis=0)
     return bool((xp.linalg.norm(g, axis=0) > max(100 * tol, 1e-8) * normA * rn).any()), rn

@@ -612,21 +612,26 @@ def _csc_times_sparse_gpu(S, M):
 _SPARSE_PRODUCT_MIN_WORK = 1 << 23
 
 
+def csr_row_view(A, a, b, transpose=False):
+    """Rows ``a:b`` of a SciPy CSR A as a CSR matrix on A's own arrays (or its transpose, CSC).
+
+    SciPy's row slicing copies them, and so do its constructors (and ``.T``) for a view of
+    less than half its array (``prune``): the arrays are set on an empty matrix of the
+    block's shape instead, as the format defines them.
+    """
+    lo, hi = int(A.indptr[a]), int(A.indptr[b])
+    V = sp.csc_matrix((A.shape[1], b - a), dtype=A.dtype) if transpose else sp.csr_matrix(
+        (b - a, A.shape[1]), dtype=A.dtype)
+    V.data, V.indices, V.indptr = A.data[lo:hi], A.indices[lo:hi], A.indptr[a : b + 1] - lo
+    return V
+
+
 def _csr_row_views(A, parts, transpose=False):
-    """``parts`` row blocks of a SciPy CSR A of near-equal stored entries, as views of A's own
-    arrays (SciPy's row slicing copies them): ``[(a, b, A[a:b]), ...]``, or ``A[a:b].T`` (CSC)."""
+    """``parts`` row blocks of a SciPy CSR A of near-equal stored entries (``csr_row_view``):
+    ``[(a, b, A[a:b]), ...]``, or ``A[a:b].T``."""
     cuts = [int(c) for c in np.searchsorted(A.indptr, np.arange(1, parts) * (A.nnz / parts))]
     edges = sorted({0, A.shape[0], *cuts})
-    views = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        lo, hi = int(A.indptr[a]), int(A.indptr[b])
-        # SciPy's constructors (and ``.T``) copy a view of less than half its array (``prune``),
-        # so the block's arrays are set on an empty matrix of its shape, as the format defines them.
-        V = sp.csc_matrix((A.shape[1], b - a), dtype=A.dtype) if transpose else sp.csr_matrix(
-            (b - a, A.shape[1]), dtype=A.dtype)
-        V.data, V.indices, V.indptr = A.data[lo:hi], A.indices[lo:hi], A.indptr[a : b + 1] - lo
-        views.append((a, b, V))
-    return views
+    return [(a, b, csr_row_view(A, a, b, transpose)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 @_twin("sparse_product", "numpy")

@@ -1048,23 +1048,29 @@ def test_top_left_singular_spans_the_svd_subspace(xp, rng, shape, dtype):
     assert np.linalg.norm(Q @ Q.T - Uk @ Uk.T, 2) <= tol
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_product_row_norms_in_blocks_equal_the_whole_product(rng, monkeypatch, sparse):
-    """The CPU computes ||(A M)_i||² in cache-sized row blocks; with blocks of 256 rows
-    (uneven last block) it equals the whole product's row norms, and so do the
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("kind", ["dense", "csr", "csc"])
+def test_product_row_norms_in_blocks_equal_the_whole_product(rng, monkeypatch, kind, threads):
+    """The CPU computes ||(A M)_i||² in cache-sized row blocks (a sparse A's on threads, a
+    CSR A's as views of its arrays); with blocks of 256 rows (uneven last block) it equals
+    the whole product's row norms, for all rows and for a subset, and so do the
     approximate leverage scores built on it."""
     import scipy.sparse as sp
 
+    from gpusketch import _kernels
     from gpusketch.linalg import leverage
 
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: threads)
     A = rng.standard_normal((2000, 7))
-    if sparse:
-        A = sp.random(2000, 7, density=0.4, format="csr", random_state=3) + sp.eye(2000, 7, format="csr")
+    if kind != "dense":
+        A = (sp.random(2000, 7, density=0.4, format="csr", random_state=3) + sp.eye(2000, 7)).asformat(kind)
     M = rng.standard_normal((7, 33))
-    whole = ((A @ M) ** 2).sum(axis=1)
+    whole = np.ravel(((A @ M) ** 2).sum(axis=1))
+    at = np.sort(rng.choice(2000, 700, replace=False))
     ref = gs.leverage_scores(A, seed=5)
     monkeypatch.setattr(leverage, "_PRODUCT_BLOCK_BYTES", 1)  # 256-row blocks
-    np.testing.assert_allclose(leverage._product_row_norms2(A, M, np), np.ravel(whole), rtol=1e-12)
+    np.testing.assert_allclose(leverage._product_row_norms2(A, M, np), whole, rtol=1e-12)
+    np.testing.assert_allclose(leverage._product_row_norms2(A, M, np, at=at), whole[at], rtol=1e-12)
     np.testing.assert_allclose(gs.leverage_scores(A, seed=5), ref, rtol=1e-12)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .. import _kernels
 from .._backend import (
+    all_blas_serial,
     array_namespace,
     as_matrix,
     check_positive_int,
@@ -72,7 +74,10 @@ def _product_row_norms2(A, M, xp, at=None):
     ``einsum`` it took 0.38-0.78x the time (CPU, n = 2·10⁵-10⁶, d = 5-500).
     On a GPU the whole product is one cuBLAS call while it and its square
     take at most half the free device memory (for t > d it is larger than
-    A); past that, row blocks of an eighth of it.
+    A); past that, row blocks of an eighth of it.  A sparse A's blocks run
+    on threads (SciPy's sparse products take one core), a CSR A's as views
+    of its arrays (``csr_row_view``; SciPy's row slices copy): 100000 × 2000
+    CSR at 17.8 % with t = 16, 0.11-0.16 s against 0.56-0.59 s (2 cores).
     """
     n, t = (A.shape[0] if at is None else at.size), M.shape[1]
     if xp is np:
@@ -82,9 +87,20 @@ def _product_row_norms2(A, M, xp, at=None):
         if rows >= n:
             return _row_norms2(to_dense((A if at is None else A[at]) @ M))
     out = xp.empty(n, dtype=np.result_type(A.dtype, M.dtype))
-    for a in range(0, n, rows):
-        X = to_dense((A[a : a + rows] if at is None else A[at[a : a + rows]]) @ M)
-        out[a : a + rows] = xp.einsum("ij,ij->i", X, X)
+    csr = xp is np and at is None and is_sparse(A) and A.format == "csr"
+
+    def block(a):
+        c = min(n, a + rows)
+        X = to_dense((_kernels.csr_row_view(A, a, c) if csr else A[a:c] if at is None else A[at[a:c]]) @ M)
+        out[a:c] = xp.einsum("ij,ij->i", X, X)
+
+    threads = _kernels._cpu_threads(A.nnz * t) if xp is np and is_sparse(A) else 1
+    if threads > 1:  # SciPy's sparse products take one core (dense A: BLAS threads the GEMMs)
+        with all_blas_serial, ThreadPoolExecutor(threads) as ex:
+            list(ex.map(block, range(0, n, rows)))
+    else:
+        for a in range(0, n, rows):
+            block(a)
     return out
 
 

@@ -486,7 +486,7 @@ def _sketch_bucket_ranges(hashes, A2, out, rows, threads):
     with all_blas_serial, ThreadPoolExecutor(len(ranges)) as ex:
         for i, (a, b) in enumerate(_even_row_blocks(n, rows)):
             S = hashes(a, b).tocsr()
-            Ab = A2 if (a, b) == (0, n) else A2[a:b]  # a CSR row slice copies
+            Ab = csr_row_view(A2, a, b) if sp.issparse(A2) else A2[a:b]
 
             def run(r):
                 y = S[r[0] : r[1]] @ Ab
@@ -752,9 +752,9 @@ _CSR_BLOCK_ROWS = 1 << 17  # and rows per block: every row is hashed, stored ent
 # That product gathers a row of A per entry of S, then costs ~3 ns per (entry of A, nonzero
 # of S), against ~8-13 ns for the flat keys above plus, per block, a zeroed m·d bincount.
 # Measured on the 2-core box, SparseSign (nnz = 8) / CountSketch, best of 3, time against
-# the flat keys: 100000 x 2000 -> 8010 at 356 entries a row 0.19x / 0.40x; 50000 x 4000
-# -> 16010 at 80 a row 0.53x / 0.53x; 2^19 x 2000 -> 1024 and 2^20 x 400 -> 1024 at 40 a
-# row 0.64-0.94x; 10^6 x 2000 -> 8010 at 16 a row 0.69x / 0.78x.  Below 32 entries a row
+# the flat keys: 100000 x 2000 -> 8010 at 356 entries a row 0.18-0.19x / 0.20-0.40x; 50000
+# x 4000 -> 16010 at 80 a row 0.53x / 0.53x; 2^19 x 2000 -> 1024 and 2^20 x 400 -> 1024 at
+# 40 a row 0.64-0.94x; 10^6 x 2000 -> 8010 at 16 a row 0.69-0.87x / 0.68-0.78x.  Below 32 entries a row
 # and m·d below 2^22 it can lose: 2^20 x 2000 -> 1024 at 20 a row 1.29x / 0.99x (while
 # 2^18 x 2000 -> 1024 gained, 0.69x), and at 4 a row 1.3-1.4x, at 0.64 a row 3.2x.
 _CSR_SPGEMM_MIN_ROW_ENTRIES = 32

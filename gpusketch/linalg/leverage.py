@@ -77,7 +77,7 @@ def _product_row_norms2(A, M, xp, at=None):
     A); past that, row blocks of an eighth of it.  A sparse A's blocks run
     on threads (SciPy's sparse products take one core), a CSR A's as views
     of its arrays (``csr_row_view``; SciPy's row slices copy): 100000 × 2000
-    CSR at 17.8 % with t = 16, 0.11-0.16 s against 0.56-0.59 s (2 cores).
+    CSR at 17.8 % with t = 16, 0.10-0.14 s against 0.56-0.59 s (2 cores).
     """
     n, t = (A.shape[0] if at is None else at.size), M.shape[1]
     if xp is np:

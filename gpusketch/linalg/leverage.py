@@ -91,7 +91,11 @@ def _product_row_norms2(A, M, xp, at=None):
 
     def block(a):
         c = min(n, a + rows)
-        X = to_dense((_kernels.csr_row_view(A, a, c) if csr else A[a:c] if at is None else A[at[a:c]]) @ M)
+        if at is not None:
+            rows_ac = A[at[a:c]]
+        else:
+            rows_ac = _kernels.csr_row_view(A, a, c) if csr else A[a:c]
+        X = to_dense(rows_ac @ M)
         out[a:c] = xp.einsum("ij,ij->i", X, X)
 
     threads = _kernels._cpu_threads(A.nnz * t) if xp is np and is_sparse(A) else 1

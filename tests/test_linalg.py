@@ -566,6 +566,46 @@ def test_rank_of_sparse_matrices_whose_rank_sits_in_single_entries(xp):
     assert wrong == []
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matrix_rank_certifies_full_rank_by_qr_and_otherwise_follows_the_svd_rule(xp, dtype, monkeypatch):
+    """``matrix_rank`` skips the SVD only where ``1/||R⁻¹||_F`` clears twice the cut at
+    ``||R||_F``; every answer is the SVD rule's (``svd_rank``), on both sides of the cut."""
+    from gpusketch.linalg._numerics import matrix_rank, rank_cut, svd_rank
+
+    rng = np.random.default_rng(40)
+    U, _ = np.linalg.qr(rng.standard_normal((60, 40)))
+    V, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    cut = rank_cut(1.0, (60, 40), dtype)  # the rule's relative cut for a 60 x 40 M
+
+    def with_spectrum(s):
+        return (U * s) @ V.T
+
+    flat = np.ones(40)
+    cases = {  # name: (singular values, whether the QR proves full rank)
+        "well conditioned": (np.linspace(1.0, 0.1, 40), True),
+        "4x above the cut": (np.r_[flat[:39], 4 * cut], False),  # full by the rule; 1/||R⁻¹||_F too small to prove it
+        "4x below the cut": (np.r_[flat[:39], cut / 4], False),
+        "rank 25": (np.r_[flat[:25], np.zeros(15)], False),
+    }
+    calls = []
+    svd = xp.linalg.svd
+    monkeypatch.setattr(xp.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    for name, (s, proved) in cases.items():
+        M64 = with_spectrum(s)
+        want = svd_rank(np.linalg.svd(M64, compute_uv=False), (60, 40), dtype)
+        for M in (M64, M64.T):  # tall, and wide (its QR is of Mᵀ)
+            calls.clear()
+            got = matrix_rank(xp.asarray(M.astype(dtype)), (60, 40), xp)
+            assert got == want, (name, M.shape)
+            assert (calls == []) == proved, (name, M.shape)
+            calls.clear()
+            assert matrix_rank(xp.asarray(M.astype(dtype)), (60, 40), xp, certify=False) == want
+            assert calls == [1]  # without certify: straight to the SVD
+    assert [svd_rank(np.linalg.svd(with_spectrum(s), compute_uv=False), (60, 40), dtype) for s, _ in cases.values()] == [
+        40, 40, 39, 25]
+    assert matrix_rank(xp.zeros((30, 20), dtype=dtype), (30, 20), xp) == 0
+
+
 def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):
     # Where the first sketch cannot certify its rank (k1 >= z/c), z doubles until it can or
     # until k1 = min(n, d): every matrix whose rank is taken is a sketch of at most 4k
@@ -579,9 +619,9 @@ def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):
     shapes = []
     numerical_rank = rank_module._numerical_rank
 
-    def recording(M, dims, xp_):
+    def recording(M, dims, xp_, **kwargs):
         shapes.append(M.shape)
-        return numerical_rank(M, dims, xp_)
+        return numerical_rank(M, dims, xp_, **kwargs)
 
     monkeypatch.setattr(rank_module, "_numerical_rank", recording)
     rng = np.random.default_rng(32)

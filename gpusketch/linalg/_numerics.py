@@ -8,6 +8,8 @@ sketch of A).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._backend import device_block_rows, is_sparse, linalg_modules, sparse_module, to_dense, to_host
@@ -16,6 +18,7 @@ __all__ = [
     "rank_cut",
     "qr_rank_deficient",
     "svd_rank",
+    "matrix_rank",
     "orthonormalize",
     "cholesky_qr_factors",
     "streamed_cholesky_qr2",
@@ -86,6 +89,56 @@ def svd_rank(s, shape, dtype=None):
     if s.size == 0 or float(s[0]) == 0.0:
         return 0
     return int((s > rank_cut(s[0], shape, s.dtype if dtype is None else dtype)).sum())
+
+
+def matrix_rank(M, shape, xp, certify=True):
+    """``svd_rank`` of M's singular values (the rank rule with the dimensions ``shape``),
+    its SVD skipped where a QR proves full rank (tried only with ``certify``: callers
+    pass False where M is likely rank deficient).
+
+    M (or Mᵀ, when wide) is factored ``QR``; ``σ_i(M) = σ_i(R)``.  Since
+    ``σ_max <= ||R||_F`` and ``σ_min >= 1/||R⁻¹||_F``, full rank is certain
+    when ``1/||R⁻¹||_F`` exceeds twice the cut taken at ``||R||_F`` (twice:
+    room for the rounding of R⁻¹).  The bounds lose at most a factor
+    ``min(M.shape)`` in the condition number, so this certifies every M of
+    full rank with ``κ₂(M) <= 1 / (2 max(shape) ε min(M.shape))`` (2·10⁸ for
+    a 2406 × 2406 sketch of a 4000 × 3000 A in float64); past that, or when
+    M is rank deficient, the SVD of R decides, as it would for M.  A QR and a
+    triangular inverse cost about a quarter of the SVD's time on the 2-core
+    CPU (4000 × 3000: 1.3-1.5 s and 0.17 s against 5.5-5.7 s), so a full-rank
+    M costs about a third of the SVD, and a rank-deficient one up to 1.3x
+    (square M; a tall M's SVD runs on R, R from the QR the SVD would do).
+    """
+    if M.size == 0:
+        return 0
+    if not certify:
+        return svd_rank(xp.linalg.svd(M, compute_uv=False), shape)
+    R = xp.linalg.qr(M if M.shape[0] >= M.shape[1] else M.T, mode="r")
+    R = R[: min(M.shape)]
+    fro = float(xp.linalg.norm(R))
+    if fro == 0.0:
+        return 0
+    inv = _triangular_inverse(R, xp)
+    if inv is not None:
+        inv_fro = float(xp.linalg.norm(inv))
+        if math.isfinite(inv_fro) and inv_fro * 2.0 * rank_cut(fro, shape, R.dtype) < 1.0:
+            return min(M.shape)
+    return svd_rank(xp.linalg.svd(R, compute_uv=False), shape)
+
+
+def _triangular_inverse(R, xp):
+    """``R⁻¹`` of an upper triangular R (LAPACK ``trtri`` on the host, a cuBLAS
+    triangular solve on the GPU), or None when a diagonal entry is zero."""
+    if xp is np:
+        import scipy.linalg
+
+        trtri = scipy.linalg.lapack.get_lapack_funcs("trtri", (R,))
+        inv, info = trtri(R, lower=0)
+        return inv if info == 0 else None
+    if not bool((R.diagonal() != 0).all()):
+        return None
+    la, _ = linalg_modules(xp)
+    return la.solve_triangular(R, xp.eye(R.shape[0], dtype=R.dtype))
 
 
 def _solve_lower_or_upper(T, B, lower, xp):

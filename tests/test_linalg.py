@@ -790,6 +790,7 @@ def test_independent_rows_checks_the_rows_it_picks(monkeypatch):
         return lu, np.arange(min(M.shape))
 
     monkeypatch.setattr(scipy.linalg, "lu_factor", no_pivoting)
+    monkeypatch.setattr(rank_module, "_first_rows", lambda *a: None)  # all candidates at once
     rng = np.random.default_rng(30)
     A = rng.standard_normal((40, 4)) @ rng.standard_normal((4, 50))
     A[:10] = A[0]
@@ -798,6 +799,30 @@ def test_independent_rows_checks_the_rows_it_picks(monkeypatch):
     monkeypatch.setattr(rank_module, "_pivot_rows", lambda *a: picks.append(pivot_rows(*a)) or picks[-1])
     rows = gs.independent_rows(A, seed=31)
     assert picks == [None] and len(rows) == 4 and np.linalg.matrix_rank(A[rows]) == 4
+
+
+@pytest.mark.parametrize("n", [600, 5000])  # every row a candidate (s >= n), and a leverage sample
+def test_independent_rows_factors_a_subset_first(xp, monkeypatch, n):
+    """``_pivot_rows`` factors 2k candidate rows first and keeps their pivot rows where a QR
+    proves them independent; otherwise it factors all candidates.  A has 35 rows that alone
+    hold a direction each (leverage 1) and n - 35 rows in a 5-dimensional subspace.  Among
+    a leverage sample the 2k rows of largest keep probability hold all 35, and one LU of 2k
+    rows answers; 2k rows drawn at random from all n miss most of them, and all n are factored."""
+    import sys
+
+    rank_module = sys.modules["gpusketch.linalg.rank"]
+    rng = np.random.default_rng(n)
+    k = 40
+    A = np.zeros((n, 60))
+    A[:35, 5:40] = np.diag(rng.uniform(1, 2, 35))
+    A[35:, :5] = rng.standard_normal((n - 35, 5))
+    A = A[rng.permutation(n)]
+    factored = []  # rows in each LU of candidate rows
+    lu_rows = rank_module._lu_rows
+    monkeypatch.setattr(rank_module, "_lu_rows", lambda sub, *a: factored.append(sub.shape[0]) or lu_rows(sub, *a))
+    rows = to_numpy(gs.independent_rows(xp.asarray(A), seed=7))
+    assert len(rows) == k and np.linalg.matrix_rank(A[rows]) == k
+    assert factored == ([2 * k, n] if n == 600 else [2 * k])
 
 
 @pytest.mark.parametrize("s", [20, 400])  # at most 2k + 10 rows (no sketch), and more (sketched)

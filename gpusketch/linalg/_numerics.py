@@ -19,6 +19,7 @@ __all__ = [
     "qr_rank_deficient",
     "svd_rank",
     "matrix_rank",
+    "qr_proves_full_rank",
     "orthonormalize",
     "cholesky_qr_factors",
     "streamed_cholesky_qr2",
@@ -113,17 +114,23 @@ def matrix_rank(M, shape, xp, certify=True):
         return 0
     if not certify:
         return svd_rank(xp.linalg.svd(M, compute_uv=False), shape)
+    proved, R = qr_proves_full_rank(M, shape, xp)
+    return min(M.shape) if proved else svd_rank(xp.linalg.svd(R, compute_uv=False), shape)
+
+
+def qr_proves_full_rank(M, shape, xp):
+    """``(proved, R)``: whether a QR of M (of Mᵀ when wide) proves that M has full rank
+    by the rank rule with the dimensions ``shape`` (``matrix_rank``), and that R
+    (``min(M.shape)`` square, with M's singular values).  False is no proof of
+    deficiency: the SVD of R decides."""
     R = xp.linalg.qr(M if M.shape[0] >= M.shape[1] else M.T, mode="r")
     R = R[: min(M.shape)]
     fro = float(xp.linalg.norm(R))
-    if fro == 0.0:
-        return 0
-    inv = _triangular_inverse(R, xp)
-    if inv is not None:
-        inv_fro = float(xp.linalg.norm(inv))
-        if math.isfinite(inv_fro) and inv_fro * 2.0 * rank_cut(fro, shape, R.dtype) < 1.0:
-            return min(M.shape)
-    return svd_rank(xp.linalg.svd(R, compute_uv=False), shape)
+    inv = _triangular_inverse(R, xp) if fro > 0.0 else None
+    if inv is None:
+        return False, R
+    inv_fro = float(xp.linalg.norm(inv))
+    return bool(math.isfinite(inv_fro) and inv_fro * 2.0 * rank_cut(fro, shape, R.dtype) < 1.0), R
 
 
 def _triangular_inverse(R, xp):

@@ -321,15 +321,15 @@ def independent_rows(A, *, seed=None):
     step, a column-pivoted QR of the sampled rows (BLAS-2 bound, and its R
     is s × k'), took 97 of 104 s on a 10⁶ × 2000 CSR matrix of full
     column rank (s = 60800); with the LU the call takes 17 s against 110 s
-    (2-core CPU; 4000 × 3000 dense: 13 s against 20 s, and 6.0-6.3 s since
+    (2-core CPU; 4000 × 3000 dense: 13 s against 20 s, and 5.8-6.3 s since
     ``rank`` and the final check skip the SVDs a QR proves unneeded).
     Before all s candidates, the 2k of largest keep probability (random ones
     when every row is a candidate) are factored alone, and their pivot rows
     kept when a QR proves them independent (``_first_rows``): the LU's
     ``s k²`` becomes ``2k³``.  A/B in one run (2-core CPU): the 100000 × 2000
     CSR matrix of rank 1952, 19.5-19.7 s before both steps, 18.2 s with the
-    QR proofs alone, 12.0 s with both; 20000 × 3000 dense 15.5 s, 6.7 s,
-    3.9 s.  Where the 2k rows do not span, the call pays that extra LU and
+    QR proofs alone, 12.0-12.6 s with both; 20000 × 3000 dense 15.4-15.8 s,
+    6.7 s, 3.9-4.1 s.  Where the 2k rows do not span, the call pays that extra LU and
     QR (2k³ and about k³ flops) and factors all candidates.
     Algorithm 4's repeated ROWREDUCTION (which only shrinks n before this
     step) is not needed for correctness and is omitted.  If the sample

@@ -248,8 +248,8 @@ def rank(A, *, seed=None):
     of rank k ≪ z costs one pass over A and SVDs of at most ``4k × 4k``,
     not the ``z³`` of the sketch's SVD.  A matrix whose rank is taken that
     a QR proves of full rank skips its SVD (``matrix_rank``): at full rank,
-    rank 4.0-4.2 s against 8.0-8.3 s for a dense 4000 × 3000 A, 2.4 s
-    against 8.2-8.3 s for 20000 × 3000 (2-core CPU, A/B in one run; ranks
+    rank 4.0-4.3 s against 8.0-8.3 s for a dense 4000 × 3000 A, 2.4-2.5 s
+    against 7.9-8.4 s for 20000 × 3000 (2-core CPU, A/B in one run; ranks
     well below z unchanged).  A sketch, or the dense copy of a
     sparse A, that cannot fit in memory raises ``MemoryError`` naming its
     size.  The tolerance

@@ -604,6 +604,15 @@ def test_matrix_rank_certifies_full_rank_by_qr_and_otherwise_follows_the_svd_rul
     assert [svd_rank(np.linalg.svd(with_spectrum(s), compute_uv=False), (60, 40), dtype) for s, _ in cases.values()] == [
         40, 40, 39, 25]
     assert matrix_rank(xp.zeros((30, 20), dtype=dtype), (30, 20), xp) == 0
+    # Where ||R||_F ||R⁻¹||_F >= 40 already fails the proof (2 · 40 · max(shape) · ε >= 1),
+    # no QR is taken: float32 with A's 220000 rows.
+    qrs = []
+    qr = xp.linalg.qr
+    monkeypatch.setattr(xp.linalg, "qr", lambda *a, **k: qrs.append(1) or qr(*a, **k))
+    calls.clear()
+    M = xp.asarray(with_spectrum(cases["well conditioned"][0]).astype(dtype))
+    assert matrix_rank(M, (220000, 40), xp) == 40
+    assert (qrs, calls) == (([], [1]) if dtype == np.float32 else ([1], []))
 
 
 def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):
@@ -823,6 +832,21 @@ def test_independent_rows_factors_a_subset_first(xp, monkeypatch, n):
     rows = to_numpy(gs.independent_rows(xp.asarray(A), seed=7))
     assert len(rows) == k and np.linalg.matrix_rank(A[rows]) == k
     assert factored == ([2 * k, n] if n == 600 else [2 * k])
+
+
+def test_independent_rows_skips_a_first_try_that_no_qr_could_prove(monkeypatch):
+    # float32 with k · n >= 4.2e6: the proof needs 2 k n ε32 < 1 (``full_rank_provable``),
+    # so the 2k rows are not factored first, only all candidates.
+    import sys
+
+    rank_module = sys.modules["gpusketch.linalg.rank"]
+    A = np.random.default_rng(8).standard_normal((120000, 40)).astype(np.float32)
+    factored = []
+    lu_rows = rank_module._lu_rows
+    monkeypatch.setattr(rank_module, "_lu_rows", lambda sub, *a: factored.append(sub.shape[0]) or lu_rows(sub, *a))
+    rows = gs.independent_rows(A, seed=9)
+    assert len(rows) == 40 and np.linalg.matrix_rank(A[rows].astype(np.float64)) == 40
+    assert len(factored) == 1 and factored[0] > 80
 
 
 @pytest.mark.parametrize("s", [20, 400])  # at most 2k + 10 rows (no sketch), and more (sketched)

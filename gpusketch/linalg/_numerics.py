@@ -20,6 +20,7 @@ __all__ = [
     "svd_rank",
     "matrix_rank",
     "qr_proves_full_rank",
+    "full_rank_provable",
     "orthonormalize",
     "cholesky_qr_factors",
     "streamed_cholesky_qr2",
@@ -112,17 +113,27 @@ def matrix_rank(M, shape, xp, certify=True):
     """
     if M.size == 0:
         return 0
-    if not certify:
-        return svd_rank(xp.linalg.svd(M, compute_uv=False), shape)
-    proved, R = qr_proves_full_rank(M, shape, xp)
-    return min(M.shape) if proved else svd_rank(xp.linalg.svd(R, compute_uv=False), shape)
+    proved, R = qr_proves_full_rank(M, shape, xp) if certify else (False, None)
+    if proved:
+        return min(M.shape)
+    return svd_rank(xp.linalg.svd(M if R is None else R, compute_uv=False), shape)
+
+
+def full_rank_provable(k, shape, dtype):
+    """Whether ``qr_proves_full_rank`` can succeed on a matrix whose shorter side is k:
+    ``||R||_F ||R⁻¹||_F >= k``, so not once ``2 k max(shape) ε >= 1`` (float32 from
+    about ``k · max(shape) = 4·10⁶``)."""
+    return 2.0 * rank_cut(k, shape, dtype) < 1.0
 
 
 def qr_proves_full_rank(M, shape, xp):
     """``(proved, R)``: whether a QR of M (of Mᵀ when wide) proves that M has full rank
     by the rank rule with the dimensions ``shape`` (``matrix_rank``), and that R
-    (``min(M.shape)`` square, with M's singular values).  False is no proof of
+    (``min(M.shape)`` square, with M's singular values; None where no proof could
+    succeed, ``full_rank_provable``, and no QR was taken).  False is no proof of
     deficiency: the SVD of R decides."""
+    if not full_rank_provable(min(M.shape), shape, M.dtype):
+        return False, None
     R = xp.linalg.qr(M if M.shape[0] >= M.shape[1] else M.T, mode="r")
     R = R[: min(M.shape)]
     fro = float(xp.linalg.norm(R))

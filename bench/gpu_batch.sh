@@ -13,7 +13,7 @@
 #     bash bench/gpu_batch.sh COMMIT [PART ...]
 #
 # PART is one of: tests operators linalg kron robust robust-scale fair stream
-# distributed (default: tests linalg kron robust; robust-scale, n = 10^7 against
+# distributed phases (default: tests linalg kron robust; robust-scale, n = 10^7 against
 # statsmodels, wants a device call of its own).  Tables and logs go to $OUT
 # (default bench/results).  Each part runs under its own time limit so that one
 # slow part cannot eat a whole device call.
@@ -65,6 +65,7 @@ for part in $parts; do
         fair) run fair 300 python3 bench/fair.py --device gpu --commit "$commit" --out "$out" ;;
         stream) run stream 300 python3 bench/stream.py --device gpu --commit "$commit" --out "$out" ;;
         distributed) run distributed 300 python3 bench/distributed.py --device gpu --commit "$commit" --out "$out" ;;
+        phases) run phases 300 python3 bench/phases.py --device gpu --commit "$commit" --out "$out" ;;
         *) echo "unknown part: $part" >&2 ;;
     esac
 done

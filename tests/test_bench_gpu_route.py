@@ -108,3 +108,22 @@ def test_distributed(bench, tmp_path):
     bench("distributed").main(["--device", "gpu", "--log2n", "13", "--d", "8", "--chunk-rows", "2048",
                                "--out", str(tmp_path), "--commit", "test"])
     _tables(tmp_path, "distributed-gpu")
+
+
+@pytest.mark.gpu
+def test_phases(bench, tmp_path, monkeypatch):
+    mod = bench("phases")
+    monkeypatch.setattr(mod, "LOW_RANK_QUICK", [(600, 120, 4)])
+    monkeypatch.setattr(mod, "LSTSQ_QUICK", (2048, 16))
+    mod.main(["--device", "gpu", "--quick", "--out", str(tmp_path), "--commit", "test"])
+    record, table = _tables(tmp_path, "phases-gpu-quick")
+    assert [c["call"].split()[0] for c in record["calls"]] == ["low_rank", "randomized_svd", "lstsq"]
+    assert "low_rank._constant_factor_subspace" in table and "lstsq._lsmr" in table and "kernel " in table
+    import sys
+
+    from gpusketch import _kernels
+    from gpusketch.linalg import svd
+
+    # the timers are gone afterwards
+    assert sys.modules["gpusketch.linalg.low_rank"].randomized_svd is svd.randomized_svd
+    assert _kernels.call.__module__ == "gpusketch._kernels"

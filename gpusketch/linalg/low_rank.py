@@ -89,10 +89,13 @@ def _sketched_right_factor(A, V, k, eps, seed, xp, info):
         idx = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 4 if attempt == 0 else 5 + attempt), xp) < f)
         if idx.size >= k:
             S = sample_operator(idx, f[idx], n, xp)
-            SV = S @ V
-            if svd_rank(xp.linalg.svd(SV, compute_uv=False), SV.shape) == k:
+            # The SVD that decides SV's rank also solves: X = Z Σ⁻¹ Wᵀ (SA) for SV = W Σ Zᵀ, one
+            # GEMM over SA's d columns (the least-squares solution lstsq would give, whose
+            # SVD-based driver took 0.75 of a 5.6 s call at d = 5000 on the 2-core CPU).
+            W, sv, Zt = xp.linalg.svd(S @ V, full_matrices=False)
+            if svd_rank(sv, (idx.size, k)) == k:
                 info["right_rows"] = int(idx.size)
-                return xp.linalg.lstsq(SV, to_dense(S @ A), rcond=None)[0]
+                return Zt.T @ ((W.T @ to_dense(S @ A)) / sv[:, None])
         s *= 2
     return None
 

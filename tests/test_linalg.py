@@ -626,13 +626,13 @@ def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):
 
     rank_module = sys.modules["gpusketch.linalg.rank"]
     shapes = []
-    numerical_rank = rank_module._numerical_rank
+    numerical_rank = rank_module.matrix_rank
 
     def recording(M, dims, xp_, **kwargs):
         shapes.append(M.shape)
         return numerical_rank(M, dims, xp_, **kwargs)
 
-    monkeypatch.setattr(rank_module, "_numerical_rank", recording)
+    monkeypatch.setattr(rank_module, "matrix_rank", recording)
     rng = np.random.default_rng(32)
     dense = (rng.random((300, 6000)) < 0.002) * rng.standard_normal((300, 6000))
     dense[np.arange(300), rng.choice(6000, 300, replace=False)] = 1.0  # full row rank

@@ -155,8 +155,7 @@ def _triangular_inverse(R, xp):
         return inv if info == 0 else None
     if not bool((R.diagonal() != 0).all()):
         return None
-    la, _ = linalg_modules(xp)
-    return la.solve_triangular(R, xp.eye(R.shape[0], dtype=R.dtype))
+    return _solve_lower_or_upper(R, xp.eye(R.shape[0], dtype=R.dtype), False, xp)
 
 
 def _solve_lower_or_upper(T, B, lower, xp):

@@ -96,7 +96,7 @@ def _pivot_rows(sub, k, scale_dims, seed, xp, first=None):
         if qr_proves_full_rank(to_host(to_dense(part[xp.asarray(picked)])), scale_dims, np)[0]:
             return first[picked]
     picked = _lu_rows(sub, J, k)
-    return picked if _numerical_rank(to_host(to_dense(sub[xp.asarray(picked)])), scale_dims, np) >= k else None
+    return picked if matrix_rank(to_host(to_dense(sub[xp.asarray(picked)])), scale_dims, np) >= k else None
 
 
 def _lu_rows(sub, J, k):
@@ -194,13 +194,13 @@ def _sketch_rank(M, scale_dims, seed, xp, lower=0):
     full = True  # the last sketch had full rank (or none was taken): M may well have too
     for attempt in itertools.count():
         if 2 * z > min(M.shape):
-            return _numerical_rank(M, scale_dims, xp, certify=full)
+            return matrix_rank(M, scale_dims, xp, certify=full)
         Mz = M
         if z < M.shape[0]:
             Mz = _sketch_rows(Mz, z, derive_seed(seed, 2 * attempt), xp)
         if z < M.shape[1]:
             Mz = _sketch_rows(Mz.T, z, derive_seed(seed, 2 * attempt + 1), xp).T
-        k = _numerical_rank(Mz, scale_dims, xp, certify=full)
+        k = matrix_rank(Mz, scale_dims, xp, certify=full)
         if k < z / _C:
             return k
         full = k == min(Mz.shape)
@@ -212,13 +212,6 @@ def _next_size(z, k):
     rank sought) could not certify itself: double z, and at least ``c·k + 1``, the
     smallest size at which rank k could (4z when the sketch came out of full rank z)."""
     return max(2 * z, _C * k + 1)
-
-
-def _numerical_rank(M, scale_dims, xp, certify=True):
-    """Rank of M by the rule of ``_numerics``, with the dimensions ``scale_dims`` of A
-    (``matrix_rank``: an SVD, unless a QR proves full rank; that proof is not tried
-    without ``certify``, where a sketch before M came out rank deficient)."""
-    return matrix_rank(M, scale_dims, xp, certify)
 
 
 def rank(A, *, seed=None):

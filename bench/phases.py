@@ -1,6 +1,6 @@
 """Where the time of one call goes, phase by phase, on the CPU or a GPU.
 
-    python bench/phases.py --device gpu --out DIR      # the bench shapes of low_rank, randomized_svd, lstsq
+    python bench/phases.py --device gpu --out DIR      # low_rank, randomized_svd, lstsq, rank, independent_rows
     python bench/phases.py --device cpu --quick        # smaller shapes, to try it out
 
 Each phase is a function of gpusketch, an array module's ``linalg`` routine or
@@ -42,6 +42,12 @@ PHASES = [
     ("gpusketch.linalg.svd", "orthonormalize"),
     ("gpusketch.linalg.lstsq", "SketchPreconditioner"),
     ("gpusketch.linalg.lstsq", "_lsmr"),
+    ("gpusketch.linalg.rank", "matrix_rank"),
+    ("gpusketch.linalg.rank", "qr_proves_full_rank"),
+    ("gpusketch.linalg.rank", "_sketch_rows"),
+    ("gpusketch.linalg.rank", "leverage_sample"),
+    ("gpusketch.linalg.rank", "_independent_columns"),
+    ("gpusketch.linalg.rank", "_lu_rows"),
 ]
 LINALG = ("svd", "qr", "eigh", "lstsq", "cholesky")
 
@@ -96,9 +102,11 @@ def profile(call, xp):
     return total, {name: (timer.calls[name], timer.seconds[name]) for name in timer.seconds}
 
 
-#: low_rank / randomized_svd shapes (n, d, k), fp32, and the lstsq shape (n, d), fp64: bench/linalg.py's.
+#: low_rank / randomized_svd shapes (n, d, k), fp32, and the lstsq shape (n, d), fp64: bench/linalg.py's;
+#: rank / independent_rows shapes (n, d, rank), fp64: full rank and low rank.
 LOW_RANK, LOW_RANK_QUICK = [(200000, 2000, 50), (50000, 5000, 100)], [(20000, 1000, 20), (5000, 2000, 50)]
 LSTSQ, LSTSQ_QUICK = (1 << 20, 512), (65536, 128)
+RANK, RANK_QUICK = [(20000, 3000, 3000), (20000, 2000, 100)], [(2000, 500, 500), (4000, 600, 40)]
 
 
 def workloads(xp, quick):
@@ -112,7 +120,12 @@ def workloads(xp, quick):
         out.append((f"randomized_svd {n}x{d} k={k} fp32", lambda A=A, k=k: gs.randomized_svd(A, k, seed=1)))
     n, d = LSTSQ_QUICK if quick else LSTSQ
     A, b = xp.asarray(rng.standard_normal((n, d))), xp.asarray(rng.standard_normal(n))
-    out.append((f"lstsq precondition {n}x{d} fp64", lambda: gs.lstsq(A, b, seed=1)))
+    out.append((f"lstsq precondition {n}x{d} fp64", lambda A=A, b=b: gs.lstsq(A, b, seed=1)))
+    for n, d, r in RANK_QUICK if quick else RANK:
+        A = rng.standard_normal((n, d)) if r == min(n, d) else rng.standard_normal((n, r)) @ rng.standard_normal((r, d))
+        A = xp.asarray(A)
+        out.append((f"rank {n}x{d} of rank {r} fp64", lambda A=A: gs.rank(A, seed=1)))
+        out.append((f"independent_rows {n}x{d} of rank {r} fp64", lambda A=A: gs.independent_rows(A, seed=1)))
     return out
 
 

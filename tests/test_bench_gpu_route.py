@@ -115,10 +115,13 @@ def test_phases(bench, tmp_path, monkeypatch):
     mod = bench("phases")
     monkeypatch.setattr(mod, "LOW_RANK_QUICK", [(600, 120, 4)])
     monkeypatch.setattr(mod, "LSTSQ_QUICK", (2048, 16))
+    monkeypatch.setattr(mod, "RANK_QUICK", [(300, 40, 40)])
     mod.main(["--device", "gpu", "--quick", "--out", str(tmp_path), "--commit", "test"])
     record, table = _tables(tmp_path, "phases-gpu-quick")
-    assert [c["call"].split()[0] for c in record["calls"]] == ["low_rank", "randomized_svd", "lstsq"]
+    assert [c["call"].split()[0] for c in record["calls"]] == [
+        "low_rank", "randomized_svd", "lstsq", "rank", "independent_rows"]
     assert "low_rank._constant_factor_subspace" in table and "lstsq._lsmr" in table and "kernel " in table
+    assert "rank.matrix_rank" in table and "rank._lu_rows" in table
     import sys
 
     from gpusketch import _kernels

@@ -110,7 +110,8 @@ RANK, RANK_QUICK = [(20000, 3000, 3000), (20000, 2000, 100)], [(2000, 500, 500),
 
 
 def workloads(xp, quick):
-    """``[(title, call)]``: the shapes of ``bench/linalg.py`` (smaller with ``quick``)."""
+    """``[(title, call)]``: ``bench/linalg.py``'s low-rank and lstsq shapes, and a full-rank and a
+    low-rank matrix for rank / independent_rows (all smaller with ``quick``)."""
     rng = np.random.default_rng(0)
     out = []
     for n, d, k in LOW_RANK_QUICK if quick else LOW_RANK:

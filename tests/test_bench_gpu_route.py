@@ -12,6 +12,7 @@ is missing, as the scripts do.
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,8 +123,6 @@ def test_phases(bench, tmp_path, monkeypatch):
         "low_rank", "randomized_svd", "lstsq", "rank", "independent_rows"]
     assert "low_rank._constant_factor_subspace" in table and "lstsq._lsmr" in table and "kernel " in table
     assert "rank.matrix_rank" in table and "rank._lu_rows" in table
-    import sys
-
     from gpusketch import _kernels
     from gpusketch.linalg import svd
 

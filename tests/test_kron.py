@@ -54,6 +54,91 @@ def test_kronecker_matrix_products_and_rows_exact(xp, rng, q):
     np.testing.assert_array_equal(to_numpy(K2.todense()), A)
 
 
+def _sparse_factor(rng, shape, density, xp=np):
+    """A random CSR factor on xp's device (a unit diagonal keeps its columns apart)."""
+    import scipy.sparse as sp
+
+    F = sp.random(*shape, density=density, random_state=rng, data_rvs=rng.standard_normal) + sp.eye(*shape)
+    return sparse_module(xp).csr_matrix(F.tocsr())
+
+
+@pytest.mark.parametrize("q", list(SHAPES))
+def test_kronecker_matrix_with_sparse_factors(xp, rng, q):
+    """Sparse factors act as their dense forms in every product, in rows, todense and the norm.
+    A CSR factor with a repeated entry sums it (and is left as passed), an integer CSC one is
+    upcast, and dense and sparse factors mix."""
+    import scipy.sparse as sp
+
+    shapes = SHAPES[q]
+    indptr = np.r_[0, 2, 2, 2, np.full(shapes[0][0] - 3, 3)]  # row 0: column 1 twice; row 3: column 0
+    dup = sp.csr_matrix((np.array([1.0, 2.0, -4.0]), np.array([1, 1, 0]), indptr), shape=shapes[0])
+    assert not dup.has_canonical_format
+    ints = sp.csc_matrix(rng.integers(-2, 3, shapes[1]) * (rng.random(shapes[1]) < 0.4))
+    host = [dup, ints] + [_sparse_factor(rng, s, 0.3) for s in shapes[2:]]
+    dense = [F.toarray() for F in host]
+    fs = [sparse_module(xp).csr_matrix(F.tocsr()) if xp is not np else F for F in host]
+    fs[-1] = xp.asarray(dense[-1]) if q == "q3" else fs[-1]  # a dense factor among sparse ones
+    K = kron.KroneckerMatrix(fs)
+    A = _full(dense)
+    assert K.shape == A.shape and K.dtype == np.float64 and dup.nnz == 3 and not dup.has_canonical_format
+    X = rng.standard_normal((A.shape[1], 3))
+    y = rng.standard_normal(A.shape[0])
+    np.testing.assert_allclose(to_numpy(K @ xp.asarray(X)), A @ X, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(K.T @ xp.asarray(y)), A.T @ y, atol=1e-12)
+    idx = np.array([0, A.shape[0] - 1, 17, 17, 5, 300])
+    np.testing.assert_array_equal(to_numpy(K.rows(xp.asarray(idx))), A[idx])
+    np.testing.assert_array_equal(to_numpy(K.todense()), A)
+    assert K.fro_norm2() == pytest.approx(np.sum(A**2), rel=1e-12)
+
+
+SPARSE_KRON_CALLS = {
+    "lstsq sampling": lambda F, b: kron.lstsq(F, b, seed=2).x,
+    "lstsq sketch": lambda F, b: kron.lstsq(F, b, method="sketch", seed=2).x,
+    "lstsq exact": lambda F, b: kron.lstsq(F, b, method="exact").x,
+    "lp_regression p=1": lambda F, b: kron.lp_regression(F, b, 1, m=400, seed=2).x,
+    "lp_regression p=1.5 bound": lambda F, b: kron.lp_regression(F, b, 1.5, m=400, residuals="bound", seed=2).x,
+    "low_rank sketch": lambda F, b: kron.low_rank(F, 3, seed=2).V,
+    "low_rank exact": lambda F, b: kron.low_rank(F, 3, method="exact").V,
+}
+
+
+@pytest.mark.parametrize("name", list(SPARSE_KRON_CALLS))
+@pytest.mark.parametrize("deficient", [False, True])
+def test_solvers_take_sparse_factors_as_their_dense_forms(xp, rng, name, deficient):
+    """Every Kronecker solver gives with sparse factors what it gives with their dense forms, for
+    the same seed: a long factor (400 rows > 8(4d + 10), sketched for its basis) and a short one
+    (factored whole), and with ``deficient`` a zero column in the long one (rank warning alike)."""
+    import scipy.sparse as sp
+
+    long, short = _sparse_factor(rng, (400, 3), 0.05), _sparse_factor(rng, (25, 2), 0.4)
+    if deficient:
+        long = sp.csr_matrix(long.toarray() * [1.0, 0.0, 1.0])
+    b = _full([long.toarray(), short.toarray()]) @ rng.standard_normal(6) + rng.laplace(size=10000)
+    call = SPARSE_KRON_CALLS[name]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        want = to_numpy(call([xp.asarray(long.toarray()), xp.asarray(short.toarray())], xp.asarray(b)))
+        got = to_numpy(call([sparse_module(xp).csr_matrix(F) for F in (long, short)], xp.asarray(b)))
+    messages = [str(w.message) for w in caught]
+    assert messages[: len(messages) // 2] == messages[len(messages) // 2 :]
+    assert any("factor ranks [2, 2]" in m for m in messages) == (deficient and name.startswith("lstsq"))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("stored_zeros", [False, True])
+def test_a_zero_sparse_factor_gives_x_zero(xp, rng, stored_zeros):
+    """An all-zero sparse factor, with no entries or with explicit zeros stored, makes A = 0."""
+    import scipy.sparse as sp
+
+    Z = sp.csr_matrix((np.zeros(4), (np.arange(4), np.zeros(4, int))), shape=(30, 2)) if stored_zeros \
+        else sp.csr_matrix((30, 2))
+    fs = [sparse_module(xp).csr_matrix(Z), xp.asarray(rng.standard_normal((20, 3)))]
+    b = xp.asarray(rng.standard_normal(600))
+    with pytest.warns(gs.RankDeficientWarning, match=r"rank\(A\) = 0"):
+        assert not np.any(to_numpy(kron.lstsq(fs, b, seed=1).x))
+    assert not np.any(to_numpy(kron.lp_regression(fs, b, seed=1).x))
+
+
 def test_kronecker_matrix_is_a_scipy_linear_operator(rng):
     # aslinearoperator(K) raised "type not understood" (no matvec): lsqr and svds take K itself.
     import scipy.sparse.linalg as spl
@@ -100,8 +185,10 @@ def test_kronecker_matrix_bad_input(rng):
     F = np.ones((100_000, 10))
     with pytest.raises(MemoryError, match=r"todense\(\) of a 10000000000 x 100 KroneckerMatrix needs 7450\.58 GiB"):
         kron.KroneckerMatrix([F, F]).todense()  # refused before np.kron tries 8e12 bytes
-    with pytest.raises(TypeError, match=r"factors\[1\] is sparse"):
-        kron.KroneckerMatrix([np.ones((3, 2)), sparse_module(np).csr_matrix(np.ones((3, 2)))])
+    with pytest.raises(ValueError, match=r"factors\[1\] contains NaN"):
+        kron.lstsq([np.ones((3, 2)), sparse_module(np).csr_matrix(np.full((3, 2), np.nan))], np.ones(9))
+    with pytest.raises(TypeError, match=r"factors\[1\] has complex dtype"):
+        kron.KroneckerMatrix([np.ones((3, 2)), sparse_module(np).csr_matrix(np.ones((3, 2), complex))])
     with pytest.raises(ValueError, match=r"factors\[0\] is empty \(shape \(0, 2\)\)"):
         kron.KroneckerMatrix([np.ones((0, 2)), np.ones((3, 2))])
     K = kron.KroneckerMatrix([np.ones((3, 2)), np.ones((4, 2))])

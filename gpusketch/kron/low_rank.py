@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._backend import check_positive_int, check_seed, to_host
+from .._backend import check_positive_int, check_seed, to_dense, to_host
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..linalg._numerics import svd_signs
@@ -30,7 +30,7 @@ def _factor_energies(factors, vecs, xp):
         AV = F @ Vt.T
         c = to_host(xp.einsum("ij,ij->j", AV, AV)).astype(np.float64)
         if Vt.shape[0] < F.shape[1]:  # V_t spans part of R^{d_t}: the rest is one more term
-            rest = F - AV @ Vt
+            rest = to_dense(F) - AV @ Vt
             c = np.append(c, float((rest * rest).sum()))
         parts.append(c)
     return parts
@@ -83,6 +83,8 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
     Parameters
     ----------
     factors : list of 2-D arrays or KroneckerMatrix (q >= 2, NumPy or CuPy)
+        Sparse factors (SciPy/cupyx) are sketched sparse; ``"exact"``
+        densifies each ``n_t × d_t`` factor for its SVD.
     k : int
         Target rank, ``k <= ∏ min(n_t, d_t)``.
     m : int or sequence of int, optional
@@ -170,7 +172,8 @@ def low_rank(factors, k, *, m=None, method="sketch", seed=None):
             ms = [min(F.shape[0], check_positive_int(mt, "m")) for mt, F in zip(ms, K.factors)]
         vecs = []
         for t, (F, mt) in enumerate(zip(K.factors, ms)):
-            B = F if method == "exact" else row_reduction("sparse_sign", mt, F.shape[0], seed=derive_seed(seed, t)) @ F
+            B = to_dense(F) if method == "exact" else row_reduction("sparse_sign", mt, F.shape[0],
+                                                                    seed=derive_seed(seed, t)) @ F
             Vt = xp.linalg.svd(B, full_matrices=False)[2]
             vecs.append(Vt * svd_signs(Vt, xp)[:, None])  # V's signs do not hang on the SVD routine
         # Rank the candidates by what they capture of A, ||A_t v||, not by the sketch's

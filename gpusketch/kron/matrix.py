@@ -40,14 +40,15 @@ class KroneckerMatrix(LinearOperatorMethods):
 
     Parameters
     ----------
-    factors : list or tuple of 2-D arrays
-        ``A_t`` of shape ``(n_t, d_t)``; NumPy or CuPy (all on one device),
-        dense.  Integer and boolean factors are upcast to float64; if any
-        factor is float64 all are, else all are float32.
+    factors : list or tuple of 2-D arrays or sparse matrices
+        ``A_t`` of shape ``(n_t, d_t)``; NumPy or CuPy arrays, or SciPy or
+        cupyx sparse matrices (kept sparse, in CSR), all on one device.
+        Integer and boolean factors are upcast to float64; if any factor is
+        float64 all are, else all are float32.
 
     Attributes
     ----------
-    factors : tuple of arrays
+    factors : tuple of arrays or CSR matrices
     shape : ``(∏ n_t, ∏ d_t)``
     dtype, ndim
 
@@ -58,7 +59,8 @@ class KroneckerMatrix(LinearOperatorMethods):
     ``rmatvec``, ``matmat`` and ``rmatmat`` make A a SciPy LinearOperator
     (``aslinearoperator(A)``, or A passed to ``lsqr`` directly).  ``rows(idx)``
     gathers selected rows (a CUDA kernel on CuPy factors, a NumPy twin
-    otherwise).  ``S @ A`` with ``S = Kronecker([S_1, ..., S_q])`` whose factor
+    otherwise).  Sparse factors cost ``O(nnz(A_t))`` per mode product; the
+    products, ``rows`` and ``todense`` return dense arrays.  ``S @ A`` with ``S = Kronecker([S_1, ..., S_q])`` whose factor
     shapes match returns ``KroneckerMatrix([S_1 @ A_1, ..., S_q @ A_q])``,
     the sketch formed only at sketch size.
 
@@ -88,15 +90,16 @@ class KroneckerMatrix(LinearOperatorMethods):
             raise ValueError(f"factors must contain between 1 and 8 matrices, got {len(factors)}")
         mats = []
         for t, F in enumerate(factors):
-            if is_sparse(F):
-                raise TypeError(f"factors[{t}] is sparse; KroneckerMatrix takes dense factors")
             F, _ = as_operand(F, f"factors[{t}]", ndim=(2,))
             if 0 in F.shape:
                 raise ValueError(f"factors[{t}] is empty (shape {tuple(F.shape)})")
+            if is_sparse(F) and not F.has_canonical_format:
+                F = F.copy()  # (the caller's matrix is left as it was)
+                F.sum_duplicates()  # so that F.data holds each entry once: fro_norm2, the zero test
             mats.append(F)
         xp = array_namespace(*mats)
         dtype = np.result_type(*[F.dtype for F in mats])
-        self._factors = tuple(F.astype(dtype, copy=False) for F in mats)
+        self._factors = tuple(F if F.dtype == dtype else F.astype(dtype) for F in mats)
         self._xp = xp
         self.dtype = np.dtype(dtype)
 
@@ -180,7 +183,8 @@ class KroneckerMatrix(LinearOperatorMethods):
         """Rows ``idx`` of A as a dense ``(len(idx), ∏ d_t)`` array on the factors' device.
 
         Row index → multi-index → Kronecker product of the factor rows; a
-        gather kernel on the GPU.
+        gather kernel on the GPU.  A sparse factor contributes only the rows
+        that ``idx`` reaches, densified (``_gather_operands``).
         """
         xp = self._xp
         idx = xp.asarray(idx)
@@ -194,25 +198,46 @@ class KroneckerMatrix(LinearOperatorMethods):
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= N):
             raise ValueError(f"idx must lie in [0, {N}), got values in [{int(idx.min())}, {int(idx.max())}]")
         check_memory(idx.size * D * self.dtype.itemsize, f"rows() output ({idx.size} x {D})", xp)
-        return _kernels.call("kron_rows", xp, self._factors, idx.astype(xp.int64))
+        return _kernels.call("kron_rows", xp, *_gather_operands(self._factors, idx.astype(xp.int64), xp))
 
     def todense(self):
         """``A`` as an explicit array (small cases only: refuses what does not fit in memory)."""
         N, D = self.shape
         xp = self._xp
         check_memory(N * D * self.dtype.itemsize, f"todense() of a {N} x {D} KroneckerMatrix", xp)
-        out = self._factors[0]
+        out = to_dense(self._factors[0])
         for F in self._factors[1:]:
-            out = xp.kron(out, F)
+            out = xp.kron(out, to_dense(F))
         return out
 
     def fro_norm2(self):
         """``||A||_F² = ∏_t ||A_t||_F²`` (as a float)."""
-        return math.prod(float((F * F).sum()) for F in self._factors)
+        return math.prod(float((F.data * F.data).sum() if is_sparse(F) else (F * F).sum()) for F in self._factors)
+
+
+def _gather_operands(factors, idx, xp):
+    """``(factors, idx)`` for the ``kron_rows`` gather, with every sparse factor replaced by the
+    distinct rows that ``idx`` reaches in it, densified, and idx renumbered to match.
+
+    The kernels read dense factors; a sparse one is gathered in ``O(nnz)`` of
+    those rows, at most ``len(idx) × d_t``, never the whole factor.
+    """
+    if not any(is_sparse(F) for F in factors):
+        return factors, idx
+    multi = xp.unravel_index(idx, tuple(F.shape[0] for F in factors))
+    mats, sub = [], []
+    for F, it in zip(factors, multi):
+        if is_sparse(F):
+            reached, it = xp.unique(it, return_inverse=True)
+            F = F[reached].toarray()
+        mats.append(F)
+        sub.append(it.reshape(-1))
+    return mats, xp.ravel_multi_index(tuple(sub), tuple(F.shape[0] for F in mats)).astype(xp.int64)
 
 
 def as_kronecker(factors, name="factors", *, min_factors=2):
-    """Validate the factor list of a Kronecker solver and return a ``KroneckerMatrix``."""
+    """Validate the factor list of a Kronecker solver (dense or sparse factors, finite) and
+    return a ``KroneckerMatrix``."""
     if isinstance(factors, KroneckerMatrix):
         K = factors
     else:

@@ -124,7 +124,7 @@ def _setup(factors, b, seed):
 
 def _zero_design(K):
     """True when a factor is all zero, so A = 0 and x = 0 is the (minimum-norm) optimum."""
-    return any(not bool(K.xp.any(F)) for F in K.factors)
+    return any(not bool(K.xp.any(F.data if is_sparse(F) else F)) for F in K.factors)
 
 
 def _zeros_like_solution(K, tgt):
@@ -168,14 +168,16 @@ def _factor_basis(F, seed):
     rank deficient may have merged directions of a full-rank F, and ``B``
     would then miss part of range(F) (x confined to the sketch's row space,
     as in ``gpusketch.lstsq``); so the factor is then factored whole, which
-    costs ``O(n d²)`` on that rare path and decides F's own rank.
+    costs ``O(n d²)`` on that rare path and decides F's own rank.  A sparse
+    F is densified only where it is factored whole; ``B = F P`` is dense.
     """
     xp = array_namespace(F)
     n, d = F.shape
     sketched = n > 8 * (4 * d + 10)
-    pre = SketchPreconditioner(SparseSign(4 * d + 10, n, nnz=8, seed=seed) @ F if sketched else F, xp, solve=False)
+    pre = SketchPreconditioner(SparseSign(4 * d + 10, n, nnz=8, seed=seed) @ F if sketched else to_dense(F), xp,
+                               solve=False)
     if sketched and pre.rank_deficient:
-        pre = SketchPreconditioner(F, xp, solve=False)
+        pre = SketchPreconditioner(to_dense(F), xp, solve=False)
     P = pre.apply(xp.eye(pre.rank, dtype=F.dtype))
     return F @ P, P, pre.rank
 
@@ -183,14 +185,14 @@ def _factor_basis(F, seed):
 def _factor_pinv(F, xp):
     """``(F⁺, r)``: a factor's pseudo-inverse with the package's rank rule (``svd_rank``,
     NumPy's ``matrix_rank`` cut, where ``pinv``'s default cut is ``1e-15 σ_max``) and its rank."""
-    U, s, Vt = xp.linalg.svd(F, full_matrices=False)
+    U, s, Vt = xp.linalg.svd(to_dense(F), full_matrices=False)
     r = svd_rank(s, F.shape)
     return (Vt[:r].T / s[:r]) @ U[:, :r].T, r
 
 
 def _factor_rank(F, xp):
     """``rank(F)`` by the rule ``_factor_pinv`` uses."""
-    return svd_rank(xp.linalg.svd(F, compute_uv=False), F.shape)
+    return svd_rank(xp.linalg.svd(to_dense(F), compute_uv=False), F.shape)
 
 
 def _warn_rank_deficient(K, ranks, stacklevel=3):
@@ -345,7 +347,12 @@ def lstsq(factors, b, *, m=None, method="sampling", seed=None, cost=True):
     Parameters
     ----------
     factors : list of 2-D arrays or KroneckerMatrix
-        ``A_t`` of shape ``(n_t, d_t)``, q >= 2, NumPy or CuPy.
+        ``A_t`` of shape ``(n_t, d_t)``, q >= 2, NumPy or CuPy, dense or
+        sparse (SciPy/cupyx).  A sparse factor is read in ``O(nnz(A_t))`` by
+        the sketches, the basis products and the residual slabs; it is
+        densified where it is factored whole (``"exact"``, the SVDs of
+        ``m >= N``, a short factor's basis, a rank check), an ``n_t × d_t``
+        array.
     b : array of shape (∏ n_t,) or (∏ n_t, k), or a sparse (∏ n_t, 1) vector
     m : int, optional
         Sample size (``"sampling"``, default ``_default_m``:
@@ -528,6 +535,9 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
     Parameters
     ----------
     factors : list of 2-D arrays or KroneckerMatrix
+        Dense or sparse, as for ``lstsq``; the Lewis weights of a sparse
+        factor are computed sparse (a wide one's range is taken from its
+        dense SVD).
     b : array of shape (∏ n_t,), or a sparse (∏ n_t, 1) vector
     p : float in [1, 2)
     m : int, optional
@@ -622,7 +632,7 @@ def lp_regression(factors, b, p=1, *, m=None, residuals="exact", seed=None, cost
         for t, F in enumerate(K.factors):
             if F.shape[0] < F.shape[1]:
                 # Lewis weights depend on range(F) only; a wide factor's range has a short basis.
-                U, s, _ = xp.linalg.svd(F, full_matrices=False)
+                U, s, _ = xp.linalg.svd(to_dense(F), full_matrices=False)
                 F = U[:, : svd_rank(s, F.shape)]
             w = lewis_weights(F, p, exact=F.shape[0] <= 8 * (4 * F.shape[1] + 10), seed=derive_seed(seed, t))
             probs.append(w / w.sum())

@@ -26,6 +26,7 @@ from ._backend import (
     check_seed,
     is_sparse,
     linalg_modules,
+    to_dense,
     to_host,
 )
 from ._nvtx import annotate
@@ -54,8 +55,7 @@ def _check_dask(X, name, ndim=(1, 2), nonempty=False, dense=False):
 
     Bool and integer X become a lazy float64 view of it (``astype``; nothing
     is computed); float16 and complex raise ``TypeError``.  ``dense=True``
-    (the solvers) refuses SciPy/cupyx sparse blocks: the solvers use Dask's
-    own ``@``, which takes dense blocks only.
+    (a right-hand side y) refuses SciPy/cupyx sparse blocks.
     """
     da = _da()
     if not isinstance(X, da.Array):
@@ -67,11 +67,7 @@ def _check_dask(X, name, ndim=(1, 2), nonempty=False, dense=False):
     if any(math.isnan(c) for chunks in X.chunks for c in chunks):
         raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
     if dense and is_sparse(X._meta):
-        raise TypeError(
-            f"{name} has sparse blocks ({type(X._meta).__name__}); this solver needs dense blocks "
-            f"(Dask's matmul takes no sparse chunks): pass {name}.map_blocks(lambda b: b.toarray()), "
-            "or sketch it with gpusketch.dask.sketch, which reads sparse blocks"
-        )
+        raise TypeError(f"{name} has sparse blocks ({type(X._meta).__name__}); it must have dense blocks")
     dtype = check_dtype(X.dtype, name)
     return (X if X.dtype == dtype else X.astype(dtype)), da
 
@@ -217,12 +213,70 @@ def _small(x):
     return x.compute() if hasattr(x, "compute") else x
 
 
+# The solvers' products with X.  Dense blocks go through Dask's own ``@``; Dask's matmul
+# takes no sparse chunks, so SciPy/cupyx sparse blocks (in one column strip) get one
+# product per row block, dense out: ``O(nnz)`` of each block, never the block densified.
+
+
+def _block_times(block, V):
+    return block @ V
+
+
+def _block_t_times(block, U):
+    return block.T @ U
+
+
+def _times(X, V):
+    """``X @ V`` for an in-memory V of shape (d,) or (d, k): a lazy Dask array on X's row chunks."""
+    if not is_sparse(X._meta):
+        return X @ V
+    X = X.rechunk({1: -1})
+    meta = _dense_meta(X, np.result_type(X.dtype, V.dtype))  # shape (0, 0)
+    if V.ndim == 1:
+        return X.map_blocks(_block_times, V, drop_axis=1, dtype=meta.dtype, meta=meta.reshape(0))
+    return X.map_blocks(_block_times, V, chunks=(X.chunks[0], (V.shape[1],)), dtype=meta.dtype, meta=meta)
+
+
+def _t_times(X, U):
+    """``Xᵀ U`` for a Dask U of shape (n,) or (n, k) on X's row chunks, computed (d-dimensional)."""
+    if not is_sparse(X._meta):
+        return _small(X.T @ U)
+    from dask import delayed
+
+    X = X.rechunk({1: -1})
+    U = U.rechunk({0: X.chunks[0], **({1: -1} if U.ndim == 2 else {})})
+    parts = [delayed(_block_t_times)(xb, ub) for xb, ub in zip(X.to_delayed().ravel(), U.to_delayed().ravel())]
+    return _tree_sum(parts).compute()
+
+
+def _block_sum_squares(block):
+    if is_sparse(block):
+        if not block.has_canonical_format:  # a repeated entry counts once, summed
+            block = block.copy()
+            block.sum_duplicates()
+        block = block.data
+    return (block * block).sum()
+
+
+def _sum_squares(X):
+    """``||X||_F²``, lazy (a Dask scalar, or a Delayed for sparse blocks)."""
+    if not is_sparse(X._meta):
+        return (X * X).sum()
+    from dask import delayed
+
+    return _tree_sum([delayed(_block_sum_squares)(b) for b in X.to_delayed().ravel()])
+
+
 def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-10, maxiter=None, seed=None):
     """``min_x ||X x − y||_2`` for Dask X (n × d, chunked along rows) and y (n,) or (n, k).
 
     Parameters
     ----------
     X : dask.array.Array (n, d)
+        NumPy or CuPy blocks, or SciPy/cupyx sparse ones: the products with
+        a sparse X run one per row block in ``O(nnz)`` (Dask's matmul takes
+        no sparse chunks), and ``"direct"`` densifies one block at a time
+        for its QR.
     y : dask.array.Array, or NumPy/CuPy array on X's blocks' device, (n,) or (n, k)
         A Dask y is rechunked to X's row chunks when they differ; an
         in-memory y is split into X's row chunks (``da.from_array``).
@@ -278,7 +332,7 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     True
     """
     with annotate("gpusketch.dask.lstsq"):
-        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
         y = _dask_rhs(y, X, da)
         n, d = X.shape
         if y.shape[0] != n:
@@ -291,12 +345,12 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         if maxiter is not None:
             maxiter = check_positive_int(maxiter, "maxiter")
         if method == "direct":
-            x, info = _direct(X, y, da)
+            x, info = _direct(X, y)
         else:
             if n < d:
                 raise ValueError(f"method={method!r} needs n >= d, got X of shape {X.shape}")
             x, info = _sketched(X, y, method, sketch, m, tol, maxiter, seed)
-        r = X @ x - y
+        r = _times(X, x) - y
         cost = _small((r * r).sum(axis=0)) ** 0.5
         return LstsqResult(x, float(cost) if y.ndim == 1 else cost, info)
 
@@ -313,7 +367,7 @@ def _dask_rhs(y, X, da):
     y, xp = as_operand(y, "y", ndim=(1, 2))
     if is_sparse(y):
         raise TypeError("y must be dense (a Dask, NumPy or CuPy array), got a sparse matrix")
-    if xp is not array_namespace(X._meta):  # X's blocks are dense here (_check_dask)
+    if xp is not array_namespace(X._meta):  # (NumPy for SciPy sparse blocks, CuPy for cupyx ones)
         raise TypeError(f"y is a {xp.__name__} array but X's blocks are not: pass y on the blocks' device, "
                         "or as a Dask array")
     if y.shape[0] != X.shape[0]:
@@ -326,12 +380,15 @@ def _warn_deficient(X, detail="", stacklevel=4):
                   RankDeficientWarning, stacklevel=stacklevel)
 
 
-def _block_r(block):
-    """R of a Householder QR of one row block (LAPACK / cuSOLVER ``geqrf``; Q is never formed)."""
-    return array_namespace(block).linalg.qr(block, mode="r")
+def _block_r(x_block, y_block):
+    """R of a Householder QR of one row block of ``[X y]`` (LAPACK / cuSOLVER ``geqrf``; Q is
+    never formed).  A sparse X block is densified here, one block at a time."""
+    xp = array_namespace(y_block)
+    block = xp.concatenate([to_dense(x_block), y_block.reshape(y_block.shape[0], -1)], axis=1)
+    return xp.linalg.qr(block, mode="r")
 
 
-def _direct(X, y, da, stacklevel=4):
+def _direct(X, y, stacklevel=4):
     """Least squares from the R factor of ``[X y] = Q [[R, z], [0, ρ]]``, R-only TSQR.
 
     ``||Xx − y||² = ||Rx − z||² + ρ²``, so ``x = R⁺z`` (the minimum-norm
@@ -343,8 +400,9 @@ def _direct(X, y, da, stacklevel=4):
     import dask
 
     d = X.shape[1]
-    Xy = da.concatenate([X, y if y.ndim == 2 else y[:, None]], axis=1).rechunk({1: -1})
-    parts = [dask.delayed(_block_r)(block) for block in Xy.to_delayed().ravel()]
+    X = X.rechunk({1: -1})
+    y = y.rechunk({0: X.chunks[0], **({1: -1} if y.ndim == 2 else {})})
+    parts = [dask.delayed(_block_r)(xb, yb) for xb, yb in zip(X.to_delayed().ravel(), y.to_delayed().ravel())]
     Rs = dask.compute(*parts)
     xp = array_namespace(Rs[0])
     _check_sketch_finite(xp.concatenate([R[:, :d] for R in Rs]), "X", "its R factor")
@@ -384,8 +442,8 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     y0 = pre.sketched_solution(Sy)
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     Y, iters, _ = block_lsmr(
-        lambda V: X @ pre.apply(V),
-        lambda U: pre.apply_t(_small(X.T @ U)),
+        lambda V: _times(X, pre.apply(V)),
+        lambda U: pre.apply_t(_t_times(X, U)),
         y if y.ndim == 2 else y[:, None],
         y0 if y0.ndim == 2 else y0[:, None],
         atol=tol, btol=tol, maxiter=maxiter, xp=xp, tall=_DaskTall(xp, y0.dtype),
@@ -396,7 +454,7 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     info["iterations"] = iters if y.ndim == 1 else [int(i) for i in iters]
     if pre.rank_deficient:
         if _sketch_missed_directions(X, y, x, tol):  # as in memory (gpusketch.linalg.lstsq)
-            x, direct = _direct(X, y, _da(), stacklevel=5)
+            x, direct = _direct(X, y, stacklevel=5)
             info.update({"fallback": "direct", "sketch_rank": pre.rank, "rank_deficient": direct["rank_deficient"]})
             return x, info
         _warn_deficient(X, f" (sketch rank {pre.rank})")
@@ -408,9 +466,10 @@ def _sketch_missed_directions(X, y, x, tol):
     rank-deficient SX, misses directions of X (``gpusketch.linalg.lstsq._sketch_missed_directions``)."""
     import dask
 
-    r = y - X @ x
-    g = X.T @ r
-    normX2, r2, g2 = dask.compute((X * X).sum(), (r * r).sum(axis=0), (g * g).sum(axis=0))
+    r = y - _times(X, x)
+    g = _t_times(X, r)
+    normX2, r2 = dask.compute(_sum_squares(X), (r * r).sum(axis=0))
+    g2 = (g * g).sum(axis=0)
     xp = array_namespace(r2)
     return bool((xp.sqrt(g2) > max(100 * tol, 1e-8) * math.sqrt(float(normX2)) * xp.sqrt(r2)).any())
 
@@ -478,7 +537,9 @@ def leverage_scores(X, *, exact=False, seed=None):
 
     Parameters
     ----------
-    X : dask.array.Array of shape (n, d), n >= d, dense NumPy or CuPy blocks
+    X : dask.array.Array of shape (n, d), n >= d, NumPy or CuPy blocks
+        Or SciPy/cupyx sparse blocks: the sketched route reads them sparse;
+        ``exact=True`` densifies them for the QR (its Q is dense anyway).
     exact : bool
     seed : int, optional
 
@@ -497,12 +558,15 @@ def leverage_scores(X, *, exact=False, seed=None):
     5.0
     """
     with annotate("gpusketch.dask.leverage_scores"):
-        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
         n, d = X.shape
         if n < d:
             raise ValueError(f"leverage scores need n >= d, got X of shape {X.shape}")
         if exact or embedding_rows(d) >= n:  # as in memory: no sketch has fewer rows than X
-            Q, R = da.linalg.qr(X.rechunk({1: -1}))
+            X = X.rechunk({1: -1})
+            if is_sparse(X._meta):  # the QR's blocks are dense (Q is, anyway)
+                X = X.map_blocks(to_dense, dtype=X.dtype, meta=_dense_meta(X, X.dtype))
+            Q, R = da.linalg.qr(X)
             W = R.map_blocks(_range_rotation, (n, d), dtype=R.dtype)
             return da.map_blocks(_rotated_row_norms2, Q, W, drop_axis=1, dtype=Q.dtype)
         seed = check_seed(seed)
@@ -511,9 +575,9 @@ def leverage_scores(X, *, exact=False, seed=None):
         xp = array_namespace(SX)
         pre = SketchPreconditioner(SX, xp, solve=False)
         if pre.rank == 0:  # X = 0, as in memory; lazy, on X's chunks and device
-            return X[:, 0] * 0
+            return _times(X, xp.zeros(d, dtype=X.dtype))
         G = _gaussian(jl_columns(n), pre.rank, derive_seed(seed, 1), xp, X.dtype)
-        Z = X @ pre.apply(G)
+        Z = _times(X, pre.apply(G))
         return (Z * Z).sum(axis=1)
 
 
@@ -527,7 +591,7 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
 
     Parameters
     ----------
-    X : dask.array.Array of shape (n, d), dense NumPy or CuPy blocks
+    X : dask.array.Array of shape (n, d), NumPy or CuPy blocks, or SciPy/cupyx sparse ones
     k : int, 1 <= k <= min(n, d)
     oversample, power_iters : int >= 0
     seed : int, optional
@@ -550,7 +614,7 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
     True
     """
     with annotate("gpusketch.dask.randomized_svd"):
-        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True, dense=True)
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
         n, d = X.shape
         k = check_positive_int(k, "k")
         if k > min(n, d):
@@ -560,19 +624,18 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
         seed = check_seed(seed)
         l = min(k + oversample, n, d)
         X1 = X.rechunk({1: -1})
-        probe = X1._meta
-        xp = array_namespace(probe)
+        xp = array_namespace(X1._meta)
         Omega = Gaussian(l, d, seed=seed).todense(xp).T.astype(X.dtype)  # d × l
-        Y = (X1 @ Omega).persist()  # n × l, the range sketch; the QR reads it once more
+        Y = _times(X1, Omega).persist()  # n × l, the range sketch; the QR reads it once more
         if not bool(da.isfinite(Y).all().compute()):
             raise ValueError("X contains NaN or Inf (found in its sketch X Ω)")
         Q, _ = da.linalg.qr(Y)
         for _ in range(power_iters):
-            Z = _small(X1.T @ Q)
+            Z = _t_times(X1, Q)
             Z = xp.linalg.qr(Z)[0]
-            Q, _ = da.linalg.qr(X1 @ Z)
+            Q, _ = da.linalg.qr(_times(X1, Z))
             Q = Q.persist()
-        B = _small(Q.T @ X1)
+        B = _small(Q.T @ X1) if not is_sparse(X1._meta) else _t_times(X1, Q).T
         Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
         sign = svd_signs(Vt[:k], xp)  # as gpusketch.randomized_svd's
         return Q @ (Ub[:, :k] * sign), s[:k], Vt[:k] * sign[:, None]

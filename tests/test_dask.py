@@ -196,14 +196,28 @@ def test_lstsq_precondition_edge_cases(rng):
     assert capped.cost < start.cost * (1 - 1e-6)  # the one step was taken
 
 
-def test_lstsq_precondition_falls_back_when_the_sketch_loses_rank_that_x_has():
+def _split_entries(block):
+    """``block`` as a non-canonical CSR matrix: every entry stored twice, as two halves."""
+    import scipy.sparse as sp
+
+    c = sp.csr_matrix(block)
+    return sp.csr_matrix((np.repeat(c.data / 2, 2), np.repeat(c.indices, 2), 2 * c.indptr), shape=c.shape)
+
+
+@pytest.mark.parametrize("blocks", ["dense", "csr", "split csr"])
+def test_lstsq_precondition_falls_back_when_the_sketch_loses_rank_that_x_has(blocks):
     """As in memory: X of full rank with one nonzero per column, a CountSketch that merges
     two of those rows (seed 0).  x was off by 13 % (7 of 10 seeds, 13-49 %) with a warning
     that blamed X; the normal equations now send it to the direct solve, without a warning,
-    for one and for several right-hand sides."""
+    for one and for several right-hand sides.  Sparse blocks, canonical or with every entry
+    split in two, take the same route."""
+    import scipy.sparse as sp
+
     A, b, x_ref = one_entry_per_column()
     d = A.shape[1]
     X = da.from_array(A, chunks=(1000, d))
+    if blocks != "dense":
+        X = X.map_blocks(sp.csr_matrix if blocks == "csr" else _split_entries)
     with warnings.catch_warnings():
         warnings.simplefilter("error", gs.RankDeficientWarning)
         one = gsd.lstsq(X, da.from_array(b, chunks=1000), sketch="countsketch", seed=0)
@@ -212,6 +226,17 @@ def test_lstsq_precondition_falls_back_when_the_sketch_loses_rank_that_x_has():
         assert res.info["fallback"] == "direct" and res.info["sketch_rank"] < d and not res.info["rank_deficient"]
     np.testing.assert_allclose(one.x, x_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(two.x, np.c_[x_ref, 2 * x_ref], rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_blocks_sum_of_squares_counts_a_split_entry_once(rng):
+    """``||X||_F²`` (the fallback test's scale) sums a non-canonical block's repeated entries
+    before squaring: (v/2 + v/2)² = v², not 2 (v/2)²."""
+    from gpusketch.dask import _sum_squares
+
+    A = rng.standard_normal((300, 5)) * (rng.random((300, 5)) < 0.3)
+    X = da.from_array(A, chunks=(100, 5)).map_blocks(_split_entries)
+    assert not X.blocks[0].compute().has_canonical_format
+    assert float(dask.compute(_sum_squares(X))[0]) == pytest.approx(np.sum(A * A), rel=1e-13)
 
 
 def test_lstsq_sketch_warns_when_the_sketch_loses_rank():
@@ -339,11 +364,8 @@ def test_bad_input(rng):
         gsd.lstsq(A, da.ones(100, chunks=50).astype(complex))
     import scipy.sparse as sp
 
-    sparse_blocks = A.map_blocks(sp.csr_matrix)  # Dask's own @ (the solvers') takes no sparse chunks
-    for solve in (lambda: gsd.lstsq(sparse_blocks, da.ones(100, chunks=50)), lambda: gsd.leverage_scores(sparse_blocks),
-                  lambda: gsd.randomized_svd(sparse_blocks, 2)):
-        with pytest.raises(TypeError, match=r"X has sparse blocks \(csr_matrix\); this solver needs dense blocks"):
-            solve()
+    with pytest.raises(TypeError, match=r"y has sparse blocks \(csr_matrix\); it must have dense blocks"):
+        gsd.lstsq(A, da.from_array(np.ones((100, 1)), chunks=50).map_blocks(sp.csr_matrix))
     with pytest.raises(ValueError, match=r"unknown chunk sizes; call X.compute_chunk_sizes\(\)"):
         gsd.lstsq(A[A[:, 0] > 0], da.ones(100, chunks=50))
     with pytest.raises(ValueError, match="needs n >= d"):
@@ -403,7 +425,7 @@ DEVICE_CALLS = {
     "sketch_columns": lambda X, y: gsd.sketch_columns(X, gs.CountSketch(4, 8, seed=3)).compute(),
     "lstsq sketch": lambda X, y: gsd.lstsq(X, y, method="sketch", seed=1).x,
     "lstsq precondition": lambda X, y: gsd.lstsq(X, y, seed=1).x,
-    "lstsq precondition, 2-D y": lambda X, y: gsd.lstsq(X, da.stack([y, 0.5 * y + X[:, 0]], axis=1), seed=1).x,
+    "lstsq precondition, 2-D y": lambda X, y: gsd.lstsq(X, da.stack([y, 0.5 * y + y**2], axis=1), seed=1).x,
     "lstsq direct": lambda X, y: gsd.lstsq(X, y, method="direct").x,
     "leverage_scores": lambda X, y: gsd.leverage_scores(X, seed=1).compute(),
     "leverage_scores exact": lambda X, y: gsd.leverage_scores(X, exact=True).compute(),
@@ -423,3 +445,27 @@ def test_device_chunks_agree_with_host_chunks(cupy_or_fake, name):
                    da.from_array(cupy.asarray(_DB), chunks=1000, asarray=False))
     assert isinstance(dev, cupy.ndarray)
     np.testing.assert_allclose(to_numpy(dev), host, rtol=1e-9, atol=1e-12 * float(np.abs(host).max()))
+
+
+# Sparse blocks: 70 % of _DA's entries zeroed, and a unit diagonal for full column rank.
+_DS = _DA * (np.random.default_rng(6).random(_DA.shape) < 0.3) + np.eye(*_DA.shape)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("name", list(DEVICE_CALLS))
+def test_sparse_blocks_agree_with_dense_blocks(request, device, name):
+    """Each gpusketch.dask call on SciPy (or cupyx) CSR blocks returns what it returns on the same
+    matrix in dense blocks: the solvers' products run one per sparse block instead of Dask's
+    matmul, "direct" and exact leverage scores densify a block at a time."""
+    import scipy.sparse as sp
+
+    xp = np if device == "cpu" else request.getfixturevalue("cupy_or_fake")
+    csr = sp.csr_matrix if xp is np else __import__("cupyx.scipy.sparse", fromlist=["csr_matrix"]).csr_matrix
+    call = DEVICE_CALLS[name]
+    with dask.config.set(scheduler="threads"):
+        X = da.from_array(xp.asarray(_DS), chunks=(1000, 4), asarray=False)  # two column strips
+        y = da.from_array(xp.asarray(_DB), chunks=1000, asarray=False)
+        dense = call(X, y)
+        sparse = call(X.map_blocks(csr, meta=csr(xp.zeros((1, 1)))), y)
+    assert type(sparse) is type(dense)
+    np.testing.assert_allclose(to_numpy(sparse), to_numpy(dense), rtol=1e-9, atol=1e-12 * float(np.abs(to_numpy(dense)).max()))

@@ -4,8 +4,10 @@
 ``gpusketch demo``    a tall least-squares problem sketched by every operator on
                       every available device, with a table of time, effective
                       GB/s, subspace distortion and sketch-and-solve quality.
-``gpusketch sketch``  sketch an on-disk ``.npy`` matrix in row chunks.
-``gpusketch lstsq``   solve a least-squares problem stored as ``.npy`` files.
+``gpusketch sketch``  sketch an on-disk ``.npy`` matrix in row chunks (or a SciPy
+                      sparse matrix saved by ``scipy.sparse.save_npz``).
+``gpusketch lstsq``   solve a least-squares problem stored as ``.npy`` files (A may
+                      be a ``save_npz`` sparse matrix).
 ``gpusketch bench``   run the benchmark suites of a source checkout (``--quick``).
 
 Exit codes: 0 success, 1 bad data or a failed computation, 2 usage errors
@@ -26,7 +28,7 @@ import numpy as np
 import scipy
 
 from . import __version__
-from ._backend import check_dtype, cupy_available, to_host
+from ._backend import check_dtype, cupy_available, is_sparse, sparse_module, to_host
 from ._timing import time_call
 from .operators import SRHT, CountSketch, Gaussian, Sampling, SparseSign, make_sketch
 
@@ -237,15 +239,32 @@ def _save(path, x):
         np.save(f, to_host(x))
 
 
-def _load_npy(path, mmap_mode=None):
-    """A numeric array from a ``.npy`` file; anything else (object arrays, other formats) is refused."""
+def _load_npy(path, mmap_mode=None, sparse=False):
+    """A numeric array from a ``.npy`` file; anything else (object arrays, other formats) is refused.
+
+    ``sparse=True`` also takes a SciPy sparse matrix saved by ``scipy.sparse.save_npz``
+    (an ``.npz`` archive with a ``format`` entry), returned in CSR format.
+    """
     try:
         x = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError) as exc:  # NumPy takes a file without a .npy header for a pickle
         why = "no .npy header" if "pickle" in str(exc) else str(exc)
         raise ValueError(f"{path} is not a .npy array file ({why})") from None
     if not isinstance(x, np.ndarray):  # an .npz archive
-        raise ValueError(f"{path} is not a .npy array file (found {type(x).__name__})")
+        with x:
+            names = sorted(x.files)
+        if not (sparse and "format" in names and "shape" in names):
+            what = "a .npy array file or a scipy.sparse.save_npz matrix" if sparse else "a .npy array file"
+            raise ValueError(f"{path} is not {what} (found an .npz archive of {', '.join(names) or 'nothing'})")
+        import scipy.sparse
+
+        try:
+            x = scipy.sparse.load_npz(path).tocsr()
+        except (ValueError, KeyError, OSError) as exc:
+            raise ValueError(f"{path} is not a readable scipy.sparse.save_npz matrix ({exc})") from None
+        if 0 in x.shape:
+            raise ValueError(f"{path} holds an empty sparse matrix of shape {x.shape}")
+        return x
     if x.size == 0:
         raise ValueError(f"{path} holds an empty array of shape {x.shape}")
     return x
@@ -254,7 +273,7 @@ def _load_npy(path, mmap_mode=None):
 def cmd_sketch(args):
     from . import stream
 
-    A = _load_npy(args.input, mmap_mode="r")
+    A = _load_npy(args.input, mmap_mode="r", sparse=True)
     if A.ndim not in (1, 2):
         raise ValueError(f"{args.input} holds a {A.ndim}-D array; a vector or a 2-D matrix is needed")
     check_dtype(A.dtype, args.input)  # named by its file, before the sketch is drawn
@@ -274,7 +293,11 @@ def cmd_lstsq(args):
     xp = _xp(args.device)
     # A memory-mapped: the solvers read it in passes (the CPU's direct solve and sketches a
     # row block at a time), so the file is paged in, never copied into anonymous memory first.
-    A = xp.asarray(_load_npy(args.A, mmap_mode="r"))
+    A = _load_npy(args.A, mmap_mode="r", sparse=True)
+    if is_sparse(A):
+        A = A if xp is np else sparse_module(xp).csr_matrix(A)
+    else:
+        A = xp.asarray(A)
     b = xp.asarray(_load_npy(args.b))
     res = lstsq(A, b, method=args.method, sketch=args.sketch, m=args.m, tol=args.tol, seed=args.seed)
     _save(args.output, res.x)
@@ -344,7 +367,8 @@ def build_parser():
     pd.set_defaults(func=cmd_demo)
     kinds = ("countsketch", "sparse_sign", "gaussian", "srht", "fast_embedding")
     ps = sub.add_parser("sketch", help="sketch the rows of a .npy matrix, reading it in chunks")
-    ps.add_argument("input", help="INPUT.npy, an n x d matrix or a vector of length n")
+    ps.add_argument("input", help="INPUT.npy, an n x d matrix or a vector of length n, or INPUT.npz, a sparse "
+                                  "matrix saved by scipy.sparse.save_npz")
     ps.add_argument("-m", type=int, required=True,
                     help="sketch size (rows of the output; an srht has at most n rounded up to a power of two)")
     ps.add_argument("--kind", choices=kinds, default="countsketch")
@@ -355,8 +379,8 @@ def build_parser():
     ps.add_argument("--quiet", action="store_true", help="no progress bar")
     ps.set_defaults(func=cmd_sketch, inputs=("input",))
     pl = sub.add_parser("lstsq", help="solve min ||Ax - b|| for A.npy (memory-mapped), b.npy")
-    pl.add_argument("A")
-    pl.add_argument("b")
+    pl.add_argument("A", help="A.npy (n x d), or A.npz, a sparse matrix saved by scipy.sparse.save_npz")
+    pl.add_argument("b", help="b.npy (n, or n x k)")
     pl.add_argument("--method", choices=("precondition", "sketch", "direct"), default="precondition")
     pl.add_argument("--sketch", choices=kinds, default="sparse_sign")
     pl.add_argument("-m", type=int, default=None, help="sketch size")

@@ -117,6 +117,39 @@ def test_sketch_and_lstsq_commands(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "x.npy"), np.linalg.lstsq(A, b, rcond=None)[0], atol=1e-9)
 
 
+def test_sketch_and_lstsq_commands_read_scipy_sparse_npz(tmp_path):
+    """A matrix saved by scipy.sparse.save_npz (CSC here) is read as CSR: the sketch equals S @ A,
+    the solve the dense optimum, on every method; a plain np.savez archive is refused by name."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    A = sp.random(3000, 6, density=0.2, random_state=2, data_rvs=rng.standard_normal) + sp.eye(3000, 6)
+    b = A @ np.arange(1.0, 7.0) + 0.01 * rng.standard_normal(3000)
+    sp.save_npz(tmp_path / "A.npz", A.tocsc())
+    np.save(tmp_path / "b.npy", b)
+    r = run("sketch", str(tmp_path / "A.npz"), "-m", "64", "--kind", "sparse_sign", "--seed", "7",
+            "--chunk-rows", "700", "--quiet", "--device", "cpu", "-o", str(tmp_path / "SA.npy"))
+    assert r.returncode == 0, r.stderr
+    S = gs.operators.make_sketch("sparse_sign", 64, 3000, seed=7)
+    np.testing.assert_allclose(np.load(tmp_path / "SA.npy"), S @ A.toarray(), atol=1e-10)
+    x_opt = np.linalg.lstsq(A.toarray(), b, rcond=None)[0]
+    for method in ("precondition", "direct"):
+        r = run("lstsq", str(tmp_path / "A.npz"), str(tmp_path / "b.npy"), "--seed", "1", "--method", method,
+                "--device", "cpu", "-o", str(tmp_path / "x.npy"))
+        assert r.returncode == 0, r.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "x.npy"), x_opt, atol=1e-9)
+    np.savez(tmp_path / "plain.npz", a=np.ones(3))
+    r = run("lstsq", str(tmp_path / "plain.npz"), str(tmp_path / "b.npy"), "-o", str(tmp_path / "x.npy"))
+    assert r.returncode == 1 and "plain.npz is not a .npy array file or a scipy.sparse.save_npz matrix " \
+        "(found an .npz archive of a)" in r.stderr
+    r = run("lstsq", str(tmp_path / "A.npz"), str(tmp_path / "A.npz"),
+            "-o", str(tmp_path / "x.npy"))
+    assert r.returncode == 1 and "A.npz is not a .npy array file (found an .npz archive of data, format" in r.stderr
+    sp.save_npz(tmp_path / "E.npz", sp.csr_matrix((0, 4)))
+    r = run("sketch", str(tmp_path / "E.npz"), "-m", "4", "-o", str(tmp_path / "o.npy"), "--device", "cpu")
+    assert r.returncode == 1 and "empty sparse matrix of shape (0, 4)" in r.stderr
+
+
 def test_command_errors(tmp_path):
     r = run("sketch", str(tmp_path / "missing.npy"), "-m", "4", "-o", str(tmp_path / "o.npy"))
     assert r.returncode == 2 and "not found" in r.stderr
@@ -202,7 +235,14 @@ def test_commands_on_the_gpu_route(tmp_path, capsys, cupy_or_fake):
     S = gs.operators.make_sketch("sparse_sign", 64, 3000, seed=7)
     np.testing.assert_allclose(np.load(tmp_path / "SA.npy"), S @ A, atol=1e-10)
     x_opt = np.linalg.lstsq(A, b, rcond=None)[0]
+    import scipy.sparse as sp
+
+    sp.save_npz(tmp_path / "A.npz", sp.csr_matrix(A))  # a sparse file goes to the device as cupyx CSR
+    assert cli.main(["sketch", str(tmp_path / "A.npz"), "-m", "64", "--kind", "sparse_sign", "--seed", "7",
+                     "--chunk-rows", "1000", "--quiet", "--device", "gpu", "-o", str(tmp_path / "SA.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "SA.npy"), S @ A, atol=1e-10)
     for method in ("precondition", "direct"):
-        assert cli.main(["lstsq", str(tmp_path / "A.npy"), str(tmp_path / "b.npy"), "--seed", "1", "--method",
-                         method, "--device", "gpu", "-o", str(tmp_path / "x.npy")]) == 0
-        np.testing.assert_allclose(np.load(tmp_path / "x.npy"), x_opt, atol=1e-9)
+        for a_file in ("A.npy", "A.npz"):
+            assert cli.main(["lstsq", str(tmp_path / a_file), str(tmp_path / "b.npy"), "--seed", "1", "--method",
+                             method, "--device", "gpu", "-o", str(tmp_path / "x.npy")]) == 0
+            np.testing.assert_allclose(np.load(tmp_path / "x.npy"), x_opt, atol=1e-9)

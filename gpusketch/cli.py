@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from . import __version__
+from . import __version__, stream
 from ._backend import check_dtype, cupy_available, is_sparse, sparse_module, to_host
 from ._timing import time_call
 from .operators import SRHT, CountSketch, Gaussian, Sampling, SparseSign, make_sketch
+from .stream import load_npy
 
 __all__ = ["main"]
 
@@ -239,41 +240,9 @@ def _save(path, x):
         np.save(f, to_host(x))
 
 
-def _load_npy(path, mmap_mode=None, sparse=False):
-    """A numeric array from a ``.npy`` file; anything else (object arrays, other formats) is refused.
-
-    ``sparse=True`` also takes a SciPy sparse matrix saved by ``scipy.sparse.save_npz``
-    (an ``.npz`` archive with a ``format`` entry), returned in CSR format.
-    """
-    try:
-        x = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except (ValueError, OSError) as exc:  # NumPy takes a file without a .npy header for a pickle
-        why = "no .npy header" if "pickle" in str(exc) else str(exc)
-        raise ValueError(f"{path} is not a .npy array file ({why})") from None
-    if not isinstance(x, np.ndarray):  # an .npz archive
-        with x:
-            names = sorted(x.files)
-        if not (sparse and "format" in names and "shape" in names):
-            what = "a .npy array file or a scipy.sparse.save_npz matrix" if sparse else "a .npy array file"
-            raise ValueError(f"{path} is not {what} (found an .npz archive of {', '.join(names) or 'nothing'})")
-        import scipy.sparse
-
-        try:
-            x = scipy.sparse.load_npz(path).tocsr()
-        except (ValueError, KeyError, OSError) as exc:
-            raise ValueError(f"{path} is not a readable scipy.sparse.save_npz matrix ({exc})") from None
-        if 0 in x.shape:
-            raise ValueError(f"{path} holds an empty sparse matrix of shape {x.shape}")
-        return x
-    if x.size == 0:
-        raise ValueError(f"{path} holds an empty array of shape {x.shape}")
-    return x
-
-
 def cmd_sketch(args):
-    from . import stream
 
-    A = _load_npy(args.input, mmap_mode="r", sparse=True)
+    A = load_npy(args.input, mmap_mode="r", sparse=True)
     if A.ndim not in (1, 2):
         raise ValueError(f"{args.input} holds a {A.ndim}-D array; a vector or a 2-D matrix is needed")
     check_dtype(A.dtype, args.input)  # named by its file, before the sketch is drawn
@@ -293,12 +262,12 @@ def cmd_lstsq(args):
     xp = _xp(args.device)
     # A memory-mapped: the solvers read it in passes (the CPU's direct solve and sketches a
     # row block at a time), so the file is paged in, never copied into anonymous memory first.
-    A = _load_npy(args.A, mmap_mode="r", sparse=True)
+    A = load_npy(args.A, mmap_mode="r", sparse=True)
     if is_sparse(A):
         A = A if xp is np else sparse_module(xp).csr_matrix(A)
     else:
         A = xp.asarray(A)
-    b = xp.asarray(_load_npy(args.b))
+    b = xp.asarray(load_npy(args.b))
     res = lstsq(A, b, method=args.method, sketch=args.sketch, m=args.m, tol=args.tol, seed=args.seed)
     _save(args.output, res.x)
     cost = res.cost.tolist() if hasattr(res.cost, "tolist") else res.cost

@@ -20,15 +20,47 @@ __all__ = ["sketch"]
 _CHUNK_BYTES = 64 << 20
 
 
+def load_npy(path, mmap_mode=None, *, sparse=False):
+    """A numeric array from a ``.npy`` file; other contents (pickles, object arrays) are refused.
+
+    ``sparse=True`` also takes a SciPy sparse matrix saved by
+    ``scipy.sparse.save_npz`` (an ``.npz`` archive with ``format`` and
+    ``shape`` entries), read whole (a zip archive cannot be memory-mapped) and
+    returned in CSR format.  Empty arrays are refused.  The errors are
+    ``ValueError`` naming the file.
+    """
+    try:
+        x = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError) as exc:  # NumPy takes a file without a .npy header for a pickle
+        why = "no .npy header" if "pickle" in str(exc) else str(exc)
+        raise ValueError(f"{path} is not a .npy array file ({why})") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive
+        with x:
+            names = sorted(x.files)
+        if not (sparse and "format" in names and "shape" in names):
+            what = "a .npy array file or a scipy.sparse.save_npz matrix" if sparse else "a .npy array file"
+            raise ValueError(f"{path} is not {what} (found an .npz archive of {', '.join(names) or 'nothing'})")
+        import scipy.sparse
+
+        try:
+            x = scipy.sparse.load_npz(path).tocsr()
+        except (ValueError, KeyError, OSError) as exc:
+            raise ValueError(f"{path} is not a readable scipy.sparse.save_npz matrix ({exc})") from None
+    if 0 in x.shape:
+        raise ValueError(f"{path} holds an empty {'sparse matrix' if is_scipy_sparse(x) else 'array'} "
+                         f"of shape {x.shape}")
+    return x
+
+
 def _open(source):
     """An object with ``.shape`` and row slicing, or ``None`` for a plain iterable of blocks."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
             raise FileNotFoundError(f"source file not found: {path}")
-        if not path.endswith(".npy"):
-            raise ValueError(f"source path must be a .npy file, got {path!r}")
-        return np.load(path, mmap_mode="r")
+        if not path.endswith((".npy", ".npz")):
+            raise ValueError(f"source path must be a .npy file or a scipy.sparse.save_npz .npz file, got {path!r}")
+        return load_npy(path, mmap_mode="r", sparse=True)
     if is_scipy_sparse(source) and source.format not in ("csr", "csc"):
         return source.tocsr()  # COO, DIA, DOK, ...: no row slicing, or a slow one; one copy of an in-memory matrix
     if hasattr(source, "to_numpy") and hasattr(source, "shape") and not hasattr(source, "dtype"):
@@ -63,7 +95,8 @@ def sketch(S, source, *, chunk_rows=None, device="auto", progress=True):
     S : SketchOperator
         Shape ``(m, n)``; n must equal the rows of the source.
     source : str or path, array-like, sparse matrix, or iterable
-        A ``.npy`` file (memory-mapped), a NumPy array or memmap, an HDF5 or
+        A ``.npy`` file (memory-mapped), a ``.npz`` file written by
+        ``scipy.sparse.save_npz`` (read whole, then in CSR row chunks), a NumPy array or memmap, an HDF5 or
         Zarr dataset (anything 1-D or 2-D with ``.shape`` and row slicing), a
         SciPy sparse matrix (read in CSR row chunks), a pandas or polars
         DataFrame (in memory already: taken as one array, mixed column

@@ -83,7 +83,9 @@ def test_sparse_source_and_sparse_blocks(npy, device, request):
     # "not subscriptable").  Blocks of no rows are skipped: S[:, a:a] is no operator.
     blocks = [sp.coo_matrix(A[a : a + 999]) for a in range(0, A.shape[0], 999)]
     blocks[2:2] = [A[1998:1998], sp.csr_matrix(A[1998:1998])]
-    for source in (sp.csr_matrix(A), sp.csc_array(A), sp.coo_matrix(A), sp.lil_array(A), iter(blocks)):
+    saved = npy[1].with_name("A.npz")  # a scipy.sparse.save_npz file, by path
+    sp.save_npz(saved, sp.csc_matrix(A))
+    for source in (sp.csr_matrix(A), sp.csc_array(A), sp.coo_matrix(A), sp.lil_array(A), iter(blocks), saved):
         Y = stream.sketch(S, source, chunk_rows=700, device=device, progress=False)
         assert Y.shape == (40, 6)
         np.testing.assert_allclose(to_numpy(Y), S @ A, rtol=1e-10, atol=1e-10)
@@ -130,8 +132,12 @@ def test_stream_bad_input(npy, tmp_path):
     with pytest.raises(ValueError, match=r"block 0 of source must be 2-D \(rows x columns\), got shape \(6,\): "
                                          r".*for a list of rows pass numpy.asarray\(source\)"):
         stream.sketch(S, A.tolist(), device="cpu", progress=False)  # a list of rows is not a list of blocks
-    with pytest.raises(ValueError, match="source path must be a .npy file"):
+    with pytest.raises(ValueError, match="source path must be a .npy file or a scipy.sparse.save_npz .npz file"):
         stream.sketch(S, str(tmp_path), device="cpu", progress=False)
+    np.savez(tmp_path / "plain.npz", A=A)
+    with pytest.raises(ValueError, match=r"plain.npz is not a .npy array file or a scipy.sparse.save_npz matrix "
+                                         r"\(found an .npz archive of A\)"):
+        stream.sketch(S, tmp_path / "plain.npz", device="cpu", progress=False)
     with pytest.raises(TypeError, match="source must be a .npy path"):
         stream.sketch(S, 3.0, device="cpu", progress=False)
     with pytest.raises(TypeError, match="source has dtype float16"):

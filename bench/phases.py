@@ -37,6 +37,7 @@ PHASES = [
     ("gpusketch.linalg.low_rank", "_orth"),
     ("gpusketch.linalg.low_rank", "orthonormalize"),
     ("gpusketch.linalg.low_rank", "top_left_singular"),
+    ("gpusketch.linalg.low_rank", "full_rank_inverse"),
     ("gpusketch.linalg.low_rank", "_sketched_right_factor"),
     ("gpusketch.linalg.low_rank", "_col_sq_norms"),
     ("gpusketch.linalg.svd", "orthonormalize"),

@@ -986,6 +986,29 @@ def test_low_rank_in_span_of_u_is_solved_exactly(xp, k):
     assert worst <= 1 + 1e-9, worst
 
 
+def test_low_rank_affine_solve_without_the_svd_where_full_rank_is_proved(xp, monkeypatch):
+    """Step 4's T1 M = QC RC: where RC⁻¹'s norm proves full rank, X = RC⁻¹ Uk without an SVD
+    of RC.  The approximation VX must be the SVD route's (forced by withholding the proof);
+    A with two equal columns that are both drawn gives RC of rank c − 1: no proof, the SVD
+    route cuts the direction, as before."""
+    import sys
+
+    lr = sys.modules["gpusketch.linalg.low_rank"]
+    A = decaying(800, 300, 0.8, 3)[0] + 1e-3 * np.random.default_rng(1).standard_normal((800, 300))  # κ(RC) ≈ 190
+    dup = A.copy()
+    dup[:, 1:] = dup[:, :-1]  # column 1 equals column 0: drawn together, RC is singular
+    for M, proved in ((A, True), (dup, False)):
+        seen = []
+        real = lr.full_rank_inverse
+        monkeypatch.setattr(lr, "full_rank_inverse", lambda R, *a: seen.append(real(R, *a) is not None) or real(R, *a))
+        fast = gs.low_rank(xp.asarray(M), 6, eps=0.1, seed=2)
+        monkeypatch.setattr(lr, "full_rank_inverse", lambda *a: None)
+        slow = gs.low_rank(xp.asarray(M), 6, eps=0.1, seed=2)
+        assert seen == [proved]
+        approx = [to_numpy(r.V) @ to_numpy(r.X) for r in (fast, slow)]
+        np.testing.assert_allclose(approx[0], approx[1], atol=1e-9 * np.abs(M).max())
+
+
 def test_low_rank_keeps_a_sparse_column_sketch_sparse(xp):
     # Step 1's A Tᵀ of a sparse A: the operator's right product is a dense n × t array (5 GB at
     # 400000 × 2000, t = 1600); the hashed column merge keeps at most nnz(A) entries.

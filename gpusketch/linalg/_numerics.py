@@ -136,12 +136,21 @@ def qr_proves_full_rank(M, shape, xp):
         return False, None
     R = xp.linalg.qr(M if M.shape[0] >= M.shape[1] else M.T, mode="r")
     R = R[: min(M.shape)]
+    return full_rank_inverse(R, shape, xp) is not None, R
+
+
+def full_rank_inverse(R, shape, xp):
+    """``R⁻¹`` for a square upper triangular R whose inverse proves it of full rank by the
+    rank rule with the dimensions ``shape`` (``1/||R⁻¹||_F`` above twice the cut at
+    ``||R||_F``, as in ``matrix_rank``), else None (no proof: the SVD decides)."""
+    if R.shape[0] == 0 or not full_rank_provable(R.shape[0], shape, R.dtype):
+        return None
     fro = float(xp.linalg.norm(R))
     inv = _triangular_inverse(R, xp) if fro > 0.0 else None
     if inv is None:
-        return False, R
+        return None
     inv_fro = float(xp.linalg.norm(inv))
-    return bool(math.isfinite(inv_fro) and inv_fro * 2.0 * rank_cut(fro, shape, R.dtype) < 1.0), R
+    return inv if math.isfinite(inv_fro) and inv_fro * 2.0 * rank_cut(fro, shape, R.dtype) < 1.0 else None
 
 
 def _triangular_inverse(R, xp):

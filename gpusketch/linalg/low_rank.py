@@ -10,7 +10,7 @@ from .._backend import as_matrix, check_positive_int, check_real_in, check_seed,
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, row_reduction
-from ._numerics import orthonormalize, svd_rank, top_left_singular
+from ._numerics import full_rank_inverse, orthonormalize, svd_rank, top_left_singular
 from .leverage import sample_operator
 from .results import LowRankResult
 from .svd import randomized_svd
@@ -266,12 +266,20 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         # direction of U, and the cost rose 1.2-2000-fold).
         unit = (1.0 / xp.sqrt(colsq[cols])).astype(T1A.dtype)
         QC, RC = orthonormalize(xp.concatenate([to_dense(T1 @ U), T1A[:, cols] * unit], axis=1), xp)
-        # T1 M = (QC W) diag(σ) Zᵀ with RC = W diag(σ) Zᵀ; directions below the rank rule (M's
-        # columns dependent: duplicated or already in span(U)) are left out of the solve.
-        W, sig, Zt = xp.linalg.svd(RC, full_matrices=False)
-        keep = xp.arange(sig.size) < svd_rank(sig, (n, c))
-        Uk = top_left_singular((W.T @ (QC.T @ T1A)) * keep[:, None], k, xp)
-        coef = Zt.T @ (Uk * (keep / xp.where(keep, sig, 1.0))[:, None].astype(Uk.dtype))
+        RCinv = full_rank_inverse(RC, (n, c), xp)
+        if RCinv is not None:
+            # T1 M = QC RC of full rank by the rank rule (proved by RC⁻¹'s norm): the best
+            # rank-k QC RC X is QC Uk UkᵀQCᵀ T1A, so X = RC⁻¹ Uk (Uk the top-k left singular
+            # space of QCᵀ T1A) and no SVD of RC is needed (c × c; on a GPU cuSOLVER's
+            # slowest routine).
+            coef = RCinv @ top_left_singular(QC.T @ T1A, k, xp)
+        else:
+            # T1 M = (QC W) diag(σ) Zᵀ with RC = W diag(σ) Zᵀ; directions below the rank rule
+            # (M's columns dependent: duplicated or already in span(U)) are left out of the solve.
+            W, sig, Zt = xp.linalg.svd(RC, full_matrices=False)
+            keep = xp.arange(sig.size) < svd_rank(sig, (n, c))
+            Uk = top_left_singular((W.T @ (QC.T @ T1A)) * keep[:, None], k, xp)
+            coef = Zt.T @ (Uk * (keep / xp.where(keep, sig, 1.0))[:, None].astype(Uk.dtype))
         left = U @ coef[: U.shape[1]]
         if cols.size:
             left = left + to_dense(A[:, cols] @ (coef[U.shape[1]:] * unit[:, None]))

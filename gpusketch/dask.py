@@ -276,7 +276,9 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         NumPy or CuPy blocks, or SciPy/cupyx sparse ones: the products with
         a sparse X run one per row block in ``O(nnz)`` (Dask's matmul takes
         no sparse chunks), and ``"direct"`` densifies one block at a time
-        for its QR.
+        for its QR.  Sparse blocks are known by X's meta, so they must be
+        CSR or CSC: Dask records a COO block's meta as a dense array (and
+        its own slicing fails on COO blocks).
     y : dask.array.Array, or NumPy/CuPy array on X's blocks' device, (n,) or (n, k)
         A Dask y is rechunked to X's row chunks when they differ; an
         in-memory y is split into X's row chunks (``da.from_array``).

@@ -319,6 +319,55 @@ def test_lstsq_sampling_is_deterministic_and_reads_sparse_b(rng):
     assert sparse.cost == pytest.approx(dense.cost, rel=1e-12)
 
 
+@pytest.mark.parametrize("shapes", [[(300, 3), (200, 2)], [(30, 2), (20, 2), (6, 2)]])
+def test_lstsq_sketch_reads_a_sparse_b_without_densifying_it(xp, rng, monkeypatch, shapes):
+    """method="sketch" with a sparse b spreads its nonzeros over the factor sketches' columns
+    (``_sketch_sparse_target``) instead of sketching b densified: the same Sb and x, and
+    ``_Target.full`` (the ∏ n_t dense b) is never called (with cost=False).  The q = 3 case
+    keeps its 6-row factor whole (the identity), among SparseSigns."""
+    from gpusketch.kron import regression
+    from gpusketch.kron.regression import _Target, _factor_sketches, _sketch_sparse_target
+
+    fs = [xp.asarray(rng.standard_normal(s)) for s in shapes]
+    N = math.prod(s[0] for s in shapes)
+    b = np.zeros(N)
+    count = N // 200  # 4 x 4 spread entries a nonzero: under an eighth of N, so b is spread
+    b[rng.choice(N, count, replace=False)] = rng.standard_normal(count)
+    dense = kron.lstsq(fs, xp.asarray(b), method="sketch", m=400, seed=5, cost=False)
+    sparse_b = sparse_module(xp).csr_matrix(xp.asarray(b[:, None]))
+    S = _factor_sketches(fs, 400, True, 5)
+    assert any(type(F).__name__ == "Sampling" for F in S.factors) == (len(shapes) == 3)
+    np.testing.assert_allclose(to_numpy(_sketch_sparse_target(S, _Target(sparse_b, N, xp))), to_numpy(S @ xp.asarray(b)),
+                               rtol=1e-12, atol=1e-14)
+    full = regression._Target.full
+    monkeypatch.setattr(regression._Target, "full", lambda self: pytest.fail("b was densified"))
+    sparse = kron.lstsq(fs, sparse_b, method="sketch", m=400, seed=5, cost=False)
+    np.testing.assert_allclose(to_numpy(sparse.x), to_numpy(dense.x), rtol=1e-10, atol=1e-12)
+    # Past an eighth of N in spread entries the dense one-pass sketch is the cheaper route.
+    b[rng.choice(N, N // 20, replace=False)] = 1.0
+    monkeypatch.setattr(regression._Target, "full", lambda self: calls.append(1) or full(self))
+    calls = []
+    dense = kron.lstsq(fs, xp.asarray(b), method="sketch", m=400, seed=5, cost=False)
+    sparse = kron.lstsq(fs, sparse_module(xp).csr_matrix(xp.asarray(b[:, None])), method="sketch", m=400, seed=5,
+                        cost=False)
+    assert calls == [1]
+    np.testing.assert_allclose(to_numpy(sparse.x), to_numpy(dense.x), rtol=1e-10, atol=1e-12)
+
+
+def test_kronecker_sketch_columns_of_every_factor_kind(rng):
+    """``_sketch_sparse_target`` takes the columns of CountSketch and SparseSign factors from their
+    hashes and any other factor from its dense form: Sb equals S @ b for a mix of them."""
+    import scipy.sparse as sp
+
+    from gpusketch.kron.regression import _Target, _sketch_sparse_target
+
+    S = gs.Kronecker([gs.CountSketch(7, 30, seed=1), gs.SparseSign(9, 20, nnz=3, seed=2), gs.Gaussian(4, 5, seed=3)])
+    b = np.zeros(3000)
+    b[rng.choice(3000, 40, replace=False)] = rng.standard_normal(40)
+    got = _sketch_sparse_target(S, _Target(sp.csr_array(b), 3000, np))
+    np.testing.assert_allclose(got, S @ b, rtol=1e-12, atol=1e-14)
+
+
 def test_lstsq_several_right_hand_sides(rng):
     fs, _, A, _ = _problem(rng, SHAPES["q2"], np)
     B = rng.standard_normal((A.shape[0], 3))

@@ -241,7 +241,6 @@ def _save(path, x):
 
 
 def cmd_sketch(args):
-
     A = load_npy(args.input, mmap_mode="r", sparse=True)
     if A.ndim not in (1, 2):
         raise ValueError(f"{args.input} holds a {A.ndim}-D array; a vector or a 2-D matrix is needed")

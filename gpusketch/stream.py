@@ -44,7 +44,7 @@ def load_npy(path, mmap_mode=None, *, sparse=False):
 
         try:
             x = scipy.sparse.load_npz(path).tocsr()
-        except (ValueError, KeyError, OSError) as exc:
+        except (ValueError, KeyError, OSError, NotImplementedError) as exc:  # (a format it cannot load)
             raise ValueError(f"{path} is not a readable scipy.sparse.save_npz matrix ({exc})") from None
     if 0 in x.shape:
         raise ValueError(f"{path} holds an empty {'sparse matrix' if is_scipy_sparse(x) else 'array'} "

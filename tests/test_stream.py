@@ -134,6 +134,12 @@ def test_stream_bad_input(npy, tmp_path):
         stream.sketch(S, A.tolist(), device="cpu", progress=False)  # a list of rows is not a list of blocks
     with pytest.raises(ValueError, match="source path must be a .npy file or a scipy.sparse.save_npz .npz file"):
         stream.sketch(S, str(tmp_path), device="cpu", progress=False)
+    (tmp_path / "junk.npy").write_text("not an array")
+    with pytest.raises(ValueError, match=r"junk.npy is not a .npy array file \(no .npy header\)"):
+        stream.sketch(S, tmp_path / "junk.npy", device="cpu", progress=False)
+    np.savez(tmp_path / "fake.npz", format=np.array("lil"), shape=np.array([3, 3]))  # the keys, not the matrix
+    with pytest.raises(ValueError, match=r"fake.npz is not a readable scipy.sparse.save_npz matrix"):
+        stream.sketch(S, tmp_path / "fake.npz", device="cpu", progress=False)
     np.savez(tmp_path / "plain.npz", A=A)
     with pytest.raises(ValueError, match=r"plain.npz is not a .npy array file or a scipy.sparse.save_npz matrix "
                                          r"\(found an .npz archive of A\)"):

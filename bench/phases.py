@@ -44,13 +44,13 @@ PHASES = [
     ("gpusketch.linalg.lstsq", "SketchPreconditioner"),
     ("gpusketch.linalg.lstsq", "_lsmr"),
     ("gpusketch.linalg.rank", "matrix_rank"),
-    ("gpusketch.linalg.rank", "qr_proves_full_rank"),
+    ("gpusketch.linalg.rank", "proves_full_rank"),
     ("gpusketch.linalg.rank", "_sketch_rows"),
     ("gpusketch.linalg.rank", "leverage_sample"),
     ("gpusketch.linalg.rank", "_independent_columns"),
     ("gpusketch.linalg.rank", "_lu_rows"),
 ]
-LINALG = ("svd", "qr", "eigh", "lstsq", "cholesky")
+LINALG = ("svd", "qr", "eigh", "eigvalsh", "lstsq", "cholesky")
 
 
 class _Timer:

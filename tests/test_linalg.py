@@ -605,14 +605,60 @@ def test_matrix_rank_certifies_full_rank_by_qr_and_otherwise_follows_the_svd_rul
         40, 40, 39, 25]
     assert matrix_rank(xp.zeros((30, 20), dtype=dtype), (30, 20), xp) == 0
     # Where ||R||_F ||R⁻¹||_F >= 40 already fails the proof (2 · 40 · max(shape) · ε >= 1),
-    # no QR is taken: float32 with A's 220000 rows.
+    # no QR is taken: float32 with A's 220000 rows is decided by its float64 Gram (_gram_rank),
+    # with or without certify, and no SVD either.
     qrs = []
     qr = xp.linalg.qr
     monkeypatch.setattr(xp.linalg, "qr", lambda *a, **k: qrs.append(1) or qr(*a, **k))
     calls.clear()
     M = xp.asarray(with_spectrum(cases["well conditioned"][0]).astype(dtype))
     assert matrix_rank(M, (220000, 40), xp) == 40
-    assert (qrs, calls) == (([], [1]) if dtype == np.float32 else ([1], []))
+    assert matrix_rank(M, (220000, 40), xp, certify=False) == 40
+    assert (qrs, calls) == (([], []) if dtype == np.float32 else ([1], [1]))
+
+
+def test_float32_rank_from_the_float64_gram_is_the_svd_rules(xp, monkeypatch):
+    """``_gram_rank`` returns the float32 rank rule's answer from the eigenvalues of the
+    float64 Gram, or None where they cannot place a singular value on one side of the cut.
+    200 matrices of graded spectra (down to 1e-6, a third with exact zeros), tall and wide,
+    against the rule on the float64 SVD of the same float32 matrix: all decided alike
+    (measured: 1 of 300 left open).  A singular value exactly on the cut (a scaled column
+    of a permutation, so that float32 holds it exactly) is left open, and matrix_rank then
+    asks the SVD."""
+    from gpusketch.linalg._numerics import _gram_rank, matrix_rank, rank_cut, svd_rank
+
+    rng = np.random.default_rng(41)
+    decided = 0
+    for _ in range(200):
+        s, k = (int(v) for v in rng.integers(2, 120, 2))
+        shape = (max(s, k) * int(rng.integers(1, 400)), max(s, k))
+        p = min(s, k)
+        U, _ = np.linalg.qr(rng.standard_normal((s, p)))
+        V, _ = np.linalg.qr(rng.standard_normal((k, p)))
+        sv = np.logspace(0, rng.uniform(-6, -1), p)
+        if rng.random() < 0.3:
+            sv[rng.random(p) < 0.3] = 0.0
+        M = ((U * sv) @ V.T).astype(np.float32)
+        got = _gram_rank(xp.asarray(M), shape, xp)
+        if got is not None:
+            decided += 1
+            assert got == svd_rank(np.linalg.svd(M.astype(np.float64), compute_uv=False), shape, np.float32)
+    assert decided >= 195
+    shape = (50000, 80)
+    cut = rank_cut(1.0, shape, np.float32)  # 50000 · 2⁻²³: a float32 number
+    M = np.zeros((80, 30), dtype=np.float32)
+    M[rng.permutation(80)[:30], np.arange(30)] = np.r_[np.ones(29), cut]
+    assert float(M.max()) == 1.0 and np.float32(cut) == cut
+    assert _gram_rank(xp.asarray(M), shape, xp) is None
+    M[M == np.float32(cut)] = np.float32(cut * 1.001)  # a thousandth above it: decided
+    assert _gram_rank(xp.asarray(M), shape, xp) == 30
+    M[M == np.float32(cut * 1.001)] = np.float32(cut)
+    want = svd_rank(np.linalg.svd(M, compute_uv=False), shape)
+    calls = []
+    svd = xp.linalg.svd
+    monkeypatch.setattr(xp.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    assert matrix_rank(xp.asarray(M), shape, xp) == want and calls == [1]
+    assert _gram_rank(xp.zeros((40, 7), dtype=np.float32), shape, xp) == 0
 
 
 def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):
@@ -834,9 +880,10 @@ def test_independent_rows_factors_a_subset_first(xp, monkeypatch, n):
     assert factored == ([2 * k, n] if n == 600 else [2 * k])
 
 
-def test_independent_rows_skips_a_first_try_that_no_qr_could_prove(monkeypatch):
-    # float32 with k · n >= 4.2e6: the proof needs 2 k n ε32 < 1 (``full_rank_provable``),
-    # so the 2k rows are not factored first, only all candidates.
+def test_independent_rows_proves_a_float32_first_try_through_the_gram(monkeypatch):
+    # float32 with k · n >= 4.2e6: the QR proof needs 2 k n ε32 < 1, which fails, and the first
+    # 2k rows were then not tried.  Their float64 Gram decides instead (``_gram_rank``):
+    # one LU of 2k rows answers, and no SVD is taken.
     import sys
 
     rank_module = sys.modules["gpusketch.linalg.rank"]
@@ -844,9 +891,12 @@ def test_independent_rows_skips_a_first_try_that_no_qr_could_prove(monkeypatch):
     factored = []
     lu_rows = rank_module._lu_rows
     monkeypatch.setattr(rank_module, "_lu_rows", lambda sub, *a: factored.append(sub.shape[0]) or lu_rows(sub, *a))
+    svds = []
+    svd = np.linalg.svd
+    monkeypatch.setattr(np.linalg, "svd", lambda *a, **k: svds.append(1) or svd(*a, **k))
     rows = gs.independent_rows(A, seed=9)
+    assert factored == [80] and svds == []
     assert len(rows) == 40 and np.linalg.matrix_rank(A[rows].astype(np.float64)) == 40
-    assert len(factored) == 1 and factored[0] > 80
 
 
 @pytest.mark.parametrize("s", [20, 400])  # at most 2k + 10 rows (no sketch), and more (sketched)

@@ -13,7 +13,7 @@ from .._backend import as_matrix, check_memory, check_seed, is_sparse, sparse_mo
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Gaussian, SparseSign
-from ._numerics import full_rank_provable, matrix_rank, qr_proves_full_rank
+from ._numerics import full_rank_provable, matrix_rank, proves_full_rank
 from .leverage import leverage_sample
 
 __all__ = ["rank", "independent_rows"]
@@ -81,8 +81,8 @@ def _pivot_rows(sub, k, scale_dims, seed, xp, first=None):
 
     ``first`` (sorted positions of at most ``_FIRST_ROWS · k`` rows of sub,
     ``_first_rows``) are factored alone first, and their pivot rows returned
-    when a QR proves them independent (``qr_proves_full_rank``, no SVD; not
-    tried where no QR could, ``full_rank_provable``: float32 at large k); a
+    when a proof shows them independent (``proves_full_rank``, no SVD; not
+    tried where none could succeed, ``full_rank_provable``); a
     subset that spans range(subᵀ) keeps J's columns independent.  Otherwise
     all s rows are, as above.  The LU costs ``s k²``: on a 100000 × 2000 CSR
     matrix of rank 1952 (s ≈ 45000) the gather and LU of all candidates took
@@ -93,7 +93,7 @@ def _pivot_rows(sub, k, scale_dims, seed, xp, first=None):
     if first is not None and full_rank_provable(k, scale_dims, sub.dtype):
         part = sub[xp.asarray(first)]
         picked = _lu_rows(part, J, k)
-        if qr_proves_full_rank(to_host(to_dense(part[xp.asarray(picked)])), scale_dims, np)[0]:
+        if proves_full_rank(to_host(to_dense(part[xp.asarray(picked)])), scale_dims, np)[0]:
             return first[picked]
     picked = _lu_rows(sub, J, k)
     return picked if matrix_rank(to_host(to_dense(sub[xp.asarray(picked)])), scale_dims, np) >= k else None

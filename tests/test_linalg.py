@@ -880,6 +880,24 @@ def test_independent_rows_factors_a_subset_first(xp, monkeypatch, n):
     assert factored == ([2 * k, n] if n == 600 else [2 * k])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pivot_rows_checks_the_picked_rows_by_their_own_rank_rule(xp, dtype):
+    """The k rows ``_pivot_rows`` picks are checked by the rule of the k × d matrix they form
+    (NumPy's ``matrix_rank(A[rows])``), not at A's n rows: with n = 10⁶ a float32 cut of
+    ``2 n ε₃₂ σ₁`` refused any pick of condition above 4, and the call fell back to a
+    pivoted QR of all of A.  Here every row of a 120 × 40 matrix of condition 300 is a
+    candidate."""
+    from gpusketch.linalg.rank import _pivot_rows
+
+    rng = np.random.default_rng(44)
+    U, _ = np.linalg.qr(rng.standard_normal((120, 40)))
+    V, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    sub = ((U * np.geomspace(1, 1 / 300, 40)) @ V.T).astype(dtype)
+    rows = _pivot_rows(xp.asarray(sub), 40, (10**6, 40), 3, xp)
+    assert rows is not None and len(set(rows.tolist())) == 40
+    assert np.linalg.matrix_rank(sub[np.asarray(rows)]) == 40
+
+
 def test_independent_rows_proves_a_float32_first_try_through_the_gram(monkeypatch):
     # float32 with k · n >= 4.2e6: the QR proof needs 2 k n ε32 < 1, which fails, and the first
     # 2k rows were then not tried.  Their float64 Gram decides instead (``_gram_rank``):

@@ -66,9 +66,9 @@ def _sketch_rows(M, z, seed, xp):
 _PIVOT_BLOCK_BYTES = 32 << 20
 
 
-def _pivot_rows(sub, k, scale_dims, seed, xp, first=None):
+def _pivot_rows(sub, k, dims, seed, xp, first=None):
     """k rows of ``sub`` (s × k', dense or sparse on xp, of rank k) that are independent
-    by the rank rule, or None.
+    by the rank rule, or None (``dims = (n, d)``: A's shape, whose rows sub's stand for).
 
     The pivot rows of an LU with partial pivoting of a full-column-rank matrix
     are independent (each Schur complement keeps full column rank, so no pivot
@@ -77,7 +77,12 @@ def _pivot_rows(sub, k, scale_dims, seed, xp, first=None):
     Fortran-ordered s × k matrix that LAPACK factors in place (on the host:
     CuPy's LU is square only).  The chosen rows of sub are then checked by
     the rank rule, so that a numerically poor choice returns None rather
-    than dependent rows.
+    than dependent rows: the rule of the k × d matrix they pick from A
+    (``np.linalg.matrix_rank(A[rows])``'s cut, ``max(k, d) ε σ₁``).  With A's own
+    dimensions the cut allowed float32 selections a condition number of only
+    about ``1/(2 max(n, d) ε₃₂)`` (210 for 20000 × 3000), which square ones
+    seldom meet (LU picks: κ 660-940), and the call fell back to the pivoted
+    QR of all of A (32 s there, against 3.9 s in float64).
 
     ``first`` (sorted positions of at most ``_FIRST_ROWS · k`` rows of sub,
     ``_first_rows``) are factored alone first, and their pivot rows returned
@@ -89,14 +94,15 @@ def _pivot_rows(sub, k, scale_dims, seed, xp, first=None):
     5.5-6 of the call's 18 s.
     """
     s, width = sub.shape
+    rule = (k, dims[1])  # the rank rule of the k × d rows picked from A
     J = _independent_columns(sub, k, seed, xp) if width > k else None
-    if first is not None and full_rank_provable(k, scale_dims, sub.dtype):
+    if first is not None and full_rank_provable(k, rule, sub.dtype):
         part = sub[xp.asarray(first)]
         picked = _lu_rows(part, J, k)
-        if proves_full_rank(to_host(to_dense(part[xp.asarray(picked)])), scale_dims, np)[0]:
+        if proves_full_rank(to_host(to_dense(part[xp.asarray(picked)])), rule, np)[0]:
             return first[picked]
     picked = _lu_rows(sub, J, k)
-    return picked if matrix_rank(to_host(to_dense(sub[xp.asarray(picked)])), scale_dims, np) >= k else None
+    return picked if matrix_rank(to_host(to_dense(sub[xp.asarray(picked)])), rule, np) >= k else None
 
 
 def _lu_rows(sub, J, k):

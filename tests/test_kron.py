@@ -337,8 +337,8 @@ def test_lstsq_sketch_reads_a_sparse_b_without_densifying_it(xp, rng, monkeypatc
     sparse_b = sparse_module(xp).csr_matrix(xp.asarray(b[:, None]))
     S = _factor_sketches(fs, 400, True, 5)
     assert any(type(F).__name__ == "Sampling" for F in S.factors) == (len(shapes) == 3)
-    np.testing.assert_allclose(to_numpy(_sketch_sparse_target(S, _Target(sparse_b, N, xp))), to_numpy(S @ xp.asarray(b)),
-                               rtol=1e-12, atol=1e-14)
+    spread = _sketch_sparse_target(S, _Target(sparse_b, N, xp))
+    np.testing.assert_allclose(to_numpy(spread), to_numpy(S @ xp.asarray(b)), rtol=1e-12, atol=1e-14)
     full = regression._Target.full
     monkeypatch.setattr(regression._Target, "full", lambda self: pytest.fail("b was densified"))
     sparse = kron.lstsq(fs, sparse_b, method="sketch", m=400, seed=5, cost=False)

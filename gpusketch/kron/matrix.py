@@ -60,9 +60,10 @@ class KroneckerMatrix(LinearOperatorMethods):
     (``aslinearoperator(A)``, or A passed to ``lsqr`` directly).  ``rows(idx)``
     gathers selected rows (a CUDA kernel on CuPy factors, a NumPy twin
     otherwise).  Sparse factors cost ``O(nnz(A_t))`` per mode product; the
-    products, ``rows`` and ``todense`` return dense arrays.  ``S @ A`` with ``S = Kronecker([S_1, ..., S_q])`` whose factor
-    shapes match returns ``KroneckerMatrix([S_1 @ A_1, ..., S_q @ A_q])``,
-    the sketch formed only at sketch size.
+    products, ``rows`` and ``todense`` return dense arrays.  ``S @ A`` with
+    ``S = Kronecker([S_1, ..., S_q])`` whose factor shapes match returns
+    ``KroneckerMatrix([S_1 @ A_1, ..., S_q @ A_q])``, the sketch formed only
+    at sketch size.
 
     Examples
     --------

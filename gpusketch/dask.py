@@ -468,7 +468,7 @@ def _sketch_missed_directions(X, y, x, tol):
     rank-deficient SX, misses directions of X (``gpusketch.linalg.lstsq._sketch_missed_directions``)."""
     import dask
 
-    r = y - _times(X, x)
+    r = (y - _times(X, x)).persist()  # read by Xᵀr and by its norm
     g = _t_times(X, r)
     normX2, r2 = dask.compute(_sum_squares(X), (r * r).sum(axis=0))
     g2 = (g * g).sum(axis=0)

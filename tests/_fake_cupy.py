@@ -245,6 +245,9 @@ class ndarray:
         attr = getattr(self._a, name)
         return _device_fn(attr, owner=self) if callable(attr) else _wrap(attr)
 
+    def repeat(self, repeats, axis=None):
+        return _repeat(self, repeats, axis)
+
     def item(self):
         return self._a.item()
 
@@ -290,6 +293,13 @@ class ndarray:
 
 def _restore(a):
     return ndarray(a)
+
+
+def _repeat(a, repeats, axis=None):
+    # CuPy's repeat takes an int, list or tuple: "cupy.ndarray cannot be specified as `repeats`".
+    if isinstance(repeats, ndarray):
+        raise ValueError("cupy.ndarray cannot be specified as `repeats` argument.")
+    return ndarray(np.repeat(_unwrap(a), repeats, axis))
 
 
 def _binary(op, reflected=False, inplace=False):
@@ -927,6 +937,7 @@ def build():
             # Zeroed, so that code after a launch that did not run reads zeros, not garbage.
             "empty": _device_fn(np.zeros),
             "empty_like": _device_fn(np.zeros_like),
+            "repeat": _repeat,
             "memoize": lambda for_each_device=False: (lambda f: functools.lru_cache(maxsize=None)(f)),
             "get_default_memory_pool": lambda: _MEMORY_POOL,
             "get_default_pinned_memory_pool": lambda: _MEMORY_POOL,

@@ -524,10 +524,12 @@ def _sketch_sparse_target(S, tgt, columns=None):
         cols = it[source]
         starts = C.indptr[cols].astype(xp.int64)
         counts = C.indptr[cols + 1].astype(xp.int64) - starts
-        owner = xp.repeat(xp.arange(rows.size), counts)
-        # each spread entry's place in its column: a running count restarted at every owner
-        offset = xp.arange(owner.size) - xp.repeat(xp.cumsum(counts) - counts, counts)
-        at = starts[owner] + offset
+        ends = xp.cumsum(counts)
+        # The entry each spread entry comes from, and its place among that entry's column's
+        # nonzeros (CuPy's repeat takes no device array of counts).
+        spread = xp.arange(int(ends[-1]) if ends.size else 0)
+        owner = xp.searchsorted(ends, spread, side="right")
+        at = starts[owner] + spread - (ends - counts)[owner]
         source = source[owner]
         rows = rows[owner] * F.shape[0] + C.indices[at].astype(xp.int64)
         vals = vals[owner] * C.data[at]

@@ -659,6 +659,17 @@ def test_float32_rank_from_the_float64_gram_is_the_svd_rules(xp, monkeypatch):
     monkeypatch.setattr(xp.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
     assert matrix_rank(xp.asarray(M), shape, xp) == want and calls == [1]
     assert _gram_rank(xp.zeros((40, 7), dtype=np.float32), shape, xp) == 0
+    # full_rank_inverse (low_rank's RC) has no Gram route: past the QR proof's reach it does
+    # not invert R at all.
+    import gpusketch.linalg._numerics as numerics
+    from gpusketch.linalg._numerics import full_rank_inverse
+
+    inverses = []
+    real = numerics._triangular_inverse
+    monkeypatch.setattr(numerics, "_triangular_inverse", lambda *a: inverses.append(1) or real(*a))
+    R = xp.asarray(np.eye(80, dtype=np.float32))
+    assert full_rank_inverse(R, (10**6, 80), xp) is None and inverses == []  # 2 · 80 · 10⁶ ε₃₂ > 1
+    assert full_rank_inverse(R, (500, 80), xp) is not None and inverses == [1]
 
 
 def test_rank_grows_its_sketch_instead_of_factoring_a(xp, monkeypatch):

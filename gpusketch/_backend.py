@@ -9,6 +9,7 @@ holds the CPU backend's BLAS thread policy (``scipy_blas_serial``, ``all_blas_se
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -468,6 +469,24 @@ class _SerialPools:
                         pool.set_num_threads(n)
         return False
 
+    @contextlib.contextmanager
+    def lifted(self):
+        """Inside an entry, the pools at their saved thread counts for the block (one large
+        call); then on one thread again.  Outside any entry, nothing changes."""
+        pools = self._pools()
+        with self._lock:
+            lift = bool(pools) and self._depth > 0
+            if lift:
+                for pool, n in zip(pools, self._saved):
+                    pool.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if lift:
+                with self._lock:
+                    for pool in pools:
+                        pool.set_num_threads(1)
+
 
 #: SciPy's own BLAS on one thread (held by every public entry point, through ``annotate``).
 #:
@@ -488,6 +507,16 @@ class _SerialPools:
 #: OpenBLAS thread count change it while that thread lives; entries from
 #: other threads then leave the count as it is.)
 scipy_blas_serial = _SerialPools(_scipy_blas_pools)
+
+def scipy_blas_threaded():
+    """Context: SciPy's BLAS on its threads again, inside ``scipy_blas_serial``, for one
+    large SciPy LAPACK call that NumPy has no form of (a pivoted QR of a 3000 × 3000
+    matrix: 1.7-1.9 s threaded against 3.4 s on one thread, 2-core CPU); left serial
+    while ``all_blas_serial`` holds (blocks on Python threads)."""
+    if all_blas_serial._depth > 0:
+        return contextlib.nullcontext()
+    return scipy_blas_serial.lifted()
+
 
 #: Every BLAS on one thread: held while the CPU twins run blocks on their own Python
 #: threads (``_kernels._parallel_sum``), so that each block's products do not start a

@@ -66,6 +66,39 @@ def test_nested_entries_restore_once_at_the_outermost(fake_pool):
     assert fake_pool.n == 4 and fake_pool.calls == [1, 4]
 
 
+def test_one_large_scipy_call_runs_on_the_saved_threads(fake_pool, monkeypatch):
+    """``scipy_blas_threaded``: inside an entry point, SciPy's pools get their saved thread
+    count back for one large call (the rank rule's pivoted QR) and are serial again after
+    it, also when it raises; outside any entry point, and while ``all_blas_serial`` holds
+    (blocks on Python threads), it changes nothing."""
+    with _backend.scipy_blas_threaded():
+        assert fake_pool.n == 4
+    assert fake_pool.calls == []
+    with annotate("outer"):
+        with _backend.scipy_blas_threaded():
+            assert fake_pool.n == 4
+        assert fake_pool.n == 1
+        with pytest.raises(RuntimeError):
+            with _backend.scipy_blas_threaded():
+                raise RuntimeError
+        assert fake_pool.n == 1
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_backend.all_blas_serial, "_depth", 1)
+            with _backend.scipy_blas_threaded():
+                assert fake_pool.n == 1
+    assert fake_pool.n == 4 and fake_pool.calls == [1, 4, 1, 4, 1, 4]
+    # rank's pivoted QR (a 60 x 60 matrix of rank 40: the QR proof fails, the pivoted QR
+    # decides) is such a call.
+    seen = []
+    import scipy.linalg
+
+    qr = scipy.linalg.qr
+    monkeypatch.setattr(scipy.linalg, "qr", lambda *a, **k: seen.append(fake_pool.n) or qr(*a, **k))
+    rng = np.random.default_rng(1)
+    assert gs.rank(rng.standard_normal((60, 40)) @ rng.standard_normal((40, 60)), seed=2) == 40
+    assert seen and set(seen) == {4}
+
+
 def test_restored_when_the_entry_point_raises(fake_pool):
     with pytest.raises(ValueError, match="method"):
         gs.lstsq(np.ones((10, 2)), np.ones(10), method="nope")

@@ -12,7 +12,15 @@ import math
 
 import numpy as np
 
-from .._backend import device_block_rows, is_sparse, linalg_modules, sparse_module, to_dense, to_host
+from .._backend import (
+    device_block_rows,
+    is_sparse,
+    linalg_modules,
+    scipy_blas_threaded,
+    sparse_module,
+    to_dense,
+    to_host,
+)
 
 __all__ = [
     "rank_cut",
@@ -99,6 +107,11 @@ def matrix_rank(M, shape, xp, certify=True):
     callers pass False where M is likely rank deficient), and for float32 M past that
     proof's reach wherever M's float64 Gram decides (``_gram_rank``, whatever ``certify``).
 
+    Where no proof of full rank succeeds, on the host a column-pivoted QR decides
+    wherever its bounds place every singular value on one side of the cut
+    (``_pivoted_rank``; a numerically rank-deficient M with a clear gap), at about
+    half the SVD's time; else the SVD decides.
+
     M (or Mᵀ, when wide) is factored ``QR``; ``σ_i(M) = σ_i(R)``.  Since
     ``σ_max <= ||R||_F`` and ``σ_min >= 1/||R⁻¹||_F``, full rank is certain
     when ``1/||R⁻¹||_F`` exceeds twice the cut taken at ``||R||_F`` (twice:
@@ -120,7 +133,64 @@ def matrix_rank(M, shape, xp, certify=True):
     proved, R = proves_full_rank(M, shape, xp) if certify else (False, None)
     if proved:
         return min(M.shape)
-    return svd_rank(xp.linalg.svd(M if R is None else R, compute_uv=False), shape)
+    F = M if R is None else R
+    r = _pivoted_rank(F, shape, xp)
+    return r if r is not None else svd_rank(xp.linalg.svd(F, compute_uv=False), shape)
+
+
+def _pivoted_rank(M, shape, xp):
+    """The rank rule's answer for M (dimensions ``shape``) from a column-pivoted QR
+    ``M P = Q R``, where its bounds decide it; else None (the SVD decides).  On the host
+    only: cuSOLVER has no pivoted QR.
+
+    With ``R = [R₁₁ R₁₂; 0 R₂₂]`` split after r columns, and M's singular values
+    those of R, ``σ_r >= σ_min(R₁₁) >= 1/||R₁₁⁻¹||_F`` (R₁₁ is a submatrix of
+    R) and ``σ_{r+1} <= ||R₂₂||₂`` (``[R₁₁ R₁₂; 0 0]`` has rank r), while
+    ``|R₀₀|`` (the largest column norm) ``<= σ₁ <= min(||R||_F,
+    (||R||₁ ||R||_∞)^{1/2})``.  r is the count of ``|R_ii|`` above the cut at
+    ``|R₀₀|``, and stands when ``1/||R₁₁⁻¹||_F`` exceeds twice the cut at σ₁'s
+    upper bound and ``||R₂₂||₂`` (its Frobenius norm, or where that is too
+    coarse the SVD of the small ``R₂₂``) is at most half the cut at ``|R₀₀|``:
+    the margins of two are room for rounding, as in ``full_rank_inverse``.
+    A numerically rank-deficient M with a clear gap at the cut (an exactly
+    low-rank M in floating point) is decided so; singular values near the
+    cut, or an ``R₁₁`` beyond about ``κ = 1/(4 max(shape) ε r)``, leave it to
+    the SVD.  On the 2-core CPU a 3000 × 3000 pivoted QR took 1.9 s against
+    3.9 s for the singular values.
+    """
+    if xp is not np or M.size == 0:
+        return None
+    import scipy.linalg
+
+    W = M if M.shape[0] >= M.shape[1] else M.T
+    k = W.shape[1]
+    if not bool(np.isfinite(W).all()):
+        return None
+    with scipy_blas_threaded():
+        R = scipy.linalg.qr(W, mode="r", pivoting=True, check_finite=False)[0][:k]
+    diag = np.abs(R.diagonal())
+    top = float(diag[0])
+    if top == 0.0:
+        return 0
+    lo_cut = rank_cut(top, shape, M.dtype)
+    small = np.flatnonzero(diag <= lo_cut)
+    r = int(small[0]) if small.size else k
+    if r > 0:
+        sigma1_hi = min(float(np.linalg.norm(R)), math.sqrt(float(np.abs(R).sum(axis=0).max())
+                                                            * float(np.abs(R).sum(axis=1).max())))
+        trtri = scipy.linalg.lapack.get_lapack_funcs("trtri", (R,))
+        inv, info = trtri(np.ascontiguousarray(R[:r, :r]), lower=0)
+        inv_fro = float(np.linalg.norm(inv)) if info == 0 else math.inf
+        if not (math.isfinite(inv_fro) and inv_fro * 2.0 * rank_cut(sigma1_hi, shape, M.dtype) < 1.0):
+            return None
+    if r < k:
+        R22 = R[r:, r:]
+        tail = float(np.linalg.norm(R22))
+        if 2.0 * tail > lo_cut:
+            tail = float(np.linalg.svd(R22, compute_uv=False)[0])
+        if 2.0 * tail > lo_cut:
+            return None
+    return r
 
 
 def full_rank_provable(k, shape, dtype):

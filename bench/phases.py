@@ -49,6 +49,7 @@ PHASES = [
     ("gpusketch.linalg.rank", "leverage_sample"),
     ("gpusketch.linalg.rank", "_independent_columns"),
     ("gpusketch.linalg.rank", "_lu_rows"),
+    ("gpusketch.linalg._numerics", "_pivoted_rank"),
 ]
 LINALG = ("svd", "qr", "eigh", "eigvalsh", "lstsq", "cholesky")
 
@@ -107,7 +108,7 @@ def profile(call, xp):
 #: rank / independent_rows shapes (n, d, rank), fp64: full rank and low rank.
 LOW_RANK, LOW_RANK_QUICK = [(200000, 2000, 50), (50000, 5000, 100)], [(20000, 1000, 20), (5000, 2000, 50)]
 LSTSQ, LSTSQ_QUICK = (1 << 20, 512), (65536, 128)
-RANK, RANK_QUICK = [(20000, 3000, 3000), (20000, 2000, 100)], [(2000, 500, 500), (4000, 600, 40)]
+RANK, RANK_QUICK = [(20000, 3000, 3000), (20000, 2000, 100), (6000, 3000, 2500)], [(2000, 500, 500), (4000, 600, 40)]
 
 
 def workloads(xp, quick):

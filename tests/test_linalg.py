@@ -1188,6 +1188,56 @@ def test_low_rank_affine_solve_without_the_svd_where_full_rank_is_proved(xp, mon
         np.testing.assert_allclose(approx[0], approx[1], atol=1e-9 * np.abs(M).max())
 
 
+def test_gram_svd_is_the_float32_svd_on_the_kept_directions(xp):
+    """``gram_svd``: a float32 M's SVD from its float64 Gram, on the directions the float32
+    rank rule keeps (the others get zero columns of W).  Against the float64 SVD of the
+    same matrix: σ to 1e-6, W orthonormal, ``W Σ Zᵀ`` the projection of M on the kept
+    right singular space.  None for float64 or wide M, and for a σ on the cut."""
+    from gpusketch.linalg._numerics import gram_svd, rank_cut, svd_rank
+
+    rng = np.random.default_rng(44)
+    shape = (50000, 60)
+    cut = rank_cut(1.0, shape, np.float32)
+    U, _ = np.linalg.qr(rng.standard_normal((90, 60)))
+    V, _ = np.linalg.qr(rng.standard_normal((60, 60)))
+    sv = np.r_[np.logspace(0, -2, 50), cut * np.logspace(-1, -3, 7), np.zeros(3)]  # 50 kept, 10 cut
+    M = ((U * sv) @ V.T).astype(np.float32)
+    W, s, Zt = (to_numpy(a) for a in gram_svd(xp.asarray(M), shape, xp))
+    M64 = M.astype(np.float64)
+    Wr, sr, Ztr = np.linalg.svd(M64, full_matrices=False)
+    r = svd_rank(sr, shape, np.float32)
+    assert r == 50 and svd_rank(s, shape) == r
+    np.testing.assert_allclose(s[:r], sr[:r], rtol=1e-6)
+    np.testing.assert_allclose(W[:, :r].T @ W[:, :r], np.eye(r), atol=1e-5)
+    assert not W[:, r:].any()
+    P = Ztr[:r].T @ Ztr[:r]
+    np.testing.assert_allclose((W * s) @ Zt, M64 @ P, atol=1e-5)
+    assert gram_svd(xp.asarray(M64), shape, xp) is None
+    assert gram_svd(xp.asarray(M.T.copy()), shape, xp) is None
+    on_cut = ((U * np.r_[np.ones(59), cut]) @ V.T).astype(np.float32)
+    assert gram_svd(xp.asarray(on_cut), shape, xp) is None
+
+
+def test_low_rank_float32_affine_solve_through_the_gram(xp, monkeypatch):
+    """float32 A past the QR proof's reach: RC's SVD comes from the float64 Gram
+    (``gram_svd``); VX must equal the float32 SVD route's to float32 round-off."""
+    import sys
+
+    lr = sys.modules["gpusketch.linalg.low_rank"]
+    rng = np.random.default_rng(45)
+    A = (rng.standard_normal((3000, 20)) @ rng.standard_normal((20, 400))
+         + 0.1 * rng.standard_normal((3000, 400))).astype(np.float32)
+    seen = []
+    real = lr.gram_svd
+    monkeypatch.setattr(lr, "gram_svd", lambda *a: (lambda r: seen.append(r is not None) or r)(real(*a)))
+    gram = gs.low_rank(xp.asarray(A), 10, eps=0.5, seed=3)
+    monkeypatch.setattr(lr, "gram_svd", lambda *a: None)
+    plain = gs.low_rank(xp.asarray(A), 10, eps=0.5, seed=3)
+    assert seen == [True]
+    approx = [to_numpy(r.V) @ to_numpy(r.X) for r in (gram, plain)]
+    np.testing.assert_allclose(approx[0], approx[1], atol=2e-4 * np.abs(A).max())
+
+
 @pytest.mark.parametrize("shape", [(5, 5), (3, 50), (12, 40), (40, 12)])
 def test_low_rank_on_matrices_shorter_than_the_affine_sketch(xp, shape):
     """With n < 4c + 10 the affine sketch T1 keeps all n rows, and for n < c its QR factor

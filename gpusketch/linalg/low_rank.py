@@ -10,7 +10,7 @@ from .._backend import as_matrix, check_positive_int, check_real_in, check_seed,
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import CountSketch, row_reduction
-from ._numerics import full_rank_inverse, orthonormalize, svd_rank, top_left_singular
+from ._numerics import full_rank_inverse, gram_svd, orthonormalize, svd_rank, top_left_singular
 from .leverage import sample_operator
 from .results import LowRankResult
 from .svd import randomized_svd
@@ -201,6 +201,9 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
        nothing is left out and ``X₁ = RC⁻¹ U_k`` with ``U_k`` from
        ``QCᵀT₁A`` itself: the same solve without the SVD of RC (c × c;
        20000 × 3000 fp64, k = 100: 3.8 → 3.3-3.4 s on the 2-core CPU).
+       Otherwise a float32 RC's SVD comes from the eigenvalues of its
+       float64 Gram (``gram_svd``: the float32 rule's cut lies far above the
+       Gram's round-off), not from a float32 SVD.
        ``M X₁ = U X₁' + A_{S_res} X₁''`` is the only product over n rows: M itself, n × c and
        most of A's columns at small ε, is never formed (its CholeskyQR2 took
        13 of 20 s on a 400000 × 2000 CSR matrix, k = 20, ε = 0.1).
@@ -285,7 +288,8 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         else:
             # T1 M = (QC W) diag(σ) Zᵀ with RC = W diag(σ) Zᵀ; directions below the rank rule
             # (M's columns dependent: duplicated or already in span(U)) are left out of the solve.
-            W, sig, Zt = xp.linalg.svd(RC, full_matrices=False)
+            svd = gram_svd(RC, (n, c), xp)  # float32: from the float64 Gram's eigh
+            W, sig, Zt = svd if svd is not None else xp.linalg.svd(RC, full_matrices=False)
             keep = xp.arange(sig.size) < svd_rank(sig, (n, c))
             Uk = top_left_singular((W.T @ (QC.T @ T1A)) * keep[:, None], k, xp)
             coef = Zt.T @ (Uk * (keep / xp.where(keep, sig, 1.0))[:, None].astype(Uk.dtype))

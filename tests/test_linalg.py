@@ -1375,6 +1375,62 @@ def test_orthonormalize_float32_keeps_its_dtype(xp, rng):
     assert np.linalg.norm(Q @ R - Y) <= 1e-6 * np.linalg.norm(Y)
 
 
+@pytest.mark.parametrize("shape,dtype", [((300, 40), np.float64), ((70, 40), np.float64), ((70, 40), np.float32)])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_householder_q_applied_by_its_reflectors_is_the_formed_q(rng, shape, dtype, order):
+    """``cholesky_qr_factors(want_q="apply")`` on the host's Householder route keeps Q as
+    LAPACK's reflectors (``HouseholderQ``) and ``apply_qt`` takes ``Qᵀv`` with them: equal
+    to the formed Q's (diag(R) >= 0 both ways), for one and several columns; the caller's
+    Y is left as it was.  ``_householder_r_qtb`` (the direct solve) gives the same R and Qᵀb."""
+    from gpusketch.linalg._numerics import (
+        HouseholderQ,
+        _householder_r_qtb,
+        apply_qt,
+        cholesky_qr_factors,
+    )
+
+    n, l = shape  # κ = 1e10: CholeskyQR2's test fails; n < 2l: Householder at once
+    U, _ = np.linalg.qr(rng.standard_normal((n, l)))
+    V, _ = np.linalg.qr(rng.standard_normal((l, l)))
+    kappa = 1e10 if dtype == np.float64 else 1e3
+    Y = np.array(((U * np.logspace(0, -np.log10(kappa), l)) @ V.T).astype(dtype), order=order)
+    before = Y.copy()
+    Q1, R, Rinv2 = cholesky_qr_factors(Y, np, want_q="apply")
+    Qf, Rf, _ = cholesky_qr_factors(Y, np, want_q=True)
+    assert isinstance(Q1, HouseholderQ) and Rinv2 is None and not isinstance(Qf, HouseholderQ)
+    assert np.array_equal(Y, before) and Y.flags.f_contiguous == (order == "F")
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(R, Rf, atol=tol * np.abs(Rf).max())
+    for v in (rng.standard_normal(n).astype(dtype), rng.standard_normal((n, 3)).astype(dtype)):
+        got = apply_qt(Q1, v)
+        assert got.shape == (l,) + v.shape[1:] and got.dtype == dtype
+        np.testing.assert_allclose(got, Qf.T @ v, atol=tol * np.abs(v).max() * 10)
+        R2, z = _householder_r_qtb(Y, v, np)
+        np.testing.assert_allclose(np.abs(R2), np.abs(Rf), atol=tol * np.abs(Rf).max())
+        signs = np.sign(np.diagonal(R2))[:, None] if v.ndim == 2 else np.sign(np.diagonal(R2))
+        np.testing.assert_allclose(z * signs, Qf.T @ v, atol=tol * np.abs(v).max() * 10)
+    assert np.array_equal(Y, before)
+
+
+def test_householder_solves_never_form_q(monkeypatch, rng):
+    """lstsq's Householder routes (direct; sketch and precondition through the sketch's QR)
+    on the host apply the reflectors: NumPy's ``qr`` with Q (``orgqr``, as costly again as
+    the factorization: 100000 x 800 took 12.4 s against 3.5 s) is never called."""
+    def no_q(M, mode="reduced"):
+        assert mode in ("r", "raw"), mode
+        return real(M, mode=mode)
+
+    real = np.linalg.qr
+    monkeypatch.setattr(np.linalg, "qr", no_q)
+    A = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 40))  # rank 6: CholeskyQR2 fails
+    b = rng.standard_normal(400)
+    ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    for method in ("direct", "precondition", "sketch"):
+        with pytest.warns(gs.RankDeficientWarning):
+            res = gs.lstsq(A, b, method=method, seed=1)  # (sketch: the default m >= n, the identity)
+        np.testing.assert_allclose(res.x, ref, rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.parametrize("bad", [np.nan, 0.0])
 def test_orthonormalize_survives_a_silent_cholesky_failure(monkeypatch, rng, bad):
     """CuPy's cholesky returns garbage instead of raising on a non-PD Gram: the checks must catch it."""

@@ -325,6 +325,49 @@ def orthonormalize(Y, xp):
     return (Q1, R) if Rinv2 is None else (Q1 @ Rinv2, R)
 
 
+class HouseholderQ:
+    """The Q of a host Householder QR ``Y = QR`` kept as LAPACK's reflectors (``geqrf``),
+    applied by ``ormqr`` and never formed; columns scaled by ``sign`` (±1), as
+    ``cholesky_qr_factors`` makes ``diag(R) >= 0``.  ``qt(v)`` is ``Qᵀv`` (Q's l
+    columns), in ``dtype``."""
+
+    def __init__(self, h, tau, sign, dtype):
+        self.h, self.tau, self.sign, self.dtype = h, tau, sign, np.dtype(dtype)
+
+    def astype(self, dtype):
+        return HouseholderQ(self.h, self.tau, self.sign, dtype)
+
+    def qt(self, v):
+        import scipy.linalg
+
+        c = np.array(v.reshape(v.shape[0], -1), dtype=self.h.dtype, order="F")
+        ormqr = scipy.linalg.lapack.get_lapack_funcs("ormqr", (self.h,))
+        _, work, _ = ormqr("L", "T", self.h, self.tau, c, -1)  # workspace query
+        out, _, info = ormqr("L", "T", self.h, self.tau, c, max(1, int(work[0].real)), overwrite_c=1)
+        if info != 0:
+            raise RuntimeError(f"LAPACK ormqr failed (info={info})")
+        out = out[: self.tau.size] * self.sign.reshape((-1,) + (1,) * (out.ndim - 1))
+        return (out.reshape(-1) if v.ndim == 1 else out).astype(self.dtype, copy=False)
+
+
+def apply_qt(Q1, v):
+    """``Q₁ᵀ v`` for Q₁ an array or a ``HouseholderQ``."""
+    return Q1.qt(v) if isinstance(Q1, HouseholderQ) else Q1.T @ v
+
+
+def _householder_reflectors(Y):
+    """``(HouseholderQ, R)`` of a host Householder QR of the tall Y (``geqrf`` only, in place
+    on a Fortran-order copy, SciPy's BLAS on its threads), with ``diag(R) >= 0``."""
+    import scipy.linalg
+
+    Yf = np.array(Y, order="F")
+    with scipy_blas_threaded():
+        (h, tau), R = scipy.linalg.qr(Yf, mode="raw", overwrite_a=True, check_finite=False)
+    R = R[: Y.shape[1]]
+    sign = np.where(R.diagonal() < 0, -1.0, 1.0).astype(R.dtype)
+    return HouseholderQ(h, tau, sign, Y.dtype), R * sign[:, None]
+
+
 def cholesky_qr_factors(Y, xp, want_q=True):
     """``orthonormalize`` without its last product: ``(Q₁, R, Rinv₂)`` with ``Y = QR``, ``Q = Q₁ Rinv₂``.
 
@@ -334,11 +377,17 @@ def cholesky_qr_factors(Y, xp, want_q=True):
     GEMM that forms Q: a third of CholeskyQR2's work.  With ``want_q=False``
     the Householder route returns ``Q₁ = None`` and does not form Q (LAPACK's
     ``orgqr``, more work than the factorisation itself: 8010 × 2000 took
-    1.1 s for R alone against 2.8-3.2 s with Q on the 2-core CPU).
+    1.1 s for R alone against 2.8-3.2 s with Q on the 2-core CPU).  With
+    ``want_q="apply"`` a host Householder route returns Q₁ as its reflectors
+    (``HouseholderQ``; ``apply_qt`` takes ``Q₁ᵀv`` from either form): a
+    20000 × 2000 Y of rank 1500 took 7.2 s with Q formed, 2.5-2.7 s without.
     """
     n, l = Y.shape
 
     def householder():
+        if want_q == "apply" and xp is np and n >= l:
+            Q, R = _householder_reflectors(Y)
+            return Q, R, None
         Q, R = xp.linalg.qr(Y) if want_q else (None, xp.linalg.qr(Y, mode="r"))
         sign = xp.where(R.diagonal() < 0, -1.0, 1.0).astype(R.dtype)
         return (None if Q is None else Q * sign), R * sign[:, None], None
@@ -544,6 +593,32 @@ def _r_svd_lstsq(R, z, A, xp, route):
     return x, deficient, route + "+svd"
 
 
+def _householder_r_qtb(M, b, xp):
+    """``(R, Qᵀb)`` of the Householder QR ``M = QR`` (M tall, b of one or more columns).
+
+    On the host, SciPy's ``qr_multiply`` applies the reflectors to b (LAPACK
+    ``ormqr``) and never forms Q: NumPy's ``qr`` builds the n × d Q with
+    ``orgqr``, as costly again as the factorization (100000 × 800 on the
+    2-core CPU: 12.4 s against 3.5-3.7 s, with SciPy's BLAS on its threads
+    for the call; ``numpy.linalg.lstsq`` 3.9-4.5 s).  On a GPU, cuSOLVER's Q
+    (CuPy has no ``ormqr``).
+    """
+    if xp is not np:
+        Q, R = xp.linalg.qr(M)
+        return R, Q.T @ b
+    import scipy.linalg
+
+    b2 = b.reshape(b.shape[0], -1)
+    # SciPy's own Fortran-order copy of a C-order M made the call 2.5x slower than NumPy's
+    # copy and a factorization in place (7.0 s against 0.7-0.9 + 2.8 s at 100000 x 800).
+    Mf = np.array(M, order="F")  # (a copy always: the factorization overwrites it)
+    with scipy_blas_threaded():
+        cq, R = scipy.linalg.qr_multiply(Mf, np.ascontiguousarray(b2.T, dtype=M.dtype), mode="right",
+                                         overwrite_a=True)
+    z = cq.T
+    return R, (z.reshape(-1) if b.ndim == 1 else z)
+
+
 def qr_lstsq(A, b, xp, scale=None):
     """Dense least squares ``min ||diag(s)(Ax − b)||`` by QR: ``(x, rank_deficient, route)``.
 
@@ -579,10 +654,10 @@ def qr_lstsq(A, b, xp, scale=None):
             x, deficient, route = _r_svd_lstsq(R, Rinv2.T @ y, A, xp, "cholesky_qr2")
             return x.astype(dtype, copy=False), deficient, route
         # Householder: κ(A) may be large, keep the backward-stable TRSV
-        Q, R = xp.linalg.qr(_scaled(A, scale))
+        R, z = _householder_r_qtb(_scaled(A, scale), _scaled(b, scale), xp)
         if not qr_rank_deficient(R, A.shape):
-            return la.solve_triangular(R, Q.T @ _scaled(b, scale)), False, "householder"
-        x, deficient, route = _r_svd_lstsq(R, Q.T @ _scaled(b, scale), A, xp, "householder")
+            return la.solve_triangular(R, z), False, "householder"
+        x, deficient, route = _r_svd_lstsq(R, z, A, xp, "householder")
         return x.astype(dtype, copy=False), deficient, route
     x, _, _, sv = xp.linalg.lstsq(_scaled(A, scale), _scaled(b, scale), rcond=None)
     # The flag by the one rank rule at A's precision (LAPACK works in float64 for a float32 A)

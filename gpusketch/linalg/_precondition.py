@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._backend import linalg_modules
-from ._numerics import cholesky_qr_factors, qr_rank_deficient, svd_rank, svd_signs
+from ._numerics import apply_qt, cholesky_qr_factors, qr_rank_deficient, svd_rank, svd_signs
 
 __all__ = ["SketchPreconditioner"]
 
@@ -37,7 +37,7 @@ class SketchPreconditioner:
         # Q = Q1 Rinv2 is never formed: only R and Qᵀ Sb are needed (cholesky_qr_factors);
         # without ``solve`` (no sketched_solution: the leverage scores) a Householder route
         # skips Q altogether.
-        self._Q1, self.R, self._Rinv2 = cholesky_qr_factors(SA, xp, want_q=solve)
+        self._Q1, self.R, self._Rinv2 = cholesky_qr_factors(SA, xp, want_q="apply" if solve else False)
         if not solve:  # (CholeskyQR2 forms Q₁ on the way: not kept)
             self._Q1 = self._Rinv2 = None
         self.rank, self.rank_deficient = SA.shape[1], False
@@ -64,6 +64,6 @@ class SketchPreconditioner:
         """``y`` minimising ``||SA P y - Sb||``: ``Qᵀ Sb`` (or ``U_rᵀ Sb = U_{R,r}ᵀ Qᵀ Sb``)."""
         if self._Q1 is None:
             raise RuntimeError("this SketchPreconditioner was built with solve=False: it kept no Q")
-        y = self._Q1.T @ Sb
+        y = apply_qt(self._Q1, Sb)
         y = y if self._Rinv2 is None else self._Rinv2.T @ y
         return self._UR.T @ y if self.rank_deficient else y

@@ -9,7 +9,16 @@ import warnings
 import numpy as np
 
 from .. import _kernels
-from .._backend import as_matrix, check_memory, check_seed, is_sparse, sparse_module, to_dense, to_host
+from .._backend import (
+    as_matrix,
+    check_memory,
+    check_seed,
+    is_sparse,
+    scipy_blas_threaded,
+    sparse_module,
+    to_dense,
+    to_host,
+)
 from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Gaussian, SparseSign
@@ -401,5 +410,6 @@ def independent_rows(A, *, seed=None):
                 break
             s *= 2
         Ad = to_host(to_dense(A))
-        _, _, piv = scipy.linalg.qr(Ad.T, mode="economic", pivoting=True)
+        with scipy_blas_threaded():  # (only the pivots: no Q)
+            piv = scipy.linalg.qr(Ad.T, mode="r", pivoting=True, check_finite=False)[1]
         return xp.asarray(np.sort(piv[:k]))

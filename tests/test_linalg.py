@@ -378,6 +378,21 @@ def test_small_n_needs_no_sketch(xp, n):
     assert gs.lstsq(Ad, bd, method="sketch", m=n, seed=1).info["sketch"] == "SparseSign"
 
 
+@pytest.mark.parametrize("shape", [(500, 9), (14, 9)])  # CholeskyQR2 fails / does not apply: Householder
+def test_exact_leverage_scores_of_a_rank_deficient_a_are_the_svds(xp, shape):
+    """A rank-deficient A's exact scores come from its Householder QR and the SVD of R
+    (row norms of ``Q U_R`` over R's kept directions; on the host Q applied as reflectors),
+    not from an SVD of A: they must equal the row norms of the SVD's ``U_r``, and sum to r."""
+    rng = np.random.default_rng(15)
+    n, d = shape
+    A = rng.standard_normal((n, 4)) @ rng.standard_normal((4, d)) * np.geomspace(1, 1e3, d)
+    U, s, _ = np.linalg.svd(A, full_matrices=False)
+    want = (U[:, :4] ** 2).sum(axis=1)
+    got = to_numpy(gs.leverage_scores(xp.asarray(A), exact=True))
+    np.testing.assert_allclose(got, want, atol=1e-10)
+    assert abs(got.sum() - 4) < 1e-8
+
+
 def test_leverage_scores_rank_deficient_sum_to_rank():
     rng = np.random.default_rng(14)
     A = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 9))
@@ -1401,6 +1416,9 @@ def test_householder_q_applied_by_its_reflectors_is_the_formed_q(rng, shape, dty
     assert np.array_equal(Y, before) and Y.flags.f_contiguous == (order == "F")
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(R, Rf, atol=tol * np.abs(Rf).max())
+    np.testing.assert_allclose(Q1.q(np.eye(l, dtype=dtype)), Qf, atol=tol)  # Q itself, as ormqr forms it
+    w = rng.standard_normal(l).astype(dtype)
+    np.testing.assert_allclose(Q1.q(w), Qf @ w, atol=tol * 10)
     for v in (rng.standard_normal(n).astype(dtype), rng.standard_normal((n, 3)).astype(dtype)):
         got = apply_qt(Q1, v)
         assert got.shape == (l,) + v.shape[1:] and got.dtype == dtype

@@ -337,17 +337,29 @@ class HouseholderQ:
     def astype(self, dtype):
         return HouseholderQ(self.h, self.tau, self.sign, dtype)
 
-    def qt(self, v):
+    def _ormqr(self, trans, c):
         import scipy.linalg
 
-        c = np.array(v.reshape(v.shape[0], -1), dtype=self.h.dtype, order="F")
         ormqr = scipy.linalg.lapack.get_lapack_funcs("ormqr", (self.h,))
-        _, work, _ = ormqr("L", "T", self.h, self.tau, c, -1)  # workspace query
-        out, _, info = ormqr("L", "T", self.h, self.tau, c, max(1, int(work[0].real)), overwrite_c=1)
+        _, work, _ = ormqr("L", trans, self.h, self.tau, c, -1)  # workspace query
+        with scipy_blas_threaded():
+            out, _, info = ormqr("L", trans, self.h, self.tau, c, max(1, int(work[0].real)), overwrite_c=1)
         if info != 0:
             raise RuntimeError(f"LAPACK ormqr failed (info={info})")
-        out = out[: self.tau.size] * self.sign.reshape((-1,) + (1,) * (out.ndim - 1))
+        return out
+
+    def qt(self, v):
+        c = np.array(v.reshape(v.shape[0], -1), dtype=self.h.dtype, order="F")
+        out = self._ormqr("T", c)[: self.tau.size] * self.sign[:, None]
         return (out.reshape(-1) if v.ndim == 1 else out).astype(self.dtype, copy=False)
+
+    def q(self, V):
+        """``Q V`` for V of Q's l rows (one or more columns): ``Q`` itself for ``V = I``."""
+        V2 = V.reshape(V.shape[0], -1)
+        c = np.zeros((self.h.shape[0], V2.shape[1]), dtype=self.h.dtype, order="F")
+        c[: V2.shape[0]] = V2 * self.sign[:, None]
+        out = self._ormqr("N", c)
+        return (out.reshape(-1) if V.ndim == 1 else out).astype(self.dtype, copy=False)
 
 
 def apply_qt(Q1, v):

@@ -1449,6 +1449,52 @@ def test_householder_solves_never_form_q(monkeypatch, rng):
         np.testing.assert_allclose(res.x, ref, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("cond,one_pass", [(1.0, True), (1e4, True), (1e9, False)])
+def test_normalized_basis_spans_y_and_is_well_conditioned(xp, rng, cond, one_pass, monkeypatch):
+    """Subspace iteration's intermediate bases: one Cholesky QR pass while R is well
+    conditioned (σ(Q) within 1e-6 of 1 at κ(Y) = 1e4: κ² ε ≈ 2e-8), ``orthonormalize``
+    past that (κ = 1e9: the one pass would leave ||QᵀQ − I|| near 1e2); the same span
+    either way.  A rank-deficient Y falls back too."""
+    import sys
+
+    numerics = sys.modules["gpusketch.linalg._numerics"]
+    from gpusketch.linalg._numerics import normalized_basis
+
+    calls = []
+    real = numerics.orthonormalize
+    monkeypatch.setattr(numerics, "orthonormalize", lambda *a: calls.append(1) or real(*a))
+    n, l = 2000, 30
+    U, _ = np.linalg.qr(rng.standard_normal((n, l)))
+    V, _ = np.linalg.qr(rng.standard_normal((l, l)))
+    Y = (U * np.logspace(0, -np.log10(cond), l)) @ V.T
+    Q = to_numpy(normalized_basis(xp.asarray(Y), xp))
+    assert (calls == []) == one_pass
+    sv = np.linalg.svd(Q, compute_uv=False)
+    assert np.abs(sv - 1).max() <= 1e-6
+    # range(Q) = range(Y), to Y's own accuracy: its σ = 1/κ direction is off by about ε κ
+    np.testing.assert_allclose(Q @ np.linalg.pinv(Q) @ U, U, atol=max(1e-8, 1e-14 * cond))
+    calls.clear()
+    deficient = rng.standard_normal((n, 5)) @ rng.standard_normal((5, l))
+    normalized_basis(xp.asarray(deficient), xp)
+    assert calls == [1]
+
+
+def test_randomized_svd_keeps_a_steep_spectrum(xp, rng):
+    """Singular values from 1 down to 1e-12 (a factor 16 between neighbours): the power
+    iterations' products multiply the basis's condition by up to ~1e12, which the
+    normalization after each product must undo.  The top 10 singular values must come out
+    to 1e-8 and the subspace to the SVD's."""
+    n, d, p = 3000, 400, 11
+    U, _ = np.linalg.qr(rng.standard_normal((n, p)))
+    V, _ = np.linalg.qr(rng.standard_normal((d, p)))
+    sv = np.logspace(0, -12, p)
+    A = (U * sv) @ V.T
+    for q in (0, 1, 2, 4):
+        Ug, s, Vt = (to_numpy(a) for a in gs.randomized_svd(xp.asarray(A), 10, power_iters=q, seed=4))
+        np.testing.assert_allclose(s, sv[:10], rtol=1e-8, atol=1e-15)  # (1e-15: ε σ₁)
+        np.testing.assert_allclose(np.abs(Ug.T @ U[:, :10]), np.eye(10), atol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [np.nan, 0.0])
 def test_orthonormalize_survives_a_silent_cholesky_failure(monkeypatch, rng, bad):
     """CuPy's cholesky returns garbage instead of raising on a non-PD Gram: the checks must catch it."""

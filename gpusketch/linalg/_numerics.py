@@ -23,6 +23,7 @@ from .._backend import (
 )
 
 __all__ = [
+    "dense_times",
     "rank_cut",
     "qr_rank_deficient",
     "svd_rank",
@@ -30,6 +31,7 @@ __all__ = [
     "proves_full_rank",
     "full_rank_provable",
     "orthonormalize",
+    "normalized_basis",
     "cholesky_qr_factors",
     "streamed_cholesky_qr2",
     "qr_lstsq",
@@ -37,6 +39,16 @@ __all__ = [
     "gram_svd",
     "svd_signs",
 ]
+
+
+def dense_times(A, X, xp, transpose=False):
+    """``A @ X`` (``A.T @ X`` with ``transpose``) as a dense array; a sparse A through the
+    ``sparse_product`` kernel (threaded on the CPU, where SciPy's product takes one core)."""
+    if is_sparse(A):
+        from .. import _kernels
+
+        return to_dense(_kernels.call("sparse_product", xp, A, X, transpose=transpose))
+    return to_dense((A.T if transpose else A) @ X)
 
 
 def rank_cut(vmax, shape, dtype):
@@ -378,6 +390,37 @@ def _householder_reflectors(Y):
     R = R[: Y.shape[1]]
     sign = np.where(R.diagonal() < 0, -1.0, 1.0).astype(R.dtype)
     return HouseholderQ(h, tau, sign, Y.dtype), R * sign[:, None]
+
+
+#: ``normalized_basis`` keeps its one Cholesky QR pass where LAPACK's estimate of R's
+#: reciprocal condition number is at least this many times ``√ε`` (κ(Y) below about
+#: ``√ε⁻¹ / 100``, so ``||QᵀQ − I|| ≈ κ² ε`` stays below about 1e-3 even if the estimate
+#: is 10x off).
+_NORMALIZE_RCOND = 100.0
+
+
+def normalized_basis(Y, xp):
+    """A well-conditioned basis of range(Y) (tall Y): one Cholesky QR pass ``Q = Y R⁻¹``
+    where R's condition allows, else ``orthonormalize``'s Q.
+
+    For the intermediate bases of subspace iteration, which need a basis of the
+    same span whose condition is near 1, not an orthonormal one (scikit-learn
+    normalizes them by LU; Halko et al. note any stable normalization will do):
+    half of CholeskyQR2's passes over Y.  In float64 (a float32 Y is cast and
+    the basis rounded back).  Falls back where the Cholesky fails or R is
+    ill-conditioned (``_NORMALIZE_RCOND``).
+    """
+    n, l = Y.shape
+    if n < 2 * l or Y.dtype.kind != "f":
+        return orthonormalize(Y, xp)[0]
+    Y64 = Y.astype(xp.float64, copy=False)
+    first = _cholesky_inverse(Y64.T @ Y64, xp)
+    if first is None:
+        return orthonormalize(Y, xp)[0]
+    Rinv, L = first
+    if not _triangular_rcond(L.T) >= _NORMALIZE_RCOND * math.sqrt(float(np.finfo(np.float64).eps)):
+        return orthonormalize(Y, xp)[0]
+    return (Y64 @ Rinv).astype(Y.dtype, copy=False)
 
 
 def cholesky_qr_factors(Y, xp, want_q=True):

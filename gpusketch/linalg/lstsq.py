@@ -23,7 +23,7 @@ from .._backend import (
 from .._nvtx import annotate
 from ..operators import SketchOperator, make_sketch, row_reduction
 from ._block_lsmr import block_lsmr
-from ._numerics import qr_lstsq
+from ._numerics import dense_times, qr_lstsq
 from ._precondition import SketchPreconditioner
 from .results import LstsqResult
 
@@ -79,16 +79,8 @@ def sketch_for(sketch, m, n, d, method, seed, nnz=None):
     return make_sketch(sketch, int(m), n, seed=check_seed(seed))
 
 
-def _times(A, X, xp, transpose=False):
-    """``A @ X`` (``A.T @ X`` with ``transpose``) as a dense array; a sparse A through the
-    ``sparse_product`` kernel (threaded on the CPU, where SciPy's product takes one core)."""
-    if is_sparse(A):
-        return to_dense(_kernels.call("sparse_product", xp, A, X, transpose=transpose))
-    return to_dense((A.T if transpose else A) @ X)
-
-
 def _residual_norms(A, x, b, xp):
-    r = _times(A, x, xp) - b
+    r = dense_times(A, x, xp) - b
     return xp.linalg.norm(r, axis=0)
 
 
@@ -285,16 +277,16 @@ def _lsmr(A, b, pre, y0, xp, tol, maxiter):
     n = A.shape[0]
     if y0.ndim == 2:  # the columns in lockstep: two passes over A per iteration, not two per column
         Y, iters, _ = block_lsmr(
-            lambda V: _times(A, pre.apply(V), xp),
-            lambda U: pre.apply_t(_times(A, U, xp, transpose=True)),
+            lambda V: dense_times(A, pre.apply(V), xp),
+            lambda U: pre.apply_t(dense_times(A, U, xp, transpose=True)),
             b, y0, atol=tol, btol=tol, maxiter=maxiter, xp=xp,
         )
         x, iters = pre.apply(Y), [int(i) for i in iters]
     else:
         op = sparse_la.LinearOperator(
             (n, y0.shape[0]),
-            matvec=lambda y: _times(A, pre.apply(y.ravel()), xp),
-            rmatvec=lambda r: pre.apply_t(_times(A, r.ravel(), xp, transpose=True)),
+            matvec=lambda y: dense_times(A, pre.apply(y.ravel()), xp),
+            rmatvec=lambda r: pre.apply_t(dense_times(A, r.ravel(), xp, transpose=True)),
             dtype=A.dtype,
         )
         with warnings.catch_warnings():
@@ -352,8 +344,8 @@ def _sketch_missed_directions(A, b, x, tol, xp):
     ``max(100 tol, 1e-8) ||A||_F ||r||`` per column (one more pass over A).
     Returns that verdict and ``||r||`` per column (the cost, when x stands).
     """
-    r = b - _times(A, x, xp)
-    g = _times(A, r, xp, transpose=True)
+    r = b - dense_times(A, x, xp)
+    g = dense_times(A, r, xp, transpose=True)
     normA = math.sqrt(float((A.multiply(A)).sum() if is_sparse(A) else xp.einsum("ij,ij->", A, A)))
     rn = xp.linalg.norm(r, axis=0)
     return bool((xp.linalg.norm(g, axis=0) > max(100 * tol, 1e-8) * normA * rn).any()), rn

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .._backend import as_matrix, check_positive_int, check_seed, to_dense
 from .._nvtx import annotate
 from ..operators import make_sketch
-from ._numerics import orthonormalize, svd_signs
+from ._numerics import dense_times, normalized_basis, orthonormalize, svd_signs
 
 __all__ = ["randomized_svd"]
 
@@ -22,7 +22,7 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
         Extra columns ``p`` of the test matrix (``l = k + p``, capped at min(n, d)).
     power_iters : int
         Subspace iterations ``q`` (each one pass over A and one over Aᵀ), with a
-        re-orthonormalisation after every product for stability.
+        normalization after every product for stability.
     test_matrix : {"gaussian", "sparse_sign", "srht", "countsketch", "fast_embedding"} or SketchOperator
         ``Ω`` of shape ``(l, d)``; the range is sketched as the right sketch ``A Ωᵀ``.
     seed : int, optional
@@ -42,7 +42,11 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
     ``Q = qr(A qr(AᵀQ))``; then the SVD of the small ``B = QᵀA``.  The expected
     error is within ``(1 + k/(p-1))^{1/(2q+1)}`` of the optimal rank-k error.
     The QRs are Cholesky QR twice when that is safe (``orthonormalize``: two
-    GEMM passes instead of a Householder factorisation), and the SVD of the
+    GEMM passes instead of a Householder factorisation); the bases before the
+    last Q need only be well conditioned, and take one Cholesky QR pass where
+    its R is (``normalized_basis``; sparse 10⁶ × 1000 at 0.2 %, k = 30: 1.75 →
+    1.41 s on the 2-core CPU, scikit-learn's 2.7 s).  A sparse A's products
+    run on threads (``dense_times``).  The SVD of the
     wide ``l × d`` matrix B is taken as a QR of ``Bᵀ`` and an SVD of its
     ``l × l`` triangle.
 
@@ -71,11 +75,15 @@ def randomized_svd(A, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
         seed = check_seed(seed)
         l = min(k + oversample, n, d)
         Omega = make_sketch(test_matrix, l, d, seed=seed, name="test_matrix")
-        Q, _ = orthonormalize(to_dense(A @ Omega.T), xp)
-        for _ in range(power_iters):
-            Z, _ = orthonormalize(to_dense(A.T @ Q), xp)
-            Q, _ = orthonormalize(to_dense(A @ Z), xp)
-        Qb, Rb = orthonormalize(to_dense(A.T @ Q), xp)  # Bᵀ = (QᵀA)ᵀ = Qb Rb, A never transposed densely
+        # The bases before the last need only be well conditioned (normalized_basis: one
+        # Cholesky QR pass); the last Q, which U is made from, orthonormal.
+        Y = to_dense(A @ Omega.T)
+        Q = normalized_basis(Y, xp) if power_iters else orthonormalize(Y, xp)[0]
+        for i in range(power_iters):  # (a sparse A's products on threads: dense_times)
+            Z = normalized_basis(dense_times(A, Q, xp, transpose=True), xp)
+            Y = dense_times(A, Z, xp)
+            Q = orthonormalize(Y, xp)[0] if i == power_iters - 1 else normalized_basis(Y, xp)
+        Qb, Rb = orthonormalize(dense_times(A, Q, xp, transpose=True), xp)  # Bᵀ = (QᵀA)ᵀ = Qb Rb
         Ur, s, Wt = xp.linalg.svd(Rb.T)  # B = Rbᵀ Qbᵀ = Ur diag(s) (Qb Wtᵀ)ᵀ
         Vt = Wt[:k] @ Qb.T
         sign = svd_signs(Vt, xp)

@@ -9,7 +9,6 @@ import warnings
 
 import numpy as np
 
-from .. import _kernels
 from .._backend import (
     all_blas_serial,
     as_system,

@@ -1192,15 +1192,28 @@ def test_low_rank_affine_solve_without_the_svd_where_full_rank_is_proved(xp, mon
     dup = A.copy()
     dup[:, 1:] = dup[:, :-1]  # column 1 equals column 0: drawn together, RC is singular
     for M, proved in ((A, True), (dup, False)):
-        seen = []
-        real = lr.full_rank_inverse
-        monkeypatch.setattr(lr, "full_rank_inverse", lambda R, *a: seen.append(real(R, *a) is not None) or real(R, *a))
-        fast = gs.low_rank(xp.asarray(M), 6, eps=0.1, seed=2)
-        monkeypatch.setattr(lr, "full_rank_inverse", lambda *a: None)
-        slow = gs.low_rank(xp.asarray(M), 6, eps=0.1, seed=2)
+        seen, fast, slow = _with_and_without(monkeypatch, lr, "full_rank_inverse",
+                                             lambda: gs.low_rank(xp.asarray(M), 6, eps=0.1, seed=2))
         assert seen == [proved]
         approx = [to_numpy(r.V) @ to_numpy(r.X) for r in (fast, slow)]
         np.testing.assert_allclose(approx[0], approx[1], atol=1e-9 * np.abs(M).max())
+
+
+def _with_and_without(monkeypatch, module, name, call):
+    """``(seen, with_route, without)``: ``call()`` with ``module.name`` recording whether it
+    answered (not None) in ``seen``, then again with ``module.name`` answering None."""
+    seen = []
+    real = getattr(module, name)
+
+    def recording(*args):
+        out = real(*args)
+        seen.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, name, recording)
+    with_route = call()
+    monkeypatch.setattr(module, name, lambda *args: None)
+    return seen, with_route, call()
 
 
 def test_gram_svd_is_the_float32_svd_on_the_kept_directions(xp):
@@ -1242,12 +1255,8 @@ def test_low_rank_float32_affine_solve_through_the_gram(xp, monkeypatch):
     rng = np.random.default_rng(45)
     A = (rng.standard_normal((3000, 20)) @ rng.standard_normal((20, 400))
          + 0.1 * rng.standard_normal((3000, 400))).astype(np.float32)
-    seen = []
-    real = lr.gram_svd
-    monkeypatch.setattr(lr, "gram_svd", lambda *a: (lambda r: seen.append(r is not None) or r)(real(*a)))
-    gram = gs.low_rank(xp.asarray(A), 10, eps=0.5, seed=3)
-    monkeypatch.setattr(lr, "gram_svd", lambda *a: None)
-    plain = gs.low_rank(xp.asarray(A), 10, eps=0.5, seed=3)
+    seen, gram, plain = _with_and_without(monkeypatch, lr, "gram_svd",
+                                          lambda: gs.low_rank(xp.asarray(A), 10, eps=0.5, seed=3))
     assert seen == [True]
     approx = [to_numpy(r.V) @ to_numpy(r.X) for r in (gram, plain)]
     np.testing.assert_allclose(approx[0], approx[1], atol=2e-4 * np.abs(A).max())

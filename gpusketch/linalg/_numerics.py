@@ -261,14 +261,21 @@ def _gram_rank(M, shape, xp):
         return None
     if trace == 0.0:
         return 0
-    lam = xp.linalg.eigvalsh(G)  # ascending
-    delta = 1.1 * (s + 4 * k + 2) * float(np.finfo(np.float64).eps) * trace
-    top = float(lam[-1])
-    hi = rank_cut(math.sqrt(top + delta), shape, M.dtype) ** 2
-    lo = rank_cut(math.sqrt(max(top - delta, 0.0)), shape, M.dtype) ** 2
-    above = int((lam - delta > hi).sum())
-    below = int((lam + delta <= lo).sum())
+    above, below = _gram_sides(xp.linalg.eigvalsh(G), trace, s, k, shape, M.dtype)
+    above, below = int(above.sum()), int(below.sum())
     return above if above + below == k else None
+
+
+def _gram_sides(lam, trace, s, k, shape, dtype, slack=0.0):
+    """``(above, below)``: the eigenvalues ``lam`` of the float64 Gram of an s × k matrix
+    (trace ``trace``) that lie surely above, and surely at or below, the square of the rank
+    rule's cut at ``dtype``; each is within ``δ = 1.1 (s + 4k + 2) ε₆₄ tr G`` of ``σ_i²``
+    (``_gram_rank``).  ``slack`` widens the open band by that relative amount."""
+    delta = 1.1 * (s + 4 * k + 2) * float(np.finfo(np.float64).eps) * trace
+    top = float(lam.max())
+    hi = rank_cut(math.sqrt(top + delta), shape, dtype) ** 2 * (1 + slack)
+    lo = rank_cut(math.sqrt(max(top - delta, 0.0)), shape, dtype) ** 2 * (1 - slack)
+    return lam - delta > hi, lam + delta <= lo
 
 
 def full_rank_inverse(R, shape, xp):
@@ -350,28 +357,31 @@ class HouseholderQ:
         return HouseholderQ(self.h, self.tau, self.sign, dtype)
 
     def _ormqr(self, trans, c):
+        """The reflectors applied to the Fortran-ordered c (overwritten), in c's dtype, which
+        is the reflectors' or wider (a float64 v keeps its digits against a float32 Q)."""
         import scipy.linalg
 
-        ormqr = scipy.linalg.lapack.get_lapack_funcs("ormqr", (self.h,))
-        _, work, _ = ormqr("L", trans, self.h, self.tau, c, -1)  # workspace query
+        h, tau = self.h.astype(c.dtype, copy=False), self.tau.astype(c.dtype, copy=False)
+        ormqr = scipy.linalg.lapack.get_lapack_funcs("ormqr", (h,))
+        _, work, _ = ormqr("L", trans, h, tau, c, -1)  # workspace query
         with scipy_blas_threaded():
-            out, _, info = ormqr("L", trans, self.h, self.tau, c, max(1, int(work[0].real)), overwrite_c=1)
+            out, _, info = ormqr("L", trans, h, tau, c, max(1, int(work[0].real)), overwrite_c=1)
         if info != 0:
             raise RuntimeError(f"LAPACK ormqr failed (info={info})")
         return out
 
     def qt(self, v):
-        c = np.array(v.reshape(v.shape[0], -1), dtype=self.h.dtype, order="F")
+        c = np.array(v.reshape(v.shape[0], -1), dtype=np.result_type(self.h.dtype, v.dtype), order="F")
         out = self._ormqr("T", c)[: self.tau.size] * self.sign[:, None]
-        return (out.reshape(-1) if v.ndim == 1 else out).astype(self.dtype, copy=False)
+        return (out.reshape(-1) if v.ndim == 1 else out).astype(np.result_type(self.dtype, v.dtype), copy=False)
 
     def q(self, V):
         """``Q V`` for V of Q's l rows (one or more columns): ``Q`` itself for ``V = I``."""
         V2 = V.reshape(V.shape[0], -1)
-        c = np.zeros((self.h.shape[0], V2.shape[1]), dtype=self.h.dtype, order="F")
+        c = np.zeros((self.h.shape[0], V2.shape[1]), dtype=np.result_type(self.h.dtype, V.dtype), order="F")
         c[: V2.shape[0]] = V2 * self.sign[:, None]
         out = self._ormqr("N", c)
-        return (out.reshape(-1) if V.ndim == 1 else out).astype(self.dtype, copy=False)
+        return (out.reshape(-1) if V.ndim == 1 else out).astype(np.result_type(self.dtype, V.dtype), copy=False)
 
 
 def apply_qt(Q1, v):
@@ -433,14 +443,14 @@ def cholesky_qr_factors(Y, xp, want_q=True):
     the Householder route returns ``Q₁ = None`` and does not form Q (LAPACK's
     ``orgqr``, more work than the factorisation itself: 8010 × 2000 took
     1.1 s for R alone against 2.8-3.2 s with Q on the 2-core CPU).  With
-    ``want_q="apply"`` a host Householder route returns Q₁ as its reflectors
+    ``want_q="apply"`` a host float64 Householder route returns Q₁ as its reflectors
     (``HouseholderQ``; ``apply_qt`` takes ``Q₁ᵀv`` from either form): a
     20000 × 2000 Y of rank 1500 took 7.2 s with Q formed, 2.5-2.7 s without.
     """
     n, l = Y.shape
 
     def householder():
-        if want_q == "apply" and xp is np and n >= l:
+        if want_q == "apply" and xp is np and n >= l and Y.dtype == np.float64:
             Q, R = _householder_reflectors(Y)
             return Q, R, None
         Q, R = xp.linalg.qr(Y) if want_q else (None, xp.linalg.qr(Y, mode="r"))
@@ -649,7 +659,8 @@ def _r_svd_lstsq(R, z, A, xp, route):
 
 
 def _householder_r_qtb(M, b, xp):
-    """``(R, Qᵀb)`` of the Householder QR ``M = QR`` (M tall, b of one or more columns).
+    """``(R, Qᵀb)`` of the Householder QR ``M = QR`` (M tall, b of one or more columns), in
+    float64 on the host.
 
     On the host, SciPy's ``qr_multiply`` applies the reflectors to b (LAPACK
     ``ormqr``) and never forms Q: NumPy's ``qr`` builds the n × d Q with
@@ -664,11 +675,15 @@ def _householder_r_qtb(M, b, xp):
     import scipy.linalg
 
     b2 = b.reshape(b.shape[0], -1)
+    # In float64 for float32 data too, as LAPACK's lstsq and mixed-precision CholeskyQR work:
+    # float32 reflectors applied by ormqr lost digits against NumPy's formed Q (60 x 40 at
+    # κ = 1e3: x to 9.6e-7 against 1.9e-7), and a float64 b keeps its own.
+    dtype = np.result_type(M.dtype, b.dtype, np.float64)
     # SciPy's own Fortran-order copy of a C-order M made the call 2.5x slower than NumPy's
     # copy and a factorization in place (7.0 s against 0.7-0.9 + 2.8 s at 100000 x 800).
-    Mf = np.array(M, order="F")  # (a copy always: the factorization overwrites it)
+    Mf = np.array(M, dtype=dtype, order="F")  # (a copy always: the factorization overwrites it)
     with scipy_blas_threaded():
-        cq, R = scipy.linalg.qr_multiply(Mf, np.ascontiguousarray(b2.T, dtype=M.dtype), mode="right",
+        cq, R = scipy.linalg.qr_multiply(Mf, np.ascontiguousarray(b2.T, dtype=dtype), mode="right",
                                          overwrite_a=True)
     z = cq.T
     return R, (z.reshape(-1) if b.ndim == 1 else z)
@@ -710,8 +725,8 @@ def qr_lstsq(A, b, xp, scale=None):
             return x.astype(dtype, copy=False), deficient, route
         # Householder: κ(A) may be large, keep the backward-stable TRSV
         R, z = _householder_r_qtb(_scaled(A, scale), _scaled(b, scale), xp)
-        if not qr_rank_deficient(R, A.shape):
-            return la.solve_triangular(R, z), False, "householder"
+        if not qr_rank_deficient(R.astype(A.dtype), A.shape):  # (the rule at A's precision)
+            return la.solve_triangular(R, z).astype(dtype, copy=False), False, "householder"
         x, deficient, route = _r_svd_lstsq(R, z, A, xp, "householder")
         return x.astype(dtype, copy=False), deficient, route
     x, _, _, sv = xp.linalg.lstsq(_scaled(A, scale), _scaled(b, scale), rcond=None)
@@ -742,13 +757,9 @@ def gram_svd(M, shape, xp):
     trace = float(lam.sum())
     if not math.isfinite(trace) or float(lam[0]) <= 0.0:
         return None
-    delta = 1.1 * (s + 4 * c + 2) * float(np.finfo(np.float64).eps) * trace
-    top = float(lam[0])
-    # (1 ± 1e-5: room for σ's rounding to float32, in which the caller applies the rule)
-    hi = rank_cut(math.sqrt(top + delta), shape, M.dtype) ** 2 * (1 + 1e-5)
-    lo = rank_cut(math.sqrt(max(top - delta, 0.0)), shape, M.dtype) ** 2 * (1 - 1e-5)
-    keep = lam - delta > hi
-    if int(keep.sum()) + int((lam + delta <= lo).sum()) != c:
+    # (slack 1e-5: room for σ's rounding to float32, in which the caller applies the rule)
+    keep, below = _gram_sides(lam, trace, s, c, shape, M.dtype, slack=1e-5)
+    if int(keep.sum()) + int(below.sum()) != c:
         return None
     sig = xp.sqrt(xp.maximum(lam, 0.0))
     W = (M64 @ Z) * xp.where(keep, 1.0 / xp.where(keep, sig, 1.0), 0.0)

@@ -297,10 +297,15 @@ def _cpu_threads(work):
 
 def _hash_matrix_cpu(col0, c, m, nnz, scale, seed, stream, dtype):
     """S[:, col0:col0+c] as a SciPy CSC matrix (m x c), nnz entries per column."""
-    b, s = _hash_values_np(col0, c, m, nnz, seed, stream)
-    data = (s.astype(dtype) * dtype.type(scale)).ravel()
+    return _hash_matrix_of(*_hash_values_np(col0, c, m, nnz, seed, stream), m, scale, dtype)
+
+
+def _hash_matrix_of(buckets, signs, m, scale, dtype):
+    """The m x c CSC matrix of the hash values ``(buckets, signs)``, each of shape (c, nnz)."""
+    c, nnz = buckets.shape
+    data = (signs.astype(dtype) * dtype.type(scale)).ravel()
     indptr = np.arange(0, (c + 1) * nnz, nnz, dtype=np.int64)
-    return sp.csc_matrix((data, b.ravel(), indptr), shape=(m, c))
+    return sp.csc_matrix((data, buckets.ravel(), indptr), shape=(m, c))
 
 
 def _row_blocks(n, block):
@@ -330,12 +335,19 @@ def _parallel_sum(fn, ranges, threads, out):
     except that an entry of −0.0 now stays −0.0).  BLAS runs on one thread
     meanwhile (``all_blas_serial``).
     """
+    return _parallel_sums(lambda a, b: (fn(a, b),), ranges, threads, (out,))[0]
+
+
+def _parallel_sums(fn, ranges, threads, outs):
+    """``_parallel_sum`` of several sums at once: ``fn(a, b)`` returns one term per
+    buffer of ``outs`` (a tuple), and a tuple of the sums comes back.  The sketches
+    of several operands with one S share its blocks this way (``_sketch_each_cpu``)."""
 
     def run(part):
         acc = None
         for a, b in part:
-            y = fn(a, b)
-            acc = y if acc is None else acc.__iadd__(y)
+            ys = fn(a, b)
+            acc = list(ys) if acc is None else [x.__iadd__(y) for x, y in zip(acc, ys)]
         return acc
 
     if threads <= 1 or len(ranges) < 2:
@@ -346,11 +358,12 @@ def _parallel_sum(fn, ranges, threads, out):
             accs = list(ex.map(run, [p for p in parts if p]))
     accs = [acc for acc in accs if acc is not None]
     if not accs:
-        return out
-    total = accs[0]
+        return tuple(outs)
+    totals = accs[0]
     for acc in accs[1:]:
-        total += acc
-    return total.reshape(out.shape).astype(out.dtype, copy=False)
+        for total, y in zip(totals, acc):
+            total += y
+    return tuple(total.reshape(out.shape).astype(out.dtype, copy=False) for total, out in zip(totals, outs))
 
 
 # A CountSketch of a C-order A whose result is at least this large is taken by
@@ -376,27 +389,57 @@ _COLUMN_ROUTE_ROWS = 1 << 18
 
 @_twin("hash_sketch_dense", "numpy")
 def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
-    # Deterministic on every route: fixed blocks, fixed thread partitions, summed in order.
-    A2 = A.reshape(A.shape[0], -1)
-    o2 = out.reshape(m, -1)
-    n, dtype = A2.shape[0], o2.dtype
-    threads = _cpu_threads(A2.size)
+    return _hash_sketch_each_cpu((A,), (out,), col0, m, nnz, scale, seed, stream)[0]
 
-    def hashes(a, b):
-        return _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
 
-    column_major = A2.flags.f_contiguous and not A2.flags.c_contiguous
-    if column_major and n >= _COLUMN_ROUTE_MIN_ROWS and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES * nnz:
-        return _sketch_by_columns(hashes, A2, o2, max(1, _COLUMN_ROUTE_ROWS // nnz), threads).reshape(out.shape)
-    if column_major and n < _COLUMN_ROUTE_MIN_ROWS:
-        return _sketch_by_column_tiles(hashes(0, n), A2, o2, threads).reshape(out.shape)
-    if nnz == 1 and o2.nbytes >= _BUCKET_RANGES_MIN_OUT_BYTES:
-        return _sketch_bucket_ranges(hashes, A2, o2, _BUCKET_RANGES_ROWS, threads).reshape(out.shape)
+@_twin("hash_sketch_dense_each", "numpy")
+def _hash_sketch_each_cpu(As, outs, col0, m, nnz, scale, seed, stream, deterministic=False):
+    """``S @ A`` for each dense A of ``As`` (all with S's n rows) into its zeroed ``out``.
 
-    def block(a, b):
-        return np.asarray(hashes(a, b) @ A2[a:b])
+    Operands on the row-block route share each block of S: its hashes, most
+    of a narrow sketch's cost on a CPU (Philox in NumPy: 0.12 s for 2^20
+    columns of SparseSign(nnz=8)), are computed once for all of them, so a
+    least-squares sketch ``(S A, S b)`` hashes S once, not twice.  With one
+    operand this is ``S @ A`` as before; with several, the row blocks' thread
+    split follows their total size, so a result may differ from its own
+    ``S @ A`` in round-off.  Column-major operands and large CountSketch
+    results take their own routes, one operand at a time.
+    Deterministic on every route: fixed blocks, fixed thread partitions, summed in order.
+    """
+    results = [None] * len(As)
+    shared = []
+    for i, (A, out) in enumerate(zip(As, outs)):
+        A2, o2 = A.reshape(A.shape[0], -1), out.reshape(m, -1)
+        n, threads = A2.shape[0], _cpu_threads(A2.size)
 
-    return _parallel_sum(block, _dense_row_blocks(n, threads), threads, o2).reshape(out.shape)
+        def hashes(a, b, dtype=o2.dtype):
+            return _hash_matrix_cpu(col0 + a, b - a, m, nnz, scale, seed, stream, dtype)
+
+        column_major = A2.flags.f_contiguous and not A2.flags.c_contiguous
+        if column_major and n >= _COLUMN_ROUTE_MIN_ROWS and A2.shape[1] * A2.itemsize >= _COLUMN_ROUTE_MIN_ROW_BYTES * nnz:
+            results[i] = _sketch_by_columns(hashes, A2, o2, max(1, _COLUMN_ROUTE_ROWS // nnz), threads)
+        elif column_major and n < _COLUMN_ROUTE_MIN_ROWS:
+            results[i] = _sketch_by_column_tiles(hashes(0, n), A2, o2, threads)
+        elif nnz == 1 and o2.nbytes >= _BUCKET_RANGES_MIN_OUT_BYTES:
+            results[i] = _sketch_bucket_ranges(hashes, A2, o2, _BUCKET_RANGES_ROWS, threads)
+        else:
+            shared.append((i, A2, o2))
+    if shared:
+        n = shared[0][1].shape[0]
+        threads = _cpu_threads(sum(A2.size for _, A2, _ in shared))
+
+        def block(a, b):
+            values = _hash_values_np(col0 + a, b - a, m, nnz, seed, stream)
+            S = {}  # one CSC block per dtype among the operands
+            for _, _, o2 in shared:
+                if o2.dtype not in S:
+                    S[o2.dtype] = _hash_matrix_of(*values, m, scale, o2.dtype)
+            return tuple(np.asarray(S[o2.dtype] @ A2[a:b]) for _, A2, o2 in shared)
+
+        sums = _parallel_sums(block, _dense_row_blocks(n, threads), threads, tuple(o2 for _, _, o2 in shared))
+        for (i, _, _), y in zip(shared, sums):
+            results[i] = y
+    return tuple(y.reshape(out.shape) for y, out in zip(results, outs))
 
 
 def _even_row_blocks(n, rows):
@@ -550,6 +593,13 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream, determinis
     return out
 
 
+@_twin("hash_sketch_dense_each", "cupy")
+def _hash_sketch_each_gpu(As, outs, col0, m, nnz, scale, seed, stream, deterministic=False):
+    # The kernels hash in registers as they read A: nothing to share between launches.
+    return tuple(_hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream, deterministic)
+                 for A, out in zip(As, outs))
+
+
 @_twin("csc_times_dense", "numpy")
 def _csc_times_dense_cpu(S, X):
     """``S @ X`` for a SciPy CSC S (m × n) and a dense 2-D X, as a dense array.
@@ -691,10 +741,17 @@ def level_values(xp, col0, n, r, thresh, seed):
 
 @_twin("hash_sketch_levels", "numpy")
 def _hash_sketch_levels_cpu(A, out, col0, r, thresh, seed):
+    return _hash_sketch_levels_each_cpu((A,), (out,), col0, r, thresh, seed)[0]
+
+
+@_twin("hash_sketch_levels_each", "numpy")
+def _hash_sketch_levels_each_cpu(As, outs, col0, r, thresh, seed):
     # Only the surviving (column, level) entries are hashed (about n β/(β−1) of
     # the n·levels), each by its own Philox block: the same words as level_values.
-    A2 = A.reshape(A.shape[0], -1)
-    o2 = out.reshape(out.shape[0], -1)
+    # Several operands (Tukey's (S A, S b)) share each block's hashes, as in
+    # ``_hash_sketch_each_cpu``.
+    A2s = [A.reshape(A.shape[0], -1) for A in As]
+    o2s = tuple(out.reshape(out.shape[0], -1) for out in outs)
     levels = len(thresh)
     m = levels * r
     ascending = np.asarray(thresh, dtype=np.float64)[::-1]
@@ -709,12 +766,13 @@ def _hash_sketch_levels_cpu(A, out, col0, r, thresh, seed):
         w = _random.hash_words_at((col0 + a + j) * levels + t, seed, _random.STREAM_LEVELS)
         buckets, signs = _bucket_sign(w, t, m, levels)
         # CSC straight from the column-ordered entries (no sort); its product reads A in order.
-        S = sp.csc_matrix((signs.astype(o2.dtype), buckets, indptr), shape=(m, b - a))
-        return np.asarray(S @ A2[a:b])
+        S = {o2.dtype: sp.csc_matrix((signs.astype(o2.dtype), buckets, indptr), shape=(m, b - a)) for o2 in o2s}
+        return tuple(np.asarray(S[o2.dtype] @ A2[a:b]) for A2, o2 in zip(A2s, o2s))
 
-    n = A2.shape[0]
-    threads = _cpu_threads(n * A2.shape[1])
-    return _parallel_sum(block, _dense_row_blocks(n, threads), threads, o2).reshape(out.shape)
+    n = A2s[0].shape[0]
+    threads = _cpu_threads(n * sum(A2.shape[1] for A2 in A2s))
+    sums = _parallel_sums(block, _dense_row_blocks(n, threads), threads, o2s)
+    return tuple(y.reshape(out.shape) for y, out in zip(sums, outs))
 
 
 @_twin("hash_sketch_levels", "cupy")
@@ -734,6 +792,11 @@ def _hash_sketch_levels_gpu(A, out, col0, r, thresh, seed):
          out),
     )
     return out
+
+
+@_twin("hash_sketch_levels_each", "cupy")
+def _hash_sketch_levels_each_gpu(As, outs, col0, r, thresh, seed):
+    return tuple(_hash_sketch_levels_gpu(A, out, col0, r, thresh, seed) for A, out in zip(As, outs))
 
 
 # The CPU CSR route accumulates with np.bincount (one float64 m·d buffer per thread,
@@ -1828,24 +1891,41 @@ _GAUSSIAN_WIDE_MIN_COLS = 1024
 
 @_twin("gaussian_sketch", "numpy")
 def _gaussian_sketch_cpu(A, out, col0, m, scale, seed, stream):
-    # Generation (Philox + Box–Muller, ~15 ns per entry) dominates on a CPU: small
-    # blocks that stay in cache, spread over threads (NumPy releases the GIL).
-    # Each block's product is a fresh m × d array, and past malloc's mmap threshold
-    # every one of them page-faults in anew: with a result of 16 MiB or more, blocks
-    # of at least 1024 columns (a 2000 × 59200 column-major A sketched to 1952 rows,
-    # ``independent_rows``' step: 15 blocks of 134 columns, each product 925 MB, took
-    # 9.7-11.3 s; 2 blocks 3.3-3.4 s).
-    A2 = A.reshape(A.shape[0], -1)
+    return _gaussian_sketch_each_cpu((A,), (out,), col0, m, scale, seed, stream)[0]
+
+
+@_twin("gaussian_sketch_each", "numpy")
+def _gaussian_sketch_each_cpu(As, outs, col0, m, scale, seed, stream):
+    """``S @ A`` for each dense A of ``As``, every column block of S generated once for all.
+
+    Generation (Philox + Box–Muller, ~15 ns per entry) dominates on a CPU: small
+    blocks that stay in cache, spread over threads (NumPy releases the GIL).
+    Each block's product is a fresh m × d array, and past malloc's mmap threshold
+    every one of them page-faults in anew: with results of 16 MiB or more, blocks
+    of at least 1024 columns (a 2000 × 59200 column-major A sketched to 1952 rows,
+    ``independent_rows``' step: 15 blocks of 134 columns, each product 925 MB, took
+    9.7-11.3 s; 2 blocks 3.3-3.4 s).  Several operands (a least-squares ``(S A, S b)``)
+    share each block: block sizes follow their total width, so a result may differ
+    from its own ``S @ A`` in round-off.
+    """
+    A2s = [A.reshape(A.shape[0], -1) for A in As]
+    o2s = tuple(out.reshape(m, -1) for out in outs)
     c = _gaussian_cols(m, 8, 2 << 20)
-    if m * A2.shape[1] * out.itemsize >= _GAUSSIAN_WIDE_OUT_BYTES:
+    if m * sum(A2.shape[1] * out.itemsize for A2, out in zip(A2s, outs)) >= _GAUSSIAN_WIDE_OUT_BYTES:
         c = max(c, _GAUSSIAN_WIDE_MIN_COLS)
     work = _thread_normal_work()
 
     def block(a, b):
-        return _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, A.dtype, work()) @ A2[a:b]
+        G = {}  # one block of S per dtype among the operands; only the first in the thread's buffers
+        for A2 in A2s:
+            if A2.dtype not in G:
+                G[A2.dtype] = _gaussian_block_cpu(m, col0 + a, b - a, scale, seed, stream, A2.dtype,
+                                                  None if G else work())
+        return tuple(G[A2.dtype] @ A2[a:b] for A2 in A2s)
 
-    n = A2.shape[0]
-    return _parallel_sum(block, _row_blocks(n, c), _cpu_threads(m * n), out.reshape(m, -1)).reshape(out.shape)
+    n = A2s[0].shape[0]
+    sums = _parallel_sums(block, _row_blocks(n, c), _cpu_threads(m * n), o2s)
+    return tuple(y.reshape(out.shape) for y, out in zip(sums, outs))
 
 
 @_twin("gaussian_sketch", "cupy")
@@ -1854,6 +1934,12 @@ def _gaussian_sketch_gpu(A, out, col0, m, scale, seed, stream):
     for a, b in _row_blocks(A.shape[0], c):
         out += _gaussian_block_gpu(m, col0 + a, b - a, scale, seed, stream, A.dtype) @ A[a:b]
     return out
+
+
+@_twin("gaussian_sketch_each", "cupy")
+def _gaussian_sketch_each_gpu(As, outs, col0, m, scale, seed, stream):
+    # cuRAND-free Philox fill is cheap next to the GEMMs; each operand is its own call.
+    return tuple(_gaussian_sketch_gpu(A, out, col0, m, scale, seed, stream) for A, out in zip(As, outs))
 
 
 @_twin("gaussian_adjoint", "numpy")

@@ -842,7 +842,10 @@ class _Launcher:
 
 
 # The arguments each kernel operation writes in place (``out`` unless named here).
-_WRITES = {"fwht_rows": ("X",), "scatter_add_rows": ("Z",)}
+_WRITES = {"fwht_rows": ("X",), "scatter_add_rows": ("Z",), "hash_sketch_dense_each": ("outs",),
+           "gaussian_sketch_each": ("outs",), "hash_sketch_levels_each": ("outs",)}
+#: Twins that return one result per operand (a tuple), each compared on its own.
+_PER_OPERAND = {"hash_sketch_dense_each", "gaussian_sketch_each", "hash_sketch_levels_each"}
 
 
 def _host_copy(x):
@@ -852,6 +855,15 @@ def _host_copy(x):
     if isinstance(x, _Sparse):
         return x._m.toarray()
     return None
+
+
+def _written(value):
+    """The device arrays a twin may write in place: ``value`` itself, or those in a list or tuple."""
+    if isinstance(value, ndarray):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, ndarray)]
+    return []
 
 
 def _checked_twin(name, gpu_twin, cpu_twin):
@@ -864,21 +876,22 @@ def _checked_twin(name, gpu_twin, cpu_twin):
 
     def run(*args, **kwargs):
         bound = signature.bind(*args, **kwargs).arguments
-        outputs = [bound[k] for k in writes if isinstance(bound.get(k), ndarray)]
+        outputs = [a for k in writes for a in _written(bound.get(k))]
         saved = [a._a.copy() for a in outputs]
         skipped = _SKIPPED[0]
         with np.errstate(all="ignore"):
             gpu = gpu_twin(*args, **kwargs)
         computed = _SKIPPED[0] == skipped
-        gpu = _host_copy(gpu) if computed else None
+        per_operand = name in _PER_OPERAND
+        gpu = ([_host_copy(g) for g in gpu] if per_operand else [_host_copy(gpu)]) if computed else None
         for a, keep in zip(outputs, saved):
             a._a[...] = keep
         cpu = _device_fn(cpu_twin, host_ok=True)(*args, **kwargs)
-        if gpu is not None:
-            want = _host_copy(cpu)
-            tol = 1e-5 if want.dtype == np.float32 else 1e-9
-            np.testing.assert_allclose(gpu, want, rtol=tol, atol=tol * float(np.max(np.abs(want), initial=0.0)),
-                                       err_msg=f"the CuPy twin of {name} disagrees with its NumPy twin")
+        if gpu is not None and gpu[0] is not None:
+            for got, want in zip(gpu, [_host_copy(c) for c in cpu] if per_operand else [_host_copy(cpu)]):
+                tol = 1e-5 if want.dtype == np.float32 else 1e-9
+                np.testing.assert_allclose(got, want, rtol=tol, atol=tol * float(np.max(np.abs(want), initial=0.0)),
+                                           err_msg=f"the CuPy twin of {name} disagrees with its NumPy twin")
             TWINS_COMPARED[name] = TWINS_COMPARED.get(name, 0) + 1
         return cpu
 

@@ -44,6 +44,9 @@ def _exercise(cp):
         gs.Gaussian(16, 3000, seed=1) @ csp.csr_matrix(M)
         gs.CountSketch(64, 3000, seed=1) @ cp.asarray(rng.standard_normal((3000, 520)).astype(dt))  # sorted
         gs.operators.MultiLevelCountSketch(16, 3000, 3, seed=1) @ X
+        for S in (gs.SparseSign(64, 3000, nnz=4, seed=1), gs.Gaussian(16, 3000, seed=1),
+                  gs.operators.MultiLevelCountSketch(16, 3000, 3, seed=1)):
+            S.matmul_each(X, X[:, 0], cp.asarray(A))  # the shared-block twins, mixed dtypes
         F = [cp.asarray(rng.standard_normal(s).astype(dt)) for s in ((60, 3), (50, 2))]
         gs.Kronecker([gs.CountSketch(8, 60, seed=1), gs.CountSketch(8, 50, seed=2)]) @ cp.asarray(
             rng.standard_normal(3000).astype(dt))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
 
+import _fake_cupy
 import gpusketch as gs
 from conftest import HAS_GPU, gpu, sparse_module, to_numpy
 
@@ -60,6 +61,75 @@ def test_apply_dense_matches_todense(xp, rng, kind, dtype):
         ref = D @ to_numpy(A).astype(np.float64)
         np.testing.assert_allclose(to_numpy(Y), ref, **tol(dtype), err_msg=name)
         np.testing.assert_array_equal(to_numpy(A), before)  # input untouched
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_matmul_each_equals_one_product_at_a_time(xp, rng, kind):
+    # Every layout and dtype at once (shared blocks for those on the row-block route, their own
+    # routes for the rest), a sparse operand among them; each result as S @ X gives it.
+    S = make(kind)
+    ops = [A for dtype in (np.float64, np.float32) for _, A in dense_inputs(xp, rng, dtype)]
+    ops.insert(3, sparse_module(xp).csr_matrix(xp.asarray((rng.random((N, 4)) < 0.3) * 1.0)))
+    before = [to_numpy(X.toarray() if hasattr(X, "toarray") else X).copy() for X in ops]
+    got = S.matmul_each(*ops)
+    assert isinstance(got, tuple) and len(got) == len(ops)
+    for i, (X, Y) in enumerate(zip(ops, got)):
+        ref = S @ X
+        assert type(Y) is type(ref) and Y.dtype == ref.dtype and Y.shape == ref.shape, i
+        np.testing.assert_allclose(to_numpy(Y), to_numpy(ref), **tol(ref.dtype), err_msg=str(i))
+        np.testing.assert_array_equal(to_numpy(X.toarray() if hasattr(X, "toarray") else X), before[i])
+
+
+@pytest.mark.parametrize("make_op", [lambda n: gs.SparseSign(50, n, seed=3), lambda n: gs.CountSketch(50, n, seed=4),
+                                     lambda n: gs.Gaussian(8, n, seed=5),
+                                     lambda n: gs.MultiLevelCountSketch(20, n, 3, branching=4.0, seed=6)],
+                         ids=["sparsesign", "countsketch", "gaussian", "multilevel"])
+def test_matmul_each_shares_blocks_across_threads(rng, make_op):
+    # Large enough for the CPU twins' two threads and many row blocks: the shared blocks'
+    # partial sums add up to S @ X for every operand (the split now follows their total size).
+    n = 1 << 18
+    S = make_op(n)
+    A, b = rng.standard_normal((n, 9)), rng.standard_normal(n)
+    A32 = rng.standard_normal((n, 2)).astype(np.float32)
+    for X, Y in zip((A, b, A32), S.matmul_each(A, b, A32)):
+        np.testing.assert_allclose(Y, S @ X, **tol(X.dtype))
+
+
+def test_matmul_each_hashes_once(rng, monkeypatch):
+    # The point of matmul_each: S's hash words are computed once for (A, b), in lstsq too.
+    from gpusketch import _kernels
+
+    hashed = []
+    real = _kernels._hash_values_np
+
+    def counting(col0, n, *args):
+        hashed.append(n)
+        return real(col0, n, *args)
+
+    monkeypatch.setattr(_kernels, "_hash_values_np", counting)
+    n = 40000
+    A, b = rng.standard_normal((n, 5)), rng.standard_normal(n)
+    gs.SparseSign(60, n, seed=1).matmul_each(A, b)
+    assert sum(hashed) == n
+    hashed.clear()
+    gs.lstsq(A, b, method="sketch", sketch="sparse_sign", seed=1)
+    assert sum(hashed) == n
+
+
+def test_matmul_each_refuses_bad_operands_before_any_work(rng):
+    S = gs.SparseSign(20, 100, seed=1)
+    A = rng.standard_normal((100, 3))
+    with pytest.raises(TypeError, match="at least one operand"):
+        S.matmul_each()
+    with pytest.raises(ValueError, match=r"operands\[1\] has 99 rows"):
+        S.matmul_each(A, A[:99])
+    with pytest.raises(TypeError, match=r"operands\[1\]"):
+        S.matmul_each(A, "b")
+    with pytest.raises(TypeError, match="cannot compose"):
+        S.matmul_each(A, gs.CountSketch(100, 5, seed=1))
+    with _fake_cupy.installed() as cp:
+        with pytest.raises(TypeError, match="mixed host and device inputs"):
+            S.matmul_each(A, cp.asarray(A))
 
 
 @pytest.mark.parametrize("kind", OPS)

@@ -72,6 +72,9 @@ class Composed(SketchOperator):
     def _apply_dense(self, A, xp):
         return self._finish(self._ops[-1]._apply_dense(A, xp), reversed(self._ops[:-1]), xp)
 
+    def _apply_dense_each(self, As, xp):  # the first stage, which reads the n rows, shares its blocks
+        return [self._finish(Y, reversed(self._ops[:-1]), xp) for Y in self._ops[-1]._apply_dense_each(As, xp)]
+
     def _apply_sparse(self, A, xp):
         return self._finish(self._ops[-1]._apply_sparse(A, xp), reversed(self._ops[:-1]), xp)
 

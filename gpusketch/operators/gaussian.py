@@ -59,6 +59,12 @@ class Gaussian(SketchOperator):
         out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
         return _kernels.call("gaussian_sketch", xp, A, out, self._col0, self._m, self._scale, self._seed, STREAM_GAUSSIAN)
 
+    def _apply_dense_each(self, As, xp):
+        outs = [_zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
+                for A in As]
+        return _kernels.call("gaussian_sketch_each", xp, As, outs, self._col0, self._m, self._scale, self._seed,
+                             STREAM_GAUSSIAN)
+
     def _apply_sparse(self, A, xp):
         out = _zeros(xp, (self._m, A.shape[1]), A.dtype, f"sketch output ({self._m} x {A.shape[1]})")
         return _kernels.call("gaussian_sketch_sparse", xp, A.tocsr(), out, self._col0, self._m, self._scale,

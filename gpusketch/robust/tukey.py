@@ -476,4 +476,5 @@ def _oblivious(A, b, rows, beta, seed, xp):
     r = int(math.ceil(rows / (H + 1)))
     S = MultiLevelCountSketch(r, n, H + 1, branching=beta, seed=seed)
     info = {"levels": H + 1, "branching": beta, "buckets_per_level": r}
-    return to_dense(S @ A), S @ b, S.weights(xp).astype(b.dtype), None, info
+    SA, Sb = S.matmul_each(A, b)  # S's hashes once for both
+    return to_dense(SA), Sb, S.weights(xp).astype(b.dtype), None, info

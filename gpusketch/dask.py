@@ -103,13 +103,38 @@ def _sketch_block(S, a, b, block):
     return S[:, a:b] @ block
 
 
-def _tree_sum(parts):
+def _tree_sum(parts, add=operator.add):
     from dask import delayed
 
     while len(parts) > 1:
-        parts = [delayed(operator.add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+        parts = [delayed(add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
                  for i in range(0, len(parts), 2)]
     return parts[0]
+
+
+def _sketch_row(S, a, b, *blocks):
+    return S[:, a:b].matmul_each(*blocks)
+
+
+def _add_each(p, q):
+    return tuple(x + y for x, y in zip(p, q))
+
+
+def _sketch_with_rhs(S, X, y):
+    """``(S X, S y)`` computed, for y with X's row chunks: each row block's column slice
+    of S generated once for X's blocks and y's (``matmul_each``; on CPU workers the
+    hashing is most of a thin sketch), where ``sketch`` twice would generate it twice."""
+    import dask
+
+    if y.ndim == 2 and len(y.chunks[1]) > 1:
+        y = y.rechunk({1: -1})
+    off, xb, yb = _offsets(X.chunks[0]), X.to_delayed(), y.to_delayed()
+    cols = [j for j in range(len(X.chunks[1])) if X.chunks[1][j] > 0]
+    parts = [dask.delayed(_sketch_row)(S, off[i], off[i + 1], *[xb[i, j] for j in cols],
+                                       yb[i] if y.ndim == 1 else yb[i, 0])
+             for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]
+    (*SX, Sy), = dask.compute(_tree_sum(parts, _add_each))
+    return (SX[0] if len(SX) == 1 else array_namespace(*SX).concatenate(SX, axis=1)), Sy
 
 
 def sketch(S, X):
@@ -428,8 +453,7 @@ def _direct(X, y, stacklevel=4):
 def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     n, d = X.shape
     S = sketch_for(sketch, m, n, d, method, seed)
-    SX = _small(sketch_fn(S, X))
-    Sy = _small(sketch_fn(S, y))
+    SX, Sy = _sketch_with_rhs(S, X, y)
     _check_sketch_finite(SX, "X")
     _check_sketch_finite(Sy, "y")
     xp = array_namespace(SX)
@@ -474,9 +498,6 @@ def _sketch_missed_directions(X, y, x, tol):
     g2 = (g * g).sum(axis=0)
     xp = array_namespace(r2)
     return bool((xp.sqrt(g2) > max(100 * tol, 1e-8) * math.sqrt(float(normX2)) * xp.sqrt(r2)).any())
-
-
-sketch_fn = sketch  # lstsq's parameter named ``sketch`` shadows the function
 
 
 def _scale_columns(block, coef, block_info=None):

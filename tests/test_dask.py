@@ -122,6 +122,9 @@ def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng):
     with dask.config.set(scheduler="threads"):
         res = gsd.lstsq(da.from_array(A, chunks=(700, 5)), da.from_array(B, chunks=(900, 2)), seed=6)
         one = gsd.lstsq(da.from_array(A, chunks=(700, 12)), da.from_array(B[:, 1], chunks=700), seed=6)
+        # "sketch": (SX, Sy) from one pass over each row block's slice of S, X's column strips and y together
+        sk = gsd.lstsq(da.from_array(A, chunks=(700, 5)), da.from_array(B, chunks=(900, 2)), method="sketch", seed=6)
+    np.testing.assert_allclose(sk.x, gs.lstsq(A, B, method="sketch", seed=6).x, rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
     assert res.info["iterations"] == ref.info["iterations"]
     assert one.info["iterations"] == ref.info["iterations"][1]
     np.testing.assert_allclose(res.x, ref.x, rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())

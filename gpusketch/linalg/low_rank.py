@@ -272,12 +272,13 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         c = U.shape[1] + int(cols.size)
         m1 = min(n, 4 * c + 10)
         T1 = row_reduction("sparse_sign", m1, n, seed=derive_seed(seed, 3))
-        T1A = to_dense(T1 @ A)
+        T1A, T1U = T1.matmul_each(A, U)  # T1's hashes once for both
+        T1A = to_dense(T1A)
         # A's columns enter M at unit norm, as U's do: span(M) is unchanged, and the rank rule
         # below then sees M's dependencies, not the scale of A (at |A| ~ 1e20 it cut every
         # direction of U, and the cost rose 1.2-2000-fold).
         unit = (1.0 / xp.sqrt(colsq[cols])).astype(T1A.dtype)
-        QC, RC = orthonormalize(xp.concatenate([to_dense(T1 @ U), T1A[:, cols] * unit], axis=1), xp)
+        QC, RC = orthonormalize(xp.concatenate([T1U, T1A[:, cols] * unit], axis=1), xp)
         RCinv = full_rank_inverse(RC, (n, c), xp)
         if RCinv is not None:
             # T1 M = QC RC of full rank by the rank rule (proved by RC⁻¹'s norm): the best

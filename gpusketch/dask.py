@@ -33,7 +33,7 @@ from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
 from .linalg._numerics import qr_rank_deficient, svd_rank, svd_signs
-from .linalg._precondition import SketchPreconditioner
+from .linalg._precondition import SketchPreconditioner, finish_refinement, inverse_r, refine_pays
 from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_columns
 from .linalg.lstsq import RankDeficientWarning, sketch_for, sketch_rank_message
 from .linalg.results import LstsqResult
@@ -310,8 +310,9 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     method : {"precondition", "sketch", "direct"}
         As in ``gpusketch.lstsq``: ``"sketch"`` solves the sketched problem;
         ``"precondition"`` uses ``R`` from a QR of ``SX`` as a right
-        preconditioner and runs LSMR with distributed products (the columns
-        of y together); ``"direct"`` is the baseline, a tall-skinny QR
+        preconditioner (refined where ``gpusketch.lstsq`` would refine it,
+        the Gram of ``X R⁻¹`` summed over the blocks) and runs LSMR with
+        distributed products (the columns of y together); ``"direct"`` is the baseline, a tall-skinny QR
         of ``[X y]`` (one pass, R only) and ``x = R⁺ Qᵀy`` (a triangular solve
         when R is of full numerical rank, else the minimum-norm solution from
         an SVD of R).
@@ -466,6 +467,13 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
             warnings.warn(sketch_rank_message("X", X.shape, pre.rank), RankDeficientWarning, stacklevel=3)
         return pre.apply(pre.sketched_solution(Sy)), info
     y0 = pre.sketched_solution(Sy)
+    info["preconditioner"] = "sketch"
+    if (not pre.rank_deficient and not is_sparse(X._meta) and X.dtype.kind == "f"
+            and refine_pays(n, d, 1 if y.ndim == 1 else y.shape[1], tol)):
+        refined = _refine(X, y, pre.R, xp)  # as in memory (gpusketch.linalg.lstsq)
+        if refined is not None:
+            pre, y0 = refined
+            info["preconditioner"] = "refined"
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     Y, iters, _ = block_lsmr(
         lambda V: _times(X, pre.apply(V)),
@@ -485,6 +493,27 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
             return x, info
         _warn_deficient(X, f" (sketch rank {pre.rank})")
     return x, info
+
+
+def _refine_block(x_block, y_block, Rinv):
+    Q = x_block @ Rinv
+    return Q.T @ Q, Q.T @ y_block
+
+
+def _refine(X, y, R, xp):
+    """``refine_preconditioner`` over Dask's row blocks: each sums its ``Q = X_blk R⁻¹``'s Gram
+    and ``Qᵀ y_blk`` where it lives, and the d × d sums are added in a tree."""
+    import dask
+
+    X = X if len(X.chunks[1]) == 1 else X.rechunk({1: -1})  # whole rows: X_blk R⁻¹ needs them
+    if y.ndim == 2 and len(y.chunks[1]) > 1:
+        y = y.rechunk({1: -1})
+    Rinv = inverse_r(R, xp)
+    xb, yb = X.to_delayed(), y.to_delayed()
+    parts = [dask.delayed(_refine_block)(xb[i, 0], yb[i] if y.ndim == 1 else yb[i, 0], Rinv)
+             for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]
+    (G, c), = dask.compute(_tree_sum(parts, _add_each))
+    return finish_refinement(G, c, R, xp)
 
 
 def _sketch_missed_directions(X, y, x, tol):

@@ -113,9 +113,15 @@ def test_lstsq_several_columns_and_column_chunks(rng, method):
         np.testing.assert_allclose(res.x, np.linalg.lstsq(A, B, rcond=None)[0], rtol=1e-9, atol=1e-11)
 
 
-def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng):
+@pytest.mark.parametrize("refine", [True, False], ids=["refined", "sketch-R"])
+def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng, refine, monkeypatch):
     """The same seed gives the same sketch, preconditioner and block LSMR as in memory: the
-    same iterations per column and x to round-off, whatever the chunks of X and y."""
+    same iterations per column and x to round-off, whatever the chunks of X and y; with the
+    preconditioner refined (its Gram summed over the blocks) or the sketch's R alone."""
+    from gpusketch.linalg import _precondition
+
+    if not refine:
+        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", 0)
     A = rng.standard_normal((3000, 12)) * np.logspace(0, 3, 12)
     B = A @ rng.standard_normal((12, 3)) + rng.standard_normal((3000, 3)) * np.array([1.0, 1e-3, 1e3])
     ref = gs.lstsq(A, B, seed=6)
@@ -127,6 +133,7 @@ def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng):
     np.testing.assert_allclose(sk.x, gs.lstsq(A, B, method="sketch", seed=6).x, rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
     assert res.info["iterations"] == ref.info["iterations"]
     assert one.info["iterations"] == ref.info["iterations"][1]
+    assert res.info["preconditioner"] == ref.info["preconditioner"] == ("refined" if refine else "sketch")
     np.testing.assert_allclose(res.x, ref.x, rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
     np.testing.assert_allclose(one.x, ref.x[:, 1], rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
 

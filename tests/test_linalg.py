@@ -19,7 +19,14 @@ def ill_conditioned(n, d, kappa, seed):
 # Relative gap of ||Ax - b|| to the SVD-based numpy solution.  At kappa = 1e10 even a
 # Householder QR solve differs from it by ~2e-10 (measured), so the bound is 1e-9 there.
 @pytest.mark.parametrize("kappa,gap", [(1e2, 1e-12), (1e8, 5e-12), (1e10, 1e-9)])
-def test_precondition_matches_exact(xp, kappa, gap):
+@pytest.mark.parametrize("refine", [True, False], ids=["refined", "sketch-R"])
+def test_precondition_matches_exact(xp, kappa, gap, refine, monkeypatch):
+    # Both preconditioners: the sketch's R, and R refined by a Cholesky pass over A R⁻¹
+    # (refine_preconditioner), after which LSMR stops within an iteration or two.
+    from gpusketch.linalg import _precondition
+
+    if not refine:
+        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", 0)
     A = ill_conditioned(3000, 40, kappa, 1)
     b = np.random.default_rng(2).standard_normal(3000)
     x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
@@ -28,7 +35,31 @@ def test_precondition_matches_exact(xp, kappa, gap):
     assert abs(float(res.cost) - c_ref) <= gap * c_ref
     assert np.linalg.norm(A @ (to_numpy(res.x) - x_ref)) <= 1e-6 * np.linalg.norm(b)
     assert res.info["iterations"] < 100 and res.info["method"] == "precondition"
+    assert res.info["preconditioner"] == ("refined" if refine else "sketch")
+    if refine:
+        assert res.info["iterations"] <= 2  # measured 1; with the sketch's R alone 13-16
     assert type(res.x) is type(xp.asarray(b))
+
+
+def test_refined_preconditioner_falls_back_where_its_cholesky_fails(monkeypatch):
+    from gpusketch.linalg import _precondition
+
+    monkeypatch.setattr(_precondition, "_cholesky_inverse", lambda G, xp: None)
+    A = ill_conditioned(3000, 40, 1e8, 1)
+    b = np.random.default_rng(2).standard_normal(3000)
+    res = gs.lstsq(A, b, seed=3)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    assert res.info["preconditioner"] == "sketch" and res.info["iterations"] > 5
+    assert abs(res.cost - np.linalg.norm(A @ x_ref - b)) <= 5e-12 * res.cost
+
+
+def test_refine_pays_where_the_iterations_it_saves_cost_more():
+    from gpusketch.linalg._precondition import refine_pays
+
+    assert refine_pays(1 << 20, 64, 1, 1e-10) and refine_pays(1 << 20, 64, 1, 1e-6)  # measured wins
+    assert not refine_pays(16384, 512, 1, 1e-10) and not refine_pays(65536, 128, 1, 1e-6)  # measured losses
+    assert refine_pays(65536, 128, 32, 1e-6)  # columns of b: each iteration costs more
+    assert not refine_pays(100, 60, 1, 1e-10)  # fewer than 2d rows
 
 
 def _sparse_collinear(n, d, delta, seed):

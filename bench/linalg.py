@@ -76,6 +76,20 @@ def problem(xp, n, d, kappa, seed=0):
 
 
 @contextlib.contextmanager
+def _refine_rule(columns_per_iteration):
+    """``lstsq``'s preconditioner refinement forced on (a large constant) or off (0) for one
+    row of the table: both routes timed on the device whose threshold they set."""
+    from gpusketch.linalg import _precondition
+
+    saved = _precondition.REFINE_COLUMNS_PER_ITERATION
+    _precondition.REFINE_COLUMNS_PER_ITERATION = columns_per_iteration
+    try:
+        yield
+    finally:
+        _precondition.REFINE_COLUMNS_PER_ITERATION = saved
+
+
+@contextlib.contextmanager
 def _device_free_bytes(nbytes):
     """Size the device blocks (``device_block_rows``) as if the device had ``nbytes`` free."""
     from gpusketch import _backend
@@ -129,6 +143,11 @@ def bench_lstsq(dev, xp, shapes, repeat, rows):
                              ("precondition (tol=1e-6)", {"method": "precondition", "tol": 1e-6})):
                 t = add(f"gpusketch {name}", lambda: gs.lstsq(A, b, seed=1, **kw), lambda r: float(r.cost))
                 rows[-1]["speedup"] = {k: v / t for k, v in peers.items()}
+            # Both preconditioners whatever the rule (refine_pays) picks: the data for its threshold.
+            for name, rule in (("R refined", 1 << 30), ("sketch's R", 0)):
+                with _refine_rule(rule):
+                    t = add(f"gpusketch precondition, {name}", lambda: gs.lstsq(A, b, seed=1), lambda r: float(r.cost))
+                rows[-1]["speedup"] = {k: v / t for k, v in peers.items()}
             del A, b
             if xp is not np:
                 xp.get_default_memory_pool().free_all_blocks()
@@ -170,6 +189,9 @@ def bench_lstsq_columns(dev, xp, shape, k, repeat, rows):
     add("peer:gpusketch precondition, one column at a time",
         lambda: xp.stack([gs.lstsq(A, B[:, j], seed=1).x for j in range(k)], axis=1), cols, "per-column")
     add("gpusketch precondition (block LSMR)", lambda: gs.lstsq(A, B, seed=1).x, cols)
+    for name, rule in (("R refined", 1 << 30), ("sketch's R", 0)):
+        with _refine_rule(rule):
+            add(f"gpusketch precondition (block LSMR), {name}", lambda: gs.lstsq(A, B, seed=1).x, cols)
     del A, B
 
 

@@ -508,6 +508,7 @@ def _refine(X, y, R, xp):
     X = X if len(X.chunks[1]) == 1 else X.rechunk({1: -1})  # whole rows: X_blk R⁻¹ needs them
     if y.ndim == 2 and len(y.chunks[1]) > 1:
         y = y.rechunk({1: -1})
+    R = R.astype(xp.result_type(R.dtype, y.dtype), copy=False)  # as in memory: a float64 y, a float64 x
     Rinv = inverse_r(R, xp)
     xb, yb = X.to_delayed(), y.to_delayed()
     parts = [dask.delayed(_refine_block)(xb[i, 0], yb[i] if y.ndim == 1 else yb[i, 0], Rinv)

@@ -138,6 +138,16 @@ def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng, refin
     np.testing.assert_allclose(one.x, ref.x[:, 1], rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
 
 
+def test_lstsq_float32_x_and_float64_y_answer_in_float64_as_in_memory(rng):
+    A = rng.standard_normal((3000, 5)).astype(np.float32)
+    b = rng.standard_normal(3000)
+    with dask.config.set(scheduler="threads"):
+        res = gsd.lstsq(da.from_array(A, chunks=(700, 5)), da.from_array(b, chunks=700), seed=1)
+    mem = gs.lstsq(A, b, seed=1)
+    assert res.x.dtype == mem.x.dtype == np.float64 and res.info["preconditioner"] == "refined"
+    np.testing.assert_allclose(res.x, mem.x, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("method", ["precondition", "sketch", "direct"])
 def test_lstsq_takes_an_in_memory_y(rng, method):
     """A NumPy y (1-D, 2-D, integer) is split into X's row chunks: the answer of the same y as Dask."""

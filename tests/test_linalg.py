@@ -41,6 +41,23 @@ def test_precondition_matches_exact(xp, kappa, gap, refine, monkeypatch):
     assert type(res.x) is type(xp.asarray(b))
 
 
+@pytest.mark.parametrize("refine", [True, False], ids=["refined", "sketch-R"])
+def test_precondition_of_float32_a_and_float64_b_answers_in_float64(xp, refine, monkeypatch):
+    # x takes the dtype of A and b together on both routes (the refined one had kept A's
+    # float32: LSMR's x0 fixes the dtype of its iterate).
+    from gpusketch.linalg import _precondition
+
+    if not refine:
+        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", 0)
+    A = ill_conditioned(3000, 8, 1e2, 4).astype(np.float32)
+    b = np.random.default_rng(5).standard_normal(3000)
+    for rhs in (b, np.stack([b, -b], axis=1)):
+        res = gs.lstsq(xp.asarray(A), xp.asarray(rhs), seed=6)
+        assert res.x.dtype == np.float64 and res.info["preconditioner"] == ("refined" if refine else "sketch")
+        x_ref = np.linalg.lstsq(A.astype(np.float64), rhs, rcond=None)[0]
+        np.testing.assert_allclose(to_numpy(res.x), x_ref, rtol=1e-9, atol=1e-12)
+
+
 def test_refined_preconditioner_falls_back_where_its_cholesky_fails(monkeypatch):
     from gpusketch.linalg import _precondition
 

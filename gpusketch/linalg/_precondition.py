@@ -137,8 +137,9 @@ def refine_preconditioner(A, b, R, xp):
     less than the iterations saved).  None where the Cholesky of G fails.
     """
     n, d = A.shape
+    dtype = xp.result_type(A.dtype, R.dtype, b.dtype)  # a float64 b gets a float64 x, as with R alone
+    R = R.astype(dtype, copy=False)
     Rinv = inverse_r(R, xp)
-    dtype = xp.result_type(A.dtype, R.dtype)
     G = xp.zeros((d, d), dtype=dtype)
     c = xp.zeros((d,) + b.shape[1:], dtype=dtype)
     ranges = _row_ranges(n, d, xp)

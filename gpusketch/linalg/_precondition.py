@@ -82,7 +82,8 @@ class SketchPreconditioner:
 
 class RefinedPreconditioner:
     """``P = R₂⁻¹`` with ``R₂ = Lᵀ R``: a sketch's R refined by one Cholesky pass over ``A R⁻¹``
-    (``refine_preconditioner``), so that ``κ(A P)`` is 1 to about ``ε κ(A)``."""
+    (``refine_preconditioner``), so that ``κ(A P)`` is within about ``u κ(A)`` of 1 (u the
+    unit round-off)."""
 
     rank_deficient = False
 

@@ -43,6 +43,7 @@ PHASES = [
     ("gpusketch.linalg.svd", "orthonormalize"),
     ("gpusketch.linalg.lstsq", "SketchPreconditioner"),
     ("gpusketch.linalg.lstsq", "_lsmr"),
+    ("gpusketch.linalg.lstsq", "refine_preconditioner"),
     ("gpusketch.linalg.rank", "matrix_rank"),
     ("gpusketch.linalg.rank", "proves_full_rank"),
     ("gpusketch.linalg.rank", "_sketch_rows"),

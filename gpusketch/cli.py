@@ -270,7 +270,7 @@ def cmd_lstsq(args):
     res = lstsq(A, b, method=args.method, sketch=args.sketch, m=args.m, tol=args.tol, seed=args.seed)
     _save(args.output, res.x)
     cost = res.cost.tolist() if hasattr(res.cost, "tolist") else res.cost
-    extra = "".join(f", {k}={res.info[k]}" for k in ("iterations", "m", "seed") if k in res.info)
+    extra = "".join(f", {k}={res.info[k]}" for k in ("iterations", "preconditioner", "m", "seed") if k in res.info)
     print(f"lstsq {args.method}: ||Ax - b|| = {cost}{extra} -> {args.output}")
     return 0
 

@@ -82,7 +82,7 @@ def _refine_rule(columns_per_iteration):
     from gpusketch.linalg import _precondition
 
     saved = _precondition.REFINE_COLUMNS_PER_ITERATION
-    _precondition.REFINE_COLUMNS_PER_ITERATION = columns_per_iteration
+    _precondition.REFINE_COLUMNS_PER_ITERATION = {"numpy": columns_per_iteration, "cupy": columns_per_iteration}
     try:
         yield
     finally:

@@ -121,7 +121,7 @@ def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng, refin
     from gpusketch.linalg import _precondition
 
     if not refine:
-        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", 0)
+        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
     A = rng.standard_normal((3000, 12)) * np.logspace(0, 3, 12)
     B = A @ rng.standard_normal((12, 3)) + rng.standard_normal((3000, 3)) * np.array([1.0, 1e-3, 1e3])
     ref = gs.lstsq(A, B, seed=6)

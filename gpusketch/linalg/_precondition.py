@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .._backend import linalg_modules
 from ._numerics import (
     _cholesky_inverse,
@@ -101,21 +103,30 @@ class RefinedPreconditioner:
 
 
 #: ``refine_pays``: columns of A per expected LSMR iteration and column of b up to which
-#: ``refine_preconditioner``'s pass is taken.  On the 2-core CPU (``lstsq``, one run, best
-#: of 2, tol = 1e-10 / 1e-6): 2^20 x 16 0.36 → 0.25 s / 0.28 → 0.25 s, 2^20 x 64 1.13 →
-#: 0.64 / 0.77 → 0.65 s, 65536 x 128 even / 0.073 → 0.096 s, 200000 x 200 0.66 → 0.59 /
-#: 0.47 → 0.64 s, 16384 x 512 0.17 → 0.25 / 0.15 → 0.24 s, 65536 x 128 with 32 columns of
-#: b 0.52 → 0.19 / 0.35 → 0.18 s: the rule keeps the wins and leaves the losses.
-REFINE_COLUMNS_PER_ITERATION = 8
+#: ``refine_preconditioner``'s pass is taken, per array module.
+#: NumPy: on the 2-core CPU (``lstsq``, one run, best of 2, tol = 1e-10 / 1e-6) 2^20 x 16
+#: 0.36 → 0.25 s / 0.28 → 0.25 s, 2^20 x 64 1.13 → 0.64 / 0.77 → 0.65 s, 65536 x 128 even /
+#: 0.073 → 0.096 s, 200000 x 200 0.66 → 0.59 / 0.47 → 0.64 s, 16384 x 512 0.17 → 0.25 /
+#: 0.15 → 0.24 s, 65536 x 128 with 32 columns of b 0.52 → 0.19 / 0.35 → 0.18 s: 8 keeps
+#: the wins and leaves the losses.
+#: CuPy: from the parts of the H100 table of 2026-11-23 (``bench/results/linalg-gpu.md``,
+#: fp64), not from the route itself: at 2^20 x 512 an LSMR iteration took 3.5 ms (29 in
+#: 102 ms) and ``AᵀA`` 12 ms, so the pass (two such GEMMs) costs about 7 iterations of the
+#: 16 it saves; at 2^18 x 2048 ``AᵀA`` took 56 ms, about the iterations saved.  64 refines
+#: up to d ≈ 1060 at tol = 1e-10 (638 at 1e-6).  The route's GPU timing is owed
+#: (``bench/linalg.py`` times both routes on every shape).
+REFINE_COLUMNS_PER_ITERATION = {"numpy": 8, "cupy": 64}
 
 
-def refine_pays(n, d, k, tol):
+def refine_pays(n, d, k, tol, xp):
     """Whether ``refine_preconditioner``'s pass over a dense n × d A (``2nd²`` flops,
     BLAS-3) should cost less than the LSMR iterations it saves (two memory-bound passes
-    over A per iteration and column of b): ``n >= 2d`` and ``d <= 8 k ln(1/tol)/ln 4``
+    over A per iteration and column of b): ``n >= 2d`` and ``d <= c k ln(1/tol)/ln 4``
     for k columns of b (``ln(1/tol)/ln 4`` iterations: the unrefined preconditioner's
-    count at the default sketch size, 13-16 at tol = 1e-10 and 8-9 at 1e-6)."""
-    return n >= 2 * d and d <= REFINE_COLUMNS_PER_ITERATION * max(1, k) * math.log(1.0 / tol) / math.log(4.0)
+    count at the default sketch size, 13-16 at tol = 1e-10 and 8-9 at 1e-6), c from
+    ``REFINE_COLUMNS_PER_ITERATION`` for ``xp``'s device."""
+    c = REFINE_COLUMNS_PER_ITERATION["numpy" if xp is np else "cupy"]
+    return n >= 2 * d and d <= c * max(1, k) * math.log(1.0 / tol) / math.log(4.0)
 
 
 def inverse_r(R, xp):

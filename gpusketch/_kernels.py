@@ -341,7 +341,7 @@ def _parallel_sum(fn, ranges, threads, out):
 def _parallel_sums(fn, ranges, threads, outs):
     """``_parallel_sum`` of several sums at once: ``fn(a, b)`` returns one term per
     buffer of ``outs`` (a tuple), and a tuple of the sums comes back.  The sketches
-    of several operands with one S share its blocks this way (``_sketch_each_cpu``)."""
+    of several operands with one S share its blocks this way (``_hash_sketch_dense_cpu``)."""
 
     def run(part):
         acc = None
@@ -388,12 +388,7 @@ _COLUMN_ROUTE_ROWS = 1 << 18
 
 
 @_twin("hash_sketch_dense", "numpy")
-def _hash_sketch_dense_cpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
-    return _hash_sketch_each_cpu((A,), (out,), col0, m, nnz, scale, seed, stream)[0]
-
-
-@_twin("hash_sketch_dense_each", "numpy")
-def _hash_sketch_each_cpu(As, outs, col0, m, nnz, scale, seed, stream, deterministic=False):
+def _hash_sketch_dense_cpu(As, outs, col0, m, nnz, scale, seed, stream, deterministic=False):
     """``S @ A`` for each dense A of ``As`` (all with S's n rows) into its zeroed ``out``.
 
     Operands on the row-block route share each block of S: its hashes, most
@@ -557,6 +552,12 @@ _SORTED_MIN_ROW_BYTES = 4096
 
 
 @_twin("hash_sketch_dense", "cupy")
+def _hash_sketch_dense_each_gpu(As, outs, col0, m, nnz, scale, seed, stream, deterministic=False):
+    # The kernels hash in registers as they read A: nothing to share between launches.
+    return tuple(_hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream, deterministic)
+                 for A, out in zip(As, outs))
+
+
 def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream, deterministic=False):
     import cupy
 
@@ -591,13 +592,6 @@ def _hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream, determinis
         # One warp per tile of 32 rows, 8 warps per block.
         _kernel("hash_sketch.cu", f"hash_sketch_rowmajor<{T}>")((_grid(-(-n // 32), 8, cupy),), (32, 8), args)
     return out
-
-
-@_twin("hash_sketch_dense_each", "cupy")
-def _hash_sketch_each_gpu(As, outs, col0, m, nnz, scale, seed, stream, deterministic=False):
-    # The kernels hash in registers as they read A: nothing to share between launches.
-    return tuple(_hash_sketch_dense_gpu(A, out, col0, m, nnz, scale, seed, stream, deterministic)
-                 for A, out in zip(As, outs))
 
 
 @_twin("csc_times_dense", "numpy")
@@ -740,16 +734,11 @@ def level_values(xp, col0, n, r, thresh, seed):
 
 
 @_twin("hash_sketch_levels", "numpy")
-def _hash_sketch_levels_cpu(A, out, col0, r, thresh, seed):
-    return _hash_sketch_levels_each_cpu((A,), (out,), col0, r, thresh, seed)[0]
-
-
-@_twin("hash_sketch_levels_each", "numpy")
-def _hash_sketch_levels_each_cpu(As, outs, col0, r, thresh, seed):
+def _hash_sketch_levels_cpu(As, outs, col0, r, thresh, seed):
     # Only the surviving (column, level) entries are hashed (about n β/(β−1) of
     # the n·levels), each by its own Philox block: the same words as level_values.
     # Several operands (Tukey's (S A, S b)) share each block's hashes, as in
-    # ``_hash_sketch_each_cpu``.
+    # ``_hash_sketch_dense_cpu``.
     A2s = [A.reshape(A.shape[0], -1) for A in As]
     o2s = tuple(out.reshape(out.shape[0], -1) for out in outs)
     levels = len(thresh)
@@ -776,6 +765,10 @@ def _hash_sketch_levels_each_cpu(As, outs, col0, r, thresh, seed):
 
 
 @_twin("hash_sketch_levels", "cupy")
+def _hash_sketch_levels_each_gpu(As, outs, col0, r, thresh, seed):
+    return tuple(_hash_sketch_levels_gpu(A, out, col0, r, thresh, seed) for A, out in zip(As, outs))
+
+
 def _hash_sketch_levels_gpu(A, out, col0, r, thresh, seed):
     import cupy
 
@@ -792,11 +785,6 @@ def _hash_sketch_levels_gpu(A, out, col0, r, thresh, seed):
          out),
     )
     return out
-
-
-@_twin("hash_sketch_levels_each", "cupy")
-def _hash_sketch_levels_each_gpu(As, outs, col0, r, thresh, seed):
-    return tuple(_hash_sketch_levels_gpu(A, out, col0, r, thresh, seed) for A, out in zip(As, outs))
 
 
 # The CPU CSR route accumulates with np.bincount (one float64 m·d buffer per thread,
@@ -1890,12 +1878,7 @@ _GAUSSIAN_WIDE_MIN_COLS = 1024
 
 
 @_twin("gaussian_sketch", "numpy")
-def _gaussian_sketch_cpu(A, out, col0, m, scale, seed, stream):
-    return _gaussian_sketch_each_cpu((A,), (out,), col0, m, scale, seed, stream)[0]
-
-
-@_twin("gaussian_sketch_each", "numpy")
-def _gaussian_sketch_each_cpu(As, outs, col0, m, scale, seed, stream):
+def _gaussian_sketch_cpu(As, outs, col0, m, scale, seed, stream):
     """``S @ A`` for each dense A of ``As``, every column block of S generated once for all.
 
     Generation (Philox + Box–Muller, ~15 ns per entry) dominates on a CPU: small
@@ -1929,17 +1912,16 @@ def _gaussian_sketch_each_cpu(As, outs, col0, m, scale, seed, stream):
 
 
 @_twin("gaussian_sketch", "cupy")
-def _gaussian_sketch_gpu(A, out, col0, m, scale, seed, stream):
-    c = _gaussian_cols(m, A.itemsize, 256 << 20)
-    for a, b in _row_blocks(A.shape[0], c):
-        out += _gaussian_block_gpu(m, col0 + a, b - a, scale, seed, stream, A.dtype) @ A[a:b]
-    return out
-
-
-@_twin("gaussian_sketch_each", "cupy")
-def _gaussian_sketch_each_gpu(As, outs, col0, m, scale, seed, stream):
-    # cuRAND-free Philox fill is cheap next to the GEMMs; each operand is its own call.
-    return tuple(_gaussian_sketch_gpu(A, out, col0, m, scale, seed, stream) for A, out in zip(As, outs))
+def _gaussian_sketch_gpu(As, outs, col0, m, scale, seed, stream):
+    # Each block of S is filled once (per dtype) and multiplied into every operand's out.
+    c = _gaussian_cols(m, max(A.itemsize for A in As), 256 << 20)
+    for a, b in _row_blocks(As[0].shape[0], c):
+        G = {}
+        for A, out in zip(As, outs):
+            if A.dtype not in G:
+                G[A.dtype] = _gaussian_block_gpu(m, col0 + a, b - a, scale, seed, stream, A.dtype)
+            out += G[A.dtype] @ A[a:b]
+    return tuple(outs)
 
 
 @_twin("gaussian_adjoint", "numpy")

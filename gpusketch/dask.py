@@ -468,8 +468,7 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
         return pre.apply(pre.sketched_solution(Sy)), info
     y0 = pre.sketched_solution(Sy)
     info["preconditioner"] = "sketch"
-    if (not pre.rank_deficient and not is_sparse(X._meta) and X.dtype.kind == "f"
-            and refine_pays(n, d, 1 if y.ndim == 1 else y.shape[1], tol, xp)):
+    if not pre.rank_deficient and not is_sparse(X._meta) and refine_pays(n, d, 1 if y.ndim == 1 else y.shape[1], tol, xp):
         refined = _refine(X, y, pre.R, xp)  # as in memory (gpusketch.linalg.lstsq)
         if refined is not None:
             pre, y0 = refined

@@ -842,10 +842,10 @@ class _Launcher:
 
 
 # The arguments each kernel operation writes in place (``out`` unless named here).
-_WRITES = {"fwht_rows": ("X",), "scatter_add_rows": ("Z",), "hash_sketch_dense_each": ("outs",),
-           "gaussian_sketch_each": ("outs",), "hash_sketch_levels_each": ("outs",)}
+_WRITES = {"fwht_rows": ("X",), "scatter_add_rows": ("Z",), "hash_sketch_dense": ("outs",),
+           "gaussian_sketch": ("outs",), "hash_sketch_levels": ("outs",)}
 #: Twins that return one result per operand (a tuple), each compared on its own.
-_PER_OPERAND = {"hash_sketch_dense_each", "gaussian_sketch_each", "hash_sketch_levels_each"}
+_PER_OPERAND = {"hash_sketch_dense", "gaussian_sketch", "hash_sketch_levels"}
 
 
 def _host_copy(x):

@@ -316,8 +316,7 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info):
     y0 = pre.sketched_solution(Sb)  # the sketch-and-solve answer, in preconditioned coordinates
     info["timings"]["factor_s"] = time.perf_counter() - t0
     info["preconditioner"] = "sketch"
-    if (not pre.rank_deficient and not is_sparse(A) and A.dtype.kind == "f"
-            and refine_pays(n, d, 1 if b.ndim == 1 else b.shape[1], tol, xp)):
+    if not pre.rank_deficient and not is_sparse(A) and refine_pays(n, d, 1 if b.ndim == 1 else b.shape[1], tol, xp):
         t0 = time.perf_counter()
         refined = refine_preconditioner(A, b, pre.R, xp)
         if refined is not None:

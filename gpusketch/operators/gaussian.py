@@ -56,13 +56,12 @@ class Gaussian(SketchOperator):
         self._set(_col0=_col0, _scale=1.0 / math.sqrt(m))
 
     def _apply_dense(self, A, xp):
-        out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
-        return _kernels.call("gaussian_sketch", xp, A, out, self._col0, self._m, self._scale, self._seed, STREAM_GAUSSIAN)
+        return self._apply_dense_each([A], xp)[0]
 
     def _apply_dense_each(self, As, xp):
         outs = [_zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
                 for A in As]
-        return _kernels.call("gaussian_sketch_each", xp, As, outs, self._col0, self._m, self._scale, self._seed,
+        return _kernels.call("gaussian_sketch", xp, As, outs, self._col0, self._m, self._scale, self._seed,
                              STREAM_GAUSSIAN)
 
     def _apply_sparse(self, A, xp):

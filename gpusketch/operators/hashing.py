@@ -57,14 +57,12 @@ class _HashingSketch(SketchOperator):
         return self._col0, self._m, self._nnz, self._scale, self._seed, self._stream
 
     def _apply_dense(self, A, xp):
-        out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
-        return _kernels.call("hash_sketch_dense", xp, A, out, *self._kernel_args(),
-                             deterministic=self._deterministic)
+        return self._apply_dense_each([A], xp)[0]
 
     def _apply_dense_each(self, As, xp):
         outs = [_zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
                 for A in As]
-        return _kernels.call("hash_sketch_dense_each", xp, As, outs, *self._kernel_args(),
+        return _kernels.call("hash_sketch_dense", xp, As, outs, *self._kernel_args(),
                              deterministic=self._deterministic)
 
     def _apply_sparse(self, A, xp):

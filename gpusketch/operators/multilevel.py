@@ -106,13 +106,12 @@ class MultiLevelCountSketch(SketchOperator):
         return _kernels.level_values(xp, self._col0, self._n, self._r, self._thresh, self._seed)
 
     def _apply_dense(self, A, xp):
-        out = _zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
-        return _kernels.call("hash_sketch_levels", xp, A, out, self._col0, self._r, self._thresh, self._seed)
+        return self._apply_dense_each([A], xp)[0]
 
     def _apply_dense_each(self, As, xp):
         outs = [_zeros(xp, (self._m,) + A.shape[1:], A.dtype, f"sketch output {(self._m,) + A.shape[1:]}")
                 for A in As]
-        return _kernels.call("hash_sketch_levels_each", xp, As, outs, self._col0, self._r, self._thresh, self._seed)
+        return _kernels.call("hash_sketch_levels", xp, As, outs, self._col0, self._r, self._thresh, self._seed)
 
     def _transpose_matrix(self, xp, dtype):
         """``Sᵀ`` as a CSR matrix (n × m): one entry per column of S and level it survives."""

@@ -152,9 +152,10 @@ class SketchOperator(LinearOperatorMethods):
         S twice.  Here the hashing and Gaussian sketches generate each block
         of S once for every dense operand on their row-block route (a
         least-squares pair ``(A, b)`` on 2^20 rows with SparseSign(nnz=8):
-        one hashing pass instead of two).  Other operators, sparse operands
-        and GPU arrays (whose kernels hash in registers as they read) are
-        sketched one by one.  Results equal ``S @ X`` to round-off: with
+        one hashing pass instead of two); on a GPU the Gaussian shares its
+        filled blocks too, while the hashing kernels, which hash in registers
+        as they read, run once per operand.  Other operators and sparse
+        operands are sketched one by one.  Results equal ``S @ X`` to round-off: with
         several operands the CPU's thread split follows their total size.
         All operands are checked before any is sketched.
 

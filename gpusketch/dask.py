@@ -33,9 +33,15 @@ from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
 from .linalg._numerics import qr_rank_deficient, svd_rank, svd_signs
-from .linalg._precondition import SketchPreconditioner, finish_refinement, inverse_r, refine_pays
+from .linalg._precondition import (
+    REFINE_SKETCH_NNZ,
+    SketchPreconditioner,
+    finish_refinement,
+    inverse_r,
+    refine_pays,
+)
 from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_columns
-from .linalg.lstsq import RankDeficientWarning, sketch_for, sketch_rank_message
+from .linalg.lstsq import RankDeficientWarning, sketch_for, sketch_rank_message, warm_start_passes
 from .linalg.results import LstsqResult
 from .operators import Gaussian, SketchOperator
 
@@ -311,7 +317,9 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         As in ``gpusketch.lstsq``: ``"sketch"`` solves the sketched problem;
         ``"precondition"`` uses ``R`` from a QR of ``SX`` as a right
         preconditioner (refined where ``gpusketch.lstsq`` would refine it,
-        the Gram of ``X R⁻¹`` summed over the blocks) and runs LSMR with
+        with its sketch of 2 nonzeros a column, the Gram of ``X R⁻¹``
+        summed over the blocks, and its warm start put to LSMR's stopping
+        test first: two passes over X when it passes) and runs LSMR with
         distributed products (the columns of y together); ``"direct"`` is the baseline, a tall-skinny QR
         of ``[X y]`` (one pass, R only) and ``x = R⁺ Qᵀy`` (a triangular solve
         when R is of full numerical rank, else the minimum-norm solution from
@@ -377,7 +385,9 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         else:
             if n < d:
                 raise ValueError(f"method={method!r} needs n >= d, got X of shape {X.shape}")
-            x, info = _sketched(X, y, method, sketch, m, tol, maxiter, seed)
+            x, info, cost = _sketched(X, y, method, sketch, m, tol, maxiter, seed)
+            if cost is not None:
+                return LstsqResult(x, float(cost) if y.ndim == 1 else cost, info)
         r = _times(X, x) - y
         cost = _small((r * r).sum(axis=0)) ** 0.5
         return LstsqResult(x, float(cost) if y.ndim == 1 else cost, info)
@@ -452,8 +462,14 @@ def _direct(X, y, stacklevel=4):
 
 
 def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
+    """``(x, info, cost)`` of ``"sketch"`` and ``"precondition"``; cost is None unless the
+    refined warm start passed LSMR's test, whose residual gives it."""
     n, d = X.shape
-    S = sketch_for(sketch, m, n, d, method, seed)
+    xp = array_namespace(X._meta)
+    k = 1 if y.ndim == 1 else y.shape[1]
+    # As in memory (gpusketch.linalg.lstsq): the refined route's sparse sign is REFINE_SKETCH_NNZ a column.
+    refine = method == "precondition" and not is_sparse(X._meta) and refine_pays(n, d, k, tol, xp)
+    S = sketch_for(sketch, m, n, d, method, seed, sparse_sign_nnz=REFINE_SKETCH_NNZ if refine else None)
     SX, Sy = _sketch_with_rhs(S, X, y)
     _check_sketch_finite(SX, "X")
     _check_sketch_finite(Sy, "y")
@@ -465,14 +481,18 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
         if pre.rank_deficient:
             info["sketch_rank"] = pre.rank
             warnings.warn(sketch_rank_message("X", X.shape, pre.rank), RankDeficientWarning, stacklevel=3)
-        return pre.apply(pre.sketched_solution(Sy)), info
+        return pre.apply(pre.sketched_solution(Sy)), info, None
     y0 = pre.sketched_solution(Sy)
     info["preconditioner"] = "sketch"
-    if not pre.rank_deficient and not is_sparse(X._meta) and refine_pays(n, d, 1 if y.ndim == 1 else y.shape[1], tol, xp):
+    if refine and not pre.rank_deficient:
         refined = _refine(X, y, pre.R, xp)  # as in memory (gpusketch.linalg.lstsq)
         if refined is not None:
             pre, y0 = refined
             info["preconditioner"] = "refined"
+            done = _warm_start_converged(X, y, pre, y0, tol)
+            if done is not None:
+                info["iterations"] = 0 if y.ndim == 1 else [0] * k
+                return done[0], info, done[1]
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     Y, iters, _ = block_lsmr(
         lambda V: _times(X, pre.apply(V)),
@@ -489,9 +509,9 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
         if _sketch_missed_directions(X, y, x, tol):  # as in memory (gpusketch.linalg.lstsq)
             x, direct = _direct(X, y, stacklevel=5)
             info.update({"fallback": "direct", "sketch_rank": pre.rank, "rank_deficient": direct["rank_deficient"]})
-            return x, info
+            return x, info, None
         _warn_deficient(X, f" (sketch rank {pre.rank})")
-    return x, info
+    return x, info, None
 
 
 def _refine_block(x_block, y_block, Rinv):
@@ -514,6 +534,23 @@ def _refine(X, y, R, xp):
              for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]
     (G, c), = dask.compute(_tree_sum(parts, _add_each))
     return finish_refinement(G, c, R, xp)
+
+
+def _warm_start_converged(X, y, pre, y0, tol):
+    """``(x, ||y − Xx||)`` for ``x = P y0`` when y0 passes LSMR's stopping test, else None:
+    ``gpusketch.linalg.lstsq``'s test (``warm_start_passes``), with r persisted between
+    its two passes over X."""
+    import dask
+
+    x = pre.apply(y0)
+    r = (y - _times(X, x)).persist()
+    normar = pre.apply_t(_t_times(X, r))
+    r2, y2 = dask.compute((r * r).sum(axis=0), (y * y).sum(axis=0))
+    xp = array_namespace(r2)
+    normr = xp.sqrt(r2)
+    normar = xp.sqrt((normar * normar).sum(axis=0))
+    passed = warm_start_passes(normar, normr, xp.sqrt(y2), xp.sqrt((y0 * y0).sum(axis=0)), tol)
+    return (x, normr) if passed else None
 
 
 def _sketch_missed_directions(X, y, x, tol):

@@ -138,6 +138,25 @@ def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng, refin
     np.testing.assert_allclose(one.x, ref.x[:, 1], rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
 
 
+def test_lstsq_refined_route_is_the_in_memory_one(rng, monkeypatch):
+    """The refined route's sketch (REFINE_SKETCH_NNZ nonzeros a column) and its warm start,
+    passing LSMR's test with no iteration, as in memory; the cost from that test's residual."""
+    import gpusketch.dask as gsd_module
+
+    made = []
+    sketch_for = gsd_module.sketch_for
+    monkeypatch.setattr(gsd_module, "sketch_for", lambda *a, **k: made.append(sketch_for(*a, **k)) or made[-1])
+    A = rng.standard_normal((6000, 10)) * np.logspace(0, 4, 10)
+    B = A @ rng.standard_normal((10, 2)) + rng.standard_normal((6000, 2))
+    ref = gs.lstsq(A, B, seed=3)
+    with dask.config.set(scheduler="threads"):
+        res = gsd.lstsq(da.from_array(A, chunks=(1500, 4)), da.from_array(B, chunks=(2000, 2)), seed=3)
+    assert made[-1].nnz == 2 and res.info["preconditioner"] == ref.info["preconditioner"] == "refined"
+    assert res.info["iterations"] == ref.info["iterations"] == [0, 0]
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-11)
+    np.testing.assert_allclose(res.cost, np.linalg.norm(A @ ref.x - B, axis=0), rtol=1e-12)
+
+
 def test_lstsq_float32_x_and_float64_y_answer_in_float64_as_in_memory(rng):
     A = rng.standard_normal((3000, 5)).astype(np.float32)
     b = rng.standard_normal(3000)
@@ -191,8 +210,11 @@ def test_lstsq_small_n_uses_the_identity(rng):
         np.testing.assert_allclose(res.x, x, rtol=1e-10, atol=1e-12)
 
 
-def test_lstsq_precondition_edge_cases(rng):
-    """Rank-deficient X (minimum norm, with a warning), y = 0 (x = 0 in no iterations), maxiter honoured."""
+def test_lstsq_precondition_edge_cases(rng, monkeypatch):
+    """Rank-deficient X (minimum norm, with a warning), y = 0 (x = 0 in no iterations), maxiter
+    honoured (by LSMR on the sketch's R: a refined warm start here passes with none)."""
+    from gpusketch.linalg import _precondition
+
     A = rng.standard_normal((800, 6))
     A[:, 5] = A[:, 1] - A[:, 2]  # rank 5
     b = rng.standard_normal(800)
@@ -209,6 +231,8 @@ def test_lstsq_precondition_edge_cases(rng):
         np.testing.assert_array_equal(zero.x, np.zeros(6))
         B = rng.standard_normal((800, 6)) * np.geomspace(1, 1e6, 6)
         XB, yb = da.from_array(B, chunks=300), da.from_array(b, chunks=300)
+        assert gsd.lstsq(XB, yb, maxiter=1, seed=1).info["iterations"] == 0  # refined
+        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
         capped = gsd.lstsq(XB, yb, maxiter=1, seed=1)
         start = gsd.lstsq(XB, yb, method="sketch", m=capped.info["m"], seed=1)  # the warm start
     assert capped.info["iterations"] == 1

@@ -71,12 +71,75 @@ def test_refined_preconditioner_falls_back_where_its_cholesky_fails(monkeypatch)
     assert abs(res.cost - np.linalg.norm(A @ x_ref - b)) <= 5e-12 * res.cost
 
 
+def test_refined_route_sketches_with_two_nonzeros_a_column_and_reads_a_twice_to_finish(monkeypatch):
+    # The refined route needs SA only of full rank: the default sparse sign has
+    # REFINE_SKETCH_NNZ nonzeros a column (8 on the route of R alone, or when an operator is
+    # given).  Its warm start, tested as LSMR would test it, finishes in two products with A.
+    import sys
+
+    from gpusketch.linalg import _precondition
+
+    lstsq_module = sys.modules["gpusketch.linalg.lstsq"]
+    made, products = [], []
+    sketch_for, dense_times = lstsq_module.sketch_for, lstsq_module.dense_times
+    monkeypatch.setattr(lstsq_module, "sketch_for", lambda *a, **k: made.append(sketch_for(*a, **k)) or made[-1])
+    monkeypatch.setattr(lstsq_module, "dense_times", lambda *a, **k: products.append(a[0].shape) or dense_times(*a, **k))
+    A = ill_conditioned(4000, 30, 1e6, 3)
+    b = np.random.default_rng(4).standard_normal(4000)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    res = gs.lstsq(A, b, seed=5)
+    assert made[-1].nnz == _precondition.REFINE_SKETCH_NNZ == 2 and res.info["preconditioner"] == "refined"
+    assert res.info["iterations"] == 0 and products == [A.shape, A.shape]
+    np.testing.assert_allclose(res.x, x_ref, rtol=1e-8, atol=1e-12 * np.abs(x_ref).max())
+    assert res.cost == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=1e-13)
+    gs.lstsq(A, b, sketch=gs.SparseSign(400, 4000, seed=5))
+    assert made[-1].nnz == 8  # an operator passed is used as it is
+    monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+    assert gs.lstsq(A, b, seed=5).info["preconditioner"] == "sketch" and made[-1].nnz == 8
+
+
+def test_refined_warm_start_that_fails_lsmrs_test_goes_on_to_lsmr():
+    # A residual of 1e-7 ||b||: the warm start's normal-equation residual, at round-off of
+    # ||b||, is not yet tol ||r||, and one LSMR iteration from it reaches the direct answer.
+    from gpusketch.linalg.lstsq import warm_start_passes
+
+    rng = np.random.default_rng(6)
+    A = ill_conditioned(30000, 20, 1e3, 7)
+    b = A @ rng.standard_normal(20)
+    b += 1e-7 * np.linalg.norm(b) / np.sqrt(30000) * rng.standard_normal(30000)
+    res = gs.lstsq(A, b, seed=1)
+    x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    assert res.info["preconditioner"] == "refined" and res.info["iterations"] == 1
+    np.testing.assert_allclose(res.x, x_ref, rtol=1e-9)
+    # The test, column by column: ||Āᵀr|| <= tol ||r||, or ||r|| <= tol (||b|| + ||y0||).
+    one = np.ones(2)
+    assert warm_start_passes(np.array([1e-11, 0.0]), one, 10 * one, one, 1e-10)
+    assert not warm_start_passes(np.array([1e-11, 2e-10]), one, 10 * one, one, 1e-10)
+    assert warm_start_passes(np.array([1.0, 1.0]), np.array([1e-9, 0.0]), 10 * one, one, 1e-10)
+
+
+def test_refined_route_whose_sketch_lost_rank_still_solves():
+    # One entry a column: a sparse sign of 2 nonzeros a column merged two of them at this
+    # seed (1 of 400 seeds at 3000 × 16); SA's deficiency takes the route of R alone, and
+    # the normal equations send it to the direct solve, with no warning (A has full rank).
+    rng = np.random.default_rng(0)
+    A = np.zeros((3000, 16))
+    A[rng.choice(3000, 16, replace=False), np.arange(16)] = np.arange(1.0, 17.0)
+    b = rng.standard_normal(3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = gs.lstsq(A, b, seed=321)
+    assert res.info["sketch_rank"] == 15 and res.info["fallback"] == "direct"
+    np.testing.assert_allclose(res.x, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-12, atol=1e-15)
+
+
 def test_refine_pays_where_the_iterations_it_saves_cost_more():
     from gpusketch.linalg._precondition import refine_pays
 
-    assert refine_pays(1 << 20, 64, 1, 1e-10, np) and refine_pays(1 << 20, 64, 1, 1e-6, np)  # measured wins
-    assert not refine_pays(16384, 512, 1, 1e-10, np) and not refine_pays(65536, 128, 1, 1e-6, np)  # losses
-    assert refine_pays(65536, 128, 32, 1e-6, np)  # columns of b: each iteration costs more
+    assert refine_pays(1 << 20, 64, 1, 1e-10, np) and refine_pays(65536, 128, 1, 1e-6, np)  # measured wins
+    assert refine_pays(200000, 200, 1, 1e-10, np) and refine_pays(65536, 256, 1, 1e-10, np)
+    assert not refine_pays(16384, 512, 1, 1e-10, np) and not refine_pays(65536, 256, 1, 1e-6, np)  # losses
+    assert refine_pays(65536, 512, 8, 1e-6, np)  # columns of b: each iteration costs more
     assert not refine_pays(100, 60, 1, 1e-10, np)  # fewer than 2d rows
     with _fake_cupy.installed() as cp:  # BLAS-3 is relatively faster on a GPU (the H100 table's parts)
         assert refine_pays(1 << 20, 512, 1, 1e-10, cp) and not refine_pays(1 << 18, 2048, 1, 1e-10, cp)

@@ -18,7 +18,8 @@ from ._numerics import (
     svd_signs,
 )
 
-__all__ = ["SketchPreconditioner", "RefinedPreconditioner", "refine_preconditioner", "refine_pays", "finish_refinement"]
+__all__ = ["SketchPreconditioner", "RefinedPreconditioner", "refine_preconditioner", "refine_pays", "finish_refinement",
+           "REFINE_SKETCH_NNZ"]
 
 
 class SketchPreconditioner:
@@ -103,19 +104,39 @@ class RefinedPreconditioner:
 
 
 #: ``refine_pays``: columns of A per expected LSMR iteration and column of b up to which
-#: ``refine_preconditioner``'s pass is taken, per array module.
-#: NumPy: on the 2-core CPU (``lstsq``, one run, best of 2, tol = 1e-10 / 1e-6) 2^20 x 16
-#: 0.36 → 0.25 s / 0.28 → 0.25 s, 2^20 x 64 1.13 → 0.64 / 0.77 → 0.65 s, 65536 x 128 even /
-#: 0.073 → 0.096 s, 200000 x 200 0.66 → 0.59 / 0.47 → 0.64 s, 16384 x 512 0.17 → 0.25 /
-#: 0.15 → 0.24 s, 65536 x 128 with 32 columns of b 0.52 → 0.19 / 0.35 → 0.18 s: 8 keeps
-#: the wins and leaves the losses.
+#: the refined route (``refine_preconditioner``'s pass, a sketch of ``REFINE_SKETCH_NNZ``
+#: nonzeros a column, and the warm start's test in place of LSMR) is taken, per array module.
+#: NumPy: on the 2-core CPU (``lstsq``, the route forced on → off, best of 3, two runs,
+#: tol = 1e-10 / 1e-6; A graded to κ = 1e6): 65536 x 128 0.088-0.091 → 0.095-0.099 s /
+#: 0.074-0.079 → 0.081 s, 200000 x 200 0.43-0.44 → 0.62 / 0.41-0.44 → 0.41-0.48 s,
+#: 100000 x 300 0.38-0.62 → 0.49-0.77 / even, 65536 x 256 0.203-0.207 → 0.221-0.230 /
+#: 0.198-0.203 → 0.166-0.178 s, 16384 x 512 0.24-0.25 → 0.18 / 0.24-0.26 → 0.14-0.15 s,
+#: 65536 x 128 with 8 columns of b 0.097 → 0.25-0.26 / 0.088-0.094 → 0.18 s: 16 keeps the
+#: wins (d <= 266 at 1e-10, 160 at 1e-6) and leaves the losses.  (It was 8 while the
+#: route sketched with 8 nonzeros a column and ran LSMR's iteration.)
 #: CuPy: from the parts of the H100 table of 2026-11-23 (``bench/results/linalg-gpu.md``,
 #: fp64), not from the route itself: at 2^20 x 512 an LSMR iteration took 3.5 ms (29 in
 #: 102 ms) and ``AᵀA`` 12 ms, so the pass (two such GEMMs) costs about 7 iterations of the
 #: 16 it saves; at 2^18 x 2048 ``AᵀA`` took 56 ms, about the iterations saved.  64 refines
 #: up to d ≈ 1060 at tol = 1e-10 (638 at 1e-6).  The route's GPU timing is owed
 #: (``bench/linalg.py`` times both routes on every shape).
-REFINE_COLUMNS_PER_ITERATION = {"numpy": 8, "cupy": 64}
+REFINE_COLUMNS_PER_ITERATION = {"numpy": 16, "cupy": 64}
+
+
+#: Nonzeros per column of the default sparse sign when ``lstsq`` refines (8 otherwise).
+#: Refinement asks of S only that ``A R⁻¹`` be of full rank and condition well below
+#: ``u^{-1/2}`` (its Gram's accuracy); the iterations no longer hang on the embedding's
+#: distortion.  κ(A R⁻¹) at m = 12d + 10, 20000 × 64, 10 seeds, nnz = 1 / 2 / 4 / 8
+#: (median, max): graded Gaussian 1.77 / 1.76 / 1.76 / 1.74 (max 1.84); d rows of
+#: leverage near 1 109 / 2.41 / 1.97 / 1.80 (max 141 / 3.73 / 2.15 / 1.85); one spike a
+#: column plus 1e-3 noise 10.7 / 2.43 / 2.03 / 1.76.  Without the noise (rank hangs on
+#: the spikes' buckets) SA lost rank in 1-2 of 300 seeds at nnz = 2, none at 3 or 4, and
+#: 140-298 of 300 for CountSketch; a lost rank takes the unrefined route and, where the
+#: normal equations show it, the direct solve.  The sketch's cost is its nonzeros:
+#: ``S.matmul_each(A, b)`` took 0.047 s at nnz = 2 against 0.142 s at 8 (2^20 × 16,
+#: m = 202; CPU), and on the H100 SparseSign(8) ran at 7x CountSketch's time
+#: (``bench/results/operators-gpu-h100.md``: atomics, one per nonzero).
+REFINE_SKETCH_NNZ = 2
 
 
 def refine_pays(n, d, k, tol, xp):
@@ -142,8 +163,8 @@ def refine_preconditioner(A, b, R, xp):
     randomized Cholesky QR of Fan, Guo and Lin, 2021, and Balabanov, 2022; forming
     ``AᵀA`` itself would square κ(A)).  With ``G = LLᵀ``, ``R₂ = Lᵀ R`` makes
     ``A R₂⁻¹`` orthonormal to round-off, and ``y0 = L⁻¹ (A R⁻¹)ᵀ b`` solves the
-    preconditioned normal equations: LSMR from there stops after an iteration or
-    two, where with R alone it takes about ``log(tol)/log(ε)``.  One pass over A in
+    preconditioned normal equations: it passes LSMR's stopping test as it is, or
+    after an iteration, where with R alone LSMR takes about ``log(tol)/log(ε)``.  One pass over A in
     row blocks (``A_blk R⁻¹`` by GEMM with R's explicit inverse, its Gram and its
     product with b), ``2 n d²`` flops in BLAS-3 (``refine_pays`` says when that is
     less than the iterations saved).  None where the Cholesky of G fails.

@@ -44,7 +44,7 @@ PHASES = [
     ("gpusketch.linalg.lstsq", "SketchPreconditioner"),
     ("gpusketch.linalg.lstsq", "_lsmr"),
     ("gpusketch.linalg.lstsq", "refine_preconditioner"),
-    ("gpusketch.linalg.lstsq", "_warm_start_converged"),
+    ("gpusketch.linalg.lstsq", "_warm_start"),
     ("gpusketch.linalg.rank", "matrix_rank"),
     ("gpusketch.linalg.rank", "proves_full_rank"),
     ("gpusketch.linalg.rank", "_sketch_rows"),

@@ -37,11 +37,11 @@ from .linalg._precondition import (
     REFINE_SKETCH_NNZ,
     SketchPreconditioner,
     finish_refinement,
-    inverse_r,
     refine_pays,
+    refinement_matrix,
 )
 from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_columns
-from .linalg.lstsq import RankDeficientWarning, sketch_for, sketch_rank_message, warm_start_passes
+from .linalg.lstsq import RankDeficientWarning, missed_direction_tol, sketch_for, sketch_rank_message, warm_start_passes
 from .linalg.results import LstsqResult
 from .operators import Gaussian, SketchOperator
 
@@ -484,15 +484,15 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
         return pre.apply(pre.sketched_solution(Sy)), info, None
     y0 = pre.sketched_solution(Sy)
     info["preconditioner"] = "sketch"
-    if refine and not pre.rank_deficient:
-        refined = _refine(X, y, pre.R, xp)  # as in memory (gpusketch.linalg.lstsq)
+    if refine:
+        refined = _refine(X, y, pre, xp)  # as in memory (gpusketch.linalg.lstsq)
         if refined is not None:
             pre, y0 = refined
             info["preconditioner"] = "refined"
-            done = _warm_start_converged(X, y, pre, y0, tol)
-            if done is not None:
+            x, normr, g, passed = _warm_start(X, y, pre, y0, tol)
+            if passed:
                 info["iterations"] = 0 if y.ndim == 1 else [0] * k
-                return done[0], info, done[1]
+                return _result(X, y, x, pre, tol, info, (normr, g))
     maxiter = int(min(n, 20 * d + 100)) if maxiter is None else maxiter
     Y, iters, _ = block_lsmr(
         lambda V: _times(X, pre.apply(V)),
@@ -505,13 +505,21 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     if y.ndim == 1:
         x, iters = x[:, 0], int(iters[0])
     info["iterations"] = iters if y.ndim == 1 else [int(i) for i in iters]
-    if pre.rank_deficient:
-        if _sketch_missed_directions(X, y, x, tol):  # as in memory (gpusketch.linalg.lstsq)
-            x, direct = _direct(X, y, stacklevel=5)
-            info.update({"fallback": "direct", "sketch_rank": pre.rank, "rank_deficient": direct["rank_deficient"]})
-            return x, info, None
-        _warn_deficient(X, f" (sketch rank {pre.rank})")
-    return x, info, None
+    return _result(X, y, x, pre, tol, info)
+
+
+def _result(X, y, x, pre, tol, info, residual=None):
+    """``(x, info, cost)`` of the precondition route (cost None: ``lstsq`` computes it), for a
+    rank-deficient sketch after the normal equations' check, as in memory."""
+    if not pre.rank_deficient:
+        return x, info, None if residual is None else residual[0]
+    missed, normr = _sketch_missed_directions(X, y, x, tol, residual)
+    if missed:  # as in memory (gpusketch.linalg.lstsq)
+        x, direct = _direct(X, y, stacklevel=6)
+        info.update({"fallback": "direct", "sketch_rank": pre.rank, "rank_deficient": direct["rank_deficient"]})
+        return x, info, None
+    _warn_deficient(X, f" (sketch rank {pre.rank})", stacklevel=5)
+    return x, info, normr
 
 
 def _refine_block(x_block, y_block, Rinv):
@@ -519,51 +527,55 @@ def _refine_block(x_block, y_block, Rinv):
     return Q.T @ Q, Q.T @ y_block
 
 
-def _refine(X, y, R, xp):
-    """``refine_preconditioner`` over Dask's row blocks: each sums its ``Q = X_blk R⁻¹``'s Gram
-    and ``Qᵀ y_blk`` where it lives, and the d × d sums are added in a tree."""
+def _refine(X, y, pre, xp):
+    """``refine_preconditioner`` over Dask's row blocks: each sums its ``Q = X_blk M``'s Gram
+    and ``Qᵀ y_blk`` where it lives (M: R⁻¹, or a rank-deficient sketch's ``V_r Σ_r⁻¹``), and
+    the small sums are added in a tree."""
     import dask
 
-    X = X if len(X.chunks[1]) == 1 else X.rechunk({1: -1})  # whole rows: X_blk R⁻¹ needs them
+    X = X if len(X.chunks[1]) == 1 else X.rechunk({1: -1})  # whole rows: X_blk M needs them
     if y.ndim == 2 and len(y.chunks[1]) > 1:
         y = y.rechunk({1: -1})
-    R = R.astype(xp.result_type(R.dtype, y.dtype), copy=False)  # as in memory: a float64 y, a float64 x
-    Rinv = inverse_r(R, xp)
+    M = refinement_matrix(pre, y.dtype, xp)  # as in memory: a float64 y, a float64 x
     xb, yb = X.to_delayed(), y.to_delayed()
-    parts = [dask.delayed(_refine_block)(xb[i, 0], yb[i] if y.ndim == 1 else yb[i, 0], Rinv)
+    parts = [dask.delayed(_refine_block)(xb[i, 0], yb[i] if y.ndim == 1 else yb[i, 0], M)
              for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]
     (G, c), = dask.compute(_tree_sum(parts, _add_each))
-    return finish_refinement(G, c, R, xp)
+    return finish_refinement(G, c, pre, M, xp)
 
 
-def _warm_start_converged(X, y, pre, y0, tol):
-    """``(x, ||y − Xx||)`` for ``x = P y0`` when y0 passes LSMR's stopping test, else None:
-    ``gpusketch.linalg.lstsq``'s test (``warm_start_passes``), with r persisted between
-    its two passes over X."""
+def _warm_start(X, y, pre, y0, tol):
+    """``(x, ||y − Xx||, Xᵀ(y − Xx), passed)`` for ``x = P y0``: ``gpusketch.linalg.lstsq``'s
+    test of the refined warm start (``warm_start_passes``), r persisted between its two
+    passes over X."""
     import dask
 
     x = pre.apply(y0)
     r = (y - _times(X, x)).persist()
-    normar = pre.apply_t(_t_times(X, r))
+    g = _t_times(X, r)
     r2, y2 = dask.compute((r * r).sum(axis=0), (y * y).sum(axis=0))
     xp = array_namespace(r2)
-    normr = xp.sqrt(r2)
-    normar = xp.sqrt((normar * normar).sum(axis=0))
-    passed = warm_start_passes(normar, normr, xp.sqrt(y2), xp.sqrt((y0 * y0).sum(axis=0)), tol)
-    return (x, normr) if passed else None
+    normr, pg = xp.sqrt(r2), pre.apply_t(g)
+    passed = warm_start_passes(xp.sqrt((pg * pg).sum(axis=0)), normr, xp.sqrt(y2), xp.sqrt((y0 * y0).sum(axis=0)), tol)
+    return x, normr, g, passed
 
 
-def _sketch_missed_directions(X, y, x, tol):
+def _sketch_missed_directions(X, y, x, tol, residual=None):
     """True when ``Xᵀ(y − Xx)`` fails the normal equations: x, confined to the row space of a
-    rank-deficient SX, misses directions of X (``gpusketch.linalg.lstsq._sketch_missed_directions``)."""
+    rank-deficient SX, misses directions of X (``gpusketch.linalg.lstsq._sketch_missed_directions``),
+    and ``||y − Xx||``; ``residual`` ``(||r||, Xᵀr)`` where the warm start's test has them."""
     import dask
 
-    r = (y - _times(X, x)).persist()  # read by Xᵀr and by its norm
-    g = _t_times(X, r)
-    normX2, r2 = dask.compute(_sum_squares(X), (r * r).sum(axis=0))
+    if residual is None:
+        r = (y - _times(X, x)).persist()  # read by Xᵀr and by its norm
+        g = _t_times(X, r)
+        normX2, r2 = dask.compute(_sum_squares(X), (r * r).sum(axis=0))
+        normr = array_namespace(r2).sqrt(r2)
+    else:
+        (normX2,), (normr, g) = dask.compute(_sum_squares(X)), residual
+    xp = array_namespace(normr)
     g2 = (g * g).sum(axis=0)
-    xp = array_namespace(r2)
-    return bool((xp.sqrt(g2) > max(100 * tol, 1e-8) * math.sqrt(float(normX2)) * xp.sqrt(r2)).any())
+    return bool((xp.sqrt(g2) > missed_direction_tol(tol, X.dtype) * math.sqrt(float(normX2)) * normr).any()), normr
 
 
 def _scale_columns(block, coef, block_info=None):

@@ -157,6 +157,22 @@ def test_lstsq_refined_route_is_the_in_memory_one(rng, monkeypatch):
     np.testing.assert_allclose(res.cost, np.linalg.norm(A @ ref.x - B, axis=0), rtol=1e-12)
 
 
+def test_lstsq_refined_route_of_a_rank_deficient_x_as_in_memory(rng):
+    A = rng.standard_normal((6000, 9)) * np.logspace(0, -3, 9)
+    A[:, 8] = A[:, 2] + A[:, 3]
+    b = rng.standard_normal(6000)
+    with pytest.warns(gs.RankDeficientWarning, match="sketch rank 8"):
+        ref = gs.lstsq(A, b, seed=4)
+    with dask.config.set(scheduler="threads"), pytest.warns(gs.RankDeficientWarning, match="sketch rank 8") as rec:
+        res = gsd.lstsq(da.from_array(A, chunks=(1700, 9)), da.from_array(b, chunks=1700), seed=4)
+    assert rec[0].filename == __file__
+    assert res.info["preconditioner"] == ref.info["preconditioner"] == "refined"
+    assert res.info["iterations"] == ref.info["iterations"] == 0
+    np.testing.assert_allclose(res.x, ref.x, rtol=1e-11)
+    np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9)
+    assert res.cost == pytest.approx(ref.cost, rel=1e-12)
+
+
 def test_lstsq_float32_x_and_float64_y_answer_in_float64_as_in_memory(rng):
     A = rng.standard_normal((3000, 5)).astype(np.float32)
     b = rng.standard_normal(3000)

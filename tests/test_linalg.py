@@ -118,6 +118,51 @@ def test_refined_warm_start_that_fails_lsmrs_test_goes_on_to_lsmr():
     assert warm_start_passes(np.array([1.0, 1.0]), np.array([1e-9, 0.0]), 10 * one, one, 1e-10)
 
 
+def test_refined_route_of_a_rank_deficient_a_is_the_minimum_norm_solution(monkeypatch):
+    # A rank-deficient SA's V_r Σ_r⁻¹ is refined like R⁻¹ (its r columns): the warm start
+    # passes LSMR's test, and its residual's Aᵀr serves the normal equations' check, so x
+    # costs two products with A after the refinement pass (LSMR took 13-16 iterations).
+    import sys
+
+    lstsq_module = sys.modules["gpusketch.linalg.lstsq"]
+    products, dense_times = [], lstsq_module.dense_times
+    monkeypatch.setattr(lstsq_module, "dense_times", lambda *a, **k: products.append(a[0].shape) or dense_times(*a, **k))
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((5000, 12)) * np.logspace(0, -4, 12)
+    A[:, 11] = A[:, 0] - A[:, 1]
+    B = rng.standard_normal((5000, 2))
+    for b in (B[:, 0], B):
+        products.clear()
+        with pytest.warns(gs.RankDeficientWarning, match="sketch rank 11") as rec:
+            res = gs.lstsq(A, b, seed=2)
+        assert rec[0].filename == __file__ and res.info["rank_deficient"]
+        assert res.info["preconditioner"] == "refined" and np.all(np.asarray(res.info["iterations"]) == 0)
+        assert products == [A.shape, A.shape]
+        x_ref = np.linalg.pinv(A) @ b
+        np.testing.assert_allclose(res.x, x_ref, rtol=1e-9, atol=1e-12 * np.abs(x_ref).max())
+        np.testing.assert_allclose(res.cost, np.linalg.norm(A @ x_ref - b, axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("refine", [True, False], ids=["refined", "sketch-R"])
+def test_precondition_of_a_rank_deficient_float32_a_is_the_minimum_norm_solution_at_its_rank(refine, monkeypatch):
+    # A float32 A rounded off a rank-7 product: its normal-equation residual in the rounding's
+    # directions (~u₃₂) is no missed direction of the sketch.  The check had sent every such
+    # call to the direct solve, whose float64 x fitted the rounding (norm 1e7 times this one).
+    from gpusketch.linalg import _precondition
+
+    if not refine:
+        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+    rng = np.random.default_rng(9)
+    A = (rng.standard_normal((3000, 7)) @ rng.standard_normal((7, 10))).astype(np.float32)
+    b = rng.standard_normal(3000).astype(np.float32)
+    with pytest.warns(gs.RankDeficientWarning, match="sketch rank 7"):
+        res = gs.lstsq(A, b, seed=3)
+    assert "fallback" not in res.info and res.info["preconditioner"] == ("refined" if refine else "sketch")
+    A64 = A.astype(np.float64)
+    x_ref = np.linalg.lstsq(A64, b.astype(np.float64), rcond=3000 * np.finfo(np.float32).eps)[0]
+    np.testing.assert_allclose(res.x, x_ref, rtol=1e-4, atol=1e-5 * np.abs(x_ref).max())
+
+
 def test_refined_route_whose_sketch_lost_rank_still_solves():
     # One entry a column: a sparse sign of 2 nonzeros a column merged two of them at this
     # seed (1 of 400 seeds at 3000 × 16); SA's deficiency takes the route of R alone, and
@@ -129,7 +174,7 @@ def test_refined_route_whose_sketch_lost_rank_still_solves():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = gs.lstsq(A, b, seed=321)
-    assert res.info["sketch_rank"] == 15 and res.info["fallback"] == "direct"
+    assert res.info["sketch_rank"] == 15 and res.info["fallback"] == "direct" and res.info["preconditioner"] == "refined"
     np.testing.assert_allclose(res.x, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-12, atol=1e-15)
 
 

@@ -19,7 +19,7 @@ from ._numerics import (
 )
 
 __all__ = ["SketchPreconditioner", "RefinedPreconditioner", "refine_preconditioner", "refine_pays", "finish_refinement",
-           "REFINE_SKETCH_NNZ"]
+           "REFINE_SKETCH_NNZ", "refinement_matrix"]
 
 
 class SketchPreconditioner:
@@ -84,23 +84,26 @@ class SketchPreconditioner:
 
 
 class RefinedPreconditioner:
-    """``P = R₂⁻¹`` with ``R₂ = Lᵀ R``: a sketch's R refined by one Cholesky pass over ``A R⁻¹``
-    (``refine_preconditioner``), so that ``κ(A P)`` is within about ``u κ(A)`` of 1 (u the
-    unit round-off)."""
+    """A sketch's preconditioner ``P₁`` refined by one Cholesky pass over ``A P₁``
+    (``refine_preconditioner``), so that ``A P`` is orthonormal to round-off.
 
-    rank_deficient = False
+    Full rank (``P₁ = R⁻¹``): ``P = R₂⁻¹`` with ``R₂ = Lᵀ R``, applied by triangular
+    solves.  Rank-deficient sketch (``P₁ = V_r Σ_r⁻¹``, d × r): ``P = P₁ L⁻ᵀ``, explicit,
+    so x stays in SA's row space (the minimum-norm solution when that is A's)."""
 
-    def __init__(self, R2, xp):
-        self.R, self.rank, self.xp = R2, R2.shape[1], xp
+    def __init__(self, xp, R=None, P=None):
+        self.R, self.P, self.xp = R, P, xp
+        self.rank_deficient = P is not None
+        self.rank = (R if P is None else P).shape[1]
         self._la, _ = linalg_modules(xp)
 
     def apply(self, y):
         """``P y``."""
-        return self._la.solve_triangular(self.R, y)
+        return self.P @ y if self.rank_deficient else self._la.solve_triangular(self.R, y)
 
     def apply_t(self, z):
         """``Pᵀ z``."""
-        return self._la.solve_triangular(self.R, z, trans="T")
+        return self.P.T @ z if self.rank_deficient else self._la.solve_triangular(self.R, z, trans="T")
 
 
 #: ``refine_pays``: columns of A per expected LSMR iteration and column of b up to which
@@ -155,8 +158,8 @@ def inverse_r(R, xp):
     return _solve_lower_or_upper(R, xp.eye(R.shape[0], dtype=R.dtype), False, xp)
 
 
-def refine_preconditioner(A, b, R, xp):
-    """``(RefinedPreconditioner, y0)`` from the R of a full-rank sketch ``SA = QR``, or None.
+def refine_preconditioner(A, b, pre, xp):
+    """``(RefinedPreconditioner, y0)`` from a ``SketchPreconditioner`` ``pre`` of A, or None.
 
     ``A R⁻¹`` has condition ``(1+ε)/(1−ε)`` for a subspace embedding of distortion
     ε, so its Gram ``G = R⁻ᵀ AᵀA R⁻¹`` is formed accurately whatever κ(A) (the
@@ -168,27 +171,45 @@ def refine_preconditioner(A, b, R, xp):
     row blocks (``A_blk R⁻¹`` by GEMM with R's explicit inverse, its Gram and its
     product with b), ``2 n d²`` flops in BLAS-3 (``refine_pays`` says when that is
     less than the iterations saved).  None where the Cholesky of G fails.
+
+    A rank-deficient sketch's ``V_r Σ_r⁻¹`` (``pre.P``) is refined the same way, its r
+    columns in place of R⁻¹'s d: ``A V_r Σ_r⁻¹`` has full column rank r and condition
+    ``O(1)`` when S kept A's rank, and ``P = V_r Σ_r⁻¹ L⁻ᵀ`` keeps x in SA's row space.
     """
     n, d = A.shape
-    dtype = xp.result_type(A.dtype, R.dtype, b.dtype)  # a float64 b gets a float64 x, as with R alone
-    R = R.astype(dtype, copy=False)
-    Rinv = inverse_r(R, xp)
-    G = xp.zeros((d, d), dtype=dtype)
-    c = xp.zeros((d,) + b.shape[1:], dtype=dtype)
+    M = refinement_matrix(pre, xp.result_type(A.dtype, b.dtype), xp)
+    r = M.shape[1]
+    G = xp.zeros((r, r), dtype=M.dtype)
+    c = xp.zeros((r,) + b.shape[1:], dtype=M.dtype)
     ranges = _row_ranges(n, d, xp)
-    buf = xp.empty((max(e - a for a, e in ranges), d), dtype=dtype)  # reused: no fresh pages per block
+    buf = xp.empty((max(e - a for a, e in ranges), r), dtype=M.dtype)  # reused: no fresh pages per block
     for a, e in ranges:
-        Q = xp.matmul(A[a:e], Rinv, out=buf[: e - a])
+        Q = xp.matmul(A[a:e], M, out=buf[: e - a])
         G += Q.T @ Q
         c += Q.T @ b[a:e]
-    return finish_refinement(G, c, R, xp)
+    return finish_refinement(G, c, pre, M, xp)
 
 
-def finish_refinement(G, c, R, xp):
-    """``refine_preconditioner``'s result from the Gram ``G`` of ``A R⁻¹`` and ``c = (A R⁻¹)ᵀ b``
-    (however they were summed: in row blocks here, over Dask's blocks in ``gpusketch.dask``)."""
+def refinement_matrix(pre, dtype, xp):
+    """The d × r matrix ``M`` whose ``A M`` is refined: R⁻¹ as a matrix (``A_blk R⁻¹`` is then
+    one GEMM per block), or a rank-deficient sketch's ``V_r Σ_r⁻¹``; in the dtype of
+    ``dtype`` and ``pre``'s together (a float64 b gets a float64 x, as with R alone)."""
+    M = pre.P if pre.rank_deficient else pre.R
+    M = M.astype(xp.result_type(dtype, M.dtype), copy=False)
+    return M if pre.rank_deficient else inverse_r(M, xp)
+
+
+
+
+def finish_refinement(G, c, pre, M, xp):
+    """``refine_preconditioner``'s result from the Gram ``G`` of ``A M`` and ``c = (A M)ᵀ b``
+    (however they were summed: in row blocks here, over Dask's blocks in ``gpusketch.dask``),
+    M from ``refinement_matrix(pre, ...)``."""
     chol = _cholesky_inverse(G, xp)
     if chol is None:
         return None
     L = chol[1]
-    return RefinedPreconditioner(L.T @ R, xp), _solve_lower_or_upper(L, c, True, xp)
+    y0 = _solve_lower_or_upper(L, c, True, xp)
+    if pre.rank_deficient:
+        return RefinedPreconditioner(xp, P=_solve_lower_or_upper(L, M.T, True, xp).T), y0
+    return RefinedPreconditioner(xp, R=L.T @ pre.R.astype(M.dtype, copy=False)), y0

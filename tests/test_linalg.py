@@ -71,7 +71,7 @@ def test_refined_preconditioner_falls_back_where_its_cholesky_fails(monkeypatch)
     assert abs(res.cost - np.linalg.norm(A @ x_ref - b)) <= 5e-12 * res.cost
 
 
-def test_refined_route_sketches_with_two_nonzeros_a_column_and_reads_a_twice_to_finish(monkeypatch):
+def test_refined_route_sketches_with_two_nonzeros_a_column_and_reads_a_twice_to_finish(xp, monkeypatch):
     # The refined route needs SA only of full rank: the default sparse sign has
     # REFINE_SKETCH_NNZ nonzeros a column (8 on the route of R alone, or when an operator is
     # given).  Its warm start, tested as LSMR would test it, finishes in two products with A.
@@ -87,15 +87,16 @@ def test_refined_route_sketches_with_two_nonzeros_a_column_and_reads_a_twice_to_
     A = ill_conditioned(4000, 30, 1e6, 3)
     b = np.random.default_rng(4).standard_normal(4000)
     x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
-    res = gs.lstsq(A, b, seed=5)
+    Ad, bd = xp.asarray(A), xp.asarray(b)
+    res = gs.lstsq(Ad, bd, seed=5)
     assert made[-1].nnz == _precondition.REFINE_SKETCH_NNZ == 2 and res.info["preconditioner"] == "refined"
     assert res.info["iterations"] == 0 and products == [A.shape, A.shape]
-    np.testing.assert_allclose(res.x, x_ref, rtol=1e-8, atol=1e-12 * np.abs(x_ref).max())
-    assert res.cost == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=1e-13)
-    gs.lstsq(A, b, sketch=gs.SparseSign(400, 4000, seed=5))
+    np.testing.assert_allclose(to_numpy(res.x), x_ref, rtol=1e-8, atol=1e-12 * np.abs(x_ref).max())
+    assert float(res.cost) == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=1e-13)
+    gs.lstsq(Ad, bd, sketch=gs.SparseSign(400, 4000, seed=5))
     assert made[-1].nnz == 8  # an operator passed is used as it is
     monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
-    assert gs.lstsq(A, b, seed=5).info["preconditioner"] == "sketch" and made[-1].nnz == 8
+    assert gs.lstsq(Ad, bd, seed=5).info["preconditioner"] == "sketch" and made[-1].nnz == 8
 
 
 def test_refined_warm_start_that_fails_lsmrs_test_goes_on_to_lsmr():
@@ -118,7 +119,7 @@ def test_refined_warm_start_that_fails_lsmrs_test_goes_on_to_lsmr():
     assert warm_start_passes(np.array([1.0, 1.0]), np.array([1e-9, 0.0]), 10 * one, one, 1e-10)
 
 
-def test_refined_route_of_a_rank_deficient_a_is_the_minimum_norm_solution(monkeypatch):
+def test_refined_route_of_a_rank_deficient_a_is_the_minimum_norm_solution(xp, monkeypatch):
     # A rank-deficient SA's V_r Σ_r⁻¹ is refined like R⁻¹ (its r columns): the warm start
     # passes LSMR's test, and its residual's Aᵀr serves the normal equations' check, so x
     # costs two products with A after the refinement pass (LSMR took 13-16 iterations).
@@ -134,13 +135,13 @@ def test_refined_route_of_a_rank_deficient_a_is_the_minimum_norm_solution(monkey
     for b in (B[:, 0], B):
         products.clear()
         with pytest.warns(gs.RankDeficientWarning, match="sketch rank 11") as rec:
-            res = gs.lstsq(A, b, seed=2)
+            res = gs.lstsq(xp.asarray(A), xp.asarray(b), seed=2)
         assert rec[0].filename == __file__ and res.info["rank_deficient"]
         assert res.info["preconditioner"] == "refined" and np.all(np.asarray(res.info["iterations"]) == 0)
         assert products == [A.shape, A.shape]
         x_ref = np.linalg.pinv(A) @ b
-        np.testing.assert_allclose(res.x, x_ref, rtol=1e-9, atol=1e-12 * np.abs(x_ref).max())
-        np.testing.assert_allclose(res.cost, np.linalg.norm(A @ x_ref - b, axis=0), rtol=1e-12)
+        np.testing.assert_allclose(to_numpy(res.x), x_ref, rtol=1e-9, atol=1e-12 * np.abs(x_ref).max())
+        np.testing.assert_allclose(to_numpy(res.cost), np.linalg.norm(A @ x_ref - b, axis=0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("refine", [True, False], ids=["refined", "sketch-R"])

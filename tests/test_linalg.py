@@ -1565,7 +1565,10 @@ def test_householder_q_applied_by_its_reflectors_is_the_formed_q(rng, shape, dty
     """``cholesky_qr_factors(want_q="apply")`` on the host's Householder route keeps Q as
     LAPACK's reflectors (``HouseholderQ``) and ``apply_qt`` takes ``Qᵀv`` with them: equal
     to the formed Q's (diag(R) >= 0 both ways), for one and several columns; the caller's
-    Y is left as it was.  ``_householder_r_qtb`` (the direct solve) gives the same R and Qᵀb."""
+    Y is left as it was.  ``_householder_r_qtb`` (the direct solve) gives the same R, the
+    same ``||Qᵀb||`` and the same least-squares residual."""
+    import scipy.linalg
+
     from gpusketch.linalg._numerics import (
         HouseholderQ,
         _householder_r_qtb,
@@ -1597,12 +1600,40 @@ def test_householder_q_applied_by_its_reflectors_is_the_formed_q(rng, shape, dty
         got = apply_qt(Q1, v)
         assert got.shape == (l,) + v.shape[1:] and got.dtype == dtype
         np.testing.assert_allclose(got, Qf.T @ v, atol=tol * np.abs(v).max() * 10)
-        R2, z = _householder_r_qtb(Y, v, np)  # (in float64)
+        R2, z = _householder_r_qtb(Y, v, np)  # (in float64; a TSQR of [Y v] on the host)
         assert R2.dtype == z.dtype == np.float64
         np.testing.assert_allclose(np.abs(R2), np.abs(Rf), atol=tol * np.abs(Rf).max())
+        # Two backward-stable QRs (this TSQR of [Y v], LAPACK's of Y) agree on Qᵀv, ||Qᵀv||
+        # and the residual of x = R⁻¹z to about u κ(Y) (measured: 2e-7, 3e-10 and 1.4e-9
+        # relative at κ = 1e10), not to u.
+        bound = 10 * np.finfo(dtype).eps * kappa
+        Y64 = Y.astype(np.float64)
+        residual = np.linalg.norm(v - Y64 @ scipy.linalg.solve_triangular(R2, z), axis=0)
+        np.testing.assert_allclose(residual, np.linalg.norm(v - Qf @ (Qf.T @ v), axis=0), rtol=bound)
+        np.testing.assert_allclose(np.linalg.norm(z, axis=0), np.linalg.norm(Qf.T @ v, axis=0), rtol=bound)
         signs = np.sign(np.diagonal(R2))[:, None] if v.ndim == 2 else np.sign(np.diagonal(R2))
-        np.testing.assert_allclose(z * signs, Qf.T @ v, atol=tol * np.abs(v).max() * 10)
+        np.testing.assert_allclose(z * signs, Qf.T @ v, atol=bound * np.abs(v).max())
     assert np.array_equal(Y, before)
+
+
+def test_direct_householder_tsqr_over_many_blocks_matches_lapack(rng):
+    """The host's Householder route is a TSQR of ``[A b]``: 40000 × 60 takes 19 row blocks on
+    threads and one QR of their stacked Rs.  R equals LAPACK's up to row signs, and x the
+    least-squares solution, at κ = 1e9 (CholeskyQR2's test fails: the Householder route)."""
+    from gpusketch.linalg._numerics import _householder_r_qtb
+
+    A = ill_conditioned(40000, 60, 1e9, 3)
+    B = rng.standard_normal((40000, 2))
+    R_ref = np.linalg.qr(A, mode="r")
+    for b in (B[:, 0], B):
+        R, z = _householder_r_qtb(A, b, np)
+        assert R.shape == (60, 60) and z.shape == (60,) + b.shape[1:]
+        np.testing.assert_allclose(np.abs(R), np.abs(R_ref), rtol=1e-9, atol=1e-13 * np.abs(R_ref).max())
+        res = gs.lstsq(A, b, method="direct")
+        assert res.info["factorization"] == "householder"
+        x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+        np.testing.assert_allclose(res.cost, np.linalg.norm(A @ x_ref - b, axis=0), rtol=1e-12)
+        assert np.linalg.norm(A @ (res.x - x_ref)) <= 1e-9 * np.linalg.norm(b)
 
 
 def test_direct_householder_in_float64_keeps_the_callers_dtype():

@@ -1616,6 +1616,27 @@ def test_householder_q_applied_by_its_reflectors_is_the_formed_q(rng, shape, dty
     assert np.array_equal(Y, before)
 
 
+@pytest.mark.parametrize("n,kappa", [(50, 1e9), (51, 1e13), (400, 1e9)])
+def test_direct_float32_past_its_precision_is_the_minimum_norm_solution_at_float32_rank(rng, n, kappa):
+    """A float32 A and b past κ ≈ 1e6: R (float64 on the host) is of full rank at float64's
+    rule, but x is float32, so it is the minimum-norm solution at float32's rank.  At
+    float64's rank x had entries ~1e4-1e9 that fitted A's rounding, and their own rounding
+    to float32 left residuals above ||b|| (NumPy's float32 lstsq: 28.6 against ||b|| = 6.1
+    at 50 × 50, κ = 1e9)."""
+    d = 50
+    U, _ = np.linalg.qr(rng.standard_normal((n, d)))
+    V, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    A = ((U * np.logspace(0, -np.log10(kappa), d)) @ V.T).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    with pytest.warns(gs.RankDeficientWarning):
+        res = gs.lstsq(A, b, method="direct")
+    assert res.x.dtype == np.float32 and res.info["factorization"].endswith("+svd")
+    A64, b64 = A.astype(np.float64), b.astype(np.float64)
+    x_ref = np.linalg.lstsq(A64, b64, rcond=n * np.finfo(np.float32).eps)[0]
+    cost = np.linalg.norm(A64 @ res.x.astype(np.float64) - b64)
+    assert cost <= 1.001 * np.linalg.norm(A64 @ x_ref - b64) and cost < np.linalg.norm(b64)
+
+
 def test_direct_householder_tsqr_over_many_blocks_matches_lapack(rng):
     """The host's Householder route is a TSQR of ``[A b]``: 40000 × 60 takes 19 row blocks on
     threads and one QR of their stacked Rs.  R equals LAPACK's up to row signs, and x the

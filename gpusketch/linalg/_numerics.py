@@ -641,17 +641,20 @@ def _sparse_seminormal(A, b, xp, scale):
     return x
 
 
-def _r_svd_lstsq(R, z, A, xp, route):
+def _r_svd_lstsq(R, z, A, xp, route, dtype):
     """``qr_lstsq``'s answer from ``A = QR`` (Q orthonormal) and ``z = Qᵀb`` when R may be rank
     deficient: ``A = (QU) Σ Vᵀ`` with ``R = UΣVᵀ``, so the SVD of the d × d R gives A's
     singular values, its rank by the one rule, and the minimum-norm ``x = V_r Σ_r⁻¹ U_rᵀ z``,
     without the SVD of the n × d A that ``lstsq`` took (1.65 s against 2.75 s for a
     rank-deficient 200000 × 100 through Householder, 0.19 s against 0.89 s at κ = 1e11
-    through CholeskyQR2; CPU).  As with ``lstsq`` before it, x is the minimum-norm
-    solution at the precision R was computed in (float64 for a float32 A on the CPU, as
-    LAPACK works there), while the flag takes the rule at A's precision."""
+    through CholeskyQR2; CPU).  R is computed in float64 on the host whatever A's dtype;
+    x is the minimum-norm solution at the rank that x's own ``dtype`` (A's, b's and the
+    scale's together) carries, and the flag takes the rule at A's precision.  (At
+    float64's rank, a float32 x of a float32 A past κ ≈ 1e6 had fitted the rounding of A
+    with entries ~κ, and their own rounding to float32 left residuals up to 45 times
+    ``||b||``: 50 × 50 and 51 × 50 at κ = 1e9 and 1e13.)"""
     U, s, Vt = xp.linalg.svd(R)
-    r = svd_rank(s, A.shape)
+    r = svd_rank(s, A.shape, dtype)
     deficient = svd_rank(s, A.shape, A.dtype) < R.shape[1]
     if r == R.shape[1]:
         la, _ = linalg_modules(xp)
@@ -744,13 +747,13 @@ def qr_lstsq(A, b, xp, scale=None):
             R, Rinv2, y, _ = streamed
             if not qr_rank_deficient(R.astype(A.dtype), A.shape):
                 return _solve_lower_or_upper(R, Rinv2.T @ y, False, xp).astype(dtype, copy=False), False, "cholesky_qr2"
-            x, deficient, route = _r_svd_lstsq(R, Rinv2.T @ y, A, xp, "cholesky_qr2")
+            x, deficient, route = _r_svd_lstsq(R, Rinv2.T @ y, A, xp, "cholesky_qr2", dtype)
             return x.astype(dtype, copy=False), deficient, route
         # Householder: κ(A) may be large, keep the backward-stable TRSV
         R, z = _householder_r_qtb(_scaled(A, scale), _scaled(b, scale), xp)
         if not qr_rank_deficient(R.astype(A.dtype), A.shape):  # (the rule at A's precision)
             return la.solve_triangular(R, z).astype(dtype, copy=False), False, "householder"
-        x, deficient, route = _r_svd_lstsq(R, z, A, xp, "householder")
+        x, deficient, route = _r_svd_lstsq(R, z, A, xp, "householder", dtype)
         return x.astype(dtype, copy=False), deficient, route
     x, _, _, sv = xp.linalg.lstsq(_scaled(A, scale), _scaled(b, scale), rcond=None)
     # The flag by the one rank rule at A's precision (LAPACK works in float64 for a float32 A)

@@ -556,8 +556,8 @@ def _warm_start(X, y, pre, y0, tol):
     r2, y2 = dask.compute((r * r).sum(axis=0), (y * y).sum(axis=0))
     xp = array_namespace(r2)
     normr, pg = xp.sqrt(r2), pre.apply_t(g)
-    passed = warm_start_passes(xp.sqrt((pg * pg).sum(axis=0)), normr, xp.sqrt(y2), xp.sqrt((y0 * y0).sum(axis=0)), tol)
-    return x, normr, g, passed
+    normar, normy0 = xp.sqrt((pg * pg).sum(axis=0)), xp.sqrt((y0 * y0).sum(axis=0))
+    return x, normr, g, warm_start_passes(normar, normr, xp.sqrt(y2), normy0, tol)
 
 
 def _sketch_missed_directions(X, y, x, tol, residual=None):

@@ -710,7 +710,8 @@ def _householder_r_qtb(M, b, xp):
     R = Rs[0]
     if len(Rs) > 1:
         with scipy_blas_threaded():
-            R = scipy.linalg.qr(np.asfortranarray(np.concatenate(Rs)), mode="r", overwrite_a=True, check_finite=False)[0]
+            stacked = np.asfortranarray(np.concatenate(Rs))
+            R = scipy.linalg.qr(stacked, mode="r", overwrite_a=True, check_finite=False)[0]
     R, z = R[:d, :d], R[:d, d:]
     return R, (z.reshape(-1) if b.ndim == 1 else z)
 

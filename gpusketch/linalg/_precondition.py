@@ -134,11 +134,12 @@ REFINE_COLUMNS_PER_ITERATION = {"numpy": 16, "cupy": 64}
 #: leverage near 1 109 / 2.41 / 1.97 / 1.80 (max 141 / 3.73 / 2.15 / 1.85); one spike a
 #: column plus 1e-3 noise 10.7 / 2.43 / 2.03 / 1.76.  Without the noise (rank hangs on
 #: the spikes' buckets) SA lost rank in 1-2 of 300 seeds at nnz = 2, none at 3 or 4, and
-#: 140-298 of 300 for CountSketch; a lost rank takes the unrefined route and, where the
-#: normal equations show it, the direct solve.  The sketch's cost is its nonzeros:
-#: ``S.matmul_each(A, b)`` took 0.047 s at nnz = 2 against 0.142 s at 8 (2^20 × 16,
-#: m = 202; CPU), and on the H100 SparseSign(8) ran at 7x CountSketch's time
-#: (``bench/results/operators-gpu-h100.md``: atomics, one per nonzero).
+#: 140-298 of 300 for CountSketch; a lost rank is refined too, and the normal equations'
+#: check (``lstsq``'s ``_sketch_missed_directions``) sends the call to the direct solve.
+#: The sketch's cost is its nonzeros: ``S.matmul_each(A, b)`` took 0.047 s at nnz = 2
+#: against 0.142 s at 8 (2^20 × 16, m = 202; CPU), and on the H100 SparseSign(8) took
+#: 5.6-7.6x CountSketch's time (``bench/results/operators-gpu-h100.md``: an atomic add
+#: per nonzero).
 REFINE_SKETCH_NNZ = 2
 
 

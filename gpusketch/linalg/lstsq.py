@@ -126,9 +126,9 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         nonzeros a column, not 8: a quarter of the scatter-adds.  The pass
         costs ``2nd²`` flops in BLAS-3 where each iteration saved costs
         ``4ndk`` memory-bound ones (2-core CPU, against R alone: 2^20 × 64
-        0.45-0.50 s against 0.65-0.68 s, 200000 × 200 0.43 s against 0.62 s,
+        0.48-0.49 s against 1.12-1.13 s, 200000 × 200 0.43 s against 0.62 s,
         65536 × 128 with k = 8 0.097 s against 0.25 s; ``"direct"`` there
-        0.39-0.42, 0.45 and about 0.09 s).  ``info["preconditioner"]`` is
+        0.54, 0.45 and about 0.09 s).  ``info["preconditioner"]`` is
         ``"refined"`` or ``"sketch"``; ``info["iterations"]`` is 0 where the
         warm start passed.  A rank-deficient sketch's ``V_r Σ_r⁻¹`` (below)
         is refined the same way, and the test's ``Aᵀr`` serves the normal
@@ -416,11 +416,12 @@ def warm_start_passes(normar, normr, normb, normy, tol):
 
 def missed_direction_tol(tol, dtype):
     """``_sketch_missed_directions``' relative bound on ``||Aᵀr||``: ``max(100 tol, 1e-8)``,
-    and at least ``100 u`` of A's precision: a float32 A rounded off a rank-r matrix keeps
+    and at least ``100 u`` of A's precision.  A float32 A rounded off a rank-r matrix keeps
     normal-equation residuals of about ``u₃₂ ||A|| ||r||`` (1.2e-7) in the directions its
-    rounding added, above the float64 bound, and every such call had fallen back to the
-    direct solve, whose x then fitted the rounding (norms up to 1e9 times the minimum-norm
-    x at the float32 rank; 800 x 30 to 20000 x 40 of ranks 1 to 39)."""
+    rounding added, above the float64 bound: every such call had gone on to the direct
+    solve, a QR of A that the sketch's minimum-norm x did not need (800 x 30 to
+    20000 x 40 of ranks 1 to 39; that solve's float32 x then fitted the rounding, mended
+    since in ``_r_svd_lstsq``)."""
     return max(100 * tol, 1e-8, 100 * float(np.finfo(dtype).eps))
 
 
@@ -434,7 +435,7 @@ def _sketch_missed_directions(A, b, x, tol, xp, residual=None):
     sketch merged directions of A: a CountSketch putting two rows that alone
     span coordinates into one bucket), a direction is missing and the
     normal-equation residual keeps its component.  Tested against
-    ``max(100 tol, 1e-8) ||A||_F ||r||`` per column (one more pass over A).
+    ``missed_direction_tol(tol, A.dtype) ||A||_F ||r||`` per column (one more pass over A).
     Returns that verdict and ``||r||`` per column (the cost, when x stands).
     ``residual``: ``(||r||, Aᵀr)`` where they are known already (the refined warm
     start's test), which spares the passes for r and ``Aᵀr``.

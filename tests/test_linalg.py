@@ -147,8 +147,9 @@ def test_refined_route_of_a_rank_deficient_a_is_the_minimum_norm_solution(xp, mo
 @pytest.mark.parametrize("refine", [True, False], ids=["refined", "sketch-R"])
 def test_precondition_of_a_rank_deficient_float32_a_is_the_minimum_norm_solution_at_its_rank(refine, monkeypatch):
     # A float32 A rounded off a rank-7 product: its normal-equation residual in the rounding's
-    # directions (~u₃₂) is no missed direction of the sketch.  The check had sent every such
-    # call to the direct solve, whose float64 x fitted the rounding (norm 1e7 times this one).
+    # directions (~u₃₂) is no missed direction of the sketch.  The check, at float64's bound,
+    # had sent such calls to the direct solve (on the route of R alone, here), whose float32 x
+    # then fitted the rounding (norm 1e7 times this one; that solve is mended too).
     from gpusketch.linalg import _precondition
 
     if not refine:
@@ -166,8 +167,9 @@ def test_precondition_of_a_rank_deficient_float32_a_is_the_minimum_norm_solution
 
 def test_refined_route_whose_sketch_lost_rank_still_solves():
     # One entry a column: a sparse sign of 2 nonzeros a column merged two of them at this
-    # seed (1 of 400 seeds at 3000 × 16); SA's deficiency takes the route of R alone, and
-    # the normal equations send it to the direct solve, with no warning (A has full rank).
+    # seed (1 of 400 seeds at 3000 × 16); SA's V_r Σ_r⁻¹ is refined, the normal equations
+    # then show the missed direction and send the call to the direct solve, with no
+    # warning (A has full rank).
     rng = np.random.default_rng(0)
     A = np.zeros((3000, 16))
     A[rng.choice(3000, 16, replace=False), np.arange(16)] = np.arange(1.0, 17.0)

@@ -555,6 +555,49 @@ def test_exact_leverage_scores_of_a_rank_deficient_a_are_the_svds(xp, shape):
     assert abs(got.sum() - 4) < 1e-8
 
 
+@pytest.mark.parametrize("fmt", ["dense", "csc"])
+def test_exact_leverage_scores_by_tsqr_over_many_blocks(monkeypatch, fmt):
+    """On the host the exact scores' Householder route is a TSQR: 70000 × 32 takes 18 row
+    blocks on threads (a sparse A densified a block at a time), each block's reflectors kept
+    and Q applied a block at a time.  Columns graded over 9 decades (Householder is
+    blind to column scaling: its Q's row norms are the reference) and a rank-deficient A
+    (R's SVD keeps 28 directions; float64 and float32 rules) match, and A is untouched."""
+    import sys
+
+    import scipy.sparse as sp
+
+    from gpusketch.linalg import _numerics
+
+    leverage = sys.modules["gpusketch.linalg.leverage"]
+    calls = []
+    monkeypatch.setattr(leverage, "householder_tsqr",
+                        lambda M: calls.append(M.shape) or _numerics.householder_tsqr(M))
+    # CholeskyQR2 is blind to column scaling too: for the graded A its failure is taken as given
+    fail, cholesky_qr2 = [False], leverage.streamed_cholesky_qr2
+    monkeypatch.setattr(leverage, "streamed_cholesky_qr2", lambda *a: None if fail[0] else cholesky_qr2(*a))
+    rng = np.random.default_rng(16)
+    G = rng.standard_normal((70000, 32))
+    G[:5] *= 50  # rows of high leverage
+    graded = G * np.logspace(0, -9, 32)
+    Q, _ = np.linalg.qr(graded)
+    deficient = G.copy()
+    # dependent columns among the first (trailing ones leave range(R) a coordinate subspace,
+    # blind to R's row signs): R's small pivots sit in rows with large entries further right
+    deficient[:, 1:8:2] = G[:, 0:8:2] @ rng.standard_normal((4, 4))
+    U = np.linalg.svd(deficient, full_matrices=False)[0][:, :28]
+    cases = [(graded, (Q * Q).sum(axis=1), 1e-10), (deficient, (U * U).sum(axis=1), 1e-10),
+             (deficient.astype(np.float32), (U * U).sum(axis=1), 1e-4)]
+    for A, want, rtol in cases:
+        M = sp.csc_matrix(A) if fmt == "csc" else A
+        fail[0] = A is graded
+        A0 = A.copy()
+        got = gs.leverage_scores(M, exact=True)
+        assert got.dtype == A.dtype and calls[-1] == A.shape
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-3 * rtol * want.max())
+        np.testing.assert_array_equal(M.toarray() if fmt == "csc" else M, A0)
+    assert len(calls) == 3
+
+
 def test_leverage_scores_rank_deficient_sum_to_rank():
     rng = np.random.default_rng(14)
     A = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 9))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import _kernels
 from .._backend import (
     all_blas_serial,
     device_block_rows,
@@ -47,8 +48,6 @@ def dense_times(A, X, xp, transpose=False):
     """``A @ X`` (``A.T @ X`` with ``transpose``) as a dense array; a sparse A through the
     ``sparse_product`` kernel (threaded on the CPU, where SciPy's product takes one core)."""
     if is_sparse(A):
-        from .. import _kernels
-
         return to_dense(_kernels.call("sparse_product", xp, A, X, transpose=transpose))
     return to_dense((A.T if transpose else A) @ X)
 
@@ -361,16 +360,9 @@ class HouseholderQ:
     def _ormqr(self, trans, c):
         """The reflectors applied to the Fortran-ordered c (overwritten), in c's dtype, which
         is the reflectors' or wider (a float64 v keeps its digits against a float32 Q)."""
-        import scipy.linalg
-
         h, tau = self.h.astype(c.dtype, copy=False), self.tau.astype(c.dtype, copy=False)
-        ormqr = scipy.linalg.lapack.get_lapack_funcs("ormqr", (h,))
-        _, work, _ = ormqr("L", trans, h, tau, c, -1)  # workspace query
         with scipy_blas_threaded():
-            out, _, info = ormqr("L", trans, h, tau, c, max(1, int(work[0].real)), overwrite_c=1)
-        if info != 0:
-            raise RuntimeError(f"LAPACK ormqr failed (info={info})")
-        return out
+            return _apply_reflectors(h, tau, trans, c)
 
     def qt(self, v):
         c = np.array(v.reshape(v.shape[0], -1), dtype=np.result_type(self.h.dtype, v.dtype), order="F")
@@ -384,6 +376,19 @@ class HouseholderQ:
         c[: V2.shape[0]] = V2 * self.sign[:, None]
         out = self._ormqr("N", c)
         return (out.reshape(-1) if V.ndim == 1 else out).astype(np.result_type(self.dtype, V.dtype), copy=False)
+
+
+def _apply_reflectors(h, tau, trans, c):
+    """LAPACK ``ormqr``: the Householder reflectors ``(h, tau)`` of a ``geqrf`` applied from
+    the left to the Fortran-ordered c (overwritten), ``trans`` ``"N"`` for Q c, ``"T"`` for Qᵀc."""
+    import scipy.linalg
+
+    ormqr = scipy.linalg.lapack.get_lapack_funcs("ormqr", (h,))
+    _, work, _ = ormqr("L", trans, h, tau, c, -1)  # workspace query
+    out, _, info = ormqr("L", trans, h, tau, c, max(1, int(work[0].real)), overwrite_c=1)
+    if info != 0:
+        raise RuntimeError(f"LAPACK ormqr failed (info={info})")
+    return out
 
 
 def apply_qt(Q1, v):
@@ -663,27 +668,42 @@ def _r_svd_lstsq(R, z, A, xp, route, dtype):
     return x, deficient, route + "+svd"
 
 
+def _tsqr_blocks(n, width):
+    """Row blocks of a host TSQR of an n-row matrix of ``width`` columns: near-equal blocks
+    of at most ``max(_QR_BLOCK_BYTES / 8 width, 8 width)`` rows (at least 8 width rows keep
+    ``geqrf`` efficient for a wide matrix; with several blocks, none has fewer than 4 width)."""
+    return _kernels._even_row_blocks(n, max(_QR_BLOCK_BYTES // (8 * width), 8 * width))
+
+
+def _on_threads(fn, items, work):
+    """``[fn(i) for i in items]``, on CPU threads with BLAS serial in each where ``work``
+    (entries touched) is large enough for ``_cpu_threads`` to give several."""
+    items = list(items)
+    threads = min(len(items), _kernels._cpu_threads(work))
+    if threads <= 1:
+        return [fn(i) for i in items]
+    with all_blas_serial, ThreadPoolExecutor(threads) as ex:
+        return list(ex.map(fn, items))
+
+
 def _householder_r_qtb(M, b, xp):
     """``(R, Qᵀb)`` of the Householder QR ``M = QR`` (M tall, b of one or more columns), in
     float64 on the host.
 
-    On the host, a TSQR of ``[M b]``: each row block, copied into a Fortran-order
-    buffer of about 1 MiB (at least ``8(d + k)`` rows), gives the R factor of its
-    Householder QR (LAPACK ``geqrf``, R only), the blocks on threads with BLAS on
-    one thread each; the stacked block Rs are factored once more, with SciPy's BLAS
-    on its threads.  The last k columns of that R are ``Qᵀb`` (Q never formed), and
-    TSQR is as backward stable as one Householder QR.  It replaced one
-    ``qr_multiply`` of the whole M (a transposing copy to Fortran order, then
-    ``geqrf`` and ``ormqr``): 2-core CPU, κ(M) = 1e10, 2^20 × 64 2.76 → 0.72 s,
-    200000 × 200 1.24 → 0.64 s, 100000 × 800 3.4 → 3.0 s, x equal to 4e-15.  On a
-    GPU, cuSOLVER's Q (CuPy has no ``ormqr``).
+    On the host, a TSQR of ``[M b]``: each row block (``_tsqr_blocks``), copied into a
+    Fortran-order buffer, gives the R factor of its Householder QR (LAPACK ``geqrf``,
+    R only), the blocks on threads with BLAS on one thread each; the stacked block
+    Rs are factored once more, with SciPy's BLAS on its threads.  The last k columns
+    of that R are ``Qᵀb`` (Q never formed), and TSQR is as backward stable as one
+    Householder QR.  It replaced one ``qr_multiply`` of the whole M (a transposing
+    copy to Fortran order, then ``geqrf`` and ``ormqr``): 2-core CPU, κ(M) = 1e10,
+    2^20 × 64 2.76 → 0.72 s, 200000 × 200 1.24 → 0.64 s, 100000 × 800 3.4 → 3.0 s,
+    x equal to 4e-15.  On a GPU, cuSOLVER's Q (CuPy has no ``ormqr``).
     """
     if xp is not np:
         Q, R = xp.linalg.qr(M)
         return R, Q.T @ b
     import scipy.linalg
-
-    from .. import _kernels
 
     n, d = M.shape
     b2 = b.reshape(n, -1)
@@ -692,21 +712,14 @@ def _householder_r_qtb(M, b, xp):
     # float32 reflectors applied by ormqr lost digits against NumPy's formed Q (60 x 40 at
     # κ = 1e3: x to 9.6e-7 against 1.9e-7), and a float64 b keeps its own.
     dtype = np.result_type(M.dtype, b.dtype, np.float64)
-    rows = max(_QR_BLOCK_BYTES // (8 * width), 8 * width)
 
-    def block_r(a):
-        e = min(n, a + rows)
+    def block_r(block):
+        a, e = block
         blk = np.empty((e - a, width), dtype=dtype, order="F")
         blk[:, :d], blk[:, d:] = M[a:e], b2[a:e]
         return scipy.linalg.qr(blk, mode="r", overwrite_a=True, check_finite=False)[0][: min(e - a, width)]
 
-    starts = range(0, n, rows)
-    threads = min(len(starts), _kernels._cpu_threads(n * width))
-    if threads > 1:
-        with all_blas_serial, ThreadPoolExecutor(threads) as ex:
-            Rs = list(ex.map(block_r, starts))
-    else:
-        Rs = [block_r(a) for a in starts]
+    Rs = _on_threads(block_r, _tsqr_blocks(n, width), n * width)
     R = Rs[0]
     if len(Rs) > 1:
         with scipy_blas_threaded():
@@ -714,6 +727,76 @@ def _householder_r_qtb(M, b, xp):
             R = scipy.linalg.qr(stacked, mode="r", overwrite_a=True, check_finite=False)[0]
     R, z = R[:d, :d], R[:d, d:]
     return R, (z.reshape(-1) if b.ndim == 1 else z)
+
+
+class TSQRQ:
+    """The Q of a host TSQR ``M = QR`` (``householder_tsqr``), never formed whole.
+
+    ``Q = diag(Q_1, …, Q_p) Q_s``: each row block's ``Q_i`` kept as LAPACK's
+    reflectors (``geqrf``), ``Q_s`` the explicit Q of the p stacked d × d block Rs
+    (None for one block), Q's columns scaled by ``sign`` (±1) as ``diag(R) >= 0``.
+    """
+
+    def __init__(self, blocks, reflectors, Qs, sign):
+        self.blocks, self.reflectors, self.Qs, self.sign = blocks, reflectors, Qs, sign
+
+    def row_norms2(self, V=None):
+        """``||(Q V)_i||²`` for every row (V of Q's d rows; ``None`` for ``V = I``), in
+        float64: a row block of Q V at a time (``ormqr`` on ``Q_s``'s d rows of the
+        block times V), the blocks on threads."""
+        d = self.sign.size
+        W = np.diag(self.sign) if V is None else V * self.sign[:, None]
+        n = self.blocks[-1][1]
+        out = np.zeros(n)
+        if W.shape[1] == 0:
+            return out
+
+        def block(i):
+            (a, e), (h, tau) = self.blocks[i], self.reflectors[i]
+            c = np.zeros((e - a, W.shape[1]), order="F")
+            c[:d] = W if self.Qs is None else self.Qs[i * d : (i + 1) * d] @ W
+            QV = _apply_reflectors(h, tau, "N", c)
+            out[a:e] = np.einsum("ij,ij->i", QV, QV)
+
+        _on_threads(block, range(len(self.blocks)), n * W.shape[1])
+        return out
+
+
+def householder_tsqr(M):
+    """``(TSQRQ, R)``: a host Householder QR of the tall M (n >= d) as a TSQR, in float64,
+    with ``diag(R) >= 0``.
+
+    Each row block (``_tsqr_blocks``; a sparse M or a ``RowSlices`` densified a
+    block at a time as read) is copied into a Fortran-order float64 buffer and
+    factored in place by ``geqrf``, on threads with BLAS on one thread each; the
+    block reflectors are kept (about M's size in float64) and the stacked block
+    Rs factored once more with Q (``p d × d``).  TSQR is as backward stable as
+    one Householder QR, and unlike ``_householder_reflectors`` needs no
+    Fortran-order copy of all of M made by one transposing pass, nor
+    ``ormqr`` over all of M on one call.
+    """
+    import scipy.linalg
+
+    n, d = M.shape
+    if is_sparse(M) and M.format != "csr":
+        M = M.tocsr()  # row slices
+
+    def factor(block):
+        a, e = block
+        Y = np.empty((e - a, d), order="F")
+        Y[:] = to_dense(M[a:e])
+        (h, tau), R = scipy.linalg.qr(Y, mode="raw", overwrite_a=True, check_finite=False)
+        return (h, tau), R[:d]
+
+    blocks = _tsqr_blocks(n, d)
+    parts = _on_threads(factor, blocks, n * d)
+    Qs, R = None, parts[0][1]
+    if len(parts) > 1:
+        with scipy_blas_threaded():
+            Qs, R = scipy.linalg.qr(np.concatenate([p[1] for p in parts]), mode="economic", overwrite_a=True,
+                                    check_finite=False)
+    sign = np.where(R.diagonal() < 0, -1.0, 1.0)
+    return TSQRQ(blocks, [p[0] for p in parts], Qs, sign), R * sign[:, None]
 
 
 def qr_lstsq(A, b, xp, scale=None):

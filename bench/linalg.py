@@ -81,12 +81,15 @@ def _refine_rule(columns_per_iteration):
     row of the table: both routes timed on the device whose threshold they set."""
     from gpusketch.linalg import _precondition
 
-    saved = _precondition.REFINE_COLUMNS_PER_ITERATION
-    _precondition.REFINE_COLUMNS_PER_ITERATION = {"numpy": columns_per_iteration, "cupy": columns_per_iteration}
+    names = ("REFINE_COLUMNS_PER_ITERATION", "GRAM_REFINE_COLUMNS_PER_ITERATION")  # both bands of refine_pays
+    saved = {name: getattr(_precondition, name) for name in names}
+    for name in names:
+        setattr(_precondition, name, {"numpy": columns_per_iteration, "cupy": columns_per_iteration})
     try:
         yield
     finally:
-        _precondition.REFINE_COLUMNS_PER_ITERATION = saved
+        for name, value in saved.items():
+            setattr(_precondition, name, value)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,9 @@ from .linalg._numerics import qr_rank_deficient, svd_rank, svd_signs
 from .linalg._precondition import (
     REFINE_SKETCH_NNZ,
     SketchPreconditioner,
+    finish_gram_refinement,
     finish_refinement,
+    gram_refines,
     refine_pays,
     refinement_matrix,
 )
@@ -469,7 +471,7 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     k = 1 if y.ndim == 1 else y.shape[1]
     # As in memory (gpusketch.linalg.lstsq): the refined route's sparse sign is REFINE_SKETCH_NNZ a column.
     refine = method == "precondition" and not is_sparse(X._meta) and refine_pays(n, d, k, tol, xp)
-    S = sketch_for(sketch, m, n, d, method, seed, sparse_sign_nnz=REFINE_SKETCH_NNZ if refine else None)
+    S = sketch_for(sketch, m, n, d, method, seed, sparse_sign_nnz=REFINE_SKETCH_NNZ if refine == "any" else None)
     SX, Sy = _sketch_with_rhs(S, X, y)
     _check_sketch_finite(SX, "X")
     _check_sketch_finite(Sy, "y")
@@ -485,7 +487,7 @@ def _sketched(X, y, method, sketch, m, tol, maxiter, seed):
     y0 = pre.sketched_solution(Sy)
     info["preconditioner"] = "sketch"
     if refine:
-        refined = _refine(X, y, pre, xp)  # as in memory (gpusketch.linalg.lstsq)
+        refined = _refine(X, y, pre, xp, gram_only=refine == "gram")  # as in memory (gpusketch.linalg.lstsq)
         if refined is not None:
             pre, y0 = refined
             info["preconditioner"] = "refined"
@@ -523,25 +525,29 @@ def _result(X, y, x, pre, tol, info, residual=None):
 
 
 def _refine_block(x_block, y_block, Rinv):
-    Q = x_block @ Rinv
+    Q = x_block if Rinv is None else x_block @ Rinv
     return Q.T @ Q, Q.T @ y_block
 
 
-def _refine(X, y, pre, xp):
+def _refine(X, y, pre, xp, gram_only=False):
     """``refine_preconditioner`` over Dask's row blocks: each sums its ``Q = X_blk M``'s Gram
     and ``Qᵀ y_blk`` where it lives (M: R⁻¹, or a rank-deficient sketch's ``V_r Σ_r⁻¹``), and
-    the small sums are added in a tree."""
+    the small sums are added in a tree; where ``gram_refines``, ``X_blk``'s own Gram and
+    ``X_blkᵀ y_blk``, M applied to the sums."""
     import dask
 
     X = X if len(X.chunks[1]) == 1 else X.rechunk({1: -1})  # whole rows: X_blk M needs them
     if y.ndim == 2 and len(y.chunks[1]) > 1:
         y = y.rechunk({1: -1})
     M = refinement_matrix(pre, y.dtype, xp)  # as in memory: a float64 y, a float64 x
+    gram = gram_refines(X, pre, M)  # as in memory: X's own Gram where κ(R) allows
+    if gram_only and not gram:
+        return None
     xb, yb = X.to_delayed(), y.to_delayed()
-    parts = [dask.delayed(_refine_block)(xb[i, 0], yb[i] if y.ndim == 1 else yb[i, 0], M)
+    parts = [dask.delayed(_refine_block)(xb[i, 0], yb[i] if y.ndim == 1 else yb[i, 0], None if gram else M)
              for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]
     (G, c), = dask.compute(_tree_sum(parts, _add_each))
-    return finish_refinement(G, c, pre, M, xp)
+    return (finish_gram_refinement if gram else finish_refinement)(G, c, pre, M, xp)
 
 
 def _warm_start(X, y, pre, y0, tol):

@@ -91,3 +91,12 @@ def flip_svd_signs(monkeypatch):
         return U * sign, s, Vt * sign[:, None]
 
     monkeypatch.setattr(np.linalg, "svd", flipped)
+
+
+def refinement_off(monkeypatch):
+    """``lstsq``'s preconditioner refinement off whatever the shape (``refine_pays``' constants
+    at 0: neither band), so that the sketch's R alone preconditions LSMR."""
+    from gpusketch.linalg import _precondition
+
+    for name in ("REFINE_COLUMNS_PER_ITERATION", "GRAM_REFINE_COLUMNS_PER_ITERATION"):
+        monkeypatch.setattr(_precondition, name, {"numpy": 0, "cupy": 0})

@@ -11,7 +11,7 @@ dask = pytest.importorskip("dask")
 
 import gpusketch as gs  # noqa: E402
 from gpusketch import dask as gsd  # noqa: E402
-from conftest import one_entry_per_column, to_numpy  # noqa: E402
+from conftest import one_entry_per_column, refinement_off, to_numpy  # noqa: E402
 
 SCHEDULERS = ["threads", "processes"]
 
@@ -117,11 +117,15 @@ def test_lstsq_several_columns_and_column_chunks(rng, method):
 def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng, refine, monkeypatch):
     """The same seed gives the same sketch, preconditioner and block LSMR as in memory: the
     same iterations per column and x to round-off, whatever the chunks of X and y; with the
-    preconditioner refined (its Gram summed over the blocks) or the sketch's R alone."""
-    from gpusketch.linalg import _precondition
+    preconditioner refined (its Gram summed over the blocks: here X's own, κ(R) ≈ 1e3, as in
+    memory) or the sketch's R alone."""
+    import gpusketch.dask as gsd_module
 
+    grams = []
+    finish = gsd_module.finish_gram_refinement
+    monkeypatch.setattr(gsd_module, "finish_gram_refinement", lambda *a: grams.append(1) or finish(*a))
     if not refine:
-        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+        refinement_off(monkeypatch)
     A = rng.standard_normal((3000, 12)) * np.logspace(0, 3, 12)
     B = A @ rng.standard_normal((12, 3)) + rng.standard_normal((3000, 3)) * np.array([1.0, 1e-3, 1e3])
     ref = gs.lstsq(A, B, seed=6)
@@ -134,6 +138,7 @@ def test_lstsq_precondition_is_gpusketch_lstsq_on_the_computed_arrays(rng, refin
     assert res.info["iterations"] == ref.info["iterations"]
     assert one.info["iterations"] == ref.info["iterations"][1]
     assert res.info["preconditioner"] == ref.info["preconditioner"] == ("refined" if refine else "sketch")
+    assert len(grams) == (2 if refine else 0)
     np.testing.assert_allclose(res.x, ref.x, rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
     np.testing.assert_allclose(one.x, ref.x[:, 1], rtol=1e-10, atol=1e-12 * np.abs(ref.x).max())
 
@@ -229,8 +234,6 @@ def test_lstsq_small_n_uses_the_identity(rng):
 def test_lstsq_precondition_edge_cases(rng, monkeypatch):
     """Rank-deficient X (minimum norm, with a warning), y = 0 (x = 0 in no iterations), maxiter
     honoured (by LSMR on the sketch's R: a refined warm start here passes with none)."""
-    from gpusketch.linalg import _precondition
-
     A = rng.standard_normal((800, 6))
     A[:, 5] = A[:, 1] - A[:, 2]  # rank 5
     b = rng.standard_normal(800)
@@ -248,7 +251,7 @@ def test_lstsq_precondition_edge_cases(rng, monkeypatch):
         B = rng.standard_normal((800, 6)) * np.geomspace(1, 1e6, 6)
         XB, yb = da.from_array(B, chunks=300), da.from_array(b, chunks=300)
         assert gsd.lstsq(XB, yb, maxiter=1, seed=1).info["iterations"] == 0  # refined
-        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+        refinement_off(monkeypatch)
         capped = gsd.lstsq(XB, yb, maxiter=1, seed=1)
         start = gsd.lstsq(XB, yb, method="sketch", m=capped.info["m"], seed=1)  # the warm start
     assert capped.info["iterations"] == 1

@@ -7,7 +7,7 @@ import pytest
 
 import _fake_cupy
 import gpusketch as gs
-from conftest import flip_svd_signs, one_entry_per_column, sparse_module, to_numpy
+from conftest import flip_svd_signs, one_entry_per_column, refinement_off, sparse_module, to_numpy
 
 
 def ill_conditioned(n, d, kappa, seed):
@@ -24,10 +24,8 @@ def ill_conditioned(n, d, kappa, seed):
 def test_precondition_matches_exact(xp, kappa, gap, refine, monkeypatch):
     # Both preconditioners: the sketch's R, and R refined by a Cholesky pass over A R⁻¹
     # (refine_preconditioner), after which LSMR stops within an iteration or two.
-    from gpusketch.linalg import _precondition
-
     if not refine:
-        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+        refinement_off(monkeypatch)
     A = ill_conditioned(3000, 40, kappa, 1)
     b = np.random.default_rng(2).standard_normal(3000)
     x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
@@ -46,10 +44,8 @@ def test_precondition_matches_exact(xp, kappa, gap, refine, monkeypatch):
 def test_precondition_of_float32_a_and_float64_b_answers_in_float64(xp, refine, monkeypatch):
     # x takes the dtype of A and b together on both routes (the refined one had kept A's
     # float32: LSMR's x0 fixes the dtype of its iterate).
-    from gpusketch.linalg import _precondition
-
     if not refine:
-        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+        refinement_off(monkeypatch)
     A = ill_conditioned(3000, 8, 1e2, 4).astype(np.float32)
     b = np.random.default_rng(5).standard_normal(3000)
     for rhs in (b, np.stack([b, -b], axis=1)):
@@ -69,6 +65,41 @@ def test_refined_preconditioner_falls_back_where_its_cholesky_fails(monkeypatch)
     x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
     assert res.info["preconditioner"] == "sketch" and res.info["iterations"] > 5
     assert abs(res.cost - np.linalg.norm(A @ x_ref - b)) <= 5e-12 * res.cost
+
+
+def test_refined_route_takes_as_own_gram_where_r_is_well_conditioned(xp, monkeypatch):
+    """``refine_preconditioner`` forms ``R⁻ᵀ(AᵀA)R⁻¹`` from A's own Gram where the sketch's
+    κ₂(R), estimated by power iteration, is at most 1e4 and A is float64 (``gram_refines``;
+    for κ(A) = 1e3 an R of κ₂ 1027 is estimated at 1026), else the Gram of
+    ``A R⁻¹``: both reach the direct answer.  Forced onto A's own Gram at κ = 1e8 (its
+    rounding then swamps G), the route still answers to tol: through LSMR's iterations
+    from a poorer preconditioner, or the sketch's R where G's Cholesky fails."""
+    from gpusketch.linalg import _precondition
+
+    grams = []
+    finish = _precondition.finish_gram_refinement
+    monkeypatch.setattr(_precondition, "finish_gram_refinement", lambda *a: grams.append(1) or finish(*a))
+    b = np.random.default_rng(8).standard_normal(5000)
+    for kappa, dtype, gram in ((1e2, np.float64, True), (1e3, np.float64, True), (1e8, np.float64, False),
+                               (1e2, np.float32, False)):
+        A = ill_conditioned(5000, 30, kappa, 9).astype(dtype)
+        grams.clear()
+        res = gs.lstsq(xp.asarray(A), xp.asarray(b), seed=10)
+        assert res.info["preconditioner"] == "refined" and bool(grams) == gram, (kappa, dtype)
+        A64 = A.astype(np.float64)
+        x_ref = np.linalg.lstsq(A64, b, rcond=None)[0]
+        assert float(res.cost) == pytest.approx(np.linalg.norm(A64 @ x_ref - b), rel=1e-12)
+        if gram:
+            assert res.info["iterations"] == 0
+    monkeypatch.setattr(_precondition, "GRAM_REFINE_MAX_COND", np.inf)
+    # (measured 3 and 14 iterations; gaps as in test_precondition_matches_exact)
+    for kappa, route, gap in ((1e8, "refined", 1e-11), (1e10, "sketch", 1e-9)):
+        A = ill_conditioned(5000, 30, kappa, 9)
+        grams.clear()
+        res = gs.lstsq(xp.asarray(A), xp.asarray(b), seed=10)
+        assert grams and res.info["preconditioner"] == route
+        x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+        assert float(res.cost) == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=gap)
 
 
 def test_refined_route_sketches_with_two_nonzeros_a_column_and_reads_a_twice_to_finish(xp, monkeypatch):
@@ -95,7 +126,7 @@ def test_refined_route_sketches_with_two_nonzeros_a_column_and_reads_a_twice_to_
     assert float(res.cost) == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=1e-13)
     gs.lstsq(Ad, bd, sketch=gs.SparseSign(400, 4000, seed=5))
     assert made[-1].nnz == 8  # an operator passed is used as it is
-    monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+    refinement_off(monkeypatch)
     assert gs.lstsq(Ad, bd, seed=5).info["preconditioner"] == "sketch" and made[-1].nnz == 8
 
 
@@ -150,10 +181,8 @@ def test_precondition_of_a_rank_deficient_float32_a_is_the_minimum_norm_solution
     # directions (~u₃₂) is no missed direction of the sketch.  The check, at float64's bound,
     # had sent such calls to the direct solve (on the route of R alone, here), whose float32 x
     # then fitted the rounding (norm 1e7 times this one; that solve is mended too).
-    from gpusketch.linalg import _precondition
-
     if not refine:
-        monkeypatch.setattr(_precondition, "REFINE_COLUMNS_PER_ITERATION", {"numpy": 0, "cupy": 0})
+        refinement_off(monkeypatch)
     rng = np.random.default_rng(9)
     A = (rng.standard_normal((3000, 7)) @ rng.standard_normal((7, 10))).astype(np.float32)
     b = rng.standard_normal(3000).astype(np.float32)
@@ -182,15 +211,21 @@ def test_refined_route_whose_sketch_lost_rank_still_solves():
 
 
 def test_refine_pays_where_the_iterations_it_saves_cost_more():
+    """``"any"`` where either Gram pays (the sketch then has REFINE_SKETCH_NNZ a column),
+    ``"gram"`` where only A's own does (a third of the flops; taken where κ(R) allows), None
+    where neither: the measured wins and losses of the constants' comments."""
     from gpusketch.linalg._precondition import refine_pays
 
-    assert refine_pays(1 << 20, 64, 1, 1e-10, np) and refine_pays(65536, 128, 1, 1e-6, np)  # measured wins
-    assert refine_pays(200000, 200, 1, 1e-10, np) and refine_pays(65536, 256, 1, 1e-10, np)
-    assert not refine_pays(16384, 512, 1, 1e-10, np) and not refine_pays(65536, 256, 1, 1e-6, np)  # losses
-    assert refine_pays(65536, 512, 8, 1e-6, np)  # columns of b: each iteration costs more
-    assert not refine_pays(100, 60, 1, 1e-10, np)  # fewer than 2d rows
+    assert refine_pays(1 << 20, 64, 1, 1e-10, np) == refine_pays(65536, 128, 1, 1e-6, np) == "any"
+    assert refine_pays(200000, 200, 1, 1e-10, np) == refine_pays(65536, 256, 1, 1e-10, np) == "any"
+    assert refine_pays(16384, 512, 1, 1e-10, np) == refine_pays(65536, 256, 1, 1e-6, np) == "gram"
+    assert refine_pays(100000, 300, 1, 1e-10, np) == "gram"
+    assert refine_pays(16384, 512, 1, 1e-6, np) is None and refine_pays(20000, 1000, 1, 1e-10, np) is None
+    assert refine_pays(65536, 512, 8, 1e-6, np) == "any"  # columns of b: each iteration costs more
+    assert refine_pays(100, 60, 1, 1e-10, np) is None  # fewer than 2d rows
     with _fake_cupy.installed() as cp:  # BLAS-3 is relatively faster on a GPU (the H100 table's parts)
-        assert refine_pays(1 << 20, 512, 1, 1e-10, cp) and not refine_pays(1 << 18, 2048, 1, 1e-10, cp)
+        assert refine_pays(1 << 20, 512, 1, 1e-10, cp) == "any" and refine_pays(1 << 18, 2048, 1, 1e-10, cp) == "gram"
+        assert refine_pays(1 << 18, 4096, 1, 1e-10, cp) is None
 
 
 def _sparse_collinear(n, d, delta, seed):

@@ -19,7 +19,8 @@ from ._numerics import (
 )
 
 __all__ = ["SketchPreconditioner", "RefinedPreconditioner", "refine_preconditioner", "refine_pays", "finish_refinement",
-           "REFINE_SKETCH_NNZ", "refinement_matrix"]
+           "REFINE_SKETCH_NNZ", "refinement_matrix", "gram_refines", "finish_gram_refinement",
+           "GRAM_REFINE_COLUMNS_PER_ITERATION"]
 
 
 class SketchPreconditioner:
@@ -143,15 +144,91 @@ REFINE_COLUMNS_PER_ITERATION = {"numpy": 16, "cupy": 64}
 REFINE_SKETCH_NNZ = 2
 
 
+#: ``refine_preconditioner`` takes A's own Gram (``gram_refines``) where the estimate of
+#: the sketch's ``κ₂(R)`` (``κ(A)`` within the embedding's distortion) is at most this.
+#: ``AᵀA`` carries a rounding of about ``u ||A||²``, which ``G = R⁻ᵀ(AᵀA)R⁻¹`` scales by
+#: ``||R⁻¹||²``: an error of about ``u κ(A)²`` ≈ 1e-8 here, so ``A R₂⁻¹`` is orthonormal
+#: to about 1e-8 and an LSMR iteration, where the warm start fails its test, gains about
+#: 8 digits.  Measured (2-core CPU, 200000 × 200 and 65536 × 128, A rotated with columns
+#: graded to κ(A), b noisy / within 1e-6 of range(A)): iterations 0 / 1 as on the Gram
+#: of ``A R⁻¹`` up to κ = 1e4, 1 / 1 at 1e5, 1 / 2 at 1e6, 2 / 3 at 1e7.
+GRAM_REFINE_MAX_COND = 1e4
+
+#: Power-iteration steps of ``_cond2_estimate``.
+_COND_STEPS = 8
+
+
+def _cond2_estimate(R, Rinv, xp):
+    """``||R||₂ ||R⁻¹||₂`` estimated from below by ``_COND_STEPS`` steps of power iteration
+    on ``RᵀR`` and on ``R⁻ᵀR⁻¹`` (d × d products; fixed starts, so the same R gives the same
+    estimate).  LAPACK's ``trcon`` bounds κ₁, which overstated κ₂ 10-30 times on the
+    graded R of 65536 × 128 to 20000 × 500 sketches (1e4 for κ₂ = 1e3 at d = 200)."""
+    d = R.shape[0]
+    start = xp.asarray(np.random.default_rng(0).standard_normal(d), dtype=R.dtype)
+
+    def norm2(M):
+        v = start / xp.linalg.norm(start)
+        s = 0.0
+        for _ in range(_COND_STEPS):
+            w = M.T @ (M @ v)
+            s = float(xp.linalg.norm(w))
+            if not s > 0.0:
+                return 0.0
+            v = w / s
+        return math.sqrt(s)
+
+    return norm2(R) * norm2(Rinv)
+
+
+def gram_refines(A, pre, M):
+    """Whether ``refine_preconditioner`` forms ``G = R⁻ᵀ(AᵀA)R⁻¹`` from A's own Gram (one
+    SYRK over A, ``n d²`` flops, and ``Aᵀb``) in place of the Gram of ``A R⁻¹`` formed
+    block by block (a GEMM and a SYRK, ``3 n d²``): a float64 A (a float32 A's Gram in
+    float32 would carry ``u₃₂ κ²``), a full-rank sketch, and ``κ₂(R)`` estimated at most
+    ``GRAM_REFINE_MAX_COND`` (``_cond2_estimate``; M is ``refinement_matrix``'s R⁻¹)."""
+    return (A.dtype == np.float64 and not pre.rank_deficient
+            and _cond2_estimate(pre.R.astype(M.dtype, copy=False), M, pre.xp) <= GRAM_REFINE_MAX_COND)
+
+
+def finish_gram_refinement(GA, cA, pre, M, xp):
+    """``finish_refinement`` from A's own Gram ``GA = AᵀA`` and ``cA = Aᵀb`` (``gram_refines``):
+    ``G = Mᵀ GA M`` and ``c = Mᵀ cA`` with ``M = R⁻¹`` (``refinement_matrix``)."""
+    return finish_refinement(M.T @ GA @ M, M.T @ cA, pre, M, xp)
+
+
+#: ``refine_pays``' ``c`` for the band where only A's own Gram refines (``gram_refines``:
+#: ``n d²`` flops, a third of the Gram of ``A R⁻¹``), per array module.  NumPy, on the
+#: 2-core CPU (``lstsq``, κ(A) = 100, refinement forced on → off, best of 3, two runs):
+#: 100000 x 300 at tol = 1e-10 0.233-0.235 → 0.53-0.54 s, 65536 x 256 at 1e-6 0.156-0.162
+#: → 0.248-0.255 s, 16384 x 512 at 1e-10 0.186-0.212 → 0.207-0.210 s (even) and at 1e-6
+#: 0.178-0.221 → 0.170-0.175 s (a loss, left out), 20000 x 1000 at 1e-10 0.73-0.76 →
+#: 0.79-0.95 s (left out): 32 takes d <= 531 at 1e-10, 319 at 1e-6.  CuPy: twice
+#: ``REFINE_COLUMNS_PER_ITERATION``'s by the same count of GEMMs (one where that has two);
+#: its GPU timing is owed.
+GRAM_REFINE_COLUMNS_PER_ITERATION = {"numpy": 32, "cupy": 128}
+
+
 def refine_pays(n, d, k, tol, xp):
-    """Whether ``refine_preconditioner``'s pass over a dense n × d A (``2nd²`` flops,
-    BLAS-3) should cost less than the LSMR iterations it saves (two memory-bound passes
-    over A per iteration and column of b): ``n >= 2d`` and ``d <= c k ln(1/tol)/ln 4``
-    for k columns of b (``ln(1/tol)/ln 4`` iterations: the unrefined preconditioner's
-    count at the default sketch size, 13-16 at tol = 1e-10 and 8-9 at 1e-6), c from
-    ``REFINE_COLUMNS_PER_ITERATION`` for ``xp``'s device."""
-    c = REFINE_COLUMNS_PER_ITERATION["numpy" if xp is np else "cupy"]
-    return n >= 2 * d and d <= c * max(1, k) * math.log(1.0 / tol) / math.log(4.0)
+    """Where refinement should cost less than the LSMR iterations it saves (two
+    memory-bound passes over A per iteration and column of b): ``"any"``, ``"gram"`` or
+    None.
+
+    ``"any"`` where ``n >= 2d`` and ``d <= c k ln(1/tol)/ln 4`` for k columns of b
+    (``ln(1/tol)/ln 4`` iterations: the unrefined preconditioner's count at the
+    default sketch size, 13-16 at tol = 1e-10 and 8-9 at 1e-6), c from
+    ``REFINE_COLUMNS_PER_ITERATION`` for ``xp``'s device: either Gram of
+    ``refine_preconditioner`` pays, the ``3nd²`` of ``A R⁻¹``'s included, and the
+    sketch may be the refined route's (``REFINE_SKETCH_NNZ``).  ``"gram"`` where d is
+    within that bound at ``GRAM_REFINE_COLUMNS_PER_ITERATION``'s c: only A's own Gram
+    (``n d²``) pays, taken where κ(R) allows it (``gram_refines``); the sketch is the
+    one of R alone, which iterates where it does not."""
+    if n < 2 * d:
+        return None
+    dev = "numpy" if xp is np else "cupy"
+    iterations = max(1, k) * math.log(1.0 / tol) / math.log(4.0)
+    if d <= REFINE_COLUMNS_PER_ITERATION[dev] * iterations:
+        return "any"
+    return "gram" if d <= GRAM_REFINE_COLUMNS_PER_ITERATION[dev] * iterations else None
 
 
 def inverse_r(R, xp):
@@ -159,8 +236,9 @@ def inverse_r(R, xp):
     return _solve_lower_or_upper(R, xp.eye(R.shape[0], dtype=R.dtype), False, xp)
 
 
-def refine_preconditioner(A, b, pre, xp):
-    """``(RefinedPreconditioner, y0)`` from a ``SketchPreconditioner`` ``pre`` of A, or None.
+def refine_preconditioner(A, b, pre, xp, gram_only=False):
+    """``(RefinedPreconditioner, y0)`` from a ``SketchPreconditioner`` ``pre`` of A, or None
+    (also, with ``gram_only``, where A's own Gram would not serve: ``refine_pays``' ``"gram"``).
 
     ``A R⁻¹`` has condition ``(1+ε)/(1−ε)`` for a subspace embedding of distortion
     ε, so its Gram ``G = R⁻ᵀ AᵀA R⁻¹`` is formed accurately whatever κ(A) (the
@@ -170,8 +248,13 @@ def refine_preconditioner(A, b, pre, xp):
     preconditioned normal equations: it passes LSMR's stopping test as it is, or
     after an iteration, where with R alone LSMR takes about ``log(tol)/log(ε)``.  One pass over A in
     row blocks (``A_blk R⁻¹`` by GEMM with R's explicit inverse, its Gram and its
-    product with b), ``2 n d²`` flops in BLAS-3 (``refine_pays`` says when that is
-    less than the iterations saved).  None where the Cholesky of G fails.
+    product with b), ``3 n d²`` flops in BLAS-3 (``refine_pays`` says when that is
+    less than the iterations saved).  Where κ(A) is small enough for A's own Gram
+    (``gram_refines``: ``κ₂(R) <= 1e4``, float64 A), ``G = R⁻ᵀ(AᵀA)R⁻¹`` instead: one
+    SYRK and one GEMV over A, ``n d²`` flops (2-core CPU, whole ``lstsq`` calls at
+    κ(A) = 1 to 1e4: 2^20 × 64 0.46-0.49 → 0.37-0.39 s, 200000 × 200 0.39-0.42 →
+    0.24-0.26 s, 65536 × 128 0.065-0.079 → 0.041-0.047 s, iterations unchanged).
+    None where the Cholesky of G fails.
 
     A rank-deficient sketch's ``V_r Σ_r⁻¹`` (``pre.P``) is refined the same way, its r
     columns in place of R⁻¹'s d: ``A V_r Σ_r⁻¹`` has full column rank r and condition
@@ -179,6 +262,10 @@ def refine_preconditioner(A, b, pre, xp):
     """
     n, d = A.shape
     M = refinement_matrix(pre, xp.result_type(A.dtype, b.dtype), xp)
+    if gram_refines(A, pre, M):
+        return finish_gram_refinement(A.T @ A, A.T @ b, pre, M, xp)
+    if gram_only:
+        return None
     r = M.shape[1]
     G = xp.zeros((r, r), dtype=M.dtype)
     c = xp.zeros((r,) + b.shape[1:], dtype=M.dtype)

@@ -114,7 +114,12 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         64 on a GPU, where BLAS-3 is relatively faster), R is first refined by
         one Cholesky pass over ``A R⁻¹`` (``refine_preconditioner``, the
         randomized Cholesky QR): ``A R₂⁻¹`` is then orthonormal to round-off
-        and the warm start solves the preconditioned normal equations.  That
+        and the warm start solves the preconditioned normal equations.  Where
+        the sketch's R shows κ(A) <= 1e4 (float64 A), the Gram of ``A R⁻¹`` is
+        ``R⁻ᵀ(AᵀA)R⁻¹`` from A's own (a third of the flops; ``gram_refines``:
+        2-core CPU at κ = 1e2-1e3, 200000 × 200 0.43-0.46 → 0.25-0.27 s,
+        65536 × 128 0.079-0.086 → 0.046-0.059 s), and refinement pays up to
+        twice that d (c = 32 on the CPU; 100000 × 300 0.53 → 0.235 s).  That
         warm start is put to LSMR's stopping test before any iteration (two
         passes over A, whose residual also gives the cost), and LSMR runs
         only where it fails (measured at 30000 × 20, κ(A) = 1 to 1e8: one
@@ -123,9 +128,11 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         tol.  Refinement asks of S only a full-rank ``SA`` (the
         Gram of ``A R⁻¹`` is accurate while ``κ(AR⁻¹)² u`` is small), so
         the default ``"sparse_sign"`` then has ``REFINE_SKETCH_NNZ = 2``
-        nonzeros a column, not 8: a quarter of the scatter-adds.  The pass
-        costs ``2nd²`` flops in BLAS-3 where each iteration saved costs
-        ``4ndk`` memory-bound ones (2-core CPU, against R alone: 2^20 × 64
+        nonzeros a column, not 8: a quarter of the scatter-adds (in the band
+        where only A's own Gram pays, the sketch is R alone's, which iterates
+        where κ(A) rules that Gram out).  The pass costs ``3nd²`` flops in
+        BLAS-3 (``nd²`` on A's own Gram) where each iteration saved costs
+        ``4ndk`` memory-bound ones (2-core CPU, κ(A) = 1e6, against R alone: 2^20 × 64
         0.48-0.49 s against 1.12-1.13 s, 200000 × 200 0.43 s against 0.62 s,
         65536 × 128 with k = 8 0.097 s against 0.25 s; ``"direct"`` there
         0.54, 0.45 and about 0.09 s).  ``info["preconditioner"]`` is
@@ -257,7 +264,7 @@ def lstsq(A, b, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
         k = 1 if b.ndim == 1 else b.shape[1]
         refine = method == "precondition" and not is_sparse(A) and refine_pays(n, d, k, tol, xp)
         S = sketch_for(sketch, m, n, d, method, seed, A.nnz if is_sparse(A) else None,
-                       sparse_sign_nnz=REFINE_SKETCH_NNZ if refine else None)
+                       sparse_sign_nnz=REFINE_SKETCH_NNZ if refine == "any" else None)
         info = {"method": method, "sketch": type(S).__name__, "m": S.shape[0], "seed": S.seed, "timings": {}}
         t0 = time.perf_counter()
         SA, Sb = S.matmul_each(A, b)  # one pass over S's hashes for both (on a CPU, most of a thin sketch)
@@ -342,7 +349,7 @@ def _precondition(A, b, SA, Sb, xp, tol, maxiter, info, refine):
     info["preconditioner"] = "sketch"
     if refine:
         t0 = time.perf_counter()
-        refined = refine_preconditioner(A, b, pre, xp)
+        refined = refine_preconditioner(A, b, pre, xp, gram_only=refine == "gram")
         info["timings"]["refine_s"] = time.perf_counter() - t0
         if refined is not None:
             pre, y0 = refined

@@ -162,6 +162,27 @@ def test_lstsq_refined_route_is_the_in_memory_one(rng, monkeypatch):
     np.testing.assert_allclose(res.cost, np.linalg.norm(A @ ref.x - B, axis=0), rtol=1e-12)
 
 
+def test_lstsq_refinement_band_of_x_own_gram_as_in_memory(rng, monkeypatch):
+    """In ``refine_pays``' ``"gram"`` band (d = 200 at tol = 1e-6), as in memory: the sketch of
+    R alone (8 nonzeros a column), refined from X's own Gram summed over the blocks where
+    κ(R) allows (no iteration), else LSMR on R alone, iteration for iteration."""
+    import gpusketch.dask as gsd_module
+
+    made = []
+    sketch_for = gsd_module.sketch_for
+    monkeypatch.setattr(gsd_module, "sketch_for", lambda *a, **k: made.append(sketch_for(*a, **k)) or made[-1])
+    U = rng.standard_normal((2000, 200))
+    b = rng.standard_normal(2000)
+    for kappa, route in ((1e2, "refined"), (1e6, "sketch")):
+        A = U * np.logspace(0, -np.log10(kappa), 200)
+        ref = gs.lstsq(A, b, tol=1e-6, seed=4)
+        with dask.config.set(scheduler="threads"):
+            res = gsd.lstsq(da.from_array(A, chunks=(600, 200)), da.from_array(b, chunks=600), tol=1e-6, seed=4)
+        assert made[-1].nnz == 8 and res.info["preconditioner"] == ref.info["preconditioner"] == route
+        assert res.info["iterations"] == ref.info["iterations"] and (ref.info["iterations"] == 0) == (route == "refined")
+        np.testing.assert_allclose(res.x, ref.x, rtol=1e-8, atol=1e-10 * np.abs(ref.x).max())
+
+
 def test_lstsq_refined_route_of_a_rank_deficient_x_as_in_memory(rng):
     A = rng.standard_normal((6000, 9)) * np.logspace(0, -3, 9)
     A[:, 8] = A[:, 2] + A[:, 3]

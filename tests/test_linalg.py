@@ -102,6 +102,27 @@ def test_refined_route_takes_as_own_gram_where_r_is_well_conditioned(xp, monkeyp
         assert float(res.cost) == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=gap)
 
 
+def test_refinement_band_of_a_own_gram_only(monkeypatch):
+    """Past ``refine_pays``' ``"any"`` bound and within its ``"gram"`` one (d = 200 at
+    tol = 1e-6: 160 < d <= 319 with the CPU's constants), the sketch is R alone's (8 nonzeros a column), refined
+    from A's own Gram where κ(R) allows (κ = 1e2: no iteration), else LSMR on R alone
+    (κ = 1e6); both answer to tol."""
+    import sys
+
+    lstsq_module = sys.modules["gpusketch.linalg.lstsq"]
+    made = []
+    sketch_for = lstsq_module.sketch_for
+    monkeypatch.setattr(lstsq_module, "sketch_for", lambda *a, **k: made.append(sketch_for(*a, **k)) or made[-1])
+    b = np.random.default_rng(11).standard_normal(2000)
+    for kappa, route in ((1e2, "refined"), (1e6, "sketch")):
+        A = ill_conditioned(2000, 200, kappa, 12)
+        res = gs.lstsq(A, b, tol=1e-6, seed=13)
+        assert made[-1].nnz == 8 and res.info["preconditioner"] == route
+        assert (res.info["iterations"] == 0) == (route == "refined")
+        x_ref = np.linalg.lstsq(A, b, rcond=None)[0]
+        assert float(res.cost) == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=1e-10)
+
+
 def test_refined_route_sketches_with_two_nonzeros_a_column_and_reads_a_twice_to_finish(xp, monkeypatch):
     # The refined route needs SA only of full rank: the default sparse sign has
     # REFINE_SKETCH_NNZ nonzeros a column (8 on the route of R alone, or when an operator is

@@ -251,9 +251,10 @@ def refine_preconditioner(A, b, pre, xp, gram_only=False):
     product with b), ``3 n d²`` flops in BLAS-3 (``refine_pays`` says when that is
     less than the iterations saved).  Where κ(A) is small enough for A's own Gram
     (``gram_refines``: ``κ₂(R) <= 1e4``, float64 A), ``G = R⁻ᵀ(AᵀA)R⁻¹`` instead: one
-    SYRK and one GEMV over A, ``n d²`` flops (2-core CPU, whole ``lstsq`` calls at
-    κ(A) = 1 to 1e4: 2^20 × 64 0.46-0.49 → 0.37-0.39 s, 200000 × 200 0.39-0.42 →
-    0.24-0.26 s, 65536 × 128 0.065-0.079 → 0.041-0.047 s, iterations unchanged).
+    SYRK and one GEMV over A, ``n d²`` flops (2-core CPU, whole ``lstsq`` calls, A/B at
+    κ(A) = 1e2-1e3: 2^20 × 64 0.47-0.49 → 0.40-0.41 s, 200000 × 200 0.43-0.46 →
+    0.25-0.27 s, 65536 × 128 0.079-0.086 → 0.046-0.059 s; iterations unchanged up to
+    κ = 1e4).
     None where the Cholesky of G fails.
 
     A rank-deficient sketch's ``V_r Σ_r⁻¹`` (``pre.P``) is refined the same way, its r

@@ -654,6 +654,33 @@ def test_exact_leverage_scores_by_tsqr_over_many_blocks(monkeypatch, fmt):
     assert len(calls) == 3
 
 
+def test_exact_leverage_scores_keep_cholesky_qr2_where_r_is_of_full_rank_by_the_rule(monkeypatch):
+    """A CholeskyQR2 R flagged near the rank rule's line (20000 × 20 graded to κ = 3e10:
+    the cut is 4.4e-12) whose singular values the rule keeps: the streamed Q's row norms
+    serve, as LAPACK's Householder Q's to 1e-12, with no Householder QR; R of rank 18 by
+    the rule (κ = 1e12) takes the Householder route and the scores sum to 18."""
+    import sys
+
+    from gpusketch.linalg import _numerics
+
+    leverage = sys.modules["gpusketch.linalg.leverage"]
+    calls = []
+    monkeypatch.setattr(leverage, "householder_tsqr",
+                        lambda M: calls.append(M.shape) or _numerics.householder_tsqr(M))
+    rng = np.random.default_rng(17)
+    G = rng.standard_normal((20000, 20))
+    A = G * np.logspace(0, -np.log10(3e10), 20)
+    streamed = _numerics.streamed_cholesky_qr2(A, np)
+    assert streamed is not None and _numerics.qr_rank_deficient(streamed[0], A.shape)  # flagged
+    Q, _ = np.linalg.qr(A)
+    np.testing.assert_allclose(gs.leverage_scores(A, exact=True), (Q * Q).sum(axis=1), rtol=1e-12)
+    assert calls == []
+    B = G * np.logspace(0, -12, 20)
+    rank = _numerics.svd_rank(np.linalg.svd(B, compute_uv=False), B.shape)
+    assert rank == 18 and gs.leverage_scores(B, exact=True).sum() == pytest.approx(rank, rel=1e-10)
+    assert calls == [B.shape]
+
+
 def test_leverage_scores_rank_deficient_sum_to_rank():
     rng = np.random.default_rng(14)
     A = rng.standard_normal((500, 4)) @ rng.standard_normal((4, 9))

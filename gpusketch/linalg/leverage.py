@@ -111,7 +111,8 @@ def _product_row_norms2(A, M, xp, at=None):
 def _exact_scores(A, xp):
     """Exact leverage scores: row norms of Q from CholeskyQR2 streamed over row blocks of A
     (neither Q₁ nor Q held whole on the CPU; a sparse A densified a block at a time), or
-    from a Householder QR where CholeskyQR2 is unsafe or its R may be rank deficient, and
+    from a Householder QR where CholeskyQR2 is unsafe or its R is rank deficient by the
+    rule (flagged, and confirmed by R's singular values), and
     for a rank-deficient A the row norms of ``Q U_R`` over R's kept singular directions
     (``R = U_R Σ Vᵀ``, so ``A = (Q U_R) Σ Vᵀ``).  A may also be a ``RowSlices`` matrix.
 
@@ -120,13 +121,19 @@ def _exact_scores(A, xp):
     a Fortran-order copy of all of A, Q formed whole by ``ormqr``, and for a flagged
     CholeskyQR2 an SVD of all of A.  2-core CPU, A/B in one run, best of 3: columns
     graded to κ = 1e10, 2^20 × 64 8.4-9.1 → 1.55-1.64 s, 200000 × 200 4.0-4.1 → 1.65-1.71 s;
-    200000 × 200 of rank 150 1.9-2.4 → 1.34-1.35 s; host peak 3.0x → 1.16x A's bytes.  On
+    200000 × 200 of rank 150 1.9-2.4 → 1.34-1.35 s; host peak 3.0x → 1.16x A's bytes.
+    Where R's singular values clear a flag (200000 × 200 at κ = 1e10 is of full rank by
+    the rule, whose cut is 4.4e-11), the streamed Q itself: 1.6-1.7 → 0.58-0.62 s.  On
     a GPU, cuSOLVER's QR, Q formed (and no longer an SVD of A for a flagged R).
     """
     n, d = A.shape
     dtype = A.dtype if A.dtype.kind == "f" else np.dtype(np.float64)
     streamed = streamed_cholesky_qr2(A, xp) if n >= 2 * d and A.dtype.kind == "f" else None
-    if streamed is not None and not qr_rank_deficient(streamed[0].astype(A.dtype), A.shape):
+    if streamed is not None and (not qr_rank_deficient(streamed[0].astype(A.dtype), A.shape)
+                                 or _full_rank_by_svd(streamed[0], A.shape, A.dtype, xp)):
+        # (a flag near the rule's line that R's singular values lift: the streamed Q
+        # serves, as qr_lstsq's does; 200000 × 200 graded to κ = 1e10, within 3e-15 of
+        # Householder's)
         out = xp.empty(n, dtype=A.dtype)
         for a, c, Q in streamed[3]():
             out[a:c] = xp.einsum("ij,ij->i", Q, Q)
@@ -143,6 +150,12 @@ def _exact_scores(A, xp):
     if xp is np:
         return Q.row_norms2(V).astype(dtype, copy=False)
     return _row_norms2(Q if V is None else Q @ V).astype(dtype, copy=False)
+
+
+def _full_rank_by_svd(R, shape, dtype, xp):
+    """Whether the rank rule keeps every singular value of R (values only, d × d)."""
+    s = xp.linalg.svd(R, compute_uv=False)
+    return svd_rank(s, shape, dtype) == R.shape[1]
 
 
 def leverage_scores(A, *, exact=False, seed=None):

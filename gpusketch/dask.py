@@ -318,10 +318,11 @@ def lstsq(X, y, *, method="precondition", sketch="sparse_sign", m=None, tol=1e-1
     method : {"precondition", "sketch", "direct"}
         As in ``gpusketch.lstsq``: ``"sketch"`` solves the sketched problem;
         ``"precondition"`` uses ``R`` from a QR of ``SX`` as a right
-        preconditioner (refined where ``gpusketch.lstsq`` would refine it,
-        with its sketch of 2 nonzeros a column, the Gram of ``X R⁻¹``
-        summed over the blocks, and its warm start put to LSMR's stopping
-        test first: two passes over X when it passes) and runs LSMR with
+        preconditioner (refined where ``gpusketch.lstsq`` would refine a
+        dense X, with its sketch, the Gram of ``X R⁻¹`` or of X summed over
+        the blocks, and its warm start put to LSMR's stopping test first:
+        two passes over X when it passes; sparse blocks keep R alone, which
+        ``gpusketch.lstsq`` refines from a sparse X's Gram) and runs LSMR with
         distributed products (the columns of y together); ``"direct"`` is the baseline, a tall-skinny QR
         of ``[X y]`` (one pass, R only) and ``x = R⁺ Qᵀy`` (a triangular solve
         when R is of full numerical rank, else the minimum-norm solution from

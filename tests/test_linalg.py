@@ -70,8 +70,8 @@ def test_refined_preconditioner_falls_back_where_its_cholesky_fails(monkeypatch)
 def test_refined_route_takes_as_own_gram_where_r_is_well_conditioned(xp, monkeypatch):
     """``refine_preconditioner`` forms ``R⁻ᵀ(AᵀA)R⁻¹`` from A's own Gram where the sketch's
     κ₂(R), estimated by power iteration, is at most 1e4 and A is float64 (``gram_refines``;
-    for κ(A) = 1e3 an R of κ₂ 1027 is estimated at 1026), else the Gram of
-    ``A R⁻¹``: both reach the direct answer.  Forced onto A's own Gram at κ = 1e8 (its
+    a 2-nonzero sketch of the κ(A) = 1e3 A below gave an R of κ₂ 1027, estimated at
+    1026), else the Gram of ``A R⁻¹``: both reach the direct answer.  Forced onto A's own Gram at κ = 1e8 (its
     rounding then swamps G), the route still answers to tol: through LSMR's iterations
     from a poorer preconditioner, or the sketch's R where G's Cholesky fails."""
     from gpusketch.linalg import _precondition
@@ -142,14 +142,15 @@ def test_sparse_a_refines_from_its_own_gram(xp, monkeypatch):
     csr = sparse_module(xp).csr_matrix
     b = np.random.default_rng(14).standard_normal(20000)
     for kappa, route in ((1e2, "refined"), (1e6, "sketch")):
-        A = sp.random(20000, 40, density=0.05, format="csr", random_state=15) @ sp.diags(np.logspace(0, -np.log10(kappa), 40))
+        scaling = sp.diags(np.logspace(0, -np.log10(kappa), 40))
+        A = sp.random(20000, 40, density=0.05, format="csr", random_state=15) @ scaling
         res = gs.lstsq(csr(A), xp.asarray(b), seed=16)
         assert made[-1].nnz == 2 and res.info["preconditioner"] == route
         assert (res.info["iterations"] == 0) == (route == "refined")
         x_ref = np.linalg.lstsq(A.toarray(), b, rcond=None)[0]
         assert float(res.cost) == pytest.approx(np.linalg.norm(A @ x_ref - b), rel=1e-12)
     # measured: SciPy's Gram 0.04 s against 0.014 s an iteration at 1e6 x 100, 1 %; 1.5 s against
-    # 0.006 s at 20000 x 1000, 20 % (here 1 and 200 nonzeros a row)
+    # 0.005 s at 20000 x 1000, 20 % (here 1 and 200 nonzeros a row)
     r = np.random.default_rng(17)
     thin = sp.csr_matrix((np.ones(10**6), r.integers(0, 100, 10**6), np.arange(10**6 + 1)), shape=(10**6, 100))
     wide = sp.csr_matrix((np.ones(10**6), np.tile(np.arange(0, 1000, 5), 5000), np.arange(0, 10**6 + 1, 200)),

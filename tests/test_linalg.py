@@ -1782,7 +1782,8 @@ def test_householder_q_applied_by_its_reflectors_is_the_formed_q(rng, shape, dty
 @pytest.mark.parametrize("n,kappa", [(50, 1e9), (51, 1e13), (400, 1e9)])
 def test_direct_float32_past_its_precision_is_the_minimum_norm_solution_at_float32_rank(rng, n, kappa):
     """A float32 A and b past κ ≈ 1e6: R (float64 on the host) is of full rank at float64's
-    rule, but x is float32, so it is the minimum-norm solution at float32's rank.  At
+    rule, but x is float32, so it is the minimum-norm solution at float32's rank (the rule
+    with R's d × d, ``factored_rank_shape``: cut ``d ε₃₂ σ₁``).  At
     float64's rank x had entries ~1e4-1e9 that fitted A's rounding, and their own rounding
     to float32 left residuals above ||b|| (NumPy's float32 lstsq: 28.6 against ||b|| = 6.1
     at 50 × 50, κ = 1e9)."""
@@ -1795,9 +1796,37 @@ def test_direct_float32_past_its_precision_is_the_minimum_norm_solution_at_float
         res = gs.lstsq(A, b, method="direct")
     assert res.x.dtype == np.float32 and res.info["factorization"].endswith("+svd")
     A64, b64 = A.astype(np.float64), b.astype(np.float64)
-    x_ref = np.linalg.lstsq(A64, b64, rcond=n * np.finfo(np.float32).eps)[0]
+    x_ref = np.linalg.lstsq(A64, b64, rcond=d * np.finfo(np.float32).eps)[0]
     cost = np.linalg.norm(A64 @ res.x.astype(np.float64) - b64)
     assert cost <= 1.001 * np.linalg.norm(A64 @ x_ref - b64) and cost < np.linalg.norm(b64)
+
+
+def test_tall_float32_a_keeps_the_directions_its_own_rounding_does_not_reach():
+    """A float32 A factored in float64 carries only its entries' rounding: the solvers'
+    rank rule takes R's d × d (cut ``d ε₃₂ σ₁``), not A's n × d, whose ``n ε₃₂ σ₁`` (1.2 %
+    here) dropped healthy directions of a κ = 100 A: the direct solve, Huber IRLS and the
+    exact leverage scores then match float64's (measured before: 1 of 20 directions lost,
+    costs 1.17x and 1.34x float64's, scores summing to 19, a RankDeficientWarning).
+    ``rank`` keeps NumPy's ``matrix_rank``."""
+    import warnings
+
+    from gpusketch import robust
+
+    rng = np.random.default_rng(19)
+    A64 = rng.standard_normal((100000, 20)) * np.logspace(0, -2, 20)
+    b64 = A64 @ rng.standard_normal(20) + 0.01 * rng.standard_normal(100000)
+    A, b = A64.astype(np.float32), b64.astype(np.float32)
+    A64, b64 = A.astype(np.float64), b.astype(np.float64)  # the float32 data, exactly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RankDeficientWarning
+        direct = gs.lstsq(A, b, method="direct")
+        huber = robust.irls(A, b, robust.HuberLoss(0.02), seed=1)
+        scores = gs.leverage_scores(A, exact=True)
+    assert direct.x.dtype == np.float32 and not direct.info["rank_deficient"]
+    assert direct.cost == pytest.approx(gs.lstsq(A64, b64, method="direct").cost, rel=1e-5)
+    assert huber.cost == pytest.approx(robust.irls(A64, b64, robust.HuberLoss(0.02), seed=1).cost, rel=1e-4)
+    np.testing.assert_allclose(scores, gs.leverage_scores(A64, exact=True), rtol=1e-4)
+    assert gs.rank(A, seed=1) == np.linalg.matrix_rank(A) < 20
 
 
 def test_direct_householder_tsqr_over_many_blocks_matches_lapack(rng):

@@ -3,7 +3,9 @@
 A value v (a singular value, or |R_ii| of a Householder QR) counts as zero when
 ``v <= max(shape) · ε · v_max`` — NumPy's ``matrix_rank`` rule, with ``shape``
 the dimensions of the matrix whose rank is meant (A, even when v comes from a
-sketch of A).
+sketch of A).  Where the solvers factor a float32 A in float64 (the direct solve,
+IRLS, exact leverage scores), its R's d × d stand for A's n × d
+(``factored_rank_shape``): only the entries' own rounding is left to allow for.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "dense_times",
     "rank_cut",
     "qr_rank_deficient",
+    "factored_rank_shape",
     "svd_rank",
     "matrix_rank",
     "proves_full_rank",
@@ -54,6 +57,22 @@ def dense_times(A, X, xp, transpose=False):
 
 def rank_cut(vmax, shape, dtype):
     return max(shape) * np.finfo(dtype).eps * float(vmax)
+
+
+def factored_rank_shape(shape, dtype):
+    """The dimensions the rank rule takes for an n × d A of ``dtype`` whose QR the solvers
+    computed in float64 (CholeskyQR2 and Householder, host and device): A's own for
+    float64 A; for a lower precision, the d × d of its R.
+
+    ``max(shape) ε`` allows for the rounding of a factorization carried out in A's
+    precision over its n rows.  A float32 A factored in float64 carries only its
+    entries' own rounding, about ``ε₃₂ σ_max``, and n ε₃₂ had cut every direction
+    below 2.4 % of σ_max at 200000 rows: a float32 A of κ = 100 (200000 × 50, columns
+    graded) lost 10 of its 50 directions, and the direct solve's cost came out 4.3x
+    float64's, Huber IRLS's 10x.  ``d ε₃₂`` keeps the protection a float32 x needs
+    (``_r_svd_lstsq``: past about ``1/(d ε₃₂)`` its own rounding would undo the fit).
+    ``rank`` keeps NumPy's ``matrix_rank`` rule with A's shape."""
+    return tuple(shape) if np.dtype(dtype).itemsize >= 8 else (shape[1], shape[1])
 
 
 def qr_rank_deficient(R, shape):
@@ -654,13 +673,14 @@ def _r_svd_lstsq(R, z, A, xp, route, dtype):
     rank-deficient 200000 × 100 through Householder, 0.19 s against 0.89 s at κ = 1e11
     through CholeskyQR2; CPU).  R is computed in float64 on the host whatever A's dtype;
     x is the minimum-norm solution at the rank that x's own ``dtype`` (A's, b's and the
-    scale's together) carries, and the flag takes the rule at A's precision.  (At
-    float64's rank, a float32 x of a float32 A past κ ≈ 1e6 had fitted the rounding of A
-    with entries ~κ, and their own rounding to float32 left residuals up to 45 times
-    ``||b||``: 50 × 50 and 51 × 50 at κ = 1e9 and 1e13.)"""
+    scale's together) carries, and the flag takes the rule at A's precision, each with
+    ``factored_rank_shape``'s dimensions.  (At float64's rank, a float32 x of a float32 A
+    past κ ≈ 1e6 had fitted the rounding of A with entries ~κ, and their own rounding to
+    float32 left residuals up to 45 times ``||b||``: 50 × 50 and 51 × 50 at κ = 1e9 and
+    1e13.)"""
     U, s, Vt = xp.linalg.svd(R)
-    r = svd_rank(s, A.shape, dtype)
-    deficient = svd_rank(s, A.shape, A.dtype) < R.shape[1]
+    r = svd_rank(s, factored_rank_shape(A.shape, dtype), dtype)
+    deficient = svd_rank(s, factored_rank_shape(A.shape, A.dtype), A.dtype) < R.shape[1]
     if r == R.shape[1]:
         la, _ = linalg_modules(xp)
         return la.solve_triangular(R, z), deficient, route + "+svd"
@@ -704,9 +724,9 @@ def _householder_r_qtb(M, b, xp, scale=None):
     (``qr_lstsq`` had formed ``diag(s) M`` whole, dense, first).  On a GPU,
     cuSOLVER's Q (CuPy has no ``ormqr``), of ``diag(s) M`` formed whole.
     """
-    if xp is not np:
-        Q, R = xp.linalg.qr(_scaled(M, scale))
-        return R, Q.T @ _scaled(b, scale)
+    if xp is not np:  # (in float64, as on the host)
+        Q, R = xp.linalg.qr(_scaled(M, scale, xp.float64))
+        return R, Q.T @ _scaled(b, scale, xp.float64)
     import scipy.linalg
 
     n, d = M.shape
@@ -839,13 +859,13 @@ def qr_lstsq(A, b, xp, scale=None):
         streamed = streamed_cholesky_qr2(A, xp, b=b, scale=scale) if n >= 2 * d and dtype.kind == "f" else None
         if streamed is not None:
             R, Rinv2, y, _ = streamed
-            if not qr_rank_deficient(R.astype(A.dtype), A.shape):
+            if not qr_rank_deficient(R.astype(A.dtype), factored_rank_shape(A.shape, A.dtype)):
                 return _solve_lower_or_upper(R, Rinv2.T @ y, False, xp).astype(dtype, copy=False), False, "cholesky_qr2"
             x, deficient, route = _r_svd_lstsq(R, Rinv2.T @ y, A, xp, "cholesky_qr2", dtype)
             return x.astype(dtype, copy=False), deficient, route
         # Householder: κ(A) may be large, keep the backward-stable TRSV
         R, z = _householder_r_qtb(A, b, xp, scale)
-        if not qr_rank_deficient(R.astype(A.dtype), A.shape):  # (the rule at A's precision)
+        if not qr_rank_deficient(R.astype(A.dtype), factored_rank_shape(A.shape, A.dtype)):  # (at A's precision)
             return la.solve_triangular(R, z).astype(dtype, copy=False), False, "householder"
         x, deficient, route = _r_svd_lstsq(R, z, A, xp, "householder", dtype)
         return x.astype(dtype, copy=False), deficient, route

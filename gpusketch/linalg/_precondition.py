@@ -284,8 +284,9 @@ def refine_preconditioner(A, b, pre, xp, gram_only=False):
     n, d = A.shape
     M = refinement_matrix(pre, xp.result_type(A.dtype, b.dtype), xp)
     if gram_refines(A, pre, M):
-        if is_sparse(A):  # (CSR: Aᵀ is CSC, and the product is SciPy's / cuSPARSE's)
-            return finish_gram_refinement(to_dense(A.T @ A), dense_times(A, b, xp, transpose=True), pre, M, xp)
+        if is_sparse(A):  # (Aᵀ to CSR, as _sparse_seminormal's: cupyx's SpGEMM takes CSR operands)
+            GA = to_dense(A.T.tocsr() @ A.tocsr())
+            return finish_gram_refinement(GA, dense_times(A, b, xp, transpose=True), pre, M, xp)
         return finish_gram_refinement(A.T @ A, A.T @ b, pre, M, xp)
     if gram_only or is_sparse(A):  # (a sparse A's A R⁻¹ would be dense: R alone iterates)
         return None

@@ -32,7 +32,7 @@ from ._backend import (
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
-from .linalg._numerics import qr_rank_deficient, svd_rank, svd_signs
+from .linalg._numerics import full_rank, svd_rank, svd_signs
 from .linalg._precondition import (
     REFINE_SKETCH_NNZ,
     SketchPreconditioner,
@@ -451,7 +451,7 @@ def _direct(X, y, stacklevel=4):
     Rxy = xp.linalg.qr(xp.concatenate(Rs), mode="r")
     R, z = Rxy[:d, :d], Rxy[:d, d:]
     deficient = False
-    if qr_rank_deficient(R, X.shape):  # possibly: the SVD's rank rule decides
+    if not full_rank(R, X.shape):  # possibly: the SVD's rank rule decides
         U, s, Vt = xp.linalg.svd(R)
         r = svd_rank(s, X.shape)
         deficient = r < d
@@ -618,7 +618,7 @@ def _range_rotation(R, shape):
     """
     xp = array_namespace(R)
     W = xp.eye(R.shape[1], dtype=R.dtype)
-    if qr_rank_deficient(R, shape):  # possibly: the SVD's rank rule decides
+    if not full_rank(R, shape):  # possibly: the SVD's rank rule decides
         U, s, _ = xp.linalg.svd(R)
         W = U * (xp.arange(s.size) < svd_rank(s, shape))
     return W

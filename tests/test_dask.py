@@ -242,6 +242,23 @@ def test_lstsq_direct_rank_deficient_is_minimum_norm(rng):
     np.testing.assert_allclose(res.x, np.linalg.pinv(A) @ b, rtol=1e-9, atol=1e-12)
 
 
+def test_columns_in_other_units_as_unscaled(rng):
+    # Column scales 1e-8 .. 1e8 (κ₂ 1e16; 1.1 scaled): the fits and exact leverage scores of
+    # the unscaled X, no warning (the rule on X itself had dropped 3 of 12 directions).
+    X0 = rng.standard_normal((2000, 12))
+    y = X0 @ rng.standard_normal(12) + rng.standard_normal(2000)
+    D = np.logspace(-8, 8, 12)
+    X, yd = da.from_array(X0 * D, chunks=(700, 12)), da.from_array(y, chunks=700)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gs.RankDeficientWarning)
+        for method in ("direct", "precondition"):
+            res = gsd.lstsq(X, yd, method=method, seed=3)
+            assert not res.info["rank_deficient"]
+            np.testing.assert_allclose(res.x * D, np.linalg.lstsq(X0, y, rcond=None)[0], rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(gsd.leverage_scores(X, exact=True)), gs.leverage_scores(X0, exact=True),
+                                   rtol=0, atol=1e-12)
+
+
 def test_lstsq_small_n_uses_the_identity(rng):
     """Where the default sketch size reaches n, S is the identity, as in memory: the exact answer."""
     A, b = rng.standard_normal((40, 8)), rng.standard_normal(40)

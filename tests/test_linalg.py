@@ -533,6 +533,8 @@ def test_sketch_and_solve_warns_when_the_sketch_loses_rank(xp):
 
 @pytest.mark.parametrize("shape", [(400, 10), (15, 10)])  # CholeskyQR2 (n >= 2d), Householder
 def test_direct_rank_deficient_solves_through_the_svd_of_r(xp, shape):
+    from gpusketch.linalg import _numerics
+
     # A = QR, R = UΣVᵀ: R's SVD decides the rank and gives the minimum-norm x, where the SVD of
     # all of A (lstsq's gelsd) was taken (CPU, 200000 × 100: 2.75 → 1.65 s rank deficient,
     # 0.89 → 0.19 s at κ = 1e11).
@@ -548,12 +550,51 @@ def test_direct_rank_deficient_solves_through_the_svd_of_r(xp, shape):
         res32 = gs.lstsq(xp.asarray(A.astype(np.float32)), xp.asarray(B[:, 0].astype(np.float32)), method="direct")
     assert res32.x.dtype == np.float32 and res32.info["rank_deficient"]
     # full rank by the rule (σ_min/σ_max 2.5x the cut max(n, d) ε) but flagged by the
-    # condition estimate (within 10x of it): R's SVD clears it, the triangular solve answers
+    # condition estimate (within 10x of it): ``full_rank`` clears it (its columns graded,
+    # R with unit columns is orthogonal), and the triangular solve answers as accurately
     C = np.linalg.qr(rng.standard_normal(shape))[0] * np.geomspace(1, 2.5 * max(shape) * np.finfo(float).eps, shape[1])
+    R = np.linalg.qr(C, mode="r")
+    assert _numerics.qr_rank_deficient(R, C.shape) and _numerics.full_rank(R, C.shape)  # flagged, then cleared
     full = gs.lstsq(xp.asarray(C), xp.asarray(B), method="direct")
-    assert full.info["factorization"].endswith("+svd") and not full.info["rank_deficient"]
+    assert not full.info["factorization"].endswith("+svd") and not full.info["rank_deficient"]
     ref = np.linalg.norm(C @ np.linalg.lstsq(C, B, rcond=None)[0] - B, axis=0)
     np.testing.assert_allclose(to_numpy(full.cost), ref, rtol=1e-9)
+
+
+def test_solvers_do_not_depend_on_the_units_of_the_columns(xp):
+    # Columns in other units (scales 1e-8 .. 1e8: κ₂ 1e16, against 1.1 for the scaled A): the
+    # fits, costs and leverage scores are those of the unscaled A, with no warning.  The rank
+    # rule on A itself had dropped 3 of 12 directions (RankDeficientWarning from every
+    # method, exact scores 5e-3 off; Huber IRLS's cost 1.6x).
+    from gpusketch.robust import HuberLoss, irls
+
+    rng = np.random.default_rng(23)
+    A0 = rng.standard_normal((3000, 12))
+    b = A0 @ rng.standard_normal(12) + rng.standard_normal(3000)
+    D = np.logspace(-8, 8, 12)
+    A = xp.asarray(A0 * D)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gs.RankDeficientWarning)
+        for method in ("direct", "precondition", "sketch"):
+            ref = gs.lstsq(A0, b, method=method, seed=4)
+            res = gs.lstsq(A, xp.asarray(b), method=method, seed=4)
+            assert not res.info["rank_deficient"]
+            np.testing.assert_allclose(float(res.cost), float(ref.cost), rtol=1e-9)
+            np.testing.assert_allclose(to_numpy(res.x) * D, ref.x, rtol=1e-6, atol=1e-9 * np.abs(ref.x).max())
+        np.testing.assert_allclose(to_numpy(gs.leverage_scores(A, exact=True)), gs.leverage_scores(A0, exact=True),
+                                   rtol=0, atol=1e-12)
+        huber = irls(A, xp.asarray(b), HuberLoss(1.0), seed=2)
+        np.testing.assert_allclose(float(huber.cost), float(irls(A0, b, HuberLoss(1.0), seed=2).cost), rtol=1e-8)
+        # a sparse A: the corrected semi-normal equations take κ on unit columns, as the rule does
+        res = gs.lstsq(sparse_module(xp).csr_matrix(A), xp.asarray(b), method="direct")
+        assert res.info["factorization"] == "seminormal"
+        np.testing.assert_allclose(float(res.cost), float(gs.lstsq(A0, b, method="direct").cost), rtol=1e-9)
+    # a column of rank-rule size only (1e-300): kept, its coefficient finite
+    C = A0.copy()
+    C[:, 0] *= 1e-300
+    res = gs.lstsq(xp.asarray(C), xp.asarray(b), method="direct")
+    assert bool(np.isfinite(to_numpy(res.x)).all())
+    np.testing.assert_allclose(float(res.cost), float(gs.lstsq(A0, b, method="direct").cost), rtol=1e-9)
 
 
 def test_seed_recorded_and_replayable():
@@ -691,9 +732,10 @@ def test_exact_leverage_scores_by_tsqr_over_many_blocks(monkeypatch, fmt):
 
 def test_exact_leverage_scores_keep_cholesky_qr2_where_r_is_of_full_rank_by_the_rule(monkeypatch):
     """A CholeskyQR2 R flagged near the rank rule's line (20000 × 20 graded to κ = 3e10:
-    the cut is 4.4e-12) whose singular values the rule keeps: the streamed Q's row norms
-    serve, as LAPACK's Householder Q's to 1e-12, with no Householder QR; R of rank 18 by
-    the rule (κ = 1e12) takes the Householder route and the scores sum to 18."""
+    the cut is 4.4e-12) that ``full_rank`` clears: the streamed Q's row norms serve, as
+    LAPACK's Householder Q's to 1e-12, with no Householder QR.  Rotated after grading to
+    κ = 1e12 (so that no column scaling helps), of rank 18 by the rule: the Householder
+    route (CholeskyQR2's Gram fails), and the scores sum to 18."""
     import sys
 
     from gpusketch.linalg import _numerics
@@ -704,13 +746,14 @@ def test_exact_leverage_scores_keep_cholesky_qr2_where_r_is_of_full_rank_by_the_
                         lambda M: calls.append(M.shape) or _numerics.householder_tsqr(M))
     rng = np.random.default_rng(17)
     G = rng.standard_normal((20000, 20))
+    H = np.linalg.qr(rng.standard_normal((20, 20)))[0]
     A = G * np.logspace(0, -np.log10(3e10), 20)
     streamed = _numerics.streamed_cholesky_qr2(A, np)
     assert streamed is not None and _numerics.qr_rank_deficient(streamed[0], A.shape)  # flagged
     Q, _ = np.linalg.qr(A)
     np.testing.assert_allclose(gs.leverage_scores(A, exact=True), (Q * Q).sum(axis=1), rtol=1e-12)
     assert calls == []
-    B = G * np.logspace(0, -12, 20)
+    B = G * np.logspace(0, -12, 20) @ H
     rank = _numerics.svd_rank(np.linalg.svd(B, compute_uv=False), B.shape)
     assert rank == 18 and gs.leverage_scores(B, exact=True).sum() == pytest.approx(rank, rel=1e-10)
     assert calls == [B.shape]

@@ -14,7 +14,7 @@ from ._numerics import (
     dense_times,
     apply_qt,
     cholesky_qr_factors,
-    qr_rank_deficient,
+    full_rank,
     svd_rank,
     svd_signs,
 )
@@ -57,7 +57,7 @@ class SketchPreconditioner:
         if not solve:  # (CholeskyQR2 forms Q₁ on the way: not kept)
             self._Q1 = self._Rinv2 = None
         self.rank, self.rank_deficient = SA.shape[1], False
-        if qr_rank_deficient(self.R, SA.shape):  # possibly: the SVD's rank rule decides
+        if not full_rank(self.R, SA.shape):  # possibly: the SVD's rank rule decides
             U_R, s, Vt = xp.linalg.svd(self.R, full_matrices=False)
             r = svd_rank(s, SA.shape)
             if r < SA.shape[1]:

@@ -24,7 +24,7 @@ from .._nvtx import annotate
 from .._random import derive_seed
 from ..operators import Composed, Gaussian, Sampling, SparseSign, row_reduction
 from ..operators._base import MAX_SKETCH_ROWS, ROWS_LIMIT
-from ._numerics import factored_rank_shape, householder_tsqr, qr_rank_deficient, streamed_cholesky_qr2, svd_rank
+from ._numerics import factored_rank_shape, full_rank, householder_tsqr, streamed_cholesky_qr2, svd_rank
 from ._precondition import SketchPreconditioner
 
 __all__ = ["leverage_scores", "leverage_sample"]
@@ -130,7 +130,7 @@ def _exact_scores(A, xp):
     dtype = A.dtype if A.dtype.kind == "f" else np.dtype(np.float64)
     shape = factored_rank_shape(A.shape, dtype)  # (the QRs below run in float64)
     streamed = streamed_cholesky_qr2(A, xp) if n >= 2 * d and A.dtype.kind == "f" else None
-    if streamed is not None and (not qr_rank_deficient(streamed[0].astype(A.dtype), shape)
+    if streamed is not None and (full_rank(streamed[0].astype(A.dtype), shape)
                                  or _full_rank_by_svd(streamed[0], shape, A.dtype, xp)):
         # (a flag near the rule's line that R's singular values lift: the streamed Q
         # serves, as qr_lstsq's does; 200000 × 200 graded to κ = 1e10, within 3e-15 of
@@ -143,7 +143,7 @@ def _exact_scores(A, xp):
         Q, R = householder_tsqr(A)
     else:
         Q, R = xp.linalg.qr((A.toarray() if is_sparse(A) else A[0:n]).astype(xp.float64, copy=False))
-    if qr_rank_deficient(R.astype(dtype, copy=False), shape):
+    if not full_rank(R.astype(dtype, copy=False), shape):
         U_R, s, _ = xp.linalg.svd(R)
         V = U_R[:, : svd_rank(s, shape, dtype)]
     else:

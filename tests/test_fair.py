@@ -530,3 +530,17 @@ def test_low_rank_at_or_above_the_data_rank_fits_exactly():
         for k in (5, 6):
             res = fair.low_rank([B[:25], B[25:]], k, seed=seed)
             assert res.cost <= 1e-10 * np.linalg.norm(B)
+
+
+def test_regression_with_columns_in_other_units_as_unscaled():
+    # Columns scaled 1e-8 .. 1e8 (κ 1e16): Algorithms 5 and 6 solve on unit columns, so the
+    # fair costs are the unscaled problem's (on the columns themselves, 1-3 % higher).
+    rng = np.random.default_rng(32)
+    A = [rng.standard_normal((400, 8)) for _ in range(3)]
+    b = [a @ rng.standard_normal(8) + rng.standard_normal(400) for a in A]
+    D = np.logspace(-8, 8, 8)
+    for exact in (True, False):
+        ref = fair.regression(A, b, exact=exact)
+        res = fair.regression([a * D for a in A], b, exact=exact)
+        np.testing.assert_allclose(res.cost, ref.cost, rtol=1e-8)
+        np.testing.assert_allclose(res.x * D, ref.x, rtol=1e-5, atol=1e-8 * np.abs(ref.x).max())

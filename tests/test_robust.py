@@ -985,3 +985,21 @@ def test_tukey_sampling_never_reduces_below_d_plus_one_rows():
         res = tukey_regression(A, 3 * A[:, 0], 100.0, p=1.0, rows=rows, seed=seed)
         assert res.info["reduced_rows"] >= 2
         np.testing.assert_allclose(res.x, [3.0], rtol=1e-6)
+
+
+def test_lp_regression_with_columns_in_other_units_as_unscaled():
+    # The reduced ℓp problem (least squares, IRLS) is solved on unit-max columns: with
+    # column scales 1e-8 .. 1e8 the cost is the unscaled problem's (NumPy's rank cut on A
+    # itself: 3.6e-4 above it at p = 1.5 in one draw).
+    rng = np.random.default_rng(33)
+    A = rng.standard_normal((4000, 10))
+    b = A @ rng.standard_normal(10) + rng.standard_normal(4000)
+    b[:200] = 1e3
+    D = np.logspace(-8, 8, 10)
+    for p in (1.5, 2.0):
+        ref = gs.lp_regression(A, b, p, seed=1)
+        res = gs.lp_regression(A * D, b, p, seed=1)
+        np.testing.assert_allclose(res.cost, ref.cost, rtol=1e-9)
+        x = solve_lp_small(A[:300] * D, b[:300], p)
+        np.testing.assert_allclose(x * D, solve_lp_small(A[:300], b[:300], p), rtol=1e-6, atol=1e-9)
+

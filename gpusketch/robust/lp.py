@@ -45,22 +45,32 @@ def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
     n, d = A.shape
     if n == 0:  # no rows: every x costs 0, and 0 is the least-norm choice
         return np.zeros(d, dtype=np.result_type(A.dtype, b.dtype))
-    if p == 2:
-        return np.linalg.lstsq(A, b, rcond=None)[0]
-    if p == 1:
-        # The dual LP  max bᵀy  s.t. Aᵀy = 0, −1 <= y <= 1  has d equality rows and n
-        # boxed variables instead of the primal's 2n inequality rows and n + d
-        # variables; HiGHS solves it an order of magnitude faster (6 s against 88 s
-        # at n = 4000, d = 225), and x is minus the equality duals.  Its interior
-        # point method (with crossover) beats dual simplex here by 2x: each
-        # iteration factors a d × d matrix.
-        As, bs, unscale = l1_scaling(A, b)
-        res = scipy.optimize.linprog(-bs, A_eq=As.T, b_eq=np.zeros(d), bounds=(-1.0, 1.0), method="highs-ipm")
-        if res.status != 0:
-            raise RuntimeError(f"HiGHS failed on the reduced ℓ1 problem: {res.message}")
-        # HiGHS works in float64; x comes back in the problem's dtype, as from the other branches.
-        return unscale(-np.asarray(res.eqlin.marginals)).astype(np.result_type(A.dtype, b.dtype), copy=False)
+    if p != 1:
+        # Least squares and IRLS on unit-max columns, x = D x̃: NumPy's rank cut on A itself
+        # dropped directions of columns in other units (scales 1e-8 .. 1e8: p = 1.5's cost
+        # 3.6e-4 above the unscaled problem's).
+        col = np.abs(A).max(axis=0).astype(np.float64)
+        D = 1.0 / np.where(col > 0, col, 1.0)
+        return (D * _solve_lp_small_unit(A * D, b, p, maxiter, tol)).astype(np.result_type(A.dtype, b.dtype), copy=False)
+    # The dual LP  max bᵀy  s.t. Aᵀy = 0, −1 <= y <= 1  has d equality rows and n
+    # boxed variables instead of the primal's 2n inequality rows and n + d
+    # variables; HiGHS solves it an order of magnitude faster (6 s against 88 s
+    # at n = 4000, d = 225), and x is minus the equality duals.  Its interior
+    # point method (with crossover) beats dual simplex here by 2x: each
+    # iteration factors a d × d matrix.
+    As, bs, unscale = l1_scaling(A, b)
+    res = scipy.optimize.linprog(-bs, A_eq=As.T, b_eq=np.zeros(d), bounds=(-1.0, 1.0), method="highs-ipm")
+    if res.status != 0:
+        raise RuntimeError(f"HiGHS failed on the reduced ℓ1 problem: {res.message}")
+    # HiGHS works in float64; x comes back in the problem's dtype, as from the other branches.
+    return unscale(-np.asarray(res.eqlin.marginals)).astype(np.result_type(A.dtype, b.dtype), copy=False)
+
+
+def _solve_lp_small_unit(A, b, p, maxiter, tol):
+    """``solve_lp_small`` for p = 2 and 1 < p < 2 (A's columns already scaled)."""
     x = np.linalg.lstsq(A, b, rcond=None)[0]
+    if p == 2:
+        return x
     r = A @ x - b
     f = np.sum(np.abs(r) ** p)
     # IRLS's step is Newton's damped by p − 1 (gradient p·Aᵀ(u∘r), Hessian p(p−1)·AᵀUA with

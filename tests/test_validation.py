@@ -155,6 +155,8 @@ SOLVER_CASES = [
     (lambda: gs.lstsq(_A, _b, maxiter=0), ValueError, "maxiter"),
     (lambda: gs.robust.TukeyLoss(float("inf")), ValueError, "tau"),
     (lambda: gs.robust.HuberLoss(float("inf")), ValueError, "tau"),
+    (lambda: gs.robust.TukeyLoss(3e200), ValueError, "tau"),  # τ² overflows (was an OverflowError in IRLS)
+    (lambda: gs.robust.ClippedLpLoss(1e-200), ValueError, "tau"),  # τ² underflows
     (lambda: gs.robust.irls(_A, _b, gs.robust.TukeyLoss(1.0), tol=True), ValueError, "tol"),
     (lambda: gs.fair.regression([_A, _A], [_b, _b], tol=float("nan")), ValueError, "tol"),
     # were raw comparisons: "'<' not supported between instances of 'int' and 'str'"

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from .._backend import array_namespace, check_dtype, check_positive_real, check_real_in
 
 __all__ = ["TukeyLoss", "ClippedLpLoss", "HuberLoss"]
 
 
 def _check_tau(tau):
-    return check_positive_real(tau, "tau")
+    tau = check_positive_real(tau, "tau")
+    # The losses and weights use τ²: past ~1.3e154 it overflows (a raw OverflowError from
+    # Python's float power, deep in IRLS), below ~1.5e-154 it underflows (infinite weights).
+    if not (math.isfinite(tau * tau) and tau * tau >= np.finfo(np.float64).tiny):
+        raise ValueError(f"tau must have a finite, normal square in float64 (1.5e-154 <= tau <= 1.3e154), got {tau!r}")
+    return tau
 
 
 def _check_p(p, lo=1.0, hi=2.0):
@@ -49,7 +58,7 @@ class TukeyLoss(_Loss):
 
     Parameters
     ----------
-    tau : float > 0
+    tau : float, 1.5e-154 <= tau <= 1.3e154 (τ² finite and normal in float64)
         Threshold where the loss saturates.
     p : float in [1, 2]
 
@@ -111,7 +120,7 @@ class ClippedLpLoss(_Loss):
 
     Parameters
     ----------
-    tau : float > 0
+    tau : float, 1.5e-154 <= tau <= 1.3e154 (τ² finite and normal in float64)
         Where the loss saturates at ``τ^p``.
     p : float in [1, 2]
 
@@ -148,7 +157,7 @@ class HuberLoss(_Loss):
 
     Parameters
     ----------
-    tau : float > 0
+    tau : float, 1.5e-154 <= tau <= 1.3e154 (τ² finite and normal in float64)
         Where the loss turns from quadratic to linear.
 
     Examples

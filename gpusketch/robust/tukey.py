@@ -290,7 +290,7 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
     Parameters
     ----------
     A : (n, d) array or sparse matrix;  b : (n,) array
-    tau : float > 0
+    tau : float, 1.5e-154 <= tau <= 1.3e154 (τ² finite and normal in float64)
         Tukey threshold (``TukeyLoss(tau, p)``).
     method : {"sampling", "oblivious", "full"}
         ``"sampling"``: Figure 4's recursive row sampling.  ``"oblivious"``: the

@@ -605,6 +605,26 @@ def test_solvers_do_not_depend_on_the_units_of_the_columns(xp):
     np.testing.assert_allclose(float(res.cost), float(gs.lstsq(A0, b, method="direct").cost), rtol=1e-9)
 
 
+def test_intercept_and_offset_feature_fit_as_the_centred_design(xp):
+    # [1, 10⁶ + u, z, t/2 + 1e-3 w]: κ₂ 1e12 (1.2e9 on unit columns), below NumPy's cut
+    # max(n, d) ε σ₁, so NumPy's lstsq truncates it (residual 2.22x the fit's).  Its column
+    # space is the centred design's [1, u − ū, z, ...]: every method fits as that does,
+    # with no warning (at faa0721 the direct solve truncated as NumPy and warned).
+    rng = np.random.default_rng(41)
+    n = 20000
+    u, z, w = rng.standard_normal((3, n))
+    t = 1e6 + u
+    A = np.c_[np.ones(n), t, z, t / 2 + 1e-3 * w]
+    b = 3 + 2 * u + z + rng.standard_normal(n)
+    C = np.c_[np.ones(n), t - t.mean(), z, (t - t.mean()) / 2 + 1e-3 * w]  # same column space, κ 1.3e3
+    ref = np.linalg.norm(C @ np.linalg.lstsq(C, b, rcond=None)[0] - b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", gs.RankDeficientWarning)
+        for method in ("direct", "precondition"):
+            res = gs.lstsq(xp.asarray(A), xp.asarray(b), method=method, seed=2)
+            np.testing.assert_allclose(float(res.cost), ref, rtol=1e-9)
+
+
 def test_seed_recorded_and_replayable():
     rng = np.random.default_rng(11)
     A, b = rng.standard_normal((300, 5)), rng.standard_normal(300)

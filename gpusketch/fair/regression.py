@@ -14,7 +14,7 @@ from .._backend import (
     to_host,
 )
 from .._nvtx import annotate
-from ..linalg._numerics import svd_rank
+from ..linalg._numerics import svd_rank, unit_column_scales
 from ..robust.lp import l1_scaling, solve_lp_small
 from . import _groups
 from ._groups import as_groups
@@ -80,20 +80,14 @@ def _drop_null_directions(U, shape):
     return U if r == s.size else (Us[:, :r] * s[:r]) @ Vt[:r]
 
 
-def _unit_column_scales(A, xp):
-    """D with ``A D`` of unit columns (1 for a zero column).  The ℓ2 routes solve for ``D⁻¹x``:
-    the rank rule then judges A as its columns' units do not (a column scaling changes
-    neither the fit nor the costs), where on A itself columns scaled 1e-8 .. 1e8 (κ 1e16)
-    lost directions and the fair cost came out 2 % high."""
-    norms = xp.sqrt((A * A).sum(axis=0))
-    return xp.where(norms > 0, 1.0 / xp.where(norms > 0, norms, 1.0), 1.0)
-
-
 def _l2_minimax(R, shapes, tol, maxiter):
-    """``min_x max_i f_i(x)`` on unit columns (``_unit_column_scales`` of the stacked ``U_i``):
-    ``_l2_minimax_unit`` of ``[U_i D, r_i]``, and ``x = D y``."""
+    """``min_x max_i f_i(x)`` on unit columns (``unit_column_scales`` D of the stacked ``U_i``):
+    ``_l2_minimax_unit`` of ``[U_i D, r_i]``, and ``x = D y``.  The rank rule then judges the
+    groups as their columns' units do not (a column scaling changes neither the fit nor the
+    costs): on the columns themselves, scaled 1e-8 .. 1e8 (κ 1e16), directions were lost
+    and the fair cost came out 2 % high."""
     d = R[0].shape[1] - 1
-    D = _unit_column_scales(np.concatenate([Ri[:, :d] for Ri in R]), np)
+    D = unit_column_scales(np.concatenate([Ri[:, :d] for Ri in R]), np)
     y, info = _l2_minimax_unit([np.concatenate([Ri[:, :d] * D, Ri[:, d:]], axis=1) for Ri in R], shapes, tol, maxiter)
     return D * y, info
 
@@ -263,7 +257,7 @@ def regression(groups, targets, *, norm=2, exact=True, tol=1e-9, maxiter=500):
             A = xp.concatenate([to_dense(A) for A in groups])
             b = xp.concatenate(bs)
             if norm == 2:  # on unit columns, so that columns in other units keep their directions
-                D = _unit_column_scales(A, xp)
+                D = unit_column_scales(A, xp)
                 x = D * xp.linalg.lstsq(A * D, b, rcond=None)[0]
             else:
                 x = xp.asarray(solve_lp_small(to_host(A), to_host(b), 1.0))

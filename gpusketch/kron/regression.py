@@ -25,7 +25,7 @@ from .._backend import (
 )
 from .._nvtx import annotate
 from .._random import derive_seed
-from ..linalg._numerics import svd_rank
+from ..linalg._numerics import svd_rank, unit_column_scales
 from ..linalg._precondition import SketchPreconditioner
 from ..linalg.leverage import embedding_rows
 from ..linalg.lstsq import RankDeficientWarning
@@ -192,7 +192,7 @@ def _factor_pinv(F, xp):
     1.35x the unscaled problem's).  Otherwise the minimum-norm pseudo-inverse at F's rank."""
     Fd = to_dense(F)
     if F.shape[0] >= F.shape[1]:
-        D = _unit_scales(Fd, xp)
+        D = unit_column_scales(Fd, xp)
         U, s, Vt = xp.linalg.svd(Fd * D, full_matrices=False)
         if svd_rank(s, F.shape) == F.shape[1]:
             return D[:, None] * ((Vt.T / s) @ U.T), F.shape[1]
@@ -201,15 +201,10 @@ def _factor_pinv(F, xp):
     return (Vt[:r].T / s[:r]) @ U[:, :r].T, r
 
 
-def _unit_scales(F, xp):
-    norms = xp.sqrt((F * F).sum(axis=0))
-    return xp.where(norms > 0, 1.0 / xp.where(norms > 0, norms, 1.0), 1.0)
-
-
 def _factor_rank(F, xp):
     """``rank(F)`` by the rule ``_factor_pinv`` uses."""
     Fd = to_dense(F)
-    if F.shape[0] >= F.shape[1] and svd_rank(xp.linalg.svd(Fd * _unit_scales(Fd, xp), compute_uv=False),
+    if F.shape[0] >= F.shape[1] and svd_rank(xp.linalg.svd(Fd * unit_column_scales(Fd, xp), compute_uv=False),
                                              F.shape) == F.shape[1]:
         return F.shape[1]
     return svd_rank(xp.linalg.svd(Fd, compute_uv=False), F.shape)

@@ -33,6 +33,7 @@ __all__ = [
     "rank_cut",
     "qr_rank_deficient",
     "full_rank",
+    "unit_column_scales",
     "factored_rank_shape",
     "svd_rank",
     "matrix_rank",
@@ -103,6 +104,15 @@ def qr_rank_deficient(R, shape):
     return bool(_triangular_rcond(R) <= _RCOND_FACTOR * rank_cut(1.0, shape, R.dtype))
 
 
+def unit_column_scales(M, xp):
+    """D with ``M D`` of unit columns (1 for a zero column), for dense M.  The norms are taken
+    after dividing by each column's largest entry: squares of entries near 1e-300 underflow."""
+    big = abs(M).max(axis=0)
+    big = xp.where(big > 0, big, 1.0)
+    norms = big * xp.sqrt(((M / big) ** 2).sum(axis=0))
+    return xp.where(norms > 0, 1.0 / xp.where(norms > 0, norms, 1.0), 1.0)
+
+
 def full_rank(R, shape, dtype=None):
     """Whether the solvers treat the matrix factored as ``QR`` as of full rank: R is not
     flagged (``qr_rank_deficient``), or R with its columns scaled to unit norm is of full
@@ -128,11 +138,9 @@ def full_rank(R, shape, dtype=None):
     if shape[0] < shape[1] or R.shape[0] < R.shape[1]:
         return False
     xp = array_namespace(R)
-    big = abs(R).max(axis=0)
-    if not bool((big > 0).all()):
+    if not bool(abs(R).max(axis=0).all()):
         return False  # a zero column
-    Rs = R / big  # (then to unit norm: squares of entries near 1e-300 would underflow)
-    Rs /= xp.sqrt((Rs * Rs).sum(axis=0))
+    Rs = R * unit_column_scales(R, xp)
     if not qr_rank_deficient(Rs, shape):
         return True
     return svd_rank(xp.linalg.svd(Rs, compute_uv=False), shape, dtype) == R.shape[1]

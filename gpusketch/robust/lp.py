@@ -24,10 +24,16 @@ def l1_scaling(A, b):
     model error.  ℓ1 regression is equivariant under this scaling:
     ``||Ax − b|| = s ||(AD)(D⁻¹x/s) − b/s||``.
     """
+    AD, D = _unit_max_columns(A)
+    s = float(np.abs(b).max()) or 1.0
+    return AD, b / s, lambda x: x * D * s
+
+
+def _unit_max_columns(A):
+    """``(AD, D)``: A's columns scaled to max-norm 1 (a zero column left as it is)."""
     col = np.abs(A).max(axis=0).astype(np.float64)
     D = 1.0 / np.where(col > 0, col, 1.0)
-    s = float(np.abs(b).max()) or 1.0
-    return A * D, b / s, lambda x: x * D * s
+    return A * D, D
 
 
 def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
@@ -49,9 +55,8 @@ def solve_lp_small(A, b, p, *, maxiter=200, tol=1e-12):
         # Least squares and IRLS on unit-max columns, x = D x̃: NumPy's rank cut on A itself
         # dropped directions of columns in other units (scales 1e-8 .. 1e8: p = 1.5's cost
         # 3.6e-4 above the unscaled problem's).
-        col = np.abs(A).max(axis=0).astype(np.float64)
-        D = 1.0 / np.where(col > 0, col, 1.0)
-        return (D * _solve_lp_small_unit(A * D, b, p, maxiter, tol)).astype(np.result_type(A.dtype, b.dtype), copy=False)
+        AD, D = _unit_max_columns(A)
+        return (D * _solve_lp_small_unit(AD, b, p, maxiter, tol)).astype(np.result_type(A.dtype, b.dtype), copy=False)
     # The dual LP  max bᵀy  s.t. Aᵀy = 0, −1 <= y <= 1  has d equality rows and n
     # boxed variables instead of the primal's 2n inequality rows and n + d
     # variables; HiGHS solves it an order of magnitude faster (6 s against 88 s

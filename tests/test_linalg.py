@@ -566,6 +566,7 @@ def test_solvers_do_not_depend_on_the_units_of_the_columns(xp):
     # fits, costs and leverage scores are those of the unscaled A, with no warning.  The rank
     # rule on A itself had dropped 3 of 12 directions (RankDeficientWarning from every
     # method, exact scores 5e-3 off; Huber IRLS's cost 1.6x).
+    from gpusketch.linalg import _precondition
     from gpusketch.robust import HuberLoss, irls
 
     rng = np.random.default_rng(23)
@@ -583,6 +584,9 @@ def test_solvers_do_not_depend_on_the_units_of_the_columns(xp):
             np.testing.assert_allclose(to_numpy(res.x) * D, ref.x, rtol=1e-6, atol=1e-9 * np.abs(ref.x).max())
         np.testing.assert_allclose(to_numpy(gs.leverage_scores(A, exact=True)), gs.leverage_scores(A0, exact=True),
                                    rtol=0, atol=1e-12)
+        # the refinement from A's own Gram, whose accuracy follows κ on unit columns (1.1 here)
+        pre = _precondition.SketchPreconditioner(gs.SparseSign(58, 3000, nnz=2, seed=1) @ A, xp)
+        assert _precondition.gram_refines(A, pre, _precondition.refinement_matrix(pre, np.float64, xp))
         huber = irls(A, xp.asarray(b), HuberLoss(1.0), seed=2)
         np.testing.assert_allclose(float(huber.cost), float(irls(A0, b, HuberLoss(1.0), seed=2).cost), rtol=1e-8)
         # a sparse A: the corrected semi-normal equations take κ on unit columns, as the rule does

@@ -17,6 +17,7 @@ from ._numerics import (
     full_rank,
     svd_rank,
     svd_signs,
+    unit_column_scales,
 )
 
 __all__ = ["SketchPreconditioner", "RefinedPreconditioner", "refine_preconditioner", "refine_pays", "finish_refinement",
@@ -187,9 +188,21 @@ def gram_refines(A, pre, M):
     SYRK over A, ``n d²`` flops, and ``Aᵀb``) in place of the Gram of ``A R⁻¹`` formed
     block by block (a GEMM and a SYRK, ``3 n d²``): a float64 A (a float32 A's Gram in
     float32 would carry ``u₃₂ κ²``), a full-rank sketch, and ``κ₂(R)`` estimated at most
-    ``GRAM_REFINE_MAX_COND`` (``_cond2_estimate``; M is ``refinement_matrix``'s R⁻¹)."""
-    return (A.dtype == np.float64 and not pre.rank_deficient
-            and _cond2_estimate(pre.R.astype(M.dtype, copy=False), M, pre.xp) <= GRAM_REFINE_MAX_COND)
+    ``GRAM_REFINE_MAX_COND`` (``_cond2_estimate``; M is ``refinement_matrix``'s R⁻¹).
+
+    The Gram, its products with M and the Cholesky are invariant to a column scaling of A
+    in floating point (each term scales as its sum does), so their accuracy follows the
+    least κ over scalings: past the bound, κ of R with unit columns decides (``R E``,
+    inverse ``E⁻¹M``).  Columns in other units then refine as unscaled A does: 200000 x 50
+    with scales 1e-6 .. 1e6 had taken the Gram of ``A R⁻¹``."""
+    if A.dtype != np.float64 or pre.rank_deficient:
+        return False
+    xp = pre.xp
+    R = pre.R.astype(M.dtype, copy=False)
+    if _cond2_estimate(R, M, xp) <= GRAM_REFINE_MAX_COND:
+        return True
+    E = unit_column_scales(R, xp)
+    return _cond2_estimate(R * E, M / E[:, None], xp) <= GRAM_REFINE_MAX_COND
 
 
 def finish_gram_refinement(GA, cA, pre, M, xp):

@@ -141,8 +141,7 @@ def test_streamed_qr_lstsq_matches_whole_array_solution(monkeypatch, rng, xp):
     xr = xr + np.linalg.solve(R, Q.T @ (bs - As @ xr))
     assert route == "cholesky_qr2"
     assert (np.linalg.norm(As @ (to_numpy(xi) - xr)) / np.linalg.norm(bs - As @ xr)) ** 2 <= 1e-20
-    # float32: columns over two decades (A's four are rank deficient at float32's rule,
-    # 5000 ε₃₂ = 6e-4, where x is the minimum-norm solution at that rank)
+    # float32: columns over two decades, against NumPy's float64 solve
     A2 = A / np.logspace(0, 2, d)
     x32, deficient, _ = _numerics.qr_lstsq(xp.asarray(A2, dtype=np.float32), xp.asarray(B[:, 0], dtype=np.float32), xp)
     assert x32.dtype == np.float32 and not deficient

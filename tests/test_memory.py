@@ -301,21 +301,24 @@ def test_device_routes_stream_when_short_of_memory(monkeypatch, system, cupy_or_
         assert ratio <= bound, f"{name} peaked at {ratio:.2f} x A.nbytes on the device route (bound {bound})"
 
 
-@pytest.mark.parametrize("op", [lambda n: gs.SparseSign(64, n, nnz=8, seed=1), lambda n: gs.CountSketch(64, n, seed=1)])
-def test_adjoint_hashes_a_block_of_columns_at_a_time(op):
+@pytest.mark.parametrize("kind", ["sparse_sign", "countsketch", "multilevel"])
+def test_adjoint_hashes_a_block_of_columns_at_a_time(kind):
     """``S.T @ Y`` on the host hashes S a block of columns at a time past 2^20 hash values
     (FastEmbedding's last stage is such an adjoint, its n the embedding's m rows): the
-    whole CSC had peaked at 5.6x the result (SparseSign, 2^20 columns), and equals the
-    blocked one bit for bit."""
+    whole Sᵀ had peaked at 5.6x the result (SparseSign, 2^20 columns; the multi-level
+    sketch 3.4x at 2^21 columns and 5 levels), and equals the blocked one bit for bit."""
     import sys
 
     kernels = sys.modules["gpusketch._kernels"]
     n = 1 << 20
-    S = op(n)
+    S = {"sparse_sign": lambda: gs.SparseSign(64, n, nnz=8, seed=1), "countsketch": lambda: gs.CountSketch(64, n, seed=1),
+         "multilevel": lambda: gs.MultiLevelCountSketch(16, n, 4, seed=1)}[kind]()
     Y = np.random.default_rng(3).standard_normal((64, 4))
     box = []
     ratio = peak_ratio(lambda: box.append(S.T @ Y), np.empty((n, 4)))
     assert ratio <= 2.0, f"peaked at {ratio:.2f} x the result"
-    whole = kernels._hash_matrix_cpu(0, n, 64, S._nnz, S._scale, S._seed, S._stream, Y.dtype)
+    if kind == "multilevel":
+        whole = S._transpose_matrix(np, Y.dtype).T
+    else:
+        whole = kernels._hash_matrix_cpu(0, n, 64, S._nnz, S._scale, S._seed, S._stream, Y.dtype)
     np.testing.assert_array_equal(box[0], whole.T @ Y)
-

@@ -103,7 +103,7 @@ class Sampling(SketchOperator):
             # scatter (20000 x 2000: 0.07 s against 0.24 s on the 2-core CPU).
             check_memory(self._m * int(np.prod(A.shape[1:], dtype=np.int64)) * A.dtype.itemsize,
                          f"sketch output {(self._m,) + A.shape[1:]}", xp)
-            out = xp.take(A, xp.asarray(self._idx), axis=0)
+            out = _kernels._take_rows(A, xp.asarray(self._idx), xp)  # (a Fortran-order A not copied whole)
             if not bool((self._scale == 1.0).all()):
                 out *= xp.asarray(self._scale, dtype=A.dtype).reshape((-1,) + (1,) * (A.ndim - 1))
             return out

@@ -568,8 +568,8 @@ def test_direct_rank_deficient_solves_through_the_svd_of_r(xp, shape):
 def test_solvers_do_not_depend_on_the_units_of_the_columns(xp):
     # Columns in other units (scales 1e-8 .. 1e8: κ₂ 1e16, against 1.1 for the scaled A): the
     # fits, costs and leverage scores are those of the unscaled A, with no warning.  The rank
-    # rule on A itself had dropped 3 of 12 directions (RankDeficientWarning from every
-    # method, exact scores 5e-3 off; Huber IRLS's cost 1.6x).
+    # rule on A itself had dropped 3 of 12 directions, with a RankDeficientWarning from every
+    # method (on a 5000 x 12 draw: exact scores 5e-3 off, Huber IRLS's cost 1.6x).
     from gpusketch.linalg import _precondition
     from gpusketch.robust import HuberLoss, irls
 
@@ -605,7 +605,7 @@ def test_solvers_do_not_depend_on_the_units_of_the_columns(xp):
             ref = gs.lstsq(xp.asarray(A32), xp.asarray(b32), method=method, seed=4)
             res = gs.lstsq(xp.asarray(A32 * D32), xp.asarray(b32), method=method, seed=4)
             np.testing.assert_allclose(float(res.cost), float(ref.cost), rtol=1e-5)
-    # a column of rank-rule size only (1e-300): kept, its coefficient finite
+    # a column 1e-300 times the others: kept (it has unit norm once scaled), its coefficient finite
     C = A0.copy()
     C[:, 0] *= 1e-300
     res = gs.lstsq(xp.asarray(C), xp.asarray(b), method="direct")

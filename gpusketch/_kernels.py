@@ -1817,12 +1817,23 @@ def _group_leverage_subset_screened(X, labels, groups, threshold, stride):
     eps = np.finfo(np.float64).eps
     cut = threshold * (1 - 1e-6)  # the margin covers the round-off of this and the exact route's eigenvalues
     out = np.zeros((len(labels), n))
-    for k in range(len(labels)):
+
+    def subset_lam_min(k):  # λ_min of each group's subset Gram under labeling k (0: singular)
         order, bounds = _group_order(labels.at_runs(k, q_T, rows_T.size), groups, np)
         TSo = np.take(TS, order, axis=0)
         G = np.stack([TSo[a:b].T @ TSo[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
         lam = np.linalg.eigvalsh(G)
-        lam_min = np.where(lam[:, 0] > 10 * d * eps * lam[:, -1], lam[:, 0], 0.0)
+        return np.where(lam[:, 0] > 10 * d * eps * lam[:, -1], lam[:, 0], 0.0)
+
+    # The labelings' subset Grams on threads (the gather, the small GEMMs and eigvalsh release
+    # the GIL, and each is serial at these sizes); the candidates' exact scores after, in order.
+    threads = min(len(labels), _cpu_threads(TS.size * len(labels)))
+    if threads > 1:
+        with all_blas_serial, ThreadPoolExecutor(threads) as ex:
+            lam_mins = list(ex.map(subset_lam_min, range(len(labels))))
+    else:
+        lam_mins = [subset_lam_min(k) for k in range(len(labels))]
+    for k, lam_min in enumerate(lam_mins):
         rows = np.flatnonzero(r >= cut * lam_min.min())  # the rows some group's bound cannot rule out
         if rows.size == 0:
             continue

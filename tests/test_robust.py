@@ -791,6 +791,35 @@ def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, 
         assert calls and all(only is not None for only in calls) and sum(map(len, calls)) < len(calls) * alpha
 
 
+
+
+def test_group_leverage_subset_screening_on_threads_as_serial(rng, monkeypatch):
+    """The labelings' subset Grams on threads (past 2^21 entries) give each labeling its own
+    bounds: the groups scored exactly, labeling by labeling, and the scores are the serial
+    route's.  Labeling 0 puts 10 rows outside group 0 (their groups' subset Grams are
+    singular: every non-empty group a candidate); the others are balanced."""
+    from gpusketch import _kernels
+    from gpusketch.robust.tukey import _group_leverage
+
+    n, d, alpha = 20000, 8, 5
+    A = rng.standard_normal((n, d))
+    A[[17, 2500, 4999]] *= 40
+    labels = rng.integers(0, alpha, (3, n)).astype(np.int32)
+    labels[0] = 0
+    labels[0, rng.choice(n, 10, replace=False)] = rng.integers(1, alpha, 10)
+    calls = []
+    exact = _kernels._group_leverage_exact
+    monkeypatch.setattr(_kernels, "_group_leverage_exact",
+                        lambda *a, **k: calls.append(None if k.get("only") is None else list(k["only"])) or exact(*a, **k))
+    serial = _group_leverage(A, labels, alpha, np, threshold=0.2)
+    serial_calls, calls[:] = list(calls), []
+    assert len(serial_calls) == 3 and serial_calls[0] == np.unique(labels[0]).tolist()  # every non-empty group
+    assert len(serial_calls[1]) < len(serial_calls[0])
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: 2)
+    np.testing.assert_array_equal(_group_leverage(A, labels, alpha, np, threshold=0.2), serial)
+    assert calls == serial_calls
+
+
 def test_hash_labels_read_where_asked_equal_hash_values():
     """Heavy coordinates' labels hashed only where read are hash_values' buckets (nnz = 1)."""
     from gpusketch import _kernels

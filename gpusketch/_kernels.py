@@ -1653,6 +1653,14 @@ def _group_leverage_labelings(X, labels, groups, threshold):
     stride = n // (_SCREEN_ROWS * d * groups)
     if threshold > 0 and stride >= 2:
         return _group_leverage_subset_screened(X, labels, groups, threshold, stride)
+    # Labelings on threads, BLAS serial in each: the gathers are serial and the groups' GEMMs
+    # small (18 labelings of 51 groups, d = 51: 125000 rows 1.20-1.27 → 0.68-0.73 s, 62000
+    # 0.41 → 0.25-0.27 s; at 10000 rows threads lost, hence the per-labeling size).
+    threads = min(len(labels), _cpu_threads(X.size))
+    if threads > 1:
+        with all_blas_serial, ThreadPoolExecutor(threads) as ex:
+            return np.stack(list(ex.map(lambda k: _group_leverage_exact(X, labels.all(k), groups, threshold),
+                                        range(len(labels)))))
     return np.stack([_group_leverage_exact(X, labels.all(k), groups, threshold) for k in range(len(labels))])
 
 

@@ -793,6 +793,24 @@ def test_group_leverage_subset_screening_keeps_every_score_above_threshold(rng, 
 
 
 
+def test_group_leverage_exact_route_on_threads_as_serial(rng, monkeypatch):
+    """Below the subset screening's reach (groups of under 64 d rows) the labelings' exact
+    scores on threads equal the serial ones."""
+    from gpusketch import _kernels
+    from gpusketch.robust.tukey import _group_leverage
+
+    n, d, alpha = 20000, 16, 20
+    assert n // (_kernels._SCREEN_ROWS * d * alpha) < 2 and n > _kernels._GROUP_SMALL_ROWS * alpha
+    A = rng.standard_normal((n, d))
+    A[[17, 2500, 4999]] *= 40
+    labels = rng.integers(0, alpha, (3, n)).astype(np.int32)
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: 1)
+    serial = _group_leverage(A, labels, alpha, np, threshold=0.2)
+    assert (serial[:, [17, 2500, 4999]] >= 0.2).all()
+    monkeypatch.setattr(_kernels, "_cpu_threads", lambda work: 2)
+    np.testing.assert_array_equal(_group_leverage(A, labels, alpha, np, threshold=0.2), serial)
+
+
 def test_group_leverage_subset_screening_on_threads_as_serial(rng, monkeypatch):
     """The labelings' subset Grams on threads (past 2^21 entries) give each labeling its own
     bounds: the groups scored exactly, labeling by labeling, and the scores are the serial

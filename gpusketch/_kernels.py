@@ -299,6 +299,18 @@ def _cpu_threads(work):
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _thread_map(fn, items, work):
+    """``[fn(i) for i in items]``, on CPU threads with BLAS serial in each where ``work`` (the
+    entries touched, as the caller counts them) is large enough for ``_cpu_threads`` to give
+    several; in order either way."""
+    items = list(items)
+    threads = min(len(items), _cpu_threads(work))
+    if threads <= 1:
+        return [fn(i) for i in items]
+    with all_blas_serial, ThreadPoolExecutor(threads) as ex:
+        return list(ex.map(fn, items))
+
+
 def _hash_matrix_cpu(col0, c, m, nnz, scale, seed, stream, dtype):
     """S[:, col0:col0+c] as a SciPy CSC matrix (m x c), nnz entries per column."""
     return _hash_matrix_of(*_hash_values_np(col0, c, m, nnz, seed, stream), m, scale, dtype)
@@ -1656,12 +1668,8 @@ def _group_leverage_labelings(X, labels, groups, threshold):
     # Labelings on threads, BLAS serial in each: the gathers are serial and the groups' GEMMs
     # small (18 labelings of 51 groups, d = 51: 125000 rows 1.20-1.27 → 0.68-0.73 s, 62000
     # 0.41 → 0.25-0.27 s; at 10000 rows threads lost, hence the per-labeling size).
-    threads = min(len(labels), _cpu_threads(X.size))
-    if threads > 1:
-        with all_blas_serial, ThreadPoolExecutor(threads) as ex:
-            return np.stack(list(ex.map(lambda k: _group_leverage_exact(X, labels.all(k), groups, threshold),
-                                        range(len(labels)))))
-    return np.stack([_group_leverage_exact(X, labels.all(k), groups, threshold) for k in range(len(labels))])
+    return np.stack(_thread_map(lambda k: _group_leverage_exact(X, labels.all(k), groups, threshold),
+                                range(len(labels)), X.size))
 
 
 def _group_leverage_sparse(X, group, groups, threshold):
@@ -1835,13 +1843,7 @@ def _group_leverage_subset_screened(X, labels, groups, threshold, stride):
 
     # The labelings' subset Grams on threads (the gather, the small GEMMs and eigvalsh release
     # the GIL, and each is serial at these sizes); the candidates' exact scores after, in order.
-    threads = min(len(labels), _cpu_threads(TS.size * len(labels)))
-    if threads > 1:
-        with all_blas_serial, ThreadPoolExecutor(threads) as ex:
-            lam_mins = list(ex.map(subset_lam_min, range(len(labels))))
-    else:
-        lam_mins = [subset_lam_min(k) for k in range(len(labels))]
-    for k, lam_min in enumerate(lam_mins):
+    for k, lam_min in enumerate(_thread_map(subset_lam_min, range(len(labels)), TS.size)):
         rows = np.flatnonzero(r >= cut * lam_min.min())  # the rows some group's bound cannot rule out
         if rows.size == 0:
             continue

@@ -11,13 +11,11 @@ IRLS, exact leverage scores), its R's d × d stand for A's n × d
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .. import _kernels
 from .._backend import (
-    all_blas_serial,
     array_namespace,
     device_block_rows,
     is_sparse,
@@ -749,17 +747,6 @@ def _tsqr_blocks(n, width):
     return _kernels._even_row_blocks(n, max(_QR_BLOCK_BYTES // (8 * width), 8 * width))
 
 
-def _on_threads(fn, items, work):
-    """``[fn(i) for i in items]``, on CPU threads with BLAS serial in each where ``work``
-    (entries touched) is large enough for ``_cpu_threads`` to give several."""
-    items = list(items)
-    threads = min(len(items), _kernels._cpu_threads(work))
-    if threads <= 1:
-        return [fn(i) for i in items]
-    with all_blas_serial, ThreadPoolExecutor(threads) as ex:
-        return list(ex.map(fn, items))
-
-
 def _householder_r_qtb(M, b, xp, scale=None):
     """``(R, Qᵀ diag(s) b)`` of the Householder QR ``diag(s) M = QR`` (M tall, dense or
     sparse, b of one or more columns, ``scale`` s or None for none), in float64 on the host.
@@ -803,7 +790,7 @@ def _householder_r_qtb(M, b, xp, scale=None):
         # array, whose first rows as a view kept every block alive: a copy of all of M)
         return scipy.linalg.qr(blk, mode="raw", overwrite_a=True, check_finite=False)[1]
 
-    Rs = _on_threads(block_r, _tsqr_blocks(n, width), n * width)
+    Rs = _kernels._thread_map(block_r, _tsqr_blocks(n, width), n * width)
     R = Rs[0]
     if len(Rs) > 1:
         with scipy_blas_threaded():
@@ -842,7 +829,7 @@ class TSQRQ:
             QV = _apply_reflectors(h, tau, "N", c)
             out[a:e] = np.einsum("ij,ij->i", QV, QV)
 
-        _on_threads(block, range(len(self.blocks)), n * W.shape[1])
+        _kernels._thread_map(block, range(len(self.blocks)), n * W.shape[1])
         return out
 
 
@@ -873,7 +860,7 @@ def householder_tsqr(M):
         return (h, tau), R[:d]
 
     blocks = _tsqr_blocks(n, d)
-    parts = _on_threads(factor, blocks, n * d)
+    parts = _kernels._thread_map(factor, blocks, n * d)
     Qs, R = None, parts[0][1]
     if len(parts) > 1:
         with scipy_blas_threaded():

@@ -111,7 +111,7 @@ def unit_column_scales(M, xp):
     return xp.where(norms > 0, 1.0 / xp.where(norms > 0, norms, 1.0), 1.0)
 
 
-def full_rank(R, shape, dtype=None):
+def full_rank(R, shape):
     """Whether the solvers treat the matrix factored as ``QR`` as of full rank: R is not
     flagged (``qr_rank_deficient``), or R with its columns scaled to unit norm is of full
     rank by the rule (``R D`` is the R of ``A D``, flagged or not, confirmed by its
@@ -128,8 +128,7 @@ def full_rank(R, shape, dtype=None):
     unscaled problem's and the exact leverage scores 2.7e-3 off; from 1e-8 to
     1e8 three directions, 1.6x, and the direct and preconditioned solves warned.
     A matrix deficient at this test takes the unscaled rule's minimum-norm route
-    (``_r_svd_lstsq``), as before.  ``dtype``: the precision of the rule (R's own
-    by default).
+    (``_r_svd_lstsq``), as before.  The rule is taken at R's own precision.
     """
     if not qr_rank_deficient(R, shape):
         return True
@@ -141,7 +140,7 @@ def full_rank(R, shape, dtype=None):
     Rs = R * unit_column_scales(R, xp)
     if not qr_rank_deficient(Rs, shape):
         return True
-    return svd_rank(xp.linalg.svd(Rs, compute_uv=False), shape, dtype) == R.shape[1]
+    return svd_rank(xp.linalg.svd(Rs, compute_uv=False), shape) == R.shape[1]
 
 
 #: ``qr_rank_deficient`` also flags R whose estimated reciprocal condition number is within

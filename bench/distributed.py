@@ -10,7 +10,8 @@ package for scripts run from ``bench/``.)  X has ``2^log2n`` rows by ``--d``
 columns in row chunks of ``--chunk-rows``; blocks are NumPy on the CPU and
 CuPy on the GPU (the threads scheduler; on a GPU cluster each worker would
 hold its own blocks).  Rows: ``gsd.sketch`` (CountSketch and SparseSign,
-m = 4d + 10) and ``gsd.lstsq`` (sketch, precondition, direct: Dask's TSQR) with their times,
+m = 4d + 10), ``gsd.lstsq`` (sketch, precondition, direct: Dask's TSQR) and
+``gsd.tukey_regression`` (the oblivious sketch, τ = 3) with their times,
 GB/s over X and the agreement with the in-memory call on the same array.
 Writes ``bench/results/distributed-<device>.{json,md}``.
 """
@@ -58,6 +59,7 @@ def main(argv=None):
     import dask.array as da
 
     from gpusketch import dask as gsd
+    from gpusketch.robust import tukey_regression
 
     xp, device, use_gpu = select_device(args.device)
     n, d = 1 << args.log2n, args.d
@@ -82,6 +84,12 @@ def main(argv=None):
             rows.append({"task": f"lstsq {method}", "seconds": t, "in_memory_s": t_mem, "GB/s": A.nbytes / t / 1e9,
                          "agreement": abs(float(res.cost) / float(ref.cost) - 1)})
             print(rows[-1], flush=True)
+        # Tukey regression by the oblivious sketch (one pass for the sketch, one for the cost).
+        res, t = _timed(lambda: gsd.tukey_regression(X, y, 3.0, seed=3), xp, repeat=1)
+        ref, t_mem = _timed(lambda: tukey_regression(A, b, 3.0, method="oblivious", seed=3), xp, repeat=1)
+        rows.append({"task": "tukey_regression oblivious", "seconds": t, "in_memory_s": t_mem,
+                     "GB/s": A.nbytes / t / 1e9, "agreement": abs(res.cost / ref.cost - 1)})
+        print(rows[-1], flush=True)
     tag = "gpu" if use_gpu else "cpu"
     meta = {"date": datetime.date.today().isoformat(), "commit": args.commit or git_commit(), "device": device,
             "n": n, "d": d, "chunk_rows": args.chunk_rows, "chunks": -(-n // args.chunk_rows)}

@@ -46,8 +46,12 @@ from .linalg.leverage import _gaussian, embedding_osnap, embedding_rows, jl_colu
 from .linalg.lstsq import RankDeficientWarning, missed_direction_tol, sketch_for, sketch_rank_message, warm_start_passes
 from .linalg.results import LstsqResult
 from .operators import Gaussian, SketchOperator
+from .robust.irls import irls
+from .robust.losses import TukeyLoss
+from .robust.tukey import TukeyResult, check_reduction, oblivious_sketch
+from .robust.tukey import tukey_regression as in_memory_tukey
 
-__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd"]
+__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "tukey_regression"]
 
 
 def _da():
@@ -132,17 +136,25 @@ def _sketch_with_rhs(S, X, y):
     """``(S X, S y)`` computed, for y with X's row chunks: each row block's column slice
     of S generated once for X's blocks and y's (``matmul_each``; on CPU workers the
     hashing is most of a thin sketch), where ``sketch`` twice would generate it twice."""
+    return _sketches_with_rhs([S], X, y)[0]
+
+
+def _sketches_with_rhs(operators, X, y):
+    """``[(S X, S y) for S in operators]``, computed together: one pass over X and y."""
     import dask
 
     if y.ndim == 2 and len(y.chunks[1]) > 1:
         y = y.rechunk({1: -1})
     off, xb, yb = _offsets(X.chunks[0]), X.to_delayed(), y.to_delayed()
     cols = [j for j in range(len(X.chunks[1])) if X.chunks[1][j] > 0]
-    parts = [dask.delayed(_sketch_row)(S, off[i], off[i + 1], *[xb[i, j] for j in cols],
-                                       yb[i] if y.ndim == 1 else yb[i, 0])
-             for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]
-    (*SX, Sy), = dask.compute(_tree_sum(parts, _add_each))
-    return (SX[0] if len(SX) == 1 else array_namespace(*SX).concatenate(SX, axis=1)), Sy
+    sums = [_tree_sum([dask.delayed(_sketch_row)(S, off[i], off[i + 1], *[xb[i, j] for j in cols],
+                                                 yb[i] if y.ndim == 1 else yb[i, 0])
+                       for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0], _add_each)
+            for S in operators]
+    out = []
+    for *SX, Sy in dask.compute(*sums):
+        out.append(((SX[0] if len(SX) == 1 else array_namespace(*SX).concatenate(SX, axis=1)), Sy))
+    return out
 
 
 def sketch(S, X):
@@ -747,3 +759,96 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
         Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
         sign = svd_signs(Vt[:k], xp)  # as gpusketch.randomized_svd's
         return Q @ (Ub[:, :k] * sign), s[:k], Vt[:k] * sign[:, None]
+
+
+def _block_loss(r, loss):
+    return loss.value(r)
+
+
+def tukey_regression(X, y, tau, *, rows=None, p=2, branching=4.0, trials=1, seed=None):
+    """Tukey regression ``min_x Σ_i M((Xx − y)_i)`` of a Dask X by the oblivious sketch, then IRLS.
+
+    The §2.4 sketch of Clarkson, Wang & Woodruff: ``gpusketch.robust.
+    tukey_regression(..., method="oblivious")`` with X and y distributed.
+    It is oblivious to the data, so it needs one pass over X and y, where
+    each block is sketched where it lives.  The reduced problem is small
+    (``rows`` × d), and ``irls`` solves it in memory.  A second pass
+    evaluates the cost of each trial's x on all of the data.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d)
+        NumPy or CuPy blocks, or SciPy/cupyx sparse ones.
+    y : dask.array.Array, or NumPy/CuPy array on X's blocks' device, of shape (n,)
+        Rechunked (Dask) or split (in memory) to X's row chunks.
+    tau : float
+        Tukey threshold (``TukeyLoss(tau, p)``).
+    rows, p, branching, trials, seed
+        As in ``gpusketch.robust.tukey_regression``: reduced rows (default
+        ``40 (d + 1)``), loss exponent in [1, 2], subsampling ratio between
+        levels, and independent sketches whose best x on the full data is
+        returned.  All trials share the two passes.
+
+    Returns
+    -------
+    TukeyResult
+        ``.x`` (NumPy or CuPy, like the blocks), ``.cost`` on the full data,
+        ``.rows`` None (the reduced rows are sketch buckets), ``.weights``
+        and ``.info``.  For the same seed, the answer of
+        ``gpusketch.robust.tukey_regression(X.compute(), y.compute(), tau,
+        method="oblivious", ...)`` within round-off: the same sketches and
+        the same IRLS.
+
+    Notes
+    -----
+    Figure 4's row sampling is in-memory only.  Each of its rounds picks
+    rows by scores of the rows that are still left, so every round would
+    be another pass over the data.  Once ``rows >= n``, the problem itself
+    is the reduced one: X and y are computed and solved as in memory.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> from gpusketch.robust import tukey_regression
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((20_000, 4)); b = A @ np.ones(4) + rng.standard_normal(20_000); b[:1000] = 1e4
+    >>> res = gsd.tukey_regression(da.from_array(A, chunks=(5000, 4)), da.from_array(b, chunks=5000), 3.0, seed=1)
+    >>> full = tukey_regression(A, b, 3.0, method="full", seed=1)
+    >>> bool(res.cost <= 1.5 * full.cost)
+    True
+    """
+    with annotate("gpusketch.dask.tukey_regression"):
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
+        y = _dask_rhs(y, X, da)
+        n, d = X.shape
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D, got shape {y.shape}")
+        if y.shape[0] != n:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
+        if y.chunks[0] != X.chunks[0]:
+            y = y.rechunk({0: X.chunks[0]})
+        loss = TukeyLoss(tau, p)  # validates tau and p
+        rows, branching, trials = check_reduction(d, rows, branching, trials)
+        seed = check_seed(seed)
+        if rows >= n:  # the problem is the reduced one: in memory, as the in-memory call does
+            return in_memory_tukey(_small(X), _small(y), tau, method="oblivious", rows=rows, p=p,
+                             branching=branching, trials=trials, seed=seed)
+        seeds = [derive_seed(seed, t) for t in range(trials)]  # as in memory: trial t's sketch
+        made = [oblivious_sketch(n, rows, branching, s) for s in seeds]
+        sketched = _sketches_with_rhs([S for S, _ in made], X, y)  # one pass for every trial
+        solutions = []
+        for (S, info), s, (SX, Sy) in zip(made, seeds, sketched):
+            _check_sketch_finite(to_dense(SX), "X")  # level 0 holds every row
+            _check_sketch_finite(Sy, "y")
+            xp = array_namespace(Sy)
+            w = S.weights(xp).astype(Sy.dtype)
+            red = irls(to_dense(SX), Sy, loss, weights=w, seed=derive_seed(s, 99))
+            solutions.append((red.x, w, info))
+        xs = array_namespace(solutions[0][0]).stack([x for x, _, _ in solutions], axis=1)
+        r = _times(X, xs) - y[:, None]  # the second pass: every trial's residuals at once
+        costs = to_host(_small(r.map_blocks(_block_loss, loss, dtype=r.dtype).sum(axis=0)))
+        t = int(np.argmin(costs))
+        x, w, info = solutions[t]
+        return TukeyResult(x, float(costs[t]), None, w, {"method": "oblivious", "seed": seed, "trial": t,
+                                                         "reduced_rows": int(w.shape[0]), **info})

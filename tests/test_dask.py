@@ -498,6 +498,78 @@ def test_bad_input(rng):
         gsd.randomized_svd(Xn, 2, seed=1)
 
 
+def _outlier_problem(rng, n=12000, d=5):
+    A = rng.standard_normal((n, d))
+    b = A @ np.ones(d) + rng.standard_normal(n)
+    b[rng.choice(n, n // 20, replace=False)] = 1e4
+    return A, b
+
+
+@pytest.mark.parametrize("scheduler_name", SCHEDULERS)
+def test_tukey_regression_is_the_in_memory_oblivious_sketch(rng, scheduler_name):
+    from gpusketch.robust import tukey_regression
+
+    A, b = _outlier_problem(rng)
+    # The processes scheduler pays a pool start per compute (two here): one case of the grid.
+    grid = [((3000, 5), 3000), ((2500, 2), 4000), ((12000, 5), 12000)][: 1 if scheduler_name == "processes" else 3]
+    for kw in [{"trials": 3}, {"p": 1.5, "rows": 90, "branching": 3.0}][: 2 if len(grid) > 1 else 1]:
+        ref = tukey_regression(A, b, 3.0, method="oblivious", seed=7, **kw)
+        for chunks, ychunks in grid:
+            with dask.config.set(scheduler=scheduler_name):
+                res = gsd.tukey_regression(da.from_array(A, chunks=chunks), da.from_array(b, chunks=ychunks), 3.0,
+                                           seed=7, **kw)
+            np.testing.assert_allclose(res.x, ref.x, rtol=1e-10, atol=1e-12)
+            assert res.cost == pytest.approx(ref.cost, rel=1e-12)
+            np.testing.assert_array_equal(res.weights, ref.weights)
+            assert res.rows is None and res.info["trial"] == ref.info["trial"]
+            assert res.info["reduced_rows"] == ref.info["reduced_rows"] == res.weights.shape[0]
+    # The sketch fits the clean rows: the full-data IRLS's cost within the bench's bound for oblivious.
+    full = tukey_regression(A, b, 3.0, method="full", seed=1)
+    assert res.cost <= 1.5 * full.cost
+
+
+def test_tukey_regression_small_problem_and_inputs(rng):
+    from gpusketch.robust import tukey_regression
+
+    A, b = _outlier_problem(rng, n=300, d=4)
+    X = da.from_array(A, chunks=(100, 4))
+    # rows >= n: no sketch is smaller than the problem, which is solved whole, as in memory.
+    res = gsd.tukey_regression(X, b, 3.0, rows=400, seed=2)
+    ref = tukey_regression(A, b, 3.0, method="oblivious", rows=400, seed=2)
+    np.testing.assert_array_equal(res.x, ref.x)
+    assert res.info["levels"] == 0
+    # Sparse and integer blocks, an in-memory y.
+    import scipy.sparse as sp
+
+    A2, b2 = _outlier_problem(rng, n=6000, d=4)
+    ref = gsd.tukey_regression(da.from_array(A2, chunks=(1500, 4)), b2, 3.0, seed=3)
+    sparse = gsd.tukey_regression(da.from_array(A2, chunks=(1500, 4)).map_blocks(sp.csr_matrix), b2, 3.0, seed=3)
+    np.testing.assert_allclose(sparse.x, ref.x, rtol=1e-10)
+    Ai = np.rint(4 * A2)
+    ints = gsd.tukey_regression(da.from_array(Ai.astype(np.int64), chunks=(1500, 4)), b2, 3.0, seed=3)
+    np.testing.assert_allclose(ints.x, tukey_regression(Ai, b2, 3.0, method="oblivious", seed=3).x, rtol=1e-10)
+    with pytest.raises(ValueError, match="tau must be a positive"):
+        gsd.tukey_regression(X, b, 0.0)
+    with pytest.raises(ValueError, match="rows must exceed d = 4"):
+        gsd.tukey_regression(X, b, 3.0, rows=4)
+    with pytest.raises(ValueError, match="branching"):
+        gsd.tukey_regression(X, b, 3.0, branching=1.0)
+    with pytest.raises(ValueError, match="p must lie in"):
+        gsd.tukey_regression(X, b, 3.0, p=2.5)
+    with pytest.raises(ValueError, match="y must be 1-D"):
+        gsd.tukey_regression(X, np.c_[b, b], 3.0)
+    with pytest.raises(ValueError, match="y has 299 rows but X has 300"):
+        gsd.tukey_regression(X, da.from_array(b[:-1], chunks=100), 3.0)
+    with pytest.raises(TypeError, match="dask.array.Array"):
+        gsd.tukey_regression(A, b, 3.0)
+    Xn = A.copy()
+    Xn[123, 2] = np.inf
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.tukey_regression(da.from_array(Xn, chunks=(100, 4)), b, 3.0, rows=50)
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        gsd.tukey_regression(X, np.where(np.arange(300) == 5, np.nan, b), 3.0, rows=50)
+
+
 @pytest.mark.gpu
 def test_cupy_chunks(rng, cupy_or_fake):
     cupy = cupy_or_fake
@@ -533,6 +605,7 @@ DEVICE_CALLS = {
     "leverage_scores": lambda X, y: gsd.leverage_scores(X, seed=1).compute(),
     "leverage_scores exact": lambda X, y: gsd.leverage_scores(X, exact=True).compute(),
     "randomized_svd": lambda X, y: gsd.randomized_svd(X, 3, seed=1)[1],
+    "tukey_regression": lambda X, y: gsd.tukey_regression(X, y, 2.0, trials=2, seed=1).x,
 }
 
 

@@ -397,12 +397,8 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         loss = TukeyLoss(tau, p)  # validates tau and p
-        rows = 40 * (d + 1) if rows is None else check_positive_int(rows, "rows")
-        if rows <= d:
-            raise ValueError(f"rows must exceed d = {d}, got {rows}")
+        rows, branching, trials = check_reduction(d, rows, branching, trials)
         alpha = (d + 1) if alpha is None else check_positive_int(alpha, "alpha")
-        branching = check_real_in(branching, "branching", 1, math.inf, closed="()")
-        trials = check_positive_int(trials, "trials")
         seed = check_seed(seed)
         if method == "full":
             res = irls(A, b, loss, seed=seed)
@@ -414,7 +410,7 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
             if method == "sampling":
                 SA, Sb, w, kept, info = _row_sampling(A, b, R, rows, alpha, p, s, xp)
             else:
-                SA, Sb, w, kept, info = _oblivious(A, b, rows, float(branching), s, xp)
+                SA, Sb, w, kept, info = _oblivious(A, b, rows, branching, s, xp)
             red = irls(SA, Sb, loss, weights=w, seed=derive_seed(s, 99))
             cost = loss.total(to_dense(A @ red.x) - b)
             if best is None or cost < best[1]:
@@ -422,6 +418,26 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
                                                "reduced_rows": int(Sb.shape[0]), **info})
         x, cost, kept, w, info = best
         return TukeyResult(x, cost, kept, w, info)
+
+
+def check_reduction(d, rows, branching, trials):
+    """``tukey_regression``'s ``(rows, branching, trials)`` validated, rows defaulting to ``40 (d + 1)``."""
+    rows = 40 * (d + 1) if rows is None else check_positive_int(rows, "rows")
+    if rows <= d:
+        raise ValueError(f"rows must exceed d = {d}, got {rows}")
+    branching = float(check_real_in(branching, "branching", 1, math.inf, closed="()"))
+    return rows, branching, check_positive_int(trials, "trials")
+
+
+def oblivious_sketch(n, rows, beta, seed):
+    """The §2.4 sketch of an n-row problem for ``rows`` reduced rows, and its ``info``; None
+    when ``rows >= n`` (no sketch can have fewer rows than the problem: it is used whole)."""
+    if rows >= n:
+        return None, {"levels": 0}
+    H = max(1, int(math.ceil(math.log(max(4.0 * n / rows, beta)) / math.log(beta))))
+    r = int(math.ceil(rows / (H + 1)))
+    S = MultiLevelCountSketch(r, n, H + 1, branching=beta, seed=seed)
+    return S, {"levels": H + 1, "branching": beta, "buckets_per_level": r}
 
 
 def _row_sampling(A, b, R, rows, alpha, p, seed, xp):
@@ -474,11 +490,8 @@ def _light_scores(R, is_heavy, light, p, seed, xp):
 
 def _oblivious(A, b, rows, beta, seed, xp):
     n = A.shape[0]
-    if rows >= n:  # no sketch can have fewer rows than the problem: use it whole
-        return to_dense(A), b, xp.ones(n, dtype=b.dtype), xp.arange(n), {"levels": 0}
-    H = max(1, int(math.ceil(math.log(max(4.0 * n / rows, beta)) / math.log(beta))))
-    r = int(math.ceil(rows / (H + 1)))
-    S = MultiLevelCountSketch(r, n, H + 1, branching=beta, seed=seed)
-    info = {"levels": H + 1, "branching": beta, "buckets_per_level": r}
+    S, info = oblivious_sketch(n, rows, beta, seed)
+    if S is None:
+        return to_dense(A), b, xp.ones(n, dtype=b.dtype), xp.arange(n), info
     SA, Sb = S.matmul_each(A, b)  # S's hashes once for both
     return to_dense(SA), Sb, S.weights(xp).astype(b.dtype), None, info

@@ -11,7 +11,7 @@ columns in row chunks of ``--chunk-rows``; blocks are NumPy on the CPU and
 CuPy on the GPU (the threads scheduler; on a GPU cluster each worker would
 hold its own blocks).  Rows: ``gsd.sketch`` (CountSketch and SparseSign,
 m = 4d + 10), ``gsd.lstsq`` (sketch, precondition, direct: Dask's TSQR) and
-``gsd.tukey_regression`` (the oblivious sketch, τ = 3) with their times,
+``gsd.lp_regression`` (p = 1) and ``gsd.tukey_regression`` (the oblivious sketch, τ = 3) with their times,
 GB/s over X and the agreement with the in-memory call on the same array.
 Writes ``bench/results/distributed-<device>.{json,md}``.
 """
@@ -84,6 +84,12 @@ def main(argv=None):
             rows.append({"task": f"lstsq {method}", "seconds": t, "in_memory_s": t_mem, "GB/s": A.nbytes / t / 1e9,
                          "agreement": abs(float(res.cost) / float(ref.cost) - 1)})
             print(rows[-1], flush=True)
+        # ℓ1 regression by Lewis-weight sampling (two passes per step of the weights, one to gather, one for the cost).
+        res, t = _timed(lambda: gsd.lp_regression(X, y, 1, seed=3), xp, repeat=1)
+        ref, t_mem = _timed(lambda: gs.lp_regression(A, b, 1, seed=3), xp, repeat=1)
+        rows.append({"task": "lp_regression p=1", "seconds": t, "in_memory_s": t_mem,
+                     "GB/s": A.nbytes / t / 1e9, "agreement": abs(res.cost / ref.cost - 1)})
+        print(rows[-1], flush=True)
         # Tukey regression by the oblivious sketch (one pass for the sketch, one for the cost).
         res, t = _timed(lambda: gsd.tukey_regression(X, y, 3.0, seed=3), xp, repeat=1)
         ref, t_mem = _timed(lambda: tukey_regression(A, b, 3.0, method="oblivious", seed=3), xp, repeat=1)

@@ -243,13 +243,15 @@ def _hash_values_gpu(col0, n, m, nnz, seed, stream):
     return buckets, signs
 
 
-def uniforms(n, seed, xp):
+def uniforms(n, seed, xp, start=0):
     """n uniforms in (0, 1) from Philox hash words (stream ``STREAM_UNIFORM``), on ``xp``.
 
     Bit-identical on both backends, so randomized algorithms keep the same
-    rows on CPU and GPU for the same seed.
+    rows on CPU and GPU for the same seed.  Entry i is a function of
+    ``start + i`` and the seed only: the uniforms of rows ``a:b`` are
+    ``uniforms(b − a, seed, xp, start=a)``, the same numbers in any chunking.
     """
-    buckets, _ = call("hash_values", xp, 0, n, 1 << 30, 1, seed, _random.STREAM_UNIFORM)
+    buckets, _ = call("hash_values", xp, start, n, 1 << 30, 1, seed, _random.STREAM_UNIFORM)
     return (buckets[:, 0] + 0.5) / float(1 << 30)
 
 

@@ -24,11 +24,14 @@ from ._backend import (
     check_positive_int,
     check_positive_real,
     check_seed,
+    check_real_in,
     is_sparse,
     linalg_modules,
+    sparse_module,
     to_dense,
     to_host,
 )
+from . import _kernels
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
@@ -47,11 +50,16 @@ from .linalg.lstsq import RankDeficientWarning, missed_direction_tol, sketch_for
 from .linalg.results import LstsqResult
 from .operators import Gaussian, SketchOperator
 from .robust.irls import irls
+from .robust.lewis import default_iters, lewis_step
+from .robust.lp import check_sample_size, solve_lp_small
+from .robust.lp import lp_regression as in_memory_lp
+from .robust.results import RobustResult
 from .robust.losses import TukeyLoss
 from .robust.tukey import TukeyResult, check_reduction, oblivious_sketch
 from .robust.tukey import tukey_regression as in_memory_tukey
 
-__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "tukey_regression"]
+__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "lp_regression",
+           "tukey_regression"]
 
 
 def _da():
@@ -628,6 +636,7 @@ def _range_rotation(R, shape):
     singular vectors of X are ``Q U_R``, and W keeps U_R's first r columns.
     (Q's own row norms summed to d, not r: scores off by up to 1.)
     """
+    _check_sketch_finite(R, "X", "its R factor")  # at compute time: the scores are lazy
     xp = array_namespace(R)
     W = xp.eye(R.shape[1], dtype=R.dtype)
     if not full_rank(R, shape):  # possibly: the SVD's rank rule decides
@@ -667,7 +676,9 @@ def leverage_scores(X, *, exact=False, seed=None):
     -------
     dask.array.Array of shape (n,)
         Lazy; ``.compute()`` gives ``gpusketch.leverage_scores(X.compute(), seed=seed)``
-        within round-off.
+        within round-off.  NaN or Inf in X raise ``ValueError``: on the sketched
+        route here (found in the sketch), on the exact one when the scores are
+        computed (found in R).
 
     Examples
     --------
@@ -759,6 +770,125 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
         Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
         sign = svd_signs(Vt[:k], xp)  # as gpusketch.randomized_svd's
         return Q @ (Ub[:, :k] * sign), s[:k], Vt[:k] * sign[:, None]
+
+
+def _with_column(block, col):
+    """``[block col]`` of one row block and its (rows × 1) column: CSR for a sparse block."""
+    if is_sparse(block):
+        sps = sparse_module(array_namespace(col))
+        return sps.hstack([block, sps.csr_matrix(col)]).tocsr()
+    return array_namespace(block).concatenate([block, col], axis=1)
+
+
+def _scale_rows(block, s):
+    return block.multiply(s).tocsr() if is_sparse(block) else block * s
+
+
+def _sampled_rows(block, y, q, start, seed, p):
+    """The rows of a block of X and y kept with probabilities q, scaled by ``q^{−1/p}``, on the
+    host (``gpusketch.lp_regression``'s sample, with the uniforms of rows ``start:``)."""
+    xp = array_namespace(q)
+    keep = xp.flatnonzero(_kernels.uniforms(q.shape[0], seed, xp, start=start) < q)
+    scale = q[keep] ** (-1.0 / p)
+    return to_host(to_dense(block[keep]) * scale[:, None]), to_host(y[keep] * scale)
+
+
+def lp_regression(X, y, p=1, *, m=None, seed=None):
+    """``min_x ||Xx − y||_p`` (1 <= p <= 2) of a Dask X by ℓp Lewis-weight sampling.
+
+    ``gpusketch.lp_regression`` with X and y distributed: sketched Lewis
+    weights of ``[X y]``, a sample of about m rows by them, the reduced
+    problem solved in memory (HiGHS for p = 1, IRLS for 1 < p < 2), and its
+    cost on all the data.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), n >= d
+        NumPy or CuPy blocks, or SciPy/cupyx sparse ones (kept sparse:
+        ``[X y]`` is stacked a block at a time).
+    y : dask.array.Array, or NumPy/CuPy array on X's blocks' device, of shape (n,)
+    p : float in [1, 2]
+    m : int, optional
+        Expected sample size, as in ``gpusketch.lp_regression``; from
+        ``m >= n`` on, X and y are computed and solved whole.
+    seed : int, optional
+
+    Returns
+    -------
+    RobustResult
+        ``.x`` (NumPy or CuPy, like the blocks), ``.cost = ||Xx − y||_p``,
+        ``.info`` with ``m``, ``rows`` (kept), ``p`` and ``seed``.  For the
+        same seed, the answer of ``gpusketch.lp_regression`` on the computed
+        arrays, within round-off: the same sketches, Gaussians and
+        uniforms (the uniforms are a function of the global row index).
+
+    Notes
+    -----
+    Passes over X: two for each fixed-point step of the weights (the
+    sketch, then the scores; ``lewis_weights``' count, 9 steps for p = 1
+    at n = 10⁶, one for p = 2), one to gather the sample and one for the
+    cost.  The weights stay on the workers (persisted), as n-vectors of
+    X's row chunks.  y is read once more first for NaN and Inf; a NaN in
+    X shows in the first sketch.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> from gpusketch.robust.lp import solve_lp_small
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((20_000, 5)); b = A @ np.ones(5) + rng.laplace(size=20_000)
+    >>> res = gsd.lp_regression(da.from_array(A, chunks=(5000, 5)), da.from_array(b, chunks=5000), p=1, seed=1)
+    >>> bool(res.cost <= 1.05 * np.abs(A @ solve_lp_small(A, b, 1.0) - b).sum())
+    True
+    """
+    with annotate("gpusketch.dask.lp_regression"):
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
+        y = _dask_rhs(y, X, da)
+        n, d = X.shape
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D, got shape {y.shape}")
+        if y.shape[0] != n:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
+        p = float(check_real_in(p, "p", 1, 2))
+        if n < d:
+            raise ValueError(f"lp_regression needs n >= d, got X of shape {X.shape}")
+        seed = check_seed(seed)
+        m = check_sample_size(m, n, d)
+        if m >= n:  # a sample as large as the problem: the problem itself, in memory
+            return in_memory_lp(_small(X), _small(y), p, m=m, seed=seed)
+        X = X.rechunk({1: -1})
+        if y.chunks[0] != X.chunks[0]:
+            y = y.rechunk({0: X.chunks[0]})
+        if not bool(da.isfinite(y).all().compute()):
+            raise ValueError("y contains NaN or Inf")
+        col = y[:, None]
+        dtype = np.result_type(X.dtype, y.dtype)
+        meta = X._meta if is_sparse(X._meta) else _dense_meta(X, dtype)
+        M = da.map_blocks(_with_column, X, col, chunks=(X.chunks[0], (d + 1,)), dtype=dtype, meta=meta)
+        # Lewis weights of [X y], as ``lewis_weights`` takes them in memory (``stacked_lewis_weights``).
+        lewis_seed = derive_seed(seed, 0)
+        w = da.ones(n, chunks=(X.chunks[0],), dtype=dtype, meta=_dense_meta(X, dtype))
+        for t in range(default_iters(p, n, False)):
+            def scores(s, t=t):
+                Ms = M if s is None else da.map_blocks(_scale_rows, M, s[:, None], dtype=dtype, meta=meta)
+                return leverage_scores(Ms, seed=derive_seed(lewis_seed, t))
+            w = lewis_step(w, p, scores).persist()
+        total = float(w.sum().compute())  # 0 only when [X y] is zero: then x = 0, from no rows
+        q = da.minimum(1.0, m * w / total) if total > 0 else w
+        from dask import delayed
+
+        # The sample, one pass: each block keeps its rows by the uniforms of its global rows.
+        off, xb, yb, qb = _offsets(X.chunks[0]), X.to_delayed().ravel(), y.to_delayed(), q.to_delayed()
+        parts = delayed(list)([delayed(_sampled_rows)(xb[i], yb[i], qb[i], off[i], derive_seed(seed, 1), p)
+                               for i in range(len(X.chunks[0])) if X.chunks[0][i] > 0]).compute()
+        As = np.concatenate([a for a, _ in parts], axis=0)
+        bs = np.concatenate([c for _, c in parts], axis=0)
+        xp = array_namespace(_dense_meta(X, dtype))
+        x = xp.asarray(solve_lp_small(As, bs, p))
+        r = _times(X, x) - y
+        cost = float(_small((abs(r) ** p).sum())) ** (1 / p)
+        return RobustResult(x, cost, {"p": p, "m": int(m), "rows": int(bs.shape[0]), "seed": seed})
 
 
 def _block_loss(r, loss):

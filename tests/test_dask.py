@@ -494,6 +494,8 @@ def test_bad_input(rng):
         gsd.lstsq(A, da.from_array(np.where(np.arange(100) == 77, np.nan, 1.0), chunks=50), method="direct")
     with pytest.raises(ValueError, match="X contains NaN or Inf"):
         gsd.leverage_scores(Xn, seed=1)
+    with pytest.raises(ValueError, match=r"X contains NaN or Inf \(found in its R factor\)"):
+        gsd.leverage_scores(Xn, exact=True).compute()  # it was numpy's LinAlgError from R's SVD
     with pytest.raises(ValueError, match="X contains NaN or Inf"):
         gsd.randomized_svd(Xn, 2, seed=1)
 
@@ -570,6 +572,57 @@ def test_tukey_regression_small_problem_and_inputs(rng):
         gsd.tukey_regression(X, np.where(np.arange(300) == 5, np.nan, b), 3.0, rows=50)
 
 
+@pytest.mark.parametrize("p", [1, 1.5, 2])
+def test_lp_regression_is_the_in_memory_lewis_sample(rng, p):
+    A = rng.standard_normal((20000, 5))
+    b = A @ np.ones(5) + rng.laplace(size=20000)
+    ref = gs.lp_regression(A, b, p, seed=4)
+    for chunks, ychunks in [((5000, 5), 5000), ((3000, 2), 7000), ((20000, 5), 20000)]:
+        res = gsd.lp_regression(da.from_array(A, chunks=chunks), da.from_array(b, chunks=ychunks), p, seed=4)
+        # The same Lewis weights (sketches, Gaussians), uniforms of the global rows and so the same sample.
+        assert res.info == ref.info
+        # p = 1.5: IRLS's stopping point moves with the round-off of the sample (x 5e-10, cost 1e-11
+        # relative measured).
+        np.testing.assert_allclose(res.x, ref.x, rtol=1e-8 if p == 1.5 else 1e-10, atol=1e-12)
+        assert res.cost == pytest.approx(ref.cost, rel=1e-9 if p == 1.5 else 1e-12)
+
+
+def test_lp_regression_small_problems_and_inputs(rng):
+    A = rng.standard_normal((60, 4))
+    b = A @ np.ones(4) + rng.laplace(size=60)
+    X = da.from_array(A, chunks=(20, 4))
+    # m >= n: the whole problem, as in memory; n < 4(d + 1) + 10: exact leverage scores, as in memory.
+    for m in (60, 30):
+        res = gsd.lp_regression(X, b, 1, m=m, seed=2)
+        ref = gs.lp_regression(A, b, 1, m=m, seed=2)
+        assert res.info == ref.info
+        np.testing.assert_allclose(res.x, ref.x, rtol=1e-10, atol=1e-12)
+    # [X y] = 0: no weights to sample by; x = 0 as in memory.
+    zero = gsd.lp_regression(da.zeros((300, 3), chunks=100), np.zeros(300), 1, m=50, seed=1)
+    np.testing.assert_array_equal(zero.x, np.zeros(3))
+    assert zero.cost == 0.0
+    with dask.config.set(scheduler="processes"):  # p = 2: one step of the weights (a pool start per compute)
+        res = gsd.lp_regression(X, b, 2, m=30, seed=2)
+    np.testing.assert_allclose(res.x, gs.lp_regression(A, b, 2, m=30, seed=2).x, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="p must lie in"):
+        gsd.lp_regression(X, b, 2.5)
+    with pytest.raises(ValueError, match="m must be an integer > d = 4"):
+        gsd.lp_regression(X, b, 1, m=4)
+    with pytest.raises(ValueError, match="needs n >= d"):
+        gsd.lp_regression(X[:3], b[:3], 1)
+    with pytest.raises(ValueError, match="y must be 1-D"):
+        gsd.lp_regression(X, np.c_[b, b], 1)
+    with pytest.raises(ValueError, match="y has 59 rows but X has 60"):
+        gsd.lp_regression(X, da.from_array(b[:-1], chunks=20), 1)
+    with pytest.raises(ValueError, match="y contains NaN or Inf"):
+        gsd.lp_regression(X, np.where(np.arange(60) == 5, np.nan, b), 1, m=30)
+    An = A.copy()
+    An[17, 1] = np.inf
+    for n in (60, 30):  # the sketched route and the exact one
+        with pytest.raises(ValueError, match="X contains NaN or Inf"):
+            gsd.lp_regression(da.from_array(An[:n], chunks=(20, 4)), b[:n], 1, m=25)
+
+
 @pytest.mark.gpu
 def test_cupy_chunks(rng, cupy_or_fake):
     cupy = cupy_or_fake
@@ -606,6 +659,8 @@ DEVICE_CALLS = {
     "leverage_scores exact": lambda X, y: gsd.leverage_scores(X, exact=True).compute(),
     "randomized_svd": lambda X, y: gsd.randomized_svd(X, 3, seed=1)[1],
     "tukey_regression": lambda X, y: gsd.tukey_regression(X, y, 2.0, trials=2, seed=1).x,
+    "lp_regression": lambda X, y: gsd.lp_regression(X, y, 1, seed=1).x,
+    "lp_regression p=1.5": lambda X, y: gsd.lp_regression(X, y, 1.5, m=200, seed=1).x,
 }
 
 

@@ -173,10 +173,10 @@ def test_lewis_weights(xp):
 def test_lewis_default_step_counts():
     """The sketched iteration runs the k steps with |1 − p/2|^k ln n <= 0.05: 9 for p = 1 at
     10⁶ rows (the figure the docstring gives), 5 for p = 1.5; one step at p = 2."""
-    from gpusketch.robust.lewis import _default_iters
+    from gpusketch.robust.lewis import default_iters
 
-    assert [_default_iters(p, 10**6, False) for p in (1, 1.5, 3, 2)] == [9, 5, 9, 1]
-    assert _default_iters(1, 10, False) == 6 and _default_iters(1, 10**6, True) == 1000
+    assert [default_iters(p, 10**6, False) for p in (1, 1.5, 3, 2)] == [9, 5, 9, 1]
+    assert default_iters(1, 10, False) == 6 and default_iters(1, 10**6, True) == 1000
 
 
 @pytest.mark.parametrize("p", [0.5, 1, 3.5])

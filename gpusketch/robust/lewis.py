@@ -123,14 +123,14 @@ def lewis_weights(A, p, *, exact=False, iters=None, seed=None):
         if n < d:
             raise ValueError(f"Lewis weights need n >= d, got A of shape {A.shape}")
         until_converged = iters is None and exact and p != 2
-        iters = _default_iters(p, n, exact) if iters is None else check_positive_int(iters, "iters")
+        iters = default_iters(p, n, exact) if iters is None else check_positive_int(iters, "iters")
         return _fixed_point(A, None, p, exact, iters, until_converged, check_seed(seed), xp)
 
 
 def stacked_lewis_weights(A, b, p, *, seed):
     """Sketched Lewis weights of ``[A b]`` for a validated dense A (n > d) and b,
     without holding ``[A b]`` beside the scaled copy each step forms (``lp_regression``)."""
-    return _fixed_point(A, b, p, False, _default_iters(p, A.shape[0], False), False, seed, array_namespace(A))
+    return _fixed_point(A, b, p, False, default_iters(p, A.shape[0], False), False, seed, array_namespace(A))
 
 
 def _fixed_point(A, b, p, exact, iters, until_converged, seed, xp):
@@ -138,20 +138,26 @@ def _fixed_point(A, b, p, exact, iters, until_converged, seed, xp):
     w = xp.ones(A.shape[0], dtype=A.dtype if b is None else xp.result_type(A.dtype, b.dtype))
     settled = 500 * np.finfo(w.dtype).eps  # 1.1e-13 in float64, 6e-5 in float32
     for t in range(iters):
-        # Zero rows have weight 0 and keep it: their scale is 0, not 0^(1/2 − 1/p).  (A floor
-        # at the dtype's tiny overflowed for p < 2/3: tiny^(−1.5) = inf, times a zero row NaN.)
-        # (Masks multiply rather than xp.where with a Python float: w keeps its dtype on CuPy too.)
-        live = w > 0
-        wc = w + ~live  # 1 on the zero rows, so every power below is finite
-        s = None if p == 2 else wc ** (0.5 - 1 / p) * live
-        tau = _scaled_leverage(A, s, b, exact, derive_seed(seed, t), xp)
-        w_prev, w = w, (tau * wc ** (2 / p - 1)) ** (p / 2) * live
+        w_prev, w = w, lewis_step(w, p, lambda s: _scaled_leverage(A, s, b, exact, derive_seed(seed, t), xp))
         if until_converged and float(xp.abs(w - w_prev).max()) <= settled * float(w.max()):
             break
     return w
 
 
-def _default_iters(p, n, exact):
+def lewis_step(w, p, scores):
+    """One fixed-point step ``w_i ← (τ_i w_i^{2/p − 1})^{p/2}``, with ``τ = scores(s)`` the
+    leverage scores of ``diag(s) A`` for ``s = w^{1/2 − 1/p}`` (``s`` None at p = 2: A itself).
+    Elementwise only, so w may be a NumPy, CuPy or Dask vector."""
+    # Zero rows have weight 0 and keep it: their scale is 0, not 0^(1/2 − 1/p).  (A floor
+    # at the dtype's tiny overflowed for p < 2/3: tiny^(−1.5) = inf, times a zero row NaN.)
+    # (Masks multiply rather than xp.where with a Python float: w keeps its dtype on CuPy too.)
+    live = w > 0
+    wc = w + ~live  # 1 on the zero rows, so every power below is finite
+    tau = scores(None if p == 2 else wc ** (0.5 - 1 / p) * live)
+    return (tau * wc ** (2 / p - 1)) ** (p / 2) * live
+
+
+def default_iters(p, n, exact):
     """Fixed-point steps (see ``iters``): 1 at p = 2; sketched, ``c^k ln n <= 0.05``;
     exact, a cap of 1000 (the loop stops once the weights settle)."""
     if p == 2:

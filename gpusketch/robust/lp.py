@@ -105,6 +105,16 @@ def _solve_lp_small_unit(A, b, p, maxiter, tol):
     return x
 
 
+def check_sample_size(m, n, d):
+    """``lp_regression``'s m validated: an integer above d (or at least n), default
+    ``min(n, 20 (d+1) ⌈ln(d+2)⌉)``.  From ``m >= n`` the whole problem is solved: a square A
+    at its default ``m = n`` too."""
+    m = min(n, 20 * (d + 1) * math.ceil(math.log(d + 2))) if m is None else m
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or (m <= d and m < n):
+        raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
+    return int(m)
+
+
 def lp_regression(A, b, p=1, *, m=None, seed=None):
     """``min_x ||Ax − b||_p`` for ``1 <= p <= 2`` by ℓp Lewis-weight sampling.
 
@@ -154,10 +164,7 @@ def lp_regression(A, b, p=1, *, m=None, seed=None):
         if n < d:
             raise ValueError(f"lp_regression needs n >= d, got A of shape {A.shape}")
         seed = check_seed(seed)
-        m = min(n, 20 * (d + 1) * math.ceil(math.log(d + 2))) if m is None else m
-        # From m >= n the whole problem is solved (below): a square A at its default m = n too.
-        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or (m <= d and m < n):
-            raise ValueError(f"m must be an integer > d = {d}, got {m!r}")
+        m = check_sample_size(m, n, d)
         if m >= n:  # a sample as large as the problem: the problem itself
             keep, scale = xp.arange(n), xp.ones(n, dtype=A.dtype)
         else:

@@ -17,21 +17,21 @@ import warnings
 
 import numpy as np
 
+from . import _kernels
 from ._backend import (
     array_namespace,
     as_operand,
     check_dtype,
     check_positive_int,
     check_positive_real,
-    check_seed,
     check_real_in,
+    check_seed,
     is_sparse,
     linalg_modules,
     sparse_module,
     to_dense,
     to_host,
 )
-from . import _kernels
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
@@ -60,10 +60,10 @@ from .linalg.results import LstsqResult
 from .operators import Gaussian, SketchOperator
 from .robust.irls import irls
 from .robust.lewis import default_iters, lewis_step
+from .robust.losses import TukeyLoss
 from .robust.lp import check_sample_size, solve_lp_small
 from .robust.lp import lp_regression as in_memory_lp
 from .robust.results import RobustResult
-from .robust.losses import TukeyLoss
 from .robust.tukey import TukeyResult, check_reduction, oblivious_sketch
 from .robust.tukey import tukey_regression as in_memory_tukey
 
@@ -1042,11 +1042,11 @@ def tukey_regression(X, y, tau, *, rows=None, p=2, branching=4.0, trials=1, seed
         sketched = _sketches_with_rhs([S for S, _ in made], X, y)  # one pass for every trial
         solutions = []
         for (S, info), s, (SX, Sy) in zip(made, seeds, sketched):
-            _check_sketch_finite(to_dense(SX), "X")  # level 0 holds every row
+            SX = to_dense(SX)
+            _check_sketch_finite(SX, "X")  # level 0 holds every row
             _check_sketch_finite(Sy, "y")
-            xp = array_namespace(Sy)
-            w = S.weights(xp).astype(Sy.dtype)
-            red = irls(to_dense(SX), Sy, loss, weights=w, seed=derive_seed(s, 99))
+            w = S.weights(array_namespace(Sy)).astype(Sy.dtype)
+            red = irls(SX, Sy, loss, weights=w, seed=derive_seed(s, 99))
             solutions.append((red.x, w, info))
         xs = array_namespace(solutions[0][0]).stack([x for x, _, _ in solutions], axis=1)
         r = _times(X, xs) - y[:, None]  # the second pass: every trial's residuals at once

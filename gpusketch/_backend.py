@@ -174,7 +174,8 @@ def as_operand(A, name="A", *, ndim=(1, 2)):
             A = np.asarray(A)
         elif not isinstance(A, np.ndarray):
             if type(A).__module__.split(".")[0] == "dask":  # np.asarray would compute it all, silently
-                raise TypeError(f"{name} is a Dask array; gpusketch.dask sketches and solves it chunk by chunk")
+                raise TypeError(f"{name} is a Dask array, which this function would compute whole: "
+                                f"gpusketch.dask has the calls that work chunk by chunk, or pass {name}.compute()")
             if not hasattr(A, "__array__"):
                 raise TypeError(
                     f"{name} must be a NumPy/CuPy array or a SciPy/cupyx sparse matrix, got {type(A).__name__}"

@@ -225,6 +225,8 @@ def test_array_likes_become_plain_arrays():
     da = pytest.importorskip("dask.array")
     with pytest.raises(TypeError, match="gpusketch.dask"):
         gs.lstsq(da.from_array(A), b)
+    with pytest.raises(TypeError, match=r"b is a Dask array.*or pass b.compute\(\)"):  # no Dask kron call
+        gs.kron.lstsq([A[:20], A[:15]], da.from_array(np.ones(300)))
 
 
 @pytest.mark.parametrize("dtype", [">f8", ">f4", ">i4"])

@@ -375,9 +375,9 @@ def tukey_regression(A, b, tau, *, method="sampling", rows=None, p=2, alpha=None
 
     The reductions pay off for large n: at the paper's n = 10⁴, d = 20 one
     sampling trial took 1.2-2.8x the time of ``"full"`` (CPU, 2 cores), while
-    at n = 10⁶, d = 50 the best of 3 sampling trials took 0.24x and the
-    oblivious sketch 0.02x the time of statsmodels' RLM on the full data
-    (``bench/results/robust-cpu.md``).
+    at n = 10⁶, d = 50 the best of 3 sampling trials took 0.18x and the
+    oblivious sketch 0.011x the time of statsmodels' RLM on the full data
+    (``bench/results/robust-cpu-scale.md``, at ratios 1.043 and 1.335).
 
     Examples
     --------

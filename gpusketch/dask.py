@@ -57,7 +57,7 @@ from .linalg.leverage import (
 )
 from .linalg.lstsq import RankDeficientWarning, missed_direction_tol, sketch_for, sketch_rank_message, warm_start_passes
 from .linalg.results import LstsqResult
-from .operators import Gaussian, SketchOperator
+from .operators import SketchOperator, make_sketch
 from .robust.irls import irls
 from .robust.lewis import default_iters, lewis_step
 from .robust.losses import TukeyLoss
@@ -729,7 +729,7 @@ def leverage_scores(X, *, exact=False, seed=None):
         return X.map_blocks(_block_product_row_norms2, P, drop_axis=1, dtype=meta.dtype, meta=meta)
 
 
-def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
+def randomized_svd(X, k, *, oversample=10, power_iters=2, test_matrix="gaussian", seed=None):
     """Rank-k randomized SVD of a Dask X (n × d, d moderate), HMT Algorithm 4.4.
 
     Returns ``(U, s, Vt)``: U a lazy Dask array (n × k), s and Vt NumPy/CuPy.
@@ -742,6 +742,9 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
     X : dask.array.Array of shape (n, d), NumPy or CuPy blocks, or SciPy/cupyx sparse ones
     k : int, 1 <= k <= min(n, d)
     oversample, power_iters : int >= 0
+    test_matrix : {"gaussian", "sparse_sign", "srht", "countsketch", "fast_embedding"} or SketchOperator
+        ``Ω`` of shape ``(l, d)``, as in ``gpusketch.randomized_svd``; the range
+        sketch ``X Ωᵀ`` is taken block by block (``sketch_columns``).
     seed : int, optional
 
     Returns
@@ -771,10 +774,10 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, seed=None):
         power_iters = check_positive_int(power_iters, "power_iters", minimum=0)
         seed = check_seed(seed)
         l = min(k + oversample, n, d)
+        Omega = make_sketch(test_matrix, l, d, seed=seed, name="test_matrix")
         X1 = X.rechunk({1: -1})
-        xp = array_namespace(X1._meta)
-        Omega = Gaussian(l, d, seed=seed).todense(xp).T.astype(X.dtype)  # d × l
-        Y = _times(X1, Omega).persist()  # n × l, the range sketch; the QR reads it once more
+        xp = array_namespace(_dense_meta(X1, X.dtype))
+        Y = sketch_columns(X1, Omega).persist()  # n × l, the range sketch; the QR reads it once more
         if not bool(da.isfinite(Y).all().compute()):
             raise ValueError("X contains NaN or Inf (found in its sketch X Ω)")
         Q, _ = da.linalg.qr(Y)

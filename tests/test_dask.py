@@ -387,6 +387,24 @@ def test_leverage_scores_and_randomized_svd(rng):
     np.testing.assert_allclose((U.compute() * s) @ Vt, np.linalg.svd(W)[0][:, :4] * s_true[:4] @ np.linalg.svd(W)[2][:4], atol=1e-9)
 
 
+@pytest.mark.parametrize("test_matrix", ["gaussian", "sparse_sign", "srht", "countsketch"])
+def test_randomized_svd_test_matrices_as_in_memory(rng, test_matrix):
+    # Slowly decaying spectrum: the answer depends on the test matrix, so equality with the
+    # in-memory call shows the same Ω.
+    A = rng.standard_normal((2000, 60)) * np.geomspace(1, 0.3, 60)
+    U, s, Vt = gsd.randomized_svd(da.from_array(A, chunks=(700, 25)), 5, power_iters=1, test_matrix=test_matrix,
+                                  seed=4)
+    Ur, sr, Vtr = gs.randomized_svd(A, 5, power_iters=1, test_matrix=test_matrix, seed=4)
+    np.testing.assert_allclose(s, sr, rtol=1e-10)
+    np.testing.assert_allclose(Vt, Vtr, atol=1e-9)
+    np.testing.assert_allclose(U.compute(), Ur, atol=1e-9)
+    op = gs.SparseSign(15, 60, nnz=3, seed=9)  # an operator as the test matrix
+    np.testing.assert_allclose(gsd.randomized_svd(da.from_array(A, chunks=(700, 25)), 5, test_matrix=op)[1],
+                               gs.randomized_svd(A, 5, test_matrix=op)[1], rtol=1e-10)
+    with pytest.raises(ValueError, match="test_matrix"):
+        gsd.randomized_svd(da.from_array(A, chunks=(700, 25)), 5, test_matrix="nope")
+
+
 @pytest.mark.parametrize("chunks", [(3, 3, 3), (1, 8), (9,)])
 def test_exact_leverage_scores_of_rank_deficient_x(rng, chunks):
     # Q of the tall-skinny QR has d orthonormal columns however low X's rank: its

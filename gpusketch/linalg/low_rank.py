@@ -89,15 +89,50 @@ def _sketched_right_factor(A, V, k, eps, seed, xp, info):
         idx = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 4 if attempt == 0 else 5 + attempt), xp) < f)
         if idx.size >= k:
             S = sample_operator(idx, f[idx], n, xp)
-            # The SVD that decides SV's rank also solves: X = Z Σ⁻¹ Wᵀ (SA) for SV = W Σ Zᵀ, one
-            # GEMM over SA's d columns (the least-squares solution lstsq would give, whose
-            # SVD-based driver took 0.75 of a 5.6 s call at d = 5000 on the 2-core CPU).
-            W, sv, Zt = xp.linalg.svd(S @ V, full_matrices=False)
-            if svd_rank(sv, (idx.size, k)) == k:
+            X = right_from_sample(S @ V, lambda: to_dense(S @ A), k, xp)
+            if X is not None:
                 info["right_rows"] = int(idx.size)
-                return Zt.T @ ((W.T @ to_dense(S @ A)) / sv[:, None])
+                return X
         s *= 2
     return None
+
+
+def right_from_sample(SV, sampled_A, k, xp):
+    """``argmin_X ||SV X − SA||_F`` (SA from ``sampled_A()``, read only when needed), or None
+    when SV has rank below k.
+
+    The SVD that decides SV's rank also solves: ``X = Z Σ⁻¹ Wᵀ (SA)`` for
+    ``SV = W Σ Zᵀ``, one GEMM over SA's d columns (the least-squares solution
+    lstsq would give, whose SVD-based driver took 0.75 of a 5.6 s call at
+    d = 5000 on the 2-core CPU).
+    """
+    W, sv, Zt = xp.linalg.svd(SV, full_matrices=False)
+    if svd_rank(sv, SV.shape) < k:
+        return None
+    return Zt.T @ ((W.T @ sampled_A()) / sv[:, None])
+
+
+def column_sketch(d, k, seed):
+    """Step 1's CountSketch T of ``t = min(d, 4k²)`` columns (None when t = d: AT is A)."""
+    t = min(d, 4 * k * k)
+    return None if t == d else CountSketch(t, d, seed=derive_seed(seed, 0))
+
+
+def row_embedding(n, t, seed):
+    """Step 1's OSNAP of ``min(n, 4t + 10)`` rows for ``SAT`` (the identity from n on)."""
+    return row_reduction("sparse_sign", min(n, 4 * t + 10), n, seed=derive_seed(seed, 1))
+
+
+def chosen_columns(SAT, k, seed, xp):
+    """Step 2: the 2k columns of SAT of largest leverage in its top-k right singular space
+    (only k singular vectors are needed: a randomized SVD once SAT is much wider than k)."""
+    t = SAT.shape[1]
+    if t > 4 * (k + 10):
+        _, _, Vt = randomized_svd(SAT, k, power_iters=2, seed=derive_seed(seed, 5))
+    else:
+        _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
+    lev = (Vt[:k] ** 2).sum(axis=0)
+    return xp.argsort(-lev)[: min(t, 2 * k)]
 
 
 def _constant_factor_subspace(A, k, seed, xp):
@@ -108,23 +143,18 @@ def _constant_factor_subspace(A, k, seed, xp):
     """
     n, d = A.shape
     # 1. Projection-cost-preserving column sketch and a row embedding of it.
-    t = min(d, 4 * k * k)
-    if t == d:
+    T = column_sketch(d, k, seed)
+    if T is None:
         AT = A
     elif is_sparse(A):
-        AT = _hashed_columns(A, CountSketch(t, d, seed=derive_seed(seed, 0)), xp)
+        AT = _hashed_columns(A, T, xp)
     else:
-        AT = to_dense(A @ CountSketch(t, d, seed=derive_seed(seed, 0)).T)
-    ms = min(n, 4 * t + 10)
-    SAT = to_dense(row_reduction("sparse_sign", ms, n, seed=derive_seed(seed, 1)) @ AT)
-    # 2. 2k columns of SAT of largest leverage in its top-k right singular space
-    #    (only k singular vectors are needed: a randomized SVD once SAT is much wider than k).
-    if t > 4 * (k + 10):
-        _, _, Vt = randomized_svd(SAT, k, power_iters=2, seed=derive_seed(seed, 5))
-    else:
-        _, _, Vt = xp.linalg.svd(SAT, full_matrices=False)
-    lev = (Vt[:k] ** 2).sum(axis=0)
-    omega = xp.argsort(-lev)[: min(t, 2 * k)]
+        AT = to_dense(A @ T.T)
+    t = AT.shape[1]
+    S = row_embedding(n, t, seed)
+    ms = S.shape[0]
+    SAT = to_dense(S @ AT)
+    omega = chosen_columns(SAT, k, seed, xp)
     if is_sparse(AT):  # the chosen columns only, as a product with a 0/1 selection
         pick = sparse_module(xp).csc_matrix(
             (xp.ones(omega.size, dtype=AT.dtype), omega, xp.arange(omega.size + 1)), shape=(t, omega.size))
@@ -245,18 +275,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         # 3. Residual sampling of columns (Lemma 7.15).
         UtA = to_dense(A.T @ U).T  # (c, d): one pass over A
         colsq = _col_sq_norms(A, xp)
-        resid = colsq - (UtA * UtA).sum(axis=0)
-        # The difference cancels: a residual within round-off of its column's norm is zero, so a
-        # column already in span(U) (every column when d <= 2k) is never drawn on noise alone.
-        noise = 8 * U.shape[1] * float(xp.finfo(resid.dtype).eps)
-        resid = xp.where(resid > noise * colsq, resid, 0.0)
-        total = float(resid.sum())
-        s = int(math.ceil(4 * k / eps))
-        if total > 0:
-            q = xp.minimum(1.0, s * resid / total)
-            cols = xp.flatnonzero(_kernels.uniforms(d, derive_seed(seed, 2), xp) < q)
-        else:  # A lies in span(U) already
-            cols = xp.zeros(0, dtype=xp.int64)
+        cols = residual_columns(colsq, UtA, k, eps, seed, xp)
         if cols.size == 0:
             # A lies in span(U) (d <= 2k, or rank(A) <= 2k): UᵀA, exact and at hand, gives the
             # best rank-k approximation itself, where the sketched solve below would choose
@@ -269,39 +288,67 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
         # 4. Affine embedding: min_{rank-k X} ||T1 M X - T1 A||_F for M = [U  A_cols], solved on
         # the sketch.  T1 M = [T1 U  (T1 A)_cols], so M (n × c, most of A's columns at small ε)
         # is never formed or factored; only the final product M X touches n rows.
-        c = U.shape[1] + int(cols.size)
-        m1 = min(n, 4 * c + 10)
-        T1 = row_reduction("sparse_sign", m1, n, seed=derive_seed(seed, 3))
+        T1 = affine_sketch(n, U.shape[1] + int(cols.size), seed)
+        m1 = T1.shape[0]
         T1A, T1U = T1.matmul_each(A, U)  # T1's hashes once for both
-        T1A = to_dense(T1A)
-        # A's columns enter M at unit norm, as U's do: span(M) is unchanged, and the rank rule
-        # below then sees M's dependencies, not the scale of A (at |A| ~ 1e20 it cut every
-        # direction of U, and the cost rose 1.2-2000-fold).
-        unit = (1.0 / xp.sqrt(colsq[cols])).astype(T1A.dtype)
-        QC, RC = orthonormalize(xp.concatenate([T1U, T1A[:, cols] * unit], axis=1), xp)
-        RCinv = full_rank_inverse(RC, (n, c), xp)
-        if RCinv is not None:
-            # T1 M = QC RC of full rank by the rank rule (proved by RC⁻¹'s norm): the best
-            # rank-k QC RC X is QC Uk UkᵀQCᵀ T1A, so X = RC⁻¹ Uk (Uk the top-k left singular
-            # space of QCᵀ T1A) and no SVD of RC is needed (c × c; on a GPU cuSOLVER's
-            # slowest routine).
-            coef = RCinv @ top_left_singular(QC.T @ T1A, k, xp)
-        else:
-            # T1 M = (QC W) diag(σ) Zᵀ with RC = W diag(σ) Zᵀ; directions below the rank rule
-            # (M's columns dependent: duplicated or already in span(U)) are left out of the solve.
-            svd = gram_svd(RC, (n, c), xp)  # float32: from the float64 Gram's eigh
-            W, sig, Zt = svd if svd is not None else xp.linalg.svd(RC, full_matrices=False)
-            keep = xp.arange(sig.size) < svd_rank(sig, (n, c))
-            Uk = top_left_singular((W.T @ (QC.T @ T1A)) * keep[:, None], k, xp)
-            coef = Zt.T @ (Uk * (keep / xp.where(keep, sig, 1.0))[:, None].astype(Uk.dtype))
-        left = U @ coef[: U.shape[1]]
-        if cols.size:
-            left = left + to_dense(A[:, cols] @ (coef[U.shape[1]:] * unit[:, None]))
-        V = _orth(left, xp)
+        coef_u, coef_a = affine_coefficients(to_dense(T1A), T1U, colsq, cols, n, k, xp)
+        V = _orth(U @ coef_u + to_dense(A[:, cols] @ coef_a), xp)
         info["timings"]["left_s"] = time.perf_counter() - t0
         info.update({"t": t, "sketch_rows": ms, "omega": chosen, "residual_columns": int(cols.size),
                      "affine_rows": m1})
         return _with_right_factor(A, V, k, eps, right, seed, xp, info)
+
+
+def residual_columns(colsq, UtA, k, eps, seed, xp):
+    """Step 3 (Lemma 7.15): the columns of A drawn with probabilities
+    ``min(1, s r_j / Σ r)``, ``s = ⌈4k/ε⌉``, for ``r_j = ||A_j||² − ||UᵀA_j||²``, sorted."""
+    resid = colsq - (UtA * UtA).sum(axis=0)
+    # The difference cancels: a residual within round-off of its column's norm is zero, so a
+    # column already in span(U) (every column when d <= 2k) is never drawn on noise alone.
+    noise = 8 * UtA.shape[0] * float(xp.finfo(resid.dtype).eps)
+    resid = xp.where(resid > noise * colsq, resid, 0.0)
+    total = float(resid.sum())
+    if not total > 0:  # A lies in span(U) already
+        return xp.zeros(0, dtype=xp.int64)
+    q = xp.minimum(1.0, int(math.ceil(4 * k / eps)) * resid / total)
+    return xp.flatnonzero(_kernels.uniforms(colsq.size, derive_seed(seed, 2), xp) < q)
+
+
+def affine_sketch(n, c, seed):
+    """Step 4's OSNAP T₁ of ``min(n, 4c + 10)`` rows, for M of c columns."""
+    return row_reduction("sparse_sign", min(n, 4 * c + 10), n, seed=derive_seed(seed, 3))
+
+
+def affine_coefficients(T1A, T1U, colsq, cols, n, k, xp):
+    """Step 4's solve on the sketches: ``(C_U, C_A)`` with ``M X₁ = U C_U + A_{cols} C_A``.
+
+    ``X₁`` minimises ``||T₁ M X − T₁ A||_F`` over rank-k X for
+    ``M = [U, A_cols]`` (A with n rows), ``T₁ M = [T₁U, (T₁A)_cols]``; see
+    ``low_rank``'s Notes.
+    """
+    c = T1U.shape[1] + int(cols.size)
+    # A's columns enter M at unit norm, as U's do: span(M) is unchanged, and the rank rule
+    # below then sees M's dependencies, not the scale of A (at |A| ~ 1e20 it cut every
+    # direction of U, and the cost rose 1.2-2000-fold).
+    unit = (1.0 / xp.sqrt(colsq[cols])).astype(T1A.dtype)
+    QC, RC = orthonormalize(xp.concatenate([T1U, T1A[:, cols] * unit], axis=1), xp)
+    RCinv = full_rank_inverse(RC, (n, c), xp)
+    if RCinv is not None:
+        # T1 M = QC RC of full rank by the rank rule (proved by RC⁻¹'s norm): the best
+        # rank-k QC RC X is QC Uk UkᵀQCᵀ T1A, so X = RC⁻¹ Uk (Uk the top-k left singular
+        # space of QCᵀ T1A) and no SVD of RC is needed (c × c; on a GPU cuSOLVER's
+        # slowest routine).
+        coef = RCinv @ top_left_singular(QC.T @ T1A, k, xp)
+    else:
+        # T1 M = (QC W) diag(σ) Zᵀ with RC = W diag(σ) Zᵀ; directions below the rank rule
+        # (M's columns dependent: duplicated or already in span(U)) are left out of the solve.
+        svd = gram_svd(RC, (n, c), xp)  # float32: from the float64 Gram's eigh
+        W, sig, Zt = svd if svd is not None else xp.linalg.svd(RC, full_matrices=False)
+        keep = xp.arange(sig.size) < svd_rank(sig, (n, c))
+        Uk = top_left_singular((W.T @ (QC.T @ T1A)) * keep[:, None], k, xp)
+        coef = Zt.T @ (Uk * (keep / xp.where(keep, sig, 1.0))[:, None].astype(Uk.dtype))
+    u = T1U.shape[1]
+    return coef[:u], coef[u:] * unit[:, None]
 
 
 def _with_right_factor(A, V, k, eps, right, seed, xp, info):

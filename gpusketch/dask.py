@@ -54,9 +54,23 @@ from .linalg.leverage import (
     embedding_osnap,
     embedding_rows,
     jl_columns,
+    sample_operator,
+)
+from .linalg._numerics import top_left_singular
+from .linalg.low_rank import (
+    _col_sq_norms,
+    _hashed_columns,
+    affine_coefficients,
+    affine_sketch,
+    chosen_columns,
+    column_sketch,
+    residual_columns,
+    right_from_sample,
+    right_sample_size,
+    row_embedding,
 )
 from .linalg.lstsq import RankDeficientWarning, missed_direction_tol, sketch_for, sketch_rank_message, warm_start_passes
-from .linalg.results import LstsqResult
+from .linalg.results import LowRankResult, LstsqResult
 from .operators import SketchOperator, make_sketch
 from .robust.irls import irls
 from .robust.lewis import default_iters, lewis_step
@@ -67,7 +81,7 @@ from .robust.results import RobustResult
 from .robust.tukey import TukeyResult, check_reduction, oblivious_sketch
 from .robust.tukey import tukey_regression as in_memory_tukey
 
-__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "lp_regression",
+__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "low_rank", "lp_regression",
            "tukey_regression"]
 
 
@@ -790,6 +804,166 @@ def randomized_svd(X, k, *, oversample=10, power_iters=2, test_matrix="gaussian"
         Ub, s, Vt = xp.linalg.svd(B, full_matrices=False)
         sign = svd_signs(Vt[:k], xp)  # as gpusketch.randomized_svd's
         return Q @ (Ub[:, :k] * sign), s[:k], Vt[:k] * sign[:, None]
+
+
+def _block_hashed_columns(block, T):
+    return _hashed_columns(block, T, array_namespace(block.data))
+
+
+def _block_columns(block, omega):
+    return to_dense(block[:, omega])
+
+
+def _block_col_sq_norms(block):
+    return _col_sq_norms(block, array_namespace(block.data if is_sparse(block) else block))[None, :]
+
+
+def _block_cols_times(block, cols, M):
+    return to_dense(block[:, cols] @ M)
+
+
+def _block_kept_rows(V, start, seed, s, n, k):
+    """Rows of a block of V kept by ``low_rank``'s right-factor sample, as global indices, and their
+    probabilities ``f = min(1, s (||V_i||²/(2k) + 1/(2n)))``."""
+    xp = array_namespace(V)
+    f = xp.minimum(1.0, s * (0.5 * xp.einsum("ij,ij->i", V, V) / k + 0.5 / n))
+    keep = xp.flatnonzero(_kernels.uniforms(V.shape[0], seed, xp, start=start) < f)
+    return keep + start, f[keep]
+
+
+def low_rank(X, k, *, eps=0.1, right="sketch", seed=None):
+    """Rank-k approximation ``X ≈ V Y`` of a Dask X (Chepurko et al. Theorem 7.13), as ``gpusketch.low_rank``.
+
+    The same steps as in memory, with the n-row quantities distributed:
+    the column sketch ``XT`` and the chosen columns are formed block by
+    block, ``U`` and ``V`` come from Dask's tall-skinny QR (kept on the
+    workers), and the sketches ``S X T``, ``T₁X``, ``T₁U``, ``UᵀX`` and the
+    right factor's row sample are small and solved in memory.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), NumPy or CuPy blocks, or SciPy/cupyx sparse ones
+    k : int, 1 <= k < min(n, d)
+    eps : float in (0, 1)
+    right : {"sketch", "exact"}
+    seed : int, optional
+        As in ``gpusketch.low_rank``.
+
+    Returns
+    -------
+    LowRankResult
+        ``.V`` a Dask array (n × k, orthonormal columns, persisted),
+        ``.X`` (k × d, NumPy or CuPy), ``.info``.  For the same seed, the
+        sketches, samples and so ``V X`` are those of ``gpusketch.low_rank``
+        on the computed X, within round-off (the QRs may choose other signs
+        for V's columns).
+
+    Notes
+    -----
+    Passes over X: two for the column sketch (its row sketch ``S X T``,
+    then the chosen columns), one for ``UᵀX`` and the column norms (two
+    with sparse blocks), one for ``T₁X`` and ``T₁U``, one for ``V``, and
+    one for the right factor (its sampled rows, or ``VᵀX`` for
+    ``right="exact"``).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((4000, 6)) @ rng.standard_normal((6, 300)) + 1e-3 * rng.standard_normal((4000, 300))
+    >>> res = gsd.low_rank(da.from_array(A, chunks=(1000, 300)), 6, seed=1)
+    >>> s = np.linalg.svd(A, compute_uv=False)
+    >>> bool(np.linalg.norm(A - res.V.compute() @ res.X) <= 1.1 * np.sqrt((s[6:] ** 2).sum()))
+    True
+    """
+    import time
+
+    import dask
+
+    with annotate("gpusketch.dask.low_rank"):
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
+        n, d = X.shape
+        k = check_positive_int(k, "k")
+        if k >= min(n, d):
+            raise ValueError(f"k must be < min(n, d) = {min(n, d)}, got k={k}")
+        eps = check_real_in(eps, "eps", 0, 1, closed="()")
+        if right not in ("sketch", "exact"):
+            raise ValueError(f"right must be 'sketch' or 'exact', got {right!r}")
+        seed = check_seed(seed)
+        info = {"seed": seed, "timings": {}}
+        t0 = time.perf_counter()
+        X = X.rechunk({1: -1})
+        sparse = is_sparse(X._meta)
+        dmeta = _dense_meta(X, X.dtype)
+        xp = array_namespace(dmeta)
+        rows = X.chunks[0]
+        # 1-2. The column sketch XT, its row sketch S X T (in memory) and 2k chosen columns of XT.
+        T = column_sketch(d, k, seed)
+        if T is None:
+            XT = X
+        elif sparse:
+            XT = X.map_blocks(_block_hashed_columns, T, chunks=(rows, (T.shape[0],)), dtype=X.dtype, meta=X._meta)
+        else:
+            XT = sketch_columns(X, T)
+        t = XT.shape[1]
+        S = row_embedding(n, t, seed)
+        SXT = to_dense(sketch(S, XT).compute())
+        _check_sketch_finite(SXT, "X")
+        omega = chosen_columns(SXT, k, seed, xp)
+        chosen = XT.map_blocks(_block_columns, omega, chunks=(rows, (int(omega.size),)), dtype=X.dtype, meta=dmeta)
+        U = da.linalg.qr(chosen)[0].persist()
+        # 3. Residual sampling of columns: UᵀX and the column norms.
+        norms = X.map_blocks(_block_col_sq_norms, chunks=((1,) * len(rows), (d,)), dtype=X.dtype, meta=dmeta)
+        if sparse:
+            UtX, colsq = _t_times(X, U).T, norms.sum(axis=0).compute()
+        else:
+            XtU, colsq = dask.compute(X.T @ U, norms.sum(axis=0))
+            UtX = XtU.T
+        cols = residual_columns(colsq, UtX, k, eps, seed, xp)
+        info.update({"t": t, "sketch_rows": S.shape[0], "omega": int(omega.size),
+                     "residual_columns": int(cols.size), "affine_rows": 0})
+        if cols.size == 0:  # X lies in span(U): UᵀX gives V, as in memory
+            V = (U @ top_left_singular(UtX, k, xp)).persist()
+        else:
+            # 4. The affine embedding's solve on T₁X and T₁U, then V = orth(U C_U + X_cols C_A).
+            T1 = affine_sketch(n, U.shape[1] + int(cols.size), seed)
+            info["affine_rows"] = T1.shape[0]
+            T1X, T1U = _sketch_with_rhs(T1, X, U)
+            coef_u, coef_a = affine_coefficients(to_dense(T1X), T1U, colsq, cols, n, k, xp)
+            part = X.map_blocks(_block_cols_times, cols, coef_a, chunks=(rows, (k,)), dtype=coef_a.dtype, meta=dmeta)
+            V = da.linalg.qr(U @ coef_u + part)[0].persist()
+        info["timings"]["left_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        Y = _dask_right_factor(X, V, k, eps, seed, xp, info) if right == "sketch" else None
+        if Y is None:
+            Y = _t_times(X, V).T
+        info["timings"]["right_s"] = time.perf_counter() - t0
+        return LowRankResult(V, Y, info)
+
+
+def _dask_right_factor(X, V, k, eps, seed, xp, info):
+    """``low_rank``'s sketched right factor (``_sketched_right_factor`` in memory): rows of V kept
+    by the same uniforms of their global indices, then the solve on them; None after four
+    samples that do not determine it."""
+    from dask import delayed
+
+    n = V.shape[0]
+    off, vb = _offsets(V.chunks[0]), V.to_delayed().ravel()
+    s = right_sample_size(k, eps)
+    for attempt in range(4):
+        useed = derive_seed(seed, 4 if attempt == 0 else 5 + attempt)
+        parts = delayed(list)([delayed(_block_kept_rows)(vb[i], off[i], useed, s, n, k)
+                               for i in range(len(vb)) if V.chunks[0][i] > 0]).compute()
+        idx = xp.concatenate([xp.asarray(i) for i, _ in parts])
+        if idx.size >= k:
+            S = sample_operator(idx, xp.concatenate([xp.asarray(f) for _, f in parts]), n, xp)
+            Y = right_from_sample(sketch(S, V).compute(), lambda: to_dense(sketch(S, X).compute()), k, xp)
+            if Y is not None:
+                info["right_rows"] = int(idx.size)
+                return Y
+        s *= 2
+    return None
 
 
 def _stacked_rows(block, col, s=None):

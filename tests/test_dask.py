@@ -405,6 +405,50 @@ def test_randomized_svd_test_matrices_as_in_memory(rng, test_matrix):
         gsd.randomized_svd(da.from_array(A, chunks=(700, 25)), 5, test_matrix="nope")
 
 
+def _low_rank_product(res):
+    V = res.V.compute() if hasattr(res.V, "compute") else res.V
+    np.testing.assert_allclose(V.T @ V, np.eye(V.shape[1]), atol=1e-12)
+    return V @ res.X
+
+
+@pytest.mark.parametrize("kw", [{}, {"right": "exact", "eps": 0.3}])
+def test_low_rank_is_the_in_memory_algorithm(rng, kw):
+    # Slowly decaying noise on a rank-30 matrix: t = 4k² = 64 < d, an OSNAP below n, residual
+    # columns drawn.  The same sketches and samples as in memory (info), and so the same V X.
+    A = rng.standard_normal((2500, 30)) @ rng.standard_normal((30, 200)) + 0.3 * rng.standard_normal((2500, 200))
+    ref = gs.low_rank(A, 4, seed=5, **kw)
+    for chunks in [(600, 200), (1000, 70)]:
+        res = gsd.low_rank(da.from_array(A, chunks=chunks), 4, seed=5, **kw)
+        assert {key: res.info[key] for key in ref.info if key != "timings"} == \
+            {key: ref.info[key] for key in ref.info if key != "timings"}
+        np.testing.assert_allclose(_low_rank_product(res), ref.V @ ref.X, rtol=0, atol=1e-12 * np.abs(A).max())
+
+
+def test_low_rank_edge_cases_and_inputs(rng):
+    # Rank 3 <= 2k: X lies in span(U), no residual column is drawn (V from UᵀX, as in memory).
+    A = rng.standard_normal((400, 3)) @ rng.standard_normal((3, 50))
+    res = gsd.low_rank(da.from_array(A, chunks=(150, 50)), 2, seed=1)
+    assert res.info["residual_columns"] == 0
+    ref = gs.low_rank(A, 2, seed=1)
+    np.testing.assert_allclose(_low_rank_product(res), ref.V @ ref.X, atol=1e-10)
+    with dask.config.set(scheduler="processes"):
+        np.testing.assert_allclose(_low_rank_product(gsd.low_rank(da.from_array(A, chunks=(150, 50)), 2, seed=1)),
+                                   ref.V @ ref.X, atol=1e-10)
+    X = da.from_array(A, chunks=(150, 50))
+    with pytest.raises(ValueError, match=r"k must be < min\(n, d\) = 50"):
+        gsd.low_rank(X, 50)
+    with pytest.raises(ValueError, match="eps"):
+        gsd.low_rank(X, 2, eps=1.0)
+    with pytest.raises(ValueError, match="right must be"):
+        gsd.low_rank(X, 2, right="svd")
+    with pytest.raises(TypeError, match="dask.array.Array"):
+        gsd.low_rank(A, 2)
+    An = A.copy()
+    An[7, 3] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.low_rank(da.from_array(An, chunks=(150, 50)), 2)
+
+
 @pytest.mark.parametrize("chunks", [(3, 3, 3), (1, 8), (9,)])
 def test_exact_leverage_scores_of_rank_deficient_x(rng, chunks):
     # Q of the tall-skinny QR has d orthonormal columns however low X's rank: its
@@ -679,6 +723,7 @@ DEVICE_CALLS = {
     "leverage_scores exact": lambda X, y: gsd.leverage_scores(X, exact=True).compute(),
     "randomized_svd": lambda X, y: gsd.randomized_svd(X, 3, seed=1)[1],
     "tukey_regression": lambda X, y: gsd.tukey_regression(X, y, 2.0, trials=2, seed=1).x,
+    "low_rank": lambda X, y: (lambda r: (r.V @ r.X).compute())(gsd.low_rank(X, 3, eps=0.5, seed=1)),
     "lp_regression": lambda X, y: gsd.lp_regression(X, y, 1, seed=1).x,
     "lp_regression p=1.5": lambda X, y: gsd.lp_regression(X, y, 1.5, m=200, seed=1).x,
 }

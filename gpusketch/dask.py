@@ -62,6 +62,7 @@ from .linalg.low_rank import (
     _hashed_columns,
     affine_coefficients,
     affine_sketch,
+    check_low_rank,
     chosen_columns,
     column_sketch,
     residual_columns,
@@ -884,12 +885,7 @@ def low_rank(X, k, *, eps=0.1, right="sketch", seed=None):
     with annotate("gpusketch.dask.low_rank"):
         X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
         n, d = X.shape
-        k = check_positive_int(k, "k")
-        if k >= min(n, d):
-            raise ValueError(f"k must be < min(n, d) = {min(n, d)}, got k={k}")
-        eps = check_real_in(eps, "eps", 0, 1, closed="()")
-        if right not in ("sketch", "exact"):
-            raise ValueError(f"right must be 'sketch' or 'exact', got {right!r}")
+        k, eps = check_low_rank(X.shape, k, eps, right)
         seed = check_seed(seed)
         info = {"seed": seed, "timings": {}}
         t0 = time.perf_counter()
@@ -964,6 +960,18 @@ def _dask_right_factor(X, V, k, eps, seed, xp, info):
                 return Y
         s *= 2
     return None
+
+
+def _check_vector_system(X, y):
+    """``(X, y, da)`` for the robust regressions: X a nonempty 2-D Dask array, y (Dask or in
+    memory, ``_dask_rhs``) a vector of X's rows, rechunked to X's row chunks."""
+    X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
+    y = _dask_rhs(y, X, da)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} rows but X has {X.shape[0]}")
+    return X, (y if y.chunks[0] == X.chunks[0] else y.rechunk({0: X.chunks[0]})), da
 
 
 def _stacked_rows(block, col, s=None):
@@ -1089,13 +1097,8 @@ def lp_regression(X, y, p=1, *, m=None, seed=None):
     True
     """
     with annotate("gpusketch.dask.lp_regression"):
-        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
-        y = _dask_rhs(y, X, da)
+        X, y, da = _check_vector_system(X, y)
         n, d = X.shape
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D, got shape {y.shape}")
-        if y.shape[0] != n:
-            raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
         p = float(check_real_in(p, "p", 1, 2))
         if n < d:
             raise ValueError(f"lp_regression needs n >= d, got X of shape {X.shape}")
@@ -1104,8 +1107,6 @@ def lp_regression(X, y, p=1, *, m=None, seed=None):
         if m >= n:  # a sample as large as the problem: the problem itself, in memory
             return in_memory_lp(_small(X), _small(y), p, m=m, seed=seed)
         X = X.rechunk({1: -1})
-        if y.chunks[0] != X.chunks[0]:
-            y = y.rechunk({0: X.chunks[0]})
         if not bool(da.isfinite(y).all().compute()):
             raise ValueError("y contains NaN or Inf")
         col = y[:, None]
@@ -1199,15 +1200,8 @@ def tukey_regression(X, y, tau, *, rows=None, p=2, branching=4.0, trials=1, seed
     True
     """
     with annotate("gpusketch.dask.tukey_regression"):
-        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
-        y = _dask_rhs(y, X, da)
+        X, y, da = _check_vector_system(X, y)
         n, d = X.shape
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D, got shape {y.shape}")
-        if y.shape[0] != n:
-            raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
-        if y.chunks[0] != X.chunks[0]:
-            y = y.rechunk({0: X.chunks[0]})
         loss = TukeyLoss(tau, p)  # validates tau and p
         rows, branching, trials = check_reduction(d, rows, branching, trials)
         seed = check_seed(seed)

@@ -112,6 +112,17 @@ def right_from_sample(SV, sampled_A, k, xp):
     return Zt.T @ ((W.T @ sampled_A()) / sv[:, None])
 
 
+def check_low_rank(shape, k, eps, right):
+    """``low_rank``'s ``(k, eps)`` validated for an A of this shape, and ``right``."""
+    k = check_positive_int(k, "k")
+    if k >= min(shape):
+        raise ValueError(f"k must be < min(n, d) = {min(shape)}, got k={k}")
+    eps = check_real_in(eps, "eps", 0, 1, closed="()")
+    if right not in ("sketch", "exact"):
+        raise ValueError(f"right must be 'sketch' or 'exact', got {right!r}")
+    return k, eps
+
+
 def column_sketch(d, k, seed):
     """Step 1's CountSketch T of ``t = min(d, 4k²)`` columns (None when t = d: AT is A)."""
     t = min(d, 4 * k * k)
@@ -262,12 +273,7 @@ def low_rank(A, k, *, eps=0.1, right="sketch", seed=None):
     with annotate("gpusketch.low_rank"):
         A, xp = as_matrix(A)
         n, d = A.shape
-        k = check_positive_int(k, "k")
-        if k >= min(n, d):
-            raise ValueError(f"k must be < min(n, d) = {min(n, d)}, got k={k}")
-        eps = check_real_in(eps, "eps", 0, 1, closed="()")
-        if right not in ("sketch", "exact"):
-            raise ValueError(f"right must be 'sketch' or 'exact', got {right!r}")
+        k, eps = check_low_rank(A.shape, k, eps, right)
         seed = check_seed(seed)
         info = {"seed": seed, "timings": {}}
         t0 = time.perf_counter()

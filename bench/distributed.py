@@ -11,7 +11,7 @@ columns in row chunks of ``--chunk-rows``; blocks are NumPy on the CPU and
 CuPy on the GPU (the threads scheduler; on a GPU cluster each worker would
 hold its own blocks).  Rows: ``gsd.sketch`` (CountSketch and SparseSign,
 m = 4d + 10), ``gsd.lstsq`` (sketch, precondition, direct: Dask's TSQR),
-``gsd.low_rank`` (k = min(10, d/2)), ``gsd.lp_regression`` (p = 1) and ``gsd.tukey_regression``
+``gsd.low_rank`` (k = min(10, d/2)), ``gsd.rank``, ``gsd.lp_regression`` (p = 1) and ``gsd.tukey_regression``
 (the oblivious sketch, τ = 3) with their times,
 GB/s over X and the agreement with the in-memory call on the same array.
 Writes ``bench/results/distributed-<device>.{json,md}``.
@@ -93,6 +93,12 @@ def main(argv=None):
         err_mem = float(xp.linalg.norm(A - ref.V @ ref.X))
         rows.append({"task": f"low_rank k={k}", "seconds": t, "in_memory_s": t_mem,
                      "GB/s": A.nbytes / t / 1e9, "agreement": abs(err / err_mem - 1)})
+        print(rows[-1], flush=True)
+        # Rank (Algorithm 3): agreement |rank − rank in memory|.
+        r, t = _timed(lambda: gsd.rank(X, seed=3), xp, repeat=1)
+        r_mem, t_mem = _timed(lambda: gs.rank(A, seed=3), xp, repeat=1)
+        rows.append({"task": "rank", "seconds": t, "in_memory_s": t_mem, "GB/s": A.nbytes / t / 1e9,
+                     "agreement": abs(r - r_mem)})
         print(rows[-1], flush=True)
         # ℓ1 regression by Lewis-weight sampling (two passes per step of the weights, one to gather, one for the cost).
         res, t = _timed(lambda: gsd.lp_regression(X, y, 1, seed=3), xp, repeat=1)

@@ -71,6 +71,7 @@ from .linalg.low_rank import (
     row_embedding,
 )
 from .linalg.lstsq import RankDeficientWarning, missed_direction_tol, sketch_for, sketch_rank_message, warm_start_passes
+from .linalg.rank import _sketch_rows, sketched_rank
 from .linalg.results import LowRankResult, LstsqResult
 from .operators import SketchOperator, make_sketch
 from .robust.irls import irls
@@ -82,8 +83,8 @@ from .robust.results import RobustResult
 from .robust.tukey import TukeyResult, check_reduction, oblivious_sketch
 from .robust.tukey import tukey_regression as in_memory_tukey
 
-__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "low_rank", "lp_regression",
-           "tukey_regression"]
+__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "low_rank", "rank",
+           "lp_regression", "tukey_regression"]
 
 
 def _da():
@@ -936,6 +937,74 @@ def low_rank(X, k, *, eps=0.1, right="sketch", seed=None):
             Y = _t_times(X, V).T
         info["timings"]["right_s"] = time.perf_counter() - t0
         return LowRankResult(V, Y, info)
+
+
+def _block_rank_sketch(block, a, b, n, z, seed):
+    xp = array_namespace(block.data if is_sparse(block) else block)
+    return _sketch_rows(block, z, seed, xp, rows=(a, b, n))
+
+
+def _block_nnz(block):
+    return block.nnz if is_sparse(block) else block.size  # stored entries, as in memory
+
+
+def rank(X, *, seed=None):
+    """Numerical rank of a Dask X by Algorithm 3 of Chepurko et al., as ``gpusketch.rank``.
+
+    Each attempt sketches X's rows block by block with the column slices of
+    the same rank-preserving sketch (one pass; its values and hashes are
+    functions of the global row), and the small sketch is decided in
+    memory by the in-memory steps: the column sketch, the adaptive
+    ``_sketch_rank`` and the rank rule with X's dimensions.  An attempt
+    whose sketch size reaches n computes X whole (it is then small).
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), NumPy or CuPy blocks, or SciPy/cupyx sparse ones
+    seed : int, optional
+
+    Returns
+    -------
+    int
+        ``gpusketch.rank(X.compute(), seed=seed)`` (the same sketches; the sums
+        over blocks differ by round-off).  A sparse X's nnz, which sets the
+        first sketch size, takes a pass over its blocks' structure.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> A = np.random.default_rng(0).standard_normal((4000, 7)) @ np.random.default_rng(1).standard_normal((7, 60))
+    >>> gsd.rank(da.from_array(A, chunks=(1000, 60)), seed=1)
+    7
+    """
+    from dask import delayed
+
+    with annotate("gpusketch.dask.rank"):
+        X, da = _check_dask(X, "X", ndim=(2,))
+        n, d = X.shape
+        seed = check_seed(seed)
+        if 0 in X.shape:
+            return 0
+        X = X.rechunk({1: -1})
+        xp = array_namespace(_dense_meta(X, X.dtype))
+        sparse = is_sparse(X._meta)
+        blocks = X.to_delayed().ravel()
+        nnz = sum(delayed(list)([delayed(_block_nnz)(b) for b in blocks]).compute()) if sparse else n * d
+        off = _offsets(X.chunks[0])
+        live = [i for i in range(len(blocks)) if X.chunks[0][i] > 0]
+
+        def sketch_rows(z, s):
+            M = _tree_sum([delayed(_block_rank_sketch)(blocks[i], off[i], off[i + 1], n, z, s) for i in live]).compute()
+            _check_sketch_finite(to_dense(M), "X")
+            return M
+
+        def whole():
+            M = X.compute()
+            _check_sketch_finite(to_dense(M), "X", "it")
+            return M
+
+        return sketched_rank((n, d), nnz, sketch_rows, whole, seed, xp)
 
 
 def _dask_right_factor(X, V, k, eps, seed, xp, info):

@@ -449,6 +449,50 @@ def test_low_rank_edge_cases_and_inputs(rng):
         gsd.low_rank(da.from_array(An, chunks=(150, 50)), 2)
 
 
+def test_rank_is_the_in_memory_algorithm(rng):
+    import scipy.sparse as sp
+
+    cases = [
+        rng.standard_normal((3000, 40)) @ rng.standard_normal((40, 300)),  # rank 40, both sides sketched
+        rng.standard_normal((2000, 300)) @ rng.standard_normal((300, 400)),  # rank 300: the size grows
+        rng.standard_normal((60, 2000)),  # z >= n: X computed whole, its columns sketched
+        np.outer(rng.standard_normal(500), rng.standard_normal(40)),
+        np.zeros((200, 10)),
+    ]
+    for A in cases:
+        ref = gs.rank(A, seed=3)
+        for rows in (A.shape[0], A.shape[0] // 3 + 1):
+            assert gsd.rank(da.from_array(A, chunks=(rows, -1)), seed=3) == ref
+    S = sp.random(20000, 300, density=0.005, random_state=4, format="csr")
+    S = S[:, :150] @ sp.random(150, 300, density=0.05, random_state=5, format="csr")  # rank <= 150
+    X = da.from_array(S.toarray(), chunks=(5000, 300)).map_blocks(sp.csr_matrix, meta=sp.csr_matrix((0, 0)))
+    assert gsd.rank(X, seed=2) == gs.rank(S, seed=2) == np.linalg.matrix_rank(S.toarray())
+    # The blocks' sketches sum to the in-memory sketch of all rows (the rank alone would survive
+    # other rank-preserving sketches).
+    from gpusketch.linalg.rank import _sketch_rows
+
+    A = cases[0]
+    parts = [gsd._block_rank_sketch(A[a:a + 700], a, min(a + 700, 3000), 3000, 64, 11) for a in range(0, 3000, 700)]
+    np.testing.assert_allclose(sum(parts), _sketch_rows(A, 64, 11, np), rtol=1e-12, atol=1e-9)
+    An = cases[0].copy()
+    An[5, 5] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.rank(da.from_array(An, chunks=(1000, -1)))
+    with pytest.raises(ValueError, match="X contains NaN or Inf"):
+        gsd.rank(da.from_array(An[:60], chunks=(30, -1)))
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        gsd.rank(da.ones(10, chunks=5))
+    assert gsd.rank(da.zeros((0, 4), chunks=1)) == 0
+
+
+@pytest.mark.gpu
+def test_rank_on_device_chunks(cupy_or_fake):
+    cupy = cupy_or_fake
+    A = np.random.default_rng(8).standard_normal((3000, 25)) @ np.random.default_rng(9).standard_normal((25, 200))
+    with dask.config.set(scheduler="threads"):
+        assert gsd.rank(da.from_array(cupy.asarray(A), chunks=(1000, 200), asarray=False), seed=1) == 25
+
+
 @pytest.mark.parametrize("chunks", [(3, 3, 3), (1, 8), (9,)])
 def test_exact_leverage_scores_of_rank_deficient_x(rng, chunks):
     # Q of the tall-skinny QR has d orthonormal columns however low X's rank: its

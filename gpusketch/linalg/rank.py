@@ -33,7 +33,7 @@ _C = 2
 _NNZ = 3
 
 
-def _rank_preserving(z, n, seed, xp, dtype, nnz=_NNZ):
+def _rank_preserving(z, n, seed, xp, dtype, nnz=_NNZ, cols=None):
     """A z × n rank-preserving sketch (Definition 7.6) as a CSC matrix on ``xp``.
 
     Column j has ``min(3, z)`` nonzeros in distinct rows (SparseSign's hashed
@@ -55,17 +55,21 @@ def _rank_preserving(z, n, seed, xp, dtype, nnz=_NNZ):
     0.92.
     """
     nnz = min(nnz, z)
-    buckets, signs = SparseSign(z, n, nnz=nnz, seed=seed).hashes(xp)
-    u = _kernels.uniforms(n * nnz, derive_seed(seed, 1), xp).reshape(n, nnz)
+    a, b = (0, n) if cols is None else cols  # columns a:b only (a row block's slice of S)
+    S = SparseSign(z, n, nnz=nnz, seed=seed)
+    buckets, signs = (S if cols is None else S[:, a:b]).hashes(xp)
+    u = _kernels.uniforms((b - a) * nnz, derive_seed(seed, 1), xp, start=a * nnz).reshape(b - a, nnz)
     values = (signs * (1.0 + u)).astype(dtype, copy=False)
-    indptr = xp.arange(0, n * nnz + 1, nnz, dtype=xp.int64)
-    return sparse_module(xp).csc_matrix((values.ravel(), buckets.ravel(), indptr), shape=(z, n))
+    indptr = xp.arange(0, (b - a) * nnz + 1, nnz, dtype=xp.int64)
+    return sparse_module(xp).csc_matrix((values.ravel(), buckets.ravel(), indptr), shape=(z, b - a))
 
 
-def _sketch_rows(M, z, seed, xp, nnz=_NNZ):
+def _sketch_rows(M, z, seed, xp, nnz=_NNZ, rows=None):
     """``S M`` for a fresh rank-preserving z × rows(M) sketch S (sparse where M is), with
-    ``nnz`` nonzeros per column."""
-    S = _rank_preserving(z, M.shape[0], seed, xp, M.dtype, nnz)
+    ``nnz`` nonzeros per column; ``rows = (a, b, n)``: M is rows a:b of an n-row matrix,
+    sketched by S's columns a:b (a block's part of the whole sketch)."""
+    S = (_rank_preserving(z, M.shape[0], seed, xp, M.dtype, nnz) if rows is None
+         else _rank_preserving(z, rows[2], seed, xp, M.dtype, nnz, cols=rows[:2]))
     if is_sparse(M):
         return _kernels.call("csc_times_sparse", xp, S, M)
     check_memory(z * M.shape[1] * M.dtype.itemsize, f"rank(A): a {z} x {M.shape[1]} sketch", xp)
@@ -301,31 +305,36 @@ def rank(A, *, seed=None):
     """
     with annotate("gpusketch.rank"):
         A, xp = as_matrix(A, allow_empty=True)
-        n, d = A.shape
         seed = check_seed(seed)
-        nnz = A.nnz if is_sparse(A) else n * d
-        if nnz == 0:
-            return 0
-        z = int(math.ceil(_C * math.sqrt(nnz / math.log(max(n, d, 3)))))
-        lower = 0
-        for attempt in itertools.count():
-            M = A
-            if z < n:
-                M = _sketch_rows(M, z, derive_seed(seed, 2 * attempt), xp)
-            if z < d:
-                M = _sketch_rows(M.T, z, derive_seed(seed, 2 * attempt + 1), xp).T
-            if M is A and is_sparse(A):
-                check_memory(n * d * 8, f"rank(A): a dense copy of the sparse {n} x {d} A", xp)
-            # With both of A's sides sketched, a rank of z/c or more is only a lower bound, and
-            # the next size is 2z whatever it is: the sketch's exact rank is not needed then.
-            enough = math.ceil(z / _C) if min(M.shape) < min(n, d) else None
-            k1 = _sketch_rank(to_dense(M), (n, d), derive_seed(seed, 2 * attempt + 1_000_000), xp, lower, enough)
-            lower = k1  # a sketch's rank (or the lower bound returned) is a lower bound on A's
-            # The sketch's rank never exceeds A's, so k1 = min(n, d) is final as well.
-            if k1 < z / _C or k1 == min(n, d) or (z >= n and z >= d):
-                return k1
-            # A sketch of c·min(n, d) + 1 rows certifies any rank: never sketch to more.
-            z = min(_next_size(z, k1), _C * min(n, d) + 1)
+        nnz = A.nnz if is_sparse(A) else A.shape[0] * A.shape[1]
+        return sketched_rank(A.shape, nnz, lambda z, s: _sketch_rows(A, z, s, xp), lambda: A, seed, xp)
+
+
+def sketched_rank(shape, nnz, sketch_rows, whole, seed, xp):
+    """``rank``'s loop for an n × d A given by ``sketch_rows(z, seed)`` (``S A`` for the
+    rank-preserving S of ``_sketch_rows`` with that seed) and ``whole()`` (A itself,
+    where z reaches n), with nnz(A) (n d for a dense A)."""
+    n, d = shape
+    if nnz == 0:
+        return 0
+    z = int(math.ceil(_C * math.sqrt(nnz / math.log(max(n, d, 3)))))
+    lower = 0
+    for attempt in itertools.count():
+        M = sketch_rows(z, derive_seed(seed, 2 * attempt)) if z < n else whole()
+        if z < d:
+            M = _sketch_rows(M.T, z, derive_seed(seed, 2 * attempt + 1), xp).T
+        elif z >= n and is_sparse(M):  # A itself, densified below
+            check_memory(n * d * 8, f"rank(A): a dense copy of the sparse {n} x {d} A", xp)
+        # With both of A's sides sketched, a rank of z/c or more is only a lower bound, and
+        # the next size is 2z whatever it is: the sketch's exact rank is not needed then.
+        enough = math.ceil(z / _C) if min(M.shape) < min(n, d) else None
+        k1 = _sketch_rank(to_dense(M), (n, d), derive_seed(seed, 2 * attempt + 1_000_000), xp, lower, enough)
+        lower = k1  # a sketch's rank (or the lower bound returned) is a lower bound on A's
+        # The sketch's rank never exceeds A's, so k1 = min(n, d) is final as well.
+        if k1 < z / _C or k1 == min(n, d) or (z >= n and z >= d):
+            return k1
+        # A sketch of c·min(n, d) + 1 rows certifies any rank: never sketch to more.
+        z = min(_next_size(z, k1), _C * min(n, d) + 1)
 
 
 def independent_rows(A, *, seed=None):

@@ -51,10 +51,14 @@ from .linalg.leverage import (
     _block_bytes,
     _gaussian,
     _product_row_norms2,
+    check_leverage_sample,
     embedding_osnap,
     embedding_rows,
     jl_columns,
+    kept_rows,
     sample_operator,
+    sample_products,
+    sample_result,
 )
 from .linalg._numerics import top_left_singular
 from .linalg.low_rank import (
@@ -83,8 +87,8 @@ from .robust.results import RobustResult
 from .robust.tukey import TukeyResult, check_reduction, oblivious_sketch
 from .robust.tukey import tukey_regression as in_memory_tukey
 
-__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "randomized_svd", "low_rank", "rank",
-           "lp_regression", "tukey_regression"]
+__all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "leverage_sample", "randomized_svd", "low_rank",
+           "rank", "lp_regression", "tukey_regression"]
 
 
 def _da():
@@ -743,6 +747,61 @@ def leverage_scores(X, *, exact=False, seed=None):
         P = pre.apply(G)
         meta = _dense_meta(X, np.result_type(X.dtype, P.dtype)).reshape(0)
         return X.map_blocks(_block_product_row_norms2, P, drop_axis=1, dtype=meta.dtype, meta=meta)
+
+
+def leverage_sample(X, s, *, gamma=0.5, osnap=None, seed=None):
+    """Leverage-score row sampling of a Dask X (Algorithm 2, Lemma 7.3), as ``gpusketch.leverage_sample``.
+
+    Three passes over X: its sketch (for ``R``), the estimate of
+    ``||XR⁻¹||_F²``, then each block keeps its rows by Lemma 7.3's two stages
+    with the uniforms of its global rows.  The operator returned is small
+    (the kept indices and scales); apply it with ``sketch(S, X)``.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), NumPy or CuPy blocks, or SciPy/cupyx sparse ones
+    s, gamma, osnap, seed
+        As in ``gpusketch.leverage_sample``.
+
+    Returns
+    -------
+    Sampling or Composed
+        The operator ``gpusketch.leverage_sample(X.compute(), s, ...)``
+        returns for the same seed (its rows decided by the same sketches,
+        Gaussians and uniforms; estimates equal to round-off).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> A = np.random.default_rng(0).standard_normal((20000, 5))
+    >>> X = da.from_array(A, chunks=(5000, 5))
+    >>> S = gsd.leverage_sample(X, 500, seed=1)
+    >>> sv = np.linalg.svd(gsd.sketch(S, X).compute() @ np.linalg.inv(np.linalg.qr(A)[1]), compute_uv=False)
+    >>> bool(0.6 < sv.min() ** 2 and sv.max() ** 2 < 1.4)
+    True
+    """
+    from dask import delayed
+
+    with annotate("gpusketch.dask.leverage_sample"):
+        X, da = _check_dask(X, "X", ndim=(2,), nonempty=True)
+        s, gamma, osnap = check_leverage_sample(s, gamma, osnap)
+        seed = check_seed(seed)
+        n, d = X.shape
+        X = X.rechunk({1: -1})
+        SX = to_dense(_small(sketch(embedding_osnap(n, d, seed), X)))
+        _check_sketch_finite(SX, "X")
+        xp = array_namespace(SX)
+        P2, P4, P3 = sample_products(SketchPreconditioner(SX, xp, solve=False), X.shape, gamma, seed, xp, X.dtype)
+        meta = _dense_meta(X, np.result_type(X.dtype, P2.dtype)).reshape(0)
+        frob = float(X.map_blocks(_block_product_row_norms2, P2, drop_axis=1, dtype=meta.dtype, meta=meta).sum()
+                     .compute())
+        off, blocks = _offsets(X.chunks[0]), X.to_delayed().ravel()
+        parts = delayed(list)([delayed(kept_rows)(blocks[i], P4, P3, frob, off[i], n, s, gamma, seed)
+                               for i in range(len(blocks)) if X.chunks[0][i] > 0]).compute()
+        idx = xp.concatenate([xp.asarray(i) for i, _ in parts])
+        f = xp.concatenate([xp.asarray(q) for _, q in parts])
+        return sample_result(idx, f, X.shape, s, osnap, seed, xp)
 
 
 def randomized_svd(X, k, *, oversample=10, power_iters=2, test_matrix="gaussian", seed=None):

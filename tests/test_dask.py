@@ -449,6 +449,48 @@ def test_low_rank_edge_cases_and_inputs(rng):
         gsd.low_rank(da.from_array(An, chunks=(150, 50)), 2)
 
 
+def _sample_weights(S, n):
+    """Per row of the input, the scale with which the sample S keeps it (0 where it is dropped)."""
+    T = S.operators[-1] if hasattr(S, "operators") else S
+    w = np.zeros(n)
+    w[to_numpy(T.indices)] = to_numpy(T.scale)
+    return w
+
+
+@pytest.mark.parametrize("kw", [{}, {"gamma": 0.3, "osnap": 60}])
+def test_leverage_sample_is_the_in_memory_sample(rng, kw):
+    import scipy.sparse as sp
+
+    A = rng.standard_normal((20000, 6)) * np.r_[np.ones(19990), np.full(10, 40.0)][:, None]  # 10 heavy rows
+    ref = gs.leverage_sample(A, 300, seed=2, **kw)
+    for chunks in [(20000, 6), (4001, 6)]:
+        X = da.from_array(A, chunks=chunks)
+        for blocks in (X, X.map_blocks(sp.csr_matrix, meta=sp.csr_matrix((0, 0)))):
+            S = gsd.leverage_sample(blocks, 300, seed=2, **kw)
+            assert type(S) is type(ref) and S.shape == ref.shape
+            np.testing.assert_allclose(_sample_weights(S, 20000), _sample_weights(ref, 20000), rtol=1e-10)
+    assert (_sample_weights(ref, 20000)[-10:] > 0).all()  # the heavy rows are kept
+    with pytest.raises(ValueError, match="gamma"):
+        gsd.leverage_sample(X, 300, gamma=0.0)
+    with pytest.raises(ValueError, match="is zero"):
+        gsd.leverage_sample(da.zeros((100, 3), chunks=50), 10)
+    small = np.random.default_rng(0).standard_normal((4000, 3))  # s = 1 keeps no row for seed 1, as in memory
+    with pytest.raises(ValueError, match="no rows were sampled"):
+        gs.leverage_sample(small, 1, seed=1)
+    with pytest.raises(ValueError, match="no rows were sampled"):
+        gsd.leverage_sample(da.from_array(small, chunks=1000), 1, seed=1)
+
+
+@pytest.mark.gpu
+def test_leverage_sample_on_device_chunks(rng, cupy_or_fake):
+    cupy = cupy_or_fake
+    A = rng.standard_normal((6000, 5))
+    with dask.config.set(scheduler="threads"):
+        S = gsd.leverage_sample(da.from_array(cupy.asarray(A), chunks=(1500, 5), asarray=False), 200, seed=1)
+    ref = gs.leverage_sample(A, 200, seed=1)
+    np.testing.assert_array_equal(to_numpy(S.indices), ref.indices)
+
+
 def test_rank_is_the_in_memory_algorithm(rng):
     import scipy.sparse as sp
 

@@ -372,19 +372,29 @@ def leverage_sample(A, s, *, gamma=0.5, osnap=None, seed=None):
     """
     with annotate("gpusketch.leverage_sample"):
         A, xp = as_matrix(A)
-        n, d = A.shape
-        s = check_positive_int(s, "s")
-        gamma = check_real_in(gamma, "gamma", 0, 1, closed="(]")
-        if osnap is not None:
-            osnap = check_positive_int(osnap, "osnap", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
+        s, gamma, osnap = check_leverage_sample(s, gamma, osnap)
         seed = check_seed(seed)
         idx, f = sampled_rows(A, s, gamma, seed, xp)
-        if idx.size == 0:
-            raise ValueError(f"no rows were sampled: s={s} is too small for A of shape {A.shape}")
-        S = sample_operator(idx, f, n, xp)
-        if osnap is None:
-            return S
-        return Composed([SparseSign(osnap, S.shape[0], nnz=min(8, osnap), seed=derive_seed(seed, 8)), S])
+        return sample_result(idx, f, A.shape, s, osnap, seed, xp)
+
+
+def check_leverage_sample(s, gamma, osnap):
+    """``leverage_sample``'s ``(s, gamma, osnap)`` validated."""
+    s = check_positive_int(s, "s")
+    gamma = check_real_in(gamma, "gamma", 0, 1, closed="(]")
+    if osnap is not None:
+        osnap = check_positive_int(osnap, "osnap", maximum=MAX_SKETCH_ROWS, why=ROWS_LIMIT)
+    return s, gamma, osnap
+
+
+def sample_result(idx, f, shape, s, osnap, seed, xp):
+    """``leverage_sample``'s operator for the kept rows idx (probabilities f) of an A of this shape."""
+    if idx.size == 0:
+        raise ValueError(f"no rows were sampled: s={s} is too small for A of shape {shape}")
+    S = sample_operator(idx, f, shape[0], xp)
+    if osnap is None:
+        return S
+    return Composed([SparseSign(osnap, S.shape[0], nnz=min(8, osnap), seed=derive_seed(seed, 8)), S])
 
 
 def sample_operator(idx, f, n, xp):
@@ -394,24 +404,38 @@ def sample_operator(idx, f, n, xp):
 
 def sampled_rows(A, s, gamma, seed, xp):
     """``leverage_sample``'s rows and keep probabilities ``(idx, f)`` on validated input; idx may be empty."""
-    n = A.shape[0]
-    pre = _preconditioner(A, xp, seed)
+    P2, P4, P3 = sample_products(_preconditioner(A, xp, seed), A.shape, gamma, seed, xp, A.dtype)
+    frob = float(_product_row_norms2(A, P2, xp).sum())
+    return kept_rows(A, P4, P3, frob, 0, A.shape[0], s, gamma, seed)
+
+
+def sample_products(pre, shape, gamma, seed, xp, dtype):
+    """``(R⁻¹G₂, R⁻¹G₄, R⁻¹G₃)`` of ``leverage_sample`` (Notes), for the preconditioner of
+    the sketch of an A of this shape."""
     r = pre.rank
     if r == 0:
-        raise ValueError(f"A of shape {A.shape} is zero: it has no leverage scores to sample by")
-    s4 = 4 * s  # Lemma 7.3's s
+        raise ValueError(f"A of shape {shape} is zero: it has no leverage scores to sample by")
     # ||A R⁻¹ G2||_F² estimates ||A R⁻¹||_F² with c·r >= 128 degrees of freedom (Notes).
     c = max(8, math.ceil(128 / r))
-    frob = float(_product_row_norms2(A, pre.apply(_gaussian(c, r, derive_seed(seed, 3), xp, A.dtype)), xp).sum())
     t4 = int(math.ceil(1 / gamma)) + 1
     # Unscaled N(0, 1) columns for the coarse, one-sided estimate.
-    G4 = _gaussian(t4, r, derive_seed(seed, 4), xp, A.dtype) * math.sqrt(t4)
-    z = 2 * n**gamma * _product_row_norms2(A, pre.apply(G4), xp) / frob
+    G4 = _gaussian(t4, r, derive_seed(seed, 4), xp, dtype) * math.sqrt(t4)
+    return (pre.apply(_gaussian(c, r, derive_seed(seed, 3), xp, dtype)), pre.apply(G4),
+            pre.apply(_gaussian(jl_columns(shape[0]), r, derive_seed(seed, 6), xp, dtype)))
+
+
+def kept_rows(A, P4, P3, frob, start, n, s, gamma, seed):
+    """Lemma 7.3's two stages for rows ``start:start + rows(A)`` of an n-row matrix (A those
+    rows), with ``frob`` the estimate of ``||AR⁻¹||_F²``: global indices of the rows kept and
+    their probabilities f (the uniforms are those of the global rows)."""
+    xp = array_namespace(P4)
+    s4 = 4 * s  # Lemma 7.3's s
+    z = 2 * n**gamma * _product_row_norms2(A, P4, xp) / frob
     q = xp.minimum(1.0, s4 * z)
-    keep = xp.flatnonzero(_kernels.uniforms(n, derive_seed(seed, 5), xp) < q)
-    G3 = _gaussian(jl_columns(n), r, derive_seed(seed, 6), xp, A.dtype)
-    fine = _product_row_norms2(A, pre.apply(G3), xp, at=keep)
+    m = A.shape[0]
+    keep = xp.flatnonzero(_kernels.uniforms(m, derive_seed(seed, 5), xp, start=start) < q)
+    fine = _product_row_norms2(A, P3, xp, at=keep)
     # f <= q on Lemma 7.3's good event; the clamp keeps f/q a probability off it.
     f = xp.minimum(xp.minimum(1.0, (s4 / 4) * fine / frob), q[keep])
-    accept = _kernels.uniforms(n, derive_seed(seed, 7), xp)[keep] < f / q[keep]
-    return keep[accept], f[accept]
+    accept = _kernels.uniforms(m, derive_seed(seed, 7), xp, start=start)[keep] < f / q[keep]
+    return keep[accept] + start, f[accept]

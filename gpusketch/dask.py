@@ -75,7 +75,7 @@ from .linalg.low_rank import (
     row_embedding,
 )
 from .linalg.lstsq import RankDeficientWarning, missed_direction_tol, sketch_for, sketch_rank_message, warm_start_passes
-from .linalg.rank import _sketch_rows, sketched_rank
+from .linalg.rank import _sketch_rows, sampled_independent_rows, sketched_rank
 from .linalg.results import LowRankResult, LstsqResult
 from .operators import SketchOperator, make_sketch
 from .robust.irls import irls
@@ -88,7 +88,7 @@ from .robust.tukey import TukeyResult, check_reduction, oblivious_sketch
 from .robust.tukey import tukey_regression as in_memory_tukey
 
 __all__ = ["sketch", "sketch_columns", "lstsq", "leverage_scores", "leverage_sample", "randomized_svd", "low_rank",
-           "rank", "lp_regression", "tukey_regression"]
+           "rank", "independent_rows", "lp_regression", "tukey_regression"]
 
 
 def _da():
@@ -1064,6 +1064,83 @@ def rank(X, *, seed=None):
             return M
 
         return sketched_rank((n, d), nnz, sketch_rows, whole, seed, xp)
+
+
+def _block_rank_columns(block, z, seed):
+    """One row block of ``A S_Rᵀ`` for the rank-preserving z × d sketch S_R (``independent_rows``' B)."""
+    xp = array_namespace(block.data if is_sparse(block) else block)
+    return to_dense(_sketch_rows(block.T, z, seed, xp).T)
+
+
+def independent_rows(X, *, seed=None):
+    """Indices of rank(X) linearly independent rows of a Dask X (Algorithms 4-5), as ``gpusketch.independent_rows``.
+
+    ``rank`` of X first (its passes), then, as in memory, ``B``: X with its
+    columns sketched to ``2k + 10`` by a rank-preserving sketch (block by
+    block; persisted on the workers, n × (2k + 10)) unless X is that
+    narrow; rows of B drawn by ``leverage_sample`` (three passes over B),
+    the candidates gathered and the independent ones picked in memory.
+    Where four samples fail, the in-memory call's last resort, a pivoted QR
+    of all of X, computes X whole.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, d), NumPy or CuPy blocks, or SciPy/cupyx sparse ones
+    seed : int, optional
+
+    Returns
+    -------
+    (rank,) int64 array, sorted, NumPy or CuPy like the blocks
+        The rows ``gpusketch.independent_rows(X.compute(), seed=seed)`` picks
+        (the same sketches and samples; sums over blocks differ by round-off).
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da
+    >>> from gpusketch import dask as gsd
+    >>> A = np.random.default_rng(0).standard_normal((3000, 4)) @ np.random.default_rng(1).standard_normal((4, 30))
+    >>> rows = gsd.independent_rows(da.from_array(A, chunks=(1000, 30)), seed=1)
+    >>> len(rows), int(np.linalg.matrix_rank(A[rows]))
+    (4, 4)
+    """
+    with annotate("gpusketch.dask.independent_rows"):
+        X, da = _check_dask(X, "X", ndim=(2,))
+        n, d = X.shape
+        seed = check_seed(seed)
+        X = X.rechunk({1: -1})
+        xp = array_namespace(_dense_meta(X, X.dtype))
+        k = rank(X, seed=derive_seed(seed, 0))
+        if k == 0:
+            return xp.zeros(0, dtype=xp.int64)
+        B = X
+        if 2 * k + 10 < d:
+            z = 2 * k + 10
+            B = X.map_blocks(_block_rank_columns, z, derive_seed(seed, 1), chunks=(X.chunks[0], (z,)), dtype=X.dtype,
+                             meta=_dense_meta(X, X.dtype)).persist()
+        return sampled_independent_rows(
+            (n, d), k, lambda s, sd: leverage_sample(B, s, seed=sd),
+            lambda cand: B.compute() if cand is None else _gather_rows(B, cand), X.compute, seed, xp)
+
+
+def _block_take(block, idx):
+    return block[array_namespace(block.data if is_sparse(block) else block).asarray(idx)]
+
+
+def _gather_rows(B, rows):
+    """Rows ``rows`` (sorted host indices) of a Dask B with one column chunk, computed: each block
+    gives its own with indices on its device."""
+    import dask
+
+    off, blocks = _offsets(B.chunks[0]), B.to_delayed().ravel()
+    parts = []
+    for i in range(len(blocks)):
+        lo, hi = np.searchsorted(rows, [off[i], off[i + 1]])
+        if hi > lo:
+            parts.append(dask.delayed(_block_take)(blocks[i], rows[lo:hi] - off[i]))
+    got = dask.compute(*parts)
+    if is_sparse(B._meta):
+        return sparse_module(array_namespace(got[0].data)).vstack(got).tocsr()
+    return array_namespace(*got).concatenate(got, axis=0)
 
 
 def _dask_right_factor(X, V, k, eps, seed, xp, info):

@@ -527,12 +527,36 @@ def test_rank_is_the_in_memory_algorithm(rng):
     assert gsd.rank(da.zeros((0, 4), chunks=1)) == 0
 
 
+def test_independent_rows_are_the_in_memory_rows(rng):
+    import scipy.sparse as sp
+
+    cases = [
+        rng.standard_normal((3000, 30)) @ rng.standard_normal((30, 200)),  # columns sketched to 2k + 10
+        rng.standard_normal((800, 12)),  # narrow: B = X
+        rng.standard_normal((40, 500)),  # s >= n: every row a candidate
+        np.zeros((50, 6)),
+    ]
+    for A in cases:
+        ref = gs.independent_rows(A, seed=6)
+        for rows in (A.shape[0], A.shape[0] // 3 + 1):
+            got = gsd.independent_rows(da.from_array(A, chunks=(rows, -1)), seed=6)
+            np.testing.assert_array_equal(got, ref)
+        assert len(ref) == np.linalg.matrix_rank(A) and (len(ref) == 0 or np.linalg.matrix_rank(A[ref]) == len(ref))
+    S = sp.random(6000, 80, density=0.02, random_state=3, format="csr")
+    X = da.from_array(S.toarray(), chunks=(1500, 80)).map_blocks(sp.csr_matrix, meta=sp.csr_matrix((0, 0)))
+    np.testing.assert_array_equal(gsd.independent_rows(X, seed=2), gs.independent_rows(S, seed=2))
+
+
 @pytest.mark.gpu
 def test_rank_on_device_chunks(cupy_or_fake):
     cupy = cupy_or_fake
     A = np.random.default_rng(8).standard_normal((3000, 25)) @ np.random.default_rng(9).standard_normal((25, 200))
     with dask.config.set(scheduler="threads"):
-        assert gsd.rank(da.from_array(cupy.asarray(A), chunks=(1000, 200), asarray=False), seed=1) == 25
+        X = da.from_array(cupy.asarray(A), chunks=(1000, 200), asarray=False)
+        assert gsd.rank(X, seed=1) == 25
+        rows = gsd.independent_rows(X, seed=1)
+    assert isinstance(rows, cupy.ndarray)
+    np.testing.assert_array_equal(to_numpy(rows), gs.independent_rows(A, seed=1))
 
 
 @pytest.mark.parametrize("chunks", [(3, 3, 3), (1, 8), (9,)])

@@ -390,35 +390,44 @@ def independent_rows(A, *, seed=None):
     >>> len(rows), int(np.linalg.matrix_rank(A[rows]))
     (4, 4)
     """
-    import scipy.linalg
-
     with annotate("gpusketch.independent_rows"):
         A, xp = as_matrix(A, allow_empty=True)
-        n, d = A.shape
         seed = check_seed(seed)
         k = rank(A, seed=derive_seed(seed, 0))
         if k == 0:
             return xp.zeros(0, dtype=xp.int64)
         B = A
-        if 2 * k + 10 < d:
+        if 2 * k + 10 < A.shape[1]:
             B = to_dense(_sketch_rows(A.T, 2 * k + 10, derive_seed(seed, 1), xp).T)
-        s = int(4 * k * math.log(max(k, 2))) + 20
-        for attempt in range(4):
-            if s >= n:
-                cand, keep = np.arange(n), None
-            else:
-                S = leverage_sample(B, s, seed=derive_seed(seed, 2 + attempt))
-                cand, at = np.unique(S.indices, return_index=True)
-                keep = 1.0 / S.scale[at] ** 2  # the keep probabilities f_i: scale = 1/√f_i
-            sub = B if s >= n else B[xp.asarray(cand)]  # Theorem 7.12: B's rows stand for A's
-            first = _first_rows(keep, k, cand.size, derive_seed(seed, 20 + attempt), xp)
-            picked = _pivot_rows(sub, k, (n, d), derive_seed(seed, 10 + attempt), xp, first)
-            if picked is not None:
-                return xp.asarray(np.sort(cand[picked]))
-            if s >= n:  # every row was a candidate: B lost rank, not the sample
-                break
-            s *= 2
-        Ad = to_host(to_dense(A))
-        with scipy_blas_threaded():  # (only the pivots: no Q)
-            piv = scipy.linalg.qr(Ad.T, mode="r", pivoting=True, check_finite=False)[1]
-        return xp.asarray(np.sort(piv[:k]))
+        return sampled_independent_rows(A.shape, k, lambda s, sd: leverage_sample(B, s, seed=sd),
+                                        lambda cand: B if cand is None else B[xp.asarray(cand)], lambda: A, seed, xp)
+
+
+def sampled_independent_rows(shape, k, sample, rows_of_B, whole, seed, xp):
+    """``independent_rows``' loop for an n × d A of rank k, given B (A itself, or A's columns
+    sketched to ``2k + 10``) by ``sample(s, seed)`` (``leverage_sample(B, s, seed=seed)``) and
+    ``rows_of_B(cand)`` (B's rows cand; all of B for None), and A by ``whole()`` for the
+    final pivoted QR that decides when four samples do not."""
+    import scipy.linalg
+
+    n, d = shape
+    s = int(4 * k * math.log(max(k, 2))) + 20
+    for attempt in range(4):
+        if s >= n:
+            cand, keep = np.arange(n), None
+        else:
+            S = sample(s, derive_seed(seed, 2 + attempt))
+            cand, at = np.unique(to_host(S.indices), return_index=True)
+            keep = 1.0 / to_host(S.scale)[at] ** 2  # the keep probabilities f_i: scale = 1/√f_i
+        sub = rows_of_B(None if s >= n else cand)  # Theorem 7.12: B's rows stand for A's
+        first = _first_rows(keep, k, cand.size, derive_seed(seed, 20 + attempt), xp)
+        picked = _pivot_rows(sub, k, (n, d), derive_seed(seed, 10 + attempt), xp, first)
+        if picked is not None:
+            return xp.asarray(np.sort(cand[picked]))
+        if s >= n:  # every row was a candidate: B lost rank, not the sample
+            break
+        s *= 2
+    Ad = to_host(to_dense(whole()))
+    with scipy_blas_threaded():  # (only the pivots: no Q)
+        piv = scipy.linalg.qr(Ad.T, mode="r", pivoting=True, check_finite=False)[1]
+    return xp.asarray(np.sort(piv[:k]))

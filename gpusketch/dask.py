@@ -35,7 +35,7 @@ from ._backend import (
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
-from .linalg._numerics import full_rank, svd_rank, svd_signs
+from .linalg._numerics import full_rank, svd_rank, svd_signs, top_left_singular
 from .linalg._precondition import (
     REFINE_SKETCH_NNZ,
     SketchPreconditioner,
@@ -60,7 +60,6 @@ from .linalg.leverage import (
     sample_products,
     sample_result,
 )
-from .linalg._numerics import top_left_singular
 from .linalg.low_rank import (
     _col_sq_norms,
     _hashed_columns,

@@ -103,7 +103,7 @@ def irls(A, b, loss, *, weights=None, x0=None, maxiter=100, tol=1e-10, restarts=
     run 35-100 steps, median 75, a sixth of them to ``maxiter``.  With the
     extrapolation they ran 16-84, median 30, and reached the same reduced
     objective to 9-10 digits, in 0.41-0.65x the time.  IRLS on all of a
-    10⁶ × 50 problem: 16 → 11 steps per start, 0.75x the time, the same cost
+    10⁶ × 50 problem: 8-17 → 6-11 steps per start, 0.75x the time, the same cost
     (2-core CPU).  Iteration stops on convergence, on
     a perfect fit, when all weights vanish, or at ``maxiter``; it never loops
     forever, and ``info["reason"]`` says which.

@@ -209,6 +209,13 @@ def test_lstsq_float32_x_and_float64_y_answer_in_float64_as_in_memory(rng):
     mem = gs.lstsq(A, b, seed=1)
     assert res.x.dtype == mem.x.dtype == np.float64 and res.info["preconditioner"] == "refined"
     np.testing.assert_allclose(res.x, mem.x, rtol=1e-10, atol=1e-13)
+    # The direct solve's block Rs are factored in float64 on the host and rounded back: a float32
+    # system still answers in float32, as in memory, to float32's precision.
+    b32 = b.astype(np.float32)
+    direct = gsd.lstsq(da.from_array(A, chunks=(700, 5)), da.from_array(b32, chunks=700), method="direct")
+    mem = gs.lstsq(A, b32, method="direct")
+    assert direct.x.dtype == mem.x.dtype == np.float32
+    np.testing.assert_allclose(direct.x, mem.x, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["precondition", "sketch", "direct"])

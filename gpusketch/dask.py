@@ -35,7 +35,16 @@ from ._backend import (
 from ._nvtx import annotate
 from ._random import derive_seed
 from .linalg._block_lsmr import TallBlock, block_lsmr
-from .linalg._numerics import _householder_r_qtb, full_rank, svd_rank, svd_signs, top_left_singular
+from .linalg._numerics import (
+    _cholesky_inverse,
+    _householder_r_qtb,
+    _orthonormal_enough,
+    factored_rank_shape,
+    full_rank,
+    svd_rank,
+    svd_signs,
+    top_left_singular,
+)
 from .linalg._precondition import (
     REFINE_SKETCH_NNZ,
     SketchPreconditioner,
@@ -49,6 +58,7 @@ from .linalg.leverage import (
     _SLICE_BLOCK_BYTES,
     RowSlices,
     _block_bytes,
+    _full_rank_by_svd,
     _gaussian,
     _product_row_norms2,
     check_leverage_sample,
@@ -672,6 +682,55 @@ class _DaskTall(TallBlock):
         return U[:, cols]
 
 
+def _block_gram(block, Rinv=None):
+    """``YᵀY`` in float64 for a row block Y of X (times ``Rinv`` when given), in cache-sized
+    row slices (a sparse block densified a slice at a time)."""
+    xp = array_namespace(block.data if is_sparse(block) else block)
+    d = block.shape[1] if Rinv is None else Rinv.shape[1]
+    rows = max(256, (1 << 20) // (8 * block.shape[1])) if xp is np else block.shape[0]
+    G = xp.zeros((d, d), dtype=xp.float64)
+    for a in range(0, block.shape[0], rows):
+        Y = to_dense(block[a : a + rows]).astype(xp.float64, copy=False)
+        if Rinv is not None:
+            Y = Y @ Rinv
+        G += Y.T @ Y
+    return G
+
+
+def _cholesky_qr2_scores(X):
+    """Exact leverage scores of X (one column chunk, n >= 2d) from CholeskyQR2, as
+    ``gpusketch.leverage_scores(exact=True)`` takes them where it is safe: two passes for the
+    Grams of X and of ``X R₁⁻¹`` (float64, summed over blocks), then the row norms of
+    ``X R₁⁻¹R₂⁻¹`` block by block, lazily.  None where a Cholesky fails, ``Q₁`` fails the
+    orthogonality test, or R is rank deficient by the rule: the caller's Householder QR
+    decides then (and NaN or Inf lands there)."""
+    from dask import delayed
+
+    n, d = X.shape
+    blocks = X.to_delayed().ravel()
+    G = _tree_sum([delayed(_block_gram)(b) for b in blocks]).compute()
+    xp = array_namespace(G)
+    first = _cholesky_inverse(G, xp)
+    if first is None:
+        return None
+    Rinv1 = first[0]
+    G2 = _tree_sum([delayed(_block_gram)(b, Rinv1) for b in blocks]).compute()
+    second = _cholesky_inverse(G2, xp)
+    if second is None or not _orthonormal_enough(G2, xp):
+        return None
+    dtype = X.dtype
+    shape = factored_rank_shape(X.shape, dtype)  # (the factors are float64)
+    R = second[1].T @ first[1].T
+    if not (full_rank(R.astype(dtype), shape) or _full_rank_by_svd(R, shape, dtype, xp)):
+        return None
+    meta = _dense_meta(X, dtype).reshape(0)
+    return X.map_blocks(_block_scores, Rinv1 @ second[0], dtype, drop_axis=1, dtype=dtype, meta=meta)
+
+
+def _block_scores(block, Rinv, dtype):
+    return _product_row_norms2(block, Rinv, array_namespace(Rinv)).astype(dtype, copy=False)
+
+
 def _range_rotation(R, shape):
     """d × d W with ``Q W`` an orthonormal basis of range(X), X = QR, padded with zero columns.
 
@@ -699,9 +758,13 @@ def _rotated_row_norms2(Q, W):
 def leverage_scores(X, *, exact=False, seed=None):
     """Leverage scores of the rows of a Dask X (n × d), as a lazy Dask vector.
 
-    ``exact=True``: row norms of Q from Dask's tall-skinny QR ``X = QR``, or
-    of Q times R's leading left singular vectors when R is rank deficient
-    (the scores then sum to rank(X), as in memory).  Otherwise the
+    ``exact=True``: as in memory, row norms of Q from CholeskyQR2 where it is
+    safe (n >= 2d; the Grams of X and of ``X R₁⁻¹`` take two passes in the call,
+    the scores one more when computed), else from Dask's tall-skinny QR
+    ``X = QR``, or of Q times R's leading left singular vectors when R is rank
+    deficient (the scores then sum to rank(X)).  CholeskyQR2 took 1.1-1.6 s
+    against the TSQR's 6.6 s at 2²⁰ × 64 in 4 chunks (2-core CPU; 0.7-0.9 s
+    in memory).  Otherwise the
     sketched route of ``gpusketch.leverage_scores`` with the same OSNAP and
     Gaussian for the same seed (so the same estimates): ``SX = QR``, then
     ``||x_i R⁻¹ G||²`` with ``O(log n)`` Gaussian columns; one pass for the
@@ -739,6 +802,9 @@ def leverage_scores(X, *, exact=False, seed=None):
             raise ValueError(f"leverage scores need n >= d, got X of shape {X.shape}")
         if exact or embedding_rows(d) >= n:  # as in memory: no sketch has fewer rows than X
             X = X.rechunk({1: -1})
+            scores = _cholesky_qr2_scores(X) if n >= 2 * d else None
+            if scores is not None:
+                return scores
             if is_sparse(X._meta):  # the QR's blocks are dense (Q is, anyway)
                 X = X.map_blocks(to_dense, dtype=X.dtype, meta=_dense_meta(X, X.dtype))
             Q, R = da.linalg.qr(X)

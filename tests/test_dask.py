@@ -566,6 +566,22 @@ def test_rank_on_device_chunks(cupy_or_fake):
     np.testing.assert_array_equal(to_numpy(rows), gs.independent_rows(A, seed=1))
 
 
+@pytest.mark.parametrize("kappa", [1e3, 1e10])
+def test_exact_leverage_scores_by_cholesky_qr2_or_householder(rng, kappa, monkeypatch):
+    # CholeskyQR2 over the blocks where it is safe (κ = 1e3), Dask's Householder TSQR where its
+    # Cholesky fails (κ = 1e10, columns graded then rotated): both the in-memory scores.
+    V = np.linalg.qr(rng.standard_normal((12, 12)))[0]
+    A = (rng.standard_normal((5000, 12)) * np.geomspace(1, 1 / kappa, 12)) @ V
+    routes = []
+    original = gsd._cholesky_qr2_scores
+    monkeypatch.setattr(gsd, "_cholesky_qr2_scores", lambda X: routes.append(original(X)) or routes[-1])
+    got = gsd.leverage_scores(da.from_array(A, chunks=(1300, 12)), exact=True).compute()
+    assert (routes[0] is None) == (kappa > 1e8)
+    # (Two Householder TSQRs, Dask's and the in-memory one, agree to about ε κ: 1e-5-2e-5 measured.)
+    np.testing.assert_allclose(got, gs.leverage_scores(A, exact=True), rtol=1e-4 if kappa > 1e8 else 1e-12,
+                               atol=1e-15)
+
+
 @pytest.mark.parametrize("chunks", [(3, 3, 3), (1, 8), (9,)])
 def test_exact_leverage_scores_of_rank_deficient_x(rng, chunks):
     # Q of the tall-skinny QR has d orthonormal columns however low X's rank: its

@@ -706,7 +706,6 @@ def _cholesky_qr2_scores(X):
     decides then (and NaN or Inf lands there)."""
     from dask import delayed
 
-    n, d = X.shape
     blocks = X.to_delayed().ravel()
     G = _tree_sum([delayed(_block_gram)(b) for b in blocks]).compute()
     xp = array_namespace(G)
